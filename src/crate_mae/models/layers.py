@@ -1,0 +1,122 @@
+"""The white-box layers of CRATE-MAE, one paper equation per module.
+
+Row convention throughout: a token is a row vector z (..., d), so the paper's column-space operator ``A z`` is
+``z @ A.T`` (``F.linear(z, A)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import reference
+
+
+class MSSA(nn.Module):
+    """Multi-head subspace self-attention, the compression step (a gradient step on R^c(Z | U_[K])).
+
+        MSSA(Z) = U_out [SSA(U_1^T Z); ...; SSA(U_K^T Z)] + b_out,
+        SSA(W)  = softmax(W W^T / sqrt(p)) W,          W = U_k^T Z  (query = key = value)
+
+    ``qkv`` holds U^T = [U_1, ..., U_K]^T (d -> d, no bias); ``proj`` is U_out (d -> d, with bias).
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.impl = "fast"
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """U_k^T z for every head: (B, N, d) -> (B, K, N, p)."""
+        B, N, _ = x.shape
+        return self.qkv(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax((U_k^T z)(U_k^T z)^T / sqrt(p)) for every head: (B, K, N, N)."""
+        w = self.project(x)
+        return torch.softmax((w @ w.transpose(-2, -1)) * self.scale, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "reference":
+            return reference.mssa(x, self.qkv.weight, self.proj.weight, self.proj.bias, self.num_heads)
+        B, N, d = x.shape
+        w = self.project(x)
+        # q = k = v: the fused kernel never materialises the N x N attention matrix.
+        out = F.scaled_dot_product_attention(w, w, w)
+        return self.proj(out.transpose(1, 2).reshape(B, N, d))
+
+
+class ISTA(nn.Module):
+    """One non-negative ISTA step on the sparse-coding objective, the sparsification step.
+
+        ISTA(X) = ReLU(X + eta * D^T (X - D X) - eta * lambda)        (column convention)
+
+    warm-started at A = X with a complete d x d dictionary D. In rows this is
+    ``relu(x + eta * (x - x D^T) D - eta*lambda)``: two matmuls instead of the official three
+    (``x D - x D^T D``), identical in exact arithmetic.
+    """
+
+    def __init__(self, dim: int, step_size: float = 0.1, lambd: float = 0.5):
+        super().__init__()
+        self.dictionary = nn.Parameter(torch.empty(dim, dim))
+        nn.init.kaiming_uniform_(self.dictionary, a=math.sqrt(5))  # nn.Linear's default, as the official code
+        self.step_size = step_size
+        self.lambd = lambd
+        self.impl = "fast"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "reference":
+            return reference.ista(x, self.dictionary, self.step_size, self.lambd)
+        D = self.dictionary
+        residual = x - F.linear(x, D)  # x - D x
+        update = torch.matmul(residual, D)  # D^T (x - D x)
+        return F.relu(torch.add(x, update, alpha=self.step_size) - self.step_size * self.lambd)
+
+    def extra_repr(self) -> str:
+        return f"step_size={self.step_size}, lambd={self.lambd}"
+
+
+class InverseISTA(nn.Module):
+    """The decoder's linear step that partly inverts ISTA: Y' = W Y (square, bias-free)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim, dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+def sincos_pos_embed(embed_dim: int, grid_size: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
+    """The fixed 2-D sin-cos position table of MAE, (cls + h*w, d), row 0 (cls) all zeros.
+
+    The first half of the channels encodes the column index, the second half the row index, each as
+    [sin(pos * omega), cos(pos * omega)] with omega_i = 10000^(-i / (d/4)). Computed in float64 like the
+    official numpy code, so a table for the training grid equals the stored official table bit for bit.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 for the 2-D sin-cos position table")
+    h, w = grid_size
+    rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+
+    def one_dim(pos: np.ndarray) -> np.ndarray:
+        omega = np.arange(embed_dim // 4, dtype=np.float64) / (embed_dim / 4.0)
+        omega = 1.0 / 10000**omega
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    table = np.concatenate([one_dim(cols), one_dim(rows)], axis=1)
+    if cls_token:
+        table = np.concatenate([np.zeros([1, embed_dim]), table], axis=0)
+    return torch.from_numpy(table).float()

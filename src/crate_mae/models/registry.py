@@ -1,0 +1,82 @@
+"""A timm-style model registry: ``create_model("crate_mae_base", **overrides)``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_DEFAULTS: dict[str, dict] = {}
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], **defaults) -> None:
+    _MODELS[name] = factory
+    _DEFAULTS[name] = defaults
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern."""
+    import fnmatch
+
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def model_defaults(name: str) -> dict:
+    """The preset's constructor keywords (a copy)."""
+    _check_name(name)
+    return dict(_DEFAULTS[name])
+
+
+def create_model(name: str, pretrained: str | None = None, **overrides) -> nn.Module:
+    """Build a registered model; keyword arguments override the preset. ``pretrained`` is a checkpoint path
+    (any format :func:`crate_mae.load_checkpoint` reads) whose weights are loaded into the new model."""
+    _check_name(name)
+    kwargs = {**_DEFAULTS[name], **overrides}
+    try:
+        model = _MODELS[name](**kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad argument for model {name!r}: {e}") from None
+    model.config = {**getattr(model, "config", {}), "model": name}
+    if pretrained is not None:
+        from ..checkpoint import load_weights_into
+
+        load_weights_into(model, pretrained)
+    return model
+
+
+def _check_name(name: str) -> None:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+
+
+def _register_presets() -> None:
+    from .crate_mae import CrateEncoder, CrateMAE
+    from .vit_mae import ViTMAE
+
+    crate_sizes = {  # width, heads, encoder depth = decoder depth (Ma-Lab-Berkeley/CRATE mae_crate_*)
+        "tiny": (384, 6, 12),
+        "small": (576, 12, 12),
+        "base": (768, 12, 12),
+        "large": (1024, 16, 24),
+    }
+    for size, (d, h, depth) in crate_sizes.items():
+        register_model(f"crate_mae_{size}", CrateMAE, img_size=224, patch_size=16, embed_dim=d, depth=depth,
+                       num_heads=h, decoder_depth=depth)
+        register_model(f"crate_{size}", CrateEncoder, img_size=224, patch_size=16, embed_dim=d, depth=depth,
+                       num_heads=h)
+    vit_sizes = {  # facebookresearch/mae mae_vit_*: 512-wide, 8-layer, 16-head decoder
+        "base": (768, 12, 12, 16),
+        "large": (1024, 24, 16, 16),
+        "huge": (1280, 32, 16, 14),
+    }
+    for size, (d, depth, h, p) in vit_sizes.items():
+        register_model(f"vit_mae_{size}", ViTMAE, img_size=224, patch_size=p, embed_dim=d, depth=depth,
+                       num_heads=h, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0)
+    # The CRATE-MAE paper's ViT-MAE-Base baseline (143.79M): a 768-wide, 8-layer, 16-head decoder, no qkv bias.
+    register_model("vit_mae_base_dec768", ViTMAE, img_size=224, patch_size=16, embed_dim=768, depth=12,
+                   num_heads=12, decoder_embed_dim=768, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
+                   qkv_bias=False)
+
+
+_register_presets()
