@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """../shared beside the repository; tests that need it skip when it is absent (users do not have it)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"reference material not found at {SHARED} (only present in the development workspace)")
+    return SHARED
+
+
+@pytest.fixture
+def tiny_model_kwargs() -> dict:
+    """Overrides that make any crate_mae_* preset small enough for CPU tests."""
+    return dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_depth=2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
