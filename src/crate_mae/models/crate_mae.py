@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, PatchEmbed
 
+from .mixins import SavePretrainedMixin
 from .layers import ISTA, MSSA, InverseISTA, sincos_pos_embed
 from .masking import masked_mse, normalize_patches, patchify, random_masking, unpatchify
 from .outputs import Intermediates, LayerTrace, MAEOutput
@@ -72,7 +73,7 @@ def _cached_sincos(embed_dim: int, grid_size: tuple[int, int]) -> torch.Tensor:
     return sincos_pos_embed(embed_dim, grid_size)
 
 
-class CrateEncoder(nn.Module):
+class CrateEncoder(SavePretrainedMixin, nn.Module):
     """The CRATE encoder; with ``num_classes > 0`` a timm-style image classifier.
 
     forward_features(imgs) -> (N, 1+L, D) after the final norm; forward_head(x) pools ('token' = cls, 'avg' = mean of
@@ -195,7 +196,7 @@ class CrateDecoder(nn.Module):
         return self.norm(y)
 
 
-class CrateMAE(nn.Module):
+class CrateMAE(SavePretrainedMixin, nn.Module):
     """CRATE-MAE for masked completion. ``model(imgs, mask_ratio, noise)`` -> :class:`MAEOutput`."""
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,

@@ -14,12 +14,13 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from .crate_mae import _check_config, _layer_index, check_images, init_weights
+from .mixins import SavePretrainedMixin
 from .layers import sincos_pos_embed
 from .masking import masked_mse, normalize_patches, patchify, random_masking, unpatchify
 from .outputs import MAEOutput
 
 
-class ViTMAE(nn.Module):
+class ViTMAE(SavePretrainedMixin, nn.Module):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,

@@ -1,0 +1,384 @@
+"""Reading and writing model weights, without ever unpickling code.
+
+Formats read by :func:`load_checkpoint`:
+- ours: a directory (or its ``model.safetensors``) with ``config.json`` (architecture, kwargs, version);
+- official CRATE-MAE (github Ma-Lab-Berkeley/CRATE ``model/crate_ae``): keys ``blocks.i.layers.0.0.fn.qkv.weight`` ...;
+- facebookresearch/mae (``models_mae.py``), with or without the decoder;
+each as ``.safetensors`` or ``.pth`` (``torch.load(weights_only=True)``), raw or wrapped in ``{'model': ...}`` /
+``{'state_dict': ...}``, keys with or without a ``module.`` prefix, or an in-memory state dict.
+Architecture is inferred from tensor shapes; heads cannot be, so they come from the official preset for the width
+unless ``num_heads=`` is given. ISTA's eta / lambda are not stored in official weights: 0.1 / 0.5 unless overridden.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .models.crate_mae import CrateEncoder, CrateMAE
+from .models.layers import sincos_pos_embed
+from .models.vit_mae import ViTMAE
+from .utils import atomic_write
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ARCHITECTURES: dict[str, type[nn.Module]] = {"crate_mae": CrateMAE, "crate": CrateEncoder, "vit_mae": ViTMAE}
+# Heads per width in the official presets (heads cannot be read off square weight matrices).
+CRATE_HEADS = {384: 6, 576: 12, 768: 12, 1024: 16}
+VIT_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16, 512: 16}
+POS_TABLES = ("pos_embed", "decoder_pos_embed")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model it should build."""
+
+
+# -- our format -------------------------------------------------------------------------------------------------------
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``config.json`` (architecture, constructor kwargs, library version, ``extra``) and
+    ``model.safetensors`` into ``directory``, each atomically. Returns the directory."""
+    directory = Path(directory)
+    config = {**getattr(model, "config", {}), **(extra or {}), "crate_mae_version": __version__}
+    if "architecture" not in config:
+        raise ValueError(f"{type(model).__name__} has no config['architecture']; cannot save it in our format")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=True, default=_json_default)
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def from_pretrained(directory: str | os.PathLike, **overrides) -> nn.Module:
+    """Build a model from a directory written by :func:`save_pretrained`."""
+    directory = Path(directory)
+    if directory.is_file():
+        directory = directory.parent
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+    config = json.loads(cfg_path.read_text())
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+    model = build_from_config({**config, **overrides})
+    _load_exact(model, _read_safetensors(weights), str(weights))
+    return model
+
+
+def build_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Instantiate the architecture named in ``config``; unknown keys (e.g. saved data settings) stay in
+    ``model.config``."""
+    arch = config.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {arch!r} in config; expected one of {sorted(ARCHITECTURES)}")
+    cls = ARCHITECTURES[arch]
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in params}
+    model = cls(**kwargs)
+    model.config = {**{k: v for k, v in config.items() if k != "crate_mae_version"}, **model.config}
+    return model
+
+
+# -- any format ----------------------------------------------------------------------------------------------------------
+def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **overrides) -> nn.Module:
+    """Return a ready model (eval mode) from a checkpoint in any supported format; keyword arguments override the
+    inferred configuration (``num_heads``, ``ista_lambda``, ``ista_step_size``, ``norm_pix_loss``, ...)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if (path.is_dir() and (path / CONFIG_NAME).is_file()) or (path.is_file() and (path.parent / CONFIG_NAME).is_file()
+                                                                   and path.suffix == ".safetensors"):
+            return from_pretrained(path, **overrides).eval()
+        state = read_state_dict(path)
+        where = str(path)
+    else:
+        state, where = unwrap_state_dict(source), "in-memory state dict"
+    fmt = detect_format(state)
+    if fmt == "crate_mae_official":
+        model = _build_crate_official(state, overrides)
+        _load_exact(model, convert_official_crate(state), where)
+    elif fmt == "vit_mae_official":
+        model = _build_vit_official(state, overrides)
+        has_decoder = any(k.startswith("decoder_") for k in state)
+        _load_exact(model, {k: v for k, v in state.items() if k not in POS_TABLES}, where,
+                    allow_missing_prefixes=() if has_decoder else ("decoder_", "mask_token"))
+        if not has_decoder:
+            warnings.warn(f"{where} has no decoder: encoder weights loaded, decoder randomly initialised "
+                          "(fine for features, probing and fine-tuning; not for reconstruction)", stacklevel=2)
+        model.config["decoder_loaded"] = has_decoder
+    elif fmt == "ours":
+        raise CheckpointError(f"{where} uses our key names but comes without {CONFIG_NAME}; load the directory "
+                              "written by save_pretrained instead")
+    else:
+        raise CheckpointError(f"cannot recognise the checkpoint format of {where}: first keys {list(state)[:6]}")
+    _check_pos_tables(state, model, where)
+    return model.eval()
+
+
+def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module, num_classes: int = 0,
+                 global_pool: str = "token", **overrides) -> nn.Module:
+    """The encoder of a masked autoencoder as a timm-style classifier (``forward_features``, ``forward_head``,
+    ``reset_classifier``): a :class:`CrateEncoder` for CRATE-MAE, a timm ``VisionTransformer`` for ViT-MAE.
+    ``overrides`` may set ``drop_path_rate`` and anything :func:`load_checkpoint` accepts."""
+    drop_path_rate = overrides.pop("drop_path_rate", 0.0)
+    model = source if isinstance(source, nn.Module) else load_checkpoint(source, **overrides)
+    if isinstance(model, CrateEncoder):
+        model.reset_classifier(num_classes, global_pool)
+        return model
+    if isinstance(model, CrateMAE):
+        c = model.config
+        enc = CrateEncoder(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"], c["num_heads"],
+                           c["ista_step_size"], c["ista_lambda"], num_classes=num_classes, global_pool=global_pool,
+                           drop_path_rate=drop_path_rate, pos_embed_mode=c.get("pos_embed_mode", "sincos"))
+        state = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("head.")}
+        missing, unexpected = enc.load_state_dict(state, strict=False)
+        assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+        enc.config["model"] = c.get("model")
+        if "data" in c:
+            enc.config["data"] = c["data"]
+        return enc
+    if isinstance(model, ViTMAE):
+        return _vit_classifier(model, num_classes, global_pool, drop_path_rate)
+    raise CheckpointError(f"cannot make an encoder classifier from {type(model).__name__}")
+
+
+def load_weights_into(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a checkpoint's weights into an existing model of the same architecture (strict)."""
+    loaded = load_checkpoint(source) if not isinstance(source, nn.Module) else source
+    if isinstance(model, CrateEncoder) and isinstance(loaded, CrateMAE):
+        loaded = load_encoder(loaded, num_classes=model.num_classes, global_pool=model.global_pool)
+    state = {k: v for k, v in loaded.state_dict().items()}
+    if isinstance(model, CrateEncoder):  # the classifier head is the user's, not the checkpoint's
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+    _load_exact(model, state, str(source) if not isinstance(source, Mapping) else "state dict")
+    return model
+
+
+# -- reading -------------------------------------------------------------------------------------------------------------
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file, unwrapped, ``module.`` stripped."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / WEIGHTS_NAME, *sorted(path.glob("*.safetensors")), *sorted(path.glob("*.pth"))]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"no weights file (*.safetensors, *.pth) in {path}")
+        path = found[0]
+    if path.suffix == ".safetensors":
+        return unwrap_state_dict(_read_safetensors(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles with code, truncated zips, ...
+        raise CheckpointError(f"cannot read {path} safely (torch.load weights_only=True): {e}") from None
+    return unwrap_state_dict(obj)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path} as safetensors (truncated or corrupt?): {e}") from None
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Accept raw, ``{'model': sd}``, ``{'state_dict': sd}`` (also nested once) and strip ``module.`` prefixes."""
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError("checkpoint holds no state dict (expected a mapping of tensor names to tensors)")
+    state = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        k = k[len("module."):] if k.startswith("module.") else k
+        state[k] = v
+    if not state:
+        raise CheckpointError("checkpoint holds no tensors")
+    return state
+
+
+def detect_format(state: Mapping[str, torch.Tensor]) -> str:
+    if any(re.match(r"blocks\.\d+\.layers\.0\.0\.fn\.qkv\.weight$", k) for k in state):
+        return "crate_mae_official"
+    if any(k.startswith("encoder.blocks.") or re.match(r"blocks\.\d+\.ista\.", k) for k in state):
+        return "ours"
+    if any(re.match(r"blocks\.\d+\.mlp\.fc1\.weight$", k) for k in state):
+        return "vit_mae_official"
+    return "unknown"
+
+
+# -- official CRATE-MAE ----------------------------------------------------------------------------------------------
+_CRATE_KEY_MAP = [  # (official regex, ours)
+    (r"^cls_token$", "encoder.cls_token"),
+    (r"^patch_embed\.proj\.(weight|bias)$", r"encoder.patch_embed.proj.\1"),
+    (r"^norm\.(weight|bias)$", r"encoder.norm.\1"),
+    (r"^mask_token$", "mask_token"),
+    (r"^decoder_norm\.(weight|bias)$", r"decoder.norm.\1"),
+    (r"^decoder_pred\.(weight|bias)$", r"decoder_pred.\1"),
+    (r"^blocks\.(\d+)\.layers\.0\.0\.norm\.(weight|bias)$", r"encoder.blocks.\1.norm1.\2"),
+    (r"^blocks\.(\d+)\.layers\.0\.0\.fn\.qkv\.weight$", r"encoder.blocks.\1.attn.qkv.weight"),
+    (r"^blocks\.(\d+)\.layers\.0\.0\.fn\.to_out\.0\.(weight|bias)$", r"encoder.blocks.\1.attn.proj.\2"),
+    (r"^blocks\.(\d+)\.layers\.0\.1\.norm\.(weight|bias)$", r"encoder.blocks.\1.norm2.\2"),
+    (r"^blocks\.(\d+)\.layers\.0\.1\.fn\.weight$", r"encoder.blocks.\1.ista.dictionary"),
+    (r"^decoder_blocks\.(\d+)\.layers\.0\.0\.norm\.(weight|bias)$", r"decoder.blocks.\1.norm1.\2"),
+    (r"^decoder_blocks\.(\d+)\.layers\.0\.0\.fn\.weight$", r"decoder.blocks.\1.linear.weight"),
+    (r"^decoder_blocks\.(\d+)\.layers\.0\.1\.norm\.(weight|bias)$", r"decoder.blocks.\1.norm2.\2"),
+    (r"^decoder_blocks\.(\d+)\.layers\.0\.1\.fn\.qkv\.weight$", r"decoder.blocks.\1.attn.qkv.weight"),
+    (r"^decoder_blocks\.(\d+)\.layers\.0\.1\.fn\.to_out\.0\.(weight|bias)$", r"decoder.blocks.\1.attn.proj.\2"),
+]
+_CRATE_DROPPED = re.compile(r"^(pos_embed|decoder_pos_embed|decoder_embed\.(weight|bias))$")  # frozen / unused
+
+
+def convert_official_crate(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an official CRATE-MAE state dict to our module tree. Unknown keys are kept (so that the strict load
+    names them) rather than silently dropped."""
+    out = {}
+    for k, v in state.items():
+        if _CRATE_DROPPED.match(k):
+            continue
+        for pattern, repl in _CRATE_KEY_MAP:
+            if re.match(pattern, k):
+                out[re.sub(pattern, repl, k)] = v
+                break
+        else:
+            out[f"<unrecognised>{k}"] = v
+    return out
+
+
+def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) -> CrateMAE:
+    cfg = _shape_config(state, "blocks.{}.layers.0.0.fn.qkv.weight", "decoder_blocks.{}.layers.0.0.fn.weight")
+    d = cfg["embed_dim"]
+    if "num_heads" not in overrides:
+        if d not in CRATE_HEADS:
+            raise CheckpointError(f"cannot infer num_heads for width {d} (not an official preset); pass num_heads=")
+        cfg["num_heads"] = CRATE_HEADS[d]
+    cfg = {**cfg, **overrides}
+    model = CrateMAE(**cfg)
+    model.config["model"] = _preset_name("crate_mae", d, cfg)
+    return model
+
+
+def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict) -> ViTMAE:
+    cfg = _shape_config(state, "blocks.{}.attn.qkv.weight", "decoder_blocks.{}.attn.qkv.weight")
+    d = cfg["embed_dim"]
+    if "decoder_embed.weight" in state:
+        cfg["decoder_embed_dim"] = state["decoder_embed.weight"].shape[0]
+    cfg.pop("decoder_depth") if cfg.get("decoder_depth") == 0 else None
+    cfg["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / d
+    cfg["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
+    if "num_heads" not in overrides:
+        if d not in VIT_HEADS:
+            raise CheckpointError(f"cannot infer num_heads for width {d} (not an official preset); pass num_heads=")
+        cfg["num_heads"] = VIT_HEADS[d]
+    dd = cfg.get("decoder_embed_dim", 512)
+    if "decoder_num_heads" not in overrides:
+        if dd not in VIT_HEADS:
+            raise CheckpointError(f"cannot infer decoder_num_heads for decoder width {dd}; pass decoder_num_heads=")
+        cfg["decoder_num_heads"] = VIT_HEADS[dd]
+    return ViTMAE(**{**cfg, **overrides})
+
+
+def _shape_config(state: Mapping[str, torch.Tensor], enc_key: str, dec_key: str) -> dict:
+    if "patch_embed.proj.weight" not in state:
+        raise CheckpointError("checkpoint has no patch_embed.proj.weight; cannot infer the architecture")
+    d, c, p, _ = state["patch_embed.proj.weight"].shape
+    depth = _count(state, enc_key)
+    cfg = dict(embed_dim=d, in_chans=c, patch_size=p, depth=depth, decoder_depth=_count(state, dec_key))
+    if "pos_embed" in state:
+        n = state["pos_embed"].shape[1] - 1
+        side = int(round(n**0.5))
+        if side * side != n:
+            raise CheckpointError(f"pos_embed holds {n} patches, not a square grid; pass img_size=")
+        cfg["img_size"] = side * p
+    return cfg
+
+
+def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
+    n = 0
+    while pattern.format(n) in state:
+        n += 1
+    return n
+
+
+def _preset_name(prefix: str, d: int, cfg: dict) -> str | None:
+    for size, width in (("tiny", 384), ("small", 576), ("base", 768), ("large", 1024)):
+        if d == width and cfg.get("patch_size") == 16:
+            return f"{prefix}_{size}"
+    return None
+
+
+def _check_pos_tables(state: Mapping[str, torch.Tensor], model: nn.Module, where: str) -> None:
+    """Official checkpoints store frozen sin-cos tables; we recompute them. Say so if a stored one differs."""
+    for key in POS_TABLES:
+        if key not in state:
+            continue
+        table = state[key].float()
+        h = w = int(round((table.shape[1] - 1) ** 0.5))
+        expected = sincos_pos_embed(table.shape[-1], (h, w)).unsqueeze(0)
+        if table.shape != expected.shape or not torch.allclose(table, expected, atol=1e-4):
+            warnings.warn(f"{where}: stored {key} is not the fixed 2-D sin-cos table (learned?); it is ignored and "
+                          "the sin-cos table is used", stacklevel=3)
+
+
+# -- strict loading with useful errors -------------------------------------------------------------------------------
+def _load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], where: str,
+                allow_missing_prefixes: tuple[str, ...] = ()) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(allow_missing_prefixes)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {_short(mismatched)}")
+        raise CheckpointError(f"checkpoint {where} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict({k: v for k, v in state.items()}, strict=not allow_missing_prefixes)
+
+
+def _short(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
+
+
+def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_rate: float) -> nn.Module:
+    from functools import partial
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    c = mae.config
+    vit = VisionTransformer(img_size=c["img_size"], patch_size=c["patch_size"], in_chans=c["in_chans"],
+                            embed_dim=c["embed_dim"], depth=c["depth"], num_heads=c["num_heads"],
+                            mlp_ratio=c["mlp_ratio"], qkv_bias=c["qkv_bias"], num_classes=num_classes,
+                            global_pool=global_pool, fc_norm=False, drop_path_rate=drop_path_rate,
+                            norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    state = {k: v for k, v in mae.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
+    state["pos_embed"] = mae.pos_embed.clone()
+    state.update({k: v for k, v in vit.state_dict().items() if k.startswith("head.")})
+    vit.load_state_dict(state, strict=True)
+    vit.config = {**c, "architecture": "vit", "num_classes": num_classes, "global_pool": global_pool}
+    return vit
+
+
+def _json_default(o: Any):
+    if isinstance(o, tuple):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"config value {o!r} is not JSON-serialisable")
