@@ -1,0 +1,116 @@
+"""`crate-mae models | info | convert`: the model zoo and checkpoint conversion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered model names")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'crate_mae_*'")
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser("info", help="architecture and parameter counts of a model name or checkpoint")
+    p.add_argument("model", help="registered name (see `crate-mae models`) or checkpoint path")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="constructor overrides, e.g. img_size=32")
+    p.add_argument("--forward", action="store_true", help="also run one masked forward pass on random images")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("convert", help="convert an official CRATE-MAE / MAE checkpoint to our safetensors format")
+    p.add_argument("src", help="official .pth / .safetensors file")
+    p.add_argument("out_dir", help="output directory (config.json + model.safetensors)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="settings not stored in official weights, e.g. num_heads=12 ista_lambda=0.5")
+    p.set_defaults(func=_convert)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE pairs with YAML-typed values (ints, floats, booleans, lists)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_or_load(name_or_path: str, overrides: dict):
+    """A registered model name builds a fresh model; anything else is read as a checkpoint."""
+    import crate_mae
+
+    if name_or_path in crate_mae.list_models():
+        return crate_mae.create_model(name_or_path, **overrides)
+    if not Path(name_or_path).exists():
+        raise FileNotFoundError(f"{name_or_path!r} is neither a registered model name nor an existing checkpoint "
+                                f"path; known names: {', '.join(crate_mae.list_models())}")
+    return crate_mae.load_checkpoint(name_or_path, **overrides)
+
+
+def describe(model) -> dict:
+    info = {k: v for k, v in model.config.items()}
+    info["params_trainable"] = model.num_params("trainable") if hasattr(model, "num_params") else \
+        sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if hasattr(model, "num_params"):
+        try:
+            info["params_official"] = model.num_params("official")
+        except ValueError:
+            pass
+    return info
+
+
+def _models(args) -> int:
+    import crate_mae
+
+    for name in crate_mae.list_models(args.pattern):
+        print(name)
+    return 0
+
+
+def _info(args) -> int:
+    import torch
+
+    model = build_or_load(args.model, parse_overrides(args.overrides))
+    info = describe(model)
+    if args.forward:
+        c = model.config
+        size = c["img_size"] if isinstance(c["img_size"], (list, tuple)) else (c["img_size"], c["img_size"])
+        imgs = torch.randn(2, c.get("in_chans", 3), *size)
+        with torch.no_grad():
+            out = model(imgs) if c["architecture"] != "crate" else model.forward_features(imgs)
+        if hasattr(out, "loss"):
+            info["forward"] = dict(loss=round(float(out.loss), 4), pred=list(out.pred.shape),
+                                   masked=int(out.mask[0].sum()), latent=list(out.latent.shape))
+        else:
+            info["forward"] = dict(features=list(out.shape))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{info.get('model') or args.model}  ({info['architecture']})")
+    for k, v in info.items():
+        if k in ("params_trainable", "params_official", "forward", "model", "architecture"):
+            continue
+        print(f"  {k:<20} {v}")
+    print(f"  {'params (trainable)':<20} {info['params_trainable']:,} ({info['params_trainable'] / 1e6:.2f}M)")
+    if "params_official" in info:
+        print(f"  {'params (official)':<20} {info['params_official']:,} ({info['params_official'] / 1e6:.2f}M)"
+              "  [counts the frozen sin-cos tables" + (" and the unused decoder_embed]"
+                                                        if info["architecture"] == "crate_mae" else "]"))
+    if "forward" in info:
+        print(f"  {'forward (random)':<20} {info['forward']}")
+    return 0
+
+
+def _convert(args) -> int:
+    import crate_mae
+
+    model = crate_mae.load_checkpoint(args.src, **parse_overrides(args.overrides))
+    out = crate_mae.save_pretrained(model, args.out_dir)
+    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} "
+          f"({model.config['architecture']}, {model.num_params('trainable'):,} trainable parameters)")
+    return 0

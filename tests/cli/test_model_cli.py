@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from crate_mae.cli import main
+
+
+def test_info_reports_both_conventions(capsys):
+    assert main(["info", "crate_mae_base", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert round(info["params_official"] / 1e6, 2) == 44.64
+    assert info["params_trainable"] == 43_745_280
+
+
+def test_info_forward_with_overrides(capsys):
+    assert main(["info", "crate_mae_tiny", "img_size=32", "patch_size=8", "depth=1", "decoder_depth=1",
+                 "--forward"]) == 0
+    out = capsys.readouterr().out
+    assert "params (official)" in out and "'masked': 12" in out
+
+
+def test_models_list(capsys):
+    assert main(["models", "crate_mae_*"]) == 0
+    assert capsys.readouterr().out.split() == ["crate_mae_base", "crate_mae_large", "crate_mae_small", "crate_mae_tiny"]
+
+
+def test_convert_official_fixture(shared_dir, tmp_path, capsys):
+    src = shared_dir / "fixtures" / "crate_mae_micro.official_state_dict.safetensors"
+    assert main(["convert", str(src), str(tmp_path / "out"), "num_heads=4"]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_heads"] == 4
+
+
+def test_errors_are_reported_not_raised(capsys, tmp_path):
+    assert main(["info", "no_such_model"]) == 1
+    assert "neither a registered model name" in capsys.readouterr().err
+    assert main(["info", "crate_mae_tiny", "embed_dim=36", "num_heads=8"]) == 1
+    assert "embed_dim=36 is not divisible by num_heads=8" in capsys.readouterr().err
+    assert main(["info", "crate_mae_tiny", "oops"]) == 1

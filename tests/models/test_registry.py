@@ -1,0 +1,73 @@
+"""Every registered model builds, forwards and backwards at a tiny size; presets have the official sizes."""
+
+import pytest
+import torch
+
+import crate_mae
+from crate_mae.models import CrateEncoder, CrateMAE, ViTMAE, model_defaults
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
+
+
+@pytest.mark.parametrize("name", crate_mae.list_models())
+def test_every_model_forwards_and_backwards(name):
+    defaults = model_defaults(name)
+    kw = dict(TINY)
+    if "decoder_depth" in defaults:
+        kw["decoder_depth"] = 1
+    if "decoder_embed_dim" in defaults:
+        kw.update(decoder_embed_dim=16, decoder_num_heads=2)
+    if name.startswith("crate_") and not name.startswith("crate_mae"):
+        kw["num_classes"] = 5
+    model = crate_mae.create_model(name, **kw)
+    imgs = torch.randn(2, 3, 32, 32)
+    if isinstance(model, CrateEncoder):
+        logits = model(imgs)
+        assert logits.shape == (2, 5)
+        logits.sum().backward()
+    else:
+        out = model(imgs, mask_ratio=0.75)
+        assert out.pred.shape == (2, 16, 8 * 8 * 3)
+        assert out.mask.shape == (2, 16) and int(out.mask.sum(1)[0]) == 12
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads if g is not None)
+    assert sum(int(g is not None) for g in grads) > len(grads) // 2
+    assert model.config["model"] == name
+
+
+@pytest.mark.parametrize("name,official_m", [("crate_mae_tiny", 11.56), ("crate_mae_small", 25.41),
+                                             ("crate_mae_base", 44.64), ("crate_mae_large", 154.27),
+                                             ("vit_mae_base_dec768", 143.79), ("vit_mae_base", 111.91)])
+def test_official_parameter_counts(name, official_m):
+    model = crate_mae.create_model(name)
+    assert round(model.num_params("official") / 1e6, 2) == official_m
+    assert model.num_params("trainable") < model.num_params("official")
+
+
+def test_crate_mae_base_is_about_31_percent_of_paper_vit_mae_base():
+    ratio = (crate_mae.create_model("crate_mae_base").num_params("official")
+             / crate_mae.create_model("vit_mae_base_dec768").num_params("official"))
+    assert 0.30 < ratio < 0.32
+
+
+def test_presets():
+    for size, (d, h, depth) in {"tiny": (384, 6, 12), "small": (576, 12, 12), "base": (768, 12, 12),
+                                "large": (1024, 16, 24)}.items():
+        cfg = model_defaults(f"crate_mae_{size}")
+        assert (cfg["embed_dim"], cfg["num_heads"], cfg["depth"], cfg["decoder_depth"]) == (d, h, depth, depth)
+        assert (cfg["patch_size"], cfg["img_size"]) == (16, 224)
+
+
+def test_unknown_model_and_bad_kwarg():
+    with pytest.raises(ValueError, match="unknown model 'crate_mae_gigantic'"):
+        crate_mae.create_model("crate_mae_gigantic")
+    with pytest.raises(ValueError, match="bad argument"):
+        crate_mae.create_model("crate_mae_tiny", not_a_kwarg=1)
+
+
+def test_classes():
+    assert isinstance(crate_mae.create_model("crate_mae_tiny", **TINY, decoder_depth=1), CrateMAE)
+    assert isinstance(crate_mae.create_model("vit_mae_base", **TINY, decoder_embed_dim=16, decoder_num_heads=2,
+                                             decoder_depth=1), ViTMAE)
