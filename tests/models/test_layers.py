@@ -1,0 +1,52 @@
+"""The position table and precision behaviour of the layers."""
+
+import numpy as np
+import pytest
+import torch
+
+import crate_mae
+from crate_mae.models import sincos_pos_embed
+
+
+def _mae_table(d, h, w):
+    """facebookresearch/mae's construction, written independently: meshgrid(w, h) so that the FIRST half of the
+    channels is driven by the column index, the second by the row index; omega = 1 / 10000^(i / (d/4))."""
+    gw, gh = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))  # 'xy' indexing
+    def one(pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 4, dtype=np.float64) / (d / 4.0))
+        out = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    table = np.concatenate([one(gw), one(gh)], axis=1)
+    return np.concatenate([np.zeros([1, d]), table], axis=0)
+
+
+@pytest.mark.parametrize("d,h,w", [(768, 14, 14), (64, 8, 8), (32, 3, 5)])
+def test_sincos_table_matches_mae_construction(d, h, w):
+    ours = sincos_pos_embed(d, (h, w))
+    torch.testing.assert_close(ours, torch.from_numpy(_mae_table(d, h, w)).float(), rtol=0, atol=0)
+
+
+def test_full_base_preset_at_224_fast_equals_reference():
+    """The full crate_mae_base (12+12 layers, 768 wide, 196 patches): the fast path computes the literal arithmetic."""
+    torch.manual_seed(0)
+    model = crate_mae.create_model("crate_mae_base").eval()
+    imgs, noise = torch.randn(1, 3, 224, 224), torch.rand(1, 196)
+    with torch.no_grad():
+        fast = model(imgs, noise=noise)
+        ref = model.set_impl("reference")(imgs, noise=noise)
+    assert int(fast.mask.sum()) == 147
+    torch.testing.assert_close(fast.pred, ref.pred, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.latent, ref.latent, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_forward_backward(tiny_model_kwargs):
+    """The training path under bf16 autocast (what CUDA runs; exercised here on the CPU autocast backend)."""
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    ref = model(imgs, noise=noise).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(imgs, noise=noise)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert abs(out.loss.item() - ref.item()) < 0.05 * ref.item()
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
