@@ -22,7 +22,7 @@ class MAEOutput:
     mask: torch.Tensor
     latent: torch.Tensor
 
-    def __iter__(self):  # so that `loss, pred, mask = out[:3]`-style unpacking of the official tuple still reads well
+    def __iter__(self):  # `loss, pred, mask, latent = model(imgs)` reads like the official tuple return
         return iter((self.loss, self.pred, self.mask, self.latent))
 
 
