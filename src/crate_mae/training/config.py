@@ -1,0 +1,281 @@
+"""Typed pretraining configuration: YAML file + ``dotted.key=value`` overrides -> validated :class:`PretrainConfig`.
+
+Every section is a dataclass; unknown keys and bad values are collected and reported together, each by its dotted
+name, so a user fixes a config in one go. The resolved config (after overrides and defaults) is what
+:func:`crate_mae.training.pretrain` writes to ``<output_dir>/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+DATA_KINDS = ("auto", "imagefolder", "folder", "cifar10", "cifar100")
+
+
+@dataclass
+class ModelConfig:
+    """Which network: a registry name plus constructor overrides (``img_size`` comes from ``data.img_size``)."""
+
+    name: str = "crate_mae_tiny"
+    mask_ratio: float = 0.75
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are augmented (MAE: RandomResizedCrop(scale) + flip + normalise)."""
+
+    path: str | None = None        # ImageFolder tree / flat folder / CIFAR pickle dir; None only with demo=true
+    kind: str = "auto"
+    split: str | None = "train"    # sub-folder (ImageFolder) or CIFAR split; None = use path as is
+    demo: bool = False             # the embedded scikit-image photo crops instead of a path
+    demo_samples: int = 2048
+    img_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    num_workers: int = 4
+    strict: bool = False           # fail on the first unreadable image instead of skipping it
+
+
+@dataclass
+class OptimConfig:
+    """AdamW recipe. ``lr`` (absolute) wins over ``blr``; otherwise lr = blr * effective_batch / 256 with
+    effective_batch = batch_size * accum_iter * world_size. Schedules are per optimizer step."""
+
+    batch_size: int = 64           # per process, per forward
+    accum_iter: int = 1
+    epochs: int = 800
+    warmup_epochs: float = 40
+    blr: float = 1.5e-4
+    lr: float | None = None
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float | None = None
+
+
+@dataclass
+class RunConfig:
+    """Bookkeeping: where to write, how often, precision, determinism, resuming."""
+
+    output_dir: str = "runs/pretrain"
+    seed: int = 0
+    log_every: int = 20            # optimizer steps between metrics.jsonl / TensorBoard rows
+    ckpt_every_steps: int = 1000   # optimizer steps between checkpoints (0 = epoch ends only)
+    keep_checkpoints: int = 2      # newest complete checkpoints kept on disk
+    vis_every_epochs: int = 20     # epochs between reconstruction grids (0 = never)
+    vis_images: int = 8
+    amp: str = "auto"              # auto = bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    deterministic: bool = False
+    resume: str | None = None      # None, "auto" (newest complete checkpoint in output_dir) or a checkpoint path
+    max_steps: int | None = None   # stop after this many optimizer steps (smoke tests)
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time
+    progress: bool = True          # tqdm bar on rank 0
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def validate(self) -> "PretrainConfig":
+        """Raise one ValueError naming every bad value (dotted key = value: why)."""
+        errors = _validate(self)
+        if errors:
+            raise ValueError("invalid pretraining config:\n  " + "\n  ".join(errors))
+        return self
+
+
+# -- loading ----------------------------------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict[str, Any] | None = None
+                ) -> PretrainConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None), apply ``key.sub=value`` overrides (values
+    parsed as YAML), build the dataclasses and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for key, value in _parse_overrides(overrides).items():
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> PretrainConfig:
+    errors: list[str] = []
+    sections = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
+    kwargs = {}
+    for name, value in raw.items():
+        if name not in sections:
+            errors.append(f"{name}: unknown section (expected one of {', '.join(sections)})")
+            continue
+        if not isinstance(value, dict):
+            errors.append(f"{name}: must be a mapping, got {value!r}")
+            continue
+        cls = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}[name]
+        known = {f.name for f in dataclasses.fields(cls)}
+        for k in value:
+            if k not in known:
+                errors.append(f"{name}.{k}: unknown key (known: {', '.join(sorted(known))})")
+        kwargs[name] = cls(**{k: _coerce(v) for k, v in value.items() if k in known})
+    if errors:
+        raise ValueError("invalid pretraining config:\n  " + "\n  ".join(errors))
+    return PretrainConfig(**kwargs).validate()
+
+
+def save_config(cfg: PretrainConfig, path: str | os.PathLike) -> None:
+    from ..utils import atomic_write
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not dotted.key=value (e.g. optim.epochs=10)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) < 2:
+        raise ValueError(f"override key {key!r} must name a section, e.g. optim.{key}")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {p} is not a mapping")
+    node[parts[-1]] = value
+
+
+def _coerce(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# -- validation -------------------------------------------------------------------------------------------------------
+def _validate(cfg: PretrainConfig) -> list[str]:
+    errors: list[str] = []
+
+    def check(ok: bool, key: str, value: Any, why: str) -> None:
+        if not ok:
+            errors.append(f"{key} = {value!r}: {why}")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    m, d, o, r = cfg.model, cfg.data, cfg.optim, cfg.run
+    # model
+    from ..models.registry import _MODELS, list_models
+
+    if m.name not in _MODELS:
+        errors.append(f"model.name = {m.name!r}: unknown model; available: {', '.join(list_models())}")
+    else:
+        check(m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
+              "pretraining needs a masked autoencoder (crate_mae_* or vit_mae_*), not an encoder-only classifier")
+        params = inspect.signature(_MODELS[m.name].__init__).parameters
+        if not isinstance(m.overrides, dict):
+            errors.append(f"model.overrides = {m.overrides!r}: must be a mapping of constructor keywords")
+        else:
+            for k, v in m.overrides.items():
+                if k == "img_size":
+                    errors.append(f"model.overrides.img_size = {v!r}: set data.img_size instead (one source of truth)")
+                elif k not in params or k == "self":
+                    errors.append(f"model.overrides.{k} = {v!r}: not a constructor argument of {m.name}")
+    check(number(m.mask_ratio) and 0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "must be in (0, 1)")
+    # data
+    check(d.kind in DATA_KINDS, "data.kind", d.kind, f"must be one of {DATA_KINDS}")
+    check(d.demo or d.path is not None, "data.path", d.path, "required unless data.demo = true")
+    check(integer(d.img_size) and d.img_size > 0, "data.img_size", d.img_size, "must be a positive integer")
+    patch = m.overrides.get("patch_size") if isinstance(m.overrides, dict) else None
+    if patch is None and m.name in _MODELS:
+        from ..models.registry import model_defaults
+
+        patch = model_defaults(m.name).get("patch_size")
+    if integer(d.img_size) and integer(patch) and patch > 0:
+        check(d.img_size % patch == 0, "data.img_size", d.img_size, f"must be divisible by the patch size {patch}")
+    for key in ("mean", "std"):
+        v = getattr(d, key)
+        check(isinstance(v, tuple) and len(v) == 3 and all(number(x) for x in v), f"data.{key}", v,
+              "must be a list of 3 numbers (one per RGB channel)")
+    if isinstance(d.std, tuple) and all(number(x) for x in d.std):
+        check(all(x > 0 for x in d.std), "data.std", d.std, "every entry must be > 0")
+    check(isinstance(d.scale, tuple) and len(d.scale) == 2 and all(number(x) for x in d.scale)
+          and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale", d.scale, "must be [lo, hi] with 0 < lo <= hi <= 1")
+    check(integer(d.num_workers) and d.num_workers >= 0, "data.num_workers", d.num_workers, "must be an integer >= 0")
+    check(integer(d.demo_samples) and d.demo_samples > 0, "data.demo_samples", d.demo_samples, "must be > 0")
+    for key in ("hflip", "strict", "demo"):
+        check(isinstance(getattr(d, key), bool), f"data.{key}", getattr(d, key), "must be true or false")
+    # optim
+    for key in ("batch_size", "accum_iter", "epochs"):
+        v = getattr(o, key)
+        check(integer(v) and v >= 1, f"optim.{key}", v, "must be an integer >= 1")
+    check(number(o.warmup_epochs) and o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    if number(o.warmup_epochs) and integer(o.epochs):
+        check(o.warmup_epochs <= o.epochs, "optim.warmup_epochs", o.warmup_epochs,
+              f"must not exceed optim.epochs = {o.epochs}")
+    check(number(o.blr) and o.blr > 0, "optim.blr", o.blr, "must be > 0")
+    check(o.lr is None or (number(o.lr) and o.lr > 0), "optim.lr", o.lr, "must be > 0 or null (then blr is used)")
+    check(number(o.min_lr) and o.min_lr >= 0, "optim.min_lr", o.min_lr, "must be >= 0")
+    check(number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    check(isinstance(o.betas, tuple) and len(o.betas) == 2 and all(number(b) and 0 <= b < 1 for b in o.betas),
+          "optim.betas", o.betas, "must be [beta1, beta2] with each in [0, 1)")
+    check(o.clip_grad is None or (number(o.clip_grad) and o.clip_grad > 0), "optim.clip_grad", o.clip_grad,
+          "must be > 0 or null (no clipping)")
+    # run
+    check(isinstance(r.output_dir, str) and r.output_dir != "", "run.output_dir", r.output_dir, "must be a path")
+    check(integer(r.seed) and r.seed >= 0, "run.seed", r.seed, "must be an integer >= 0")
+    check(integer(r.log_every) and r.log_every >= 1, "run.log_every", r.log_every, "must be an integer >= 1")
+    for key in ("ckpt_every_steps", "vis_every_epochs", "vis_images"):
+        v = getattr(r, key)
+        check(integer(v) and v >= 0, f"run.{key}", v, "must be an integer >= 0")
+    check(integer(r.keep_checkpoints) and r.keep_checkpoints >= 1, "run.keep_checkpoints", r.keep_checkpoints,
+          "must be an integer >= 1")
+    check(r.amp in AMP_MODES, "run.amp", r.amp, f"must be one of {AMP_MODES}")
+    check(r.max_steps is None or (integer(r.max_steps) and r.max_steps >= 1), "run.max_steps", r.max_steps,
+          "must be an integer >= 1 or null")
+    check(r.max_minutes is None or (number(r.max_minutes) and r.max_minutes > 0), "run.max_minutes", r.max_minutes,
+          "must be > 0 or null")
+    check(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
+    for key in ("compile", "deterministic", "progress"):
+        check(isinstance(getattr(r, key), bool), f"run.{key}", getattr(r, key), "must be true or false")
+    return errors

@@ -1,0 +1,62 @@
+"""The MAE optimisation recipe: AdamW with decay only on weight matrices, lr scaled by the effective batch,
+per-step linear warm-up then half-cosine decay."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from timm.optim import param_groups_weight_decay
+
+
+def effective_lr(blr: float, batch_size: int, accum_iter: int, world_size: int, lr: float | None = None) -> float:
+    """``lr`` if given, else the linear scaling rule ``blr * batch_size * accum_iter * world_size / 256``."""
+    if lr is not None:
+        return float(lr)
+    return blr * batch_size * accum_iter * world_size / 256
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+                    ) -> torch.optim.AdamW:
+    """AdamW with two groups: weight decay on >= 2-D weights; none on norms, biases, tokens and position tables
+    (1-D parameters plus ``model.no_weight_decay()``), as in facebookresearch/mae ``optim_factory``."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups = param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+class WarmupCosine:
+    """lr(step) for optimizer step ``step`` (0-based):
+
+    - ``step < warmup``:  ``base_lr * step / warmup``
+    - otherwise:          ``min_lr + (base_lr - min_lr) * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2``
+
+    This is facebookresearch/mae ``util/lr_sched.adjust_learning_rate`` with the epoch fraction measured in
+    optimizer steps. The schedule is a pure function of the step, so resuming needs only the step counter.
+    """
+
+    def __init__(self, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0):
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+        self.base_lr, self.total_steps, self.warmup_steps, self.min_lr = base_lr, total_steps, warmup_steps, min_lr
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * step / self.warmup_steps
+        decay = self.total_steps - self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / decay) if decay > 0 else 1.0
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every group's lr (times its ``lr_scale`` if present) for ``step``; returns the lr."""
+        lr = self(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def state_dict(self) -> dict:
+        return dict(base_lr=self.base_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                    min_lr=self.min_lr)

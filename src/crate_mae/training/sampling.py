@@ -1,0 +1,93 @@
+"""Data order and per-sample randomness that do not depend on the number of processes, workers or restarts.
+
+Two ideas make a run reproducible bit for bit across ``torchrun`` world sizes and kill/resume:
+
+1. :class:`EpochSampler` draws one permutation per epoch from ``(seed, epoch)`` and cuts it into *global* batches
+   of ``batch_size * world_size``; rank ``r`` takes the samples at positions ``r, r + world, ...`` of each global
+   batch (DistributedSampler's striding). A 2-process run with batch B therefore sees, at every step, exactly the
+   samples of a 1-process run with batch 2B. Resuming starts the iteration at a given step instead of replaying it.
+2. :class:`SeededSamples` wraps a dataset so that sample ``i`` of epoch ``e`` is augmented under the RNG seed
+   ``f(seed, e, i)`` and comes with its own masking noise drawn from the same seed. Augmentations and masks are thus
+   a function of (seed, epoch, index) only, whichever worker or rank loads the sample.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+_MIX = 0x9E3779B97F4A7C15  # 64-bit golden ratio, spreads nearby (epoch, index) pairs apart
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one (run seed, epoch, sample index) triple."""
+    h = (seed * _MIX + epoch) & 0xFFFFFFFFFFFFFFFF
+    h = (h * _MIX + index) & 0xFFFFFFFFFFFFFFFF
+    h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class SeededSamples(Dataset):
+    """``ds[(epoch, i)] -> (image, noise)``: the wrapped dataset's image (label dropped) produced under the seed
+    :func:`sample_seed` ``(seed, epoch, i)``, and uniform masking noise of length ``num_patches`` from that seed."""
+
+    def __init__(self, dataset: Dataset, num_patches: int, seed: int):
+        self.dataset, self.num_patches, self.seed = dataset, num_patches, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        s = sample_seed(self.seed, epoch, index)
+        # fork_rng keeps the process-wide generator untouched, so loading order cannot leak into training RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            item = self.dataset[index]
+        img = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(img, torch.Tensor):
+            raise ValueError(f"dataset sample {index} is a {type(img).__name__}, expected a tensor image; "
+                             "give the dataset a transform that ends with ToTensor/Normalize")
+        noise = torch.rand(self.num_patches, generator=torch.Generator().manual_seed(s ^ 1))
+        return img, noise
+
+
+class EpochSampler(Sampler[list[tuple[int, int]]]):
+    """Batch sampler: yields this rank's list of ``(epoch, index)`` keys for each step of epoch ``set_epoch(e)``.
+
+    ``steps_per_epoch = len(dataset) // (batch_size * world_size)`` (the incomplete last global batch is dropped so
+    every step averages the same number of samples on every rank). ``start_step`` skips already-trained steps after
+    a resume without loading them.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        self.global_batch = batch_size * world_size
+        if num_samples < self.global_batch:
+            raise ValueError(f"dataset has {num_samples} samples, fewer than one global batch "
+                             f"(batch_size {batch_size} x {world_size} processes = {self.global_batch})")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1 & 0xFFFFFFFF))
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        for step in range(self.start_step, self.steps_per_epoch):
+            chunk = order[step * self.global_batch:(step + 1) * self.global_batch]
+            yield [(self.epoch, i) for i in chunk[self.rank::self.world_size]]
