@@ -1,0 +1,20 @@
+"""Evaluation of frozen and fine-tuned encoders: cached features, linear probes (scikit-learn and MAE's
+BatchNorm + LARS), weighted k-NN, layer-decay fine-tuning, and result files / comparison tables.
+
+    from crate_mae.evaluation import compute_features, linprobe, knn
+    train = compute_features(ckpt, "data/cifar10", "train"); val = compute_features(ckpt, "data/cifar10", "val")
+    linprobe(train, val)["metrics"], knn(train, val)["metrics"]
+"""
+
+from .features import FeatureSet, check_compatible, check_same_classes, compute_features, extract_features
+from .knn import knn_evaluate, knn_scores
+from .lars import LARS
+from .linear import LinearProbeHead, logistic_probe, train_linear_head
+from .metrics import topk_accuracy
+from .probe import knn, linprobe
+from .results import compare_table, make_result, read_result, summary_line, write_result
+
+__all__ = ["FeatureSet", "LARS", "LinearProbeHead", "check_compatible", "check_same_classes", "compare_table",
+           "compute_features", "extract_features", "knn", "knn_evaluate", "knn_scores", "linprobe",
+           "logistic_probe", "make_result", "read_result", "summary_line", "topk_accuracy", "train_linear_head",
+           "write_result"]

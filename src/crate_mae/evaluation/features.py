@@ -1,0 +1,309 @@
+"""Frozen-encoder features, computed once and cached in a safetensors file.
+
+For every image of a labelled split the encoder runs on the *unmasked* image (``model.forward_features``: encoder +
+final norm, no masking, no dropout) and two pooled vectors are kept:
+
+    cls  = Z[:, 0]                 the class token (the paper's linear-probe feature)
+    mean = mean_i Z[:, 1 + i]      the mean of the patch tokens
+
+optionally also for intermediate encoder layers (the block outputs Z^{l+1}, before the final norm). The file
+stores labels, class names and provenance (checkpoint sha256, dataset, split, transform) so that probes can refuse
+to mix features of different checkpoints or label sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+POOLS = ("cls", "mean")
+
+
+@dataclass
+class FeatureSet:
+    """Pooled features of one labelled split.
+
+    cls, mean: (N, D) float32; labels: (N,) int64; classes: class names, ``labels`` index into them;
+    layers: encoder layer index -> {"cls": (N, D), "mean": (N, D)}; meta: provenance (JSON-serialisable).
+    """
+
+    cls: torch.Tensor
+    mean: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    layers: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def get(self, pool: str = "cls", layer: int | None = None) -> torch.Tensor:
+        """The (N, D) features of ``pool`` ('cls' | 'mean') at the final output (``layer=None``) or a stored layer."""
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if layer is None:
+            return getattr(self, pool)
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} is not in this feature file (stored layers: {sorted(self.layers)}); "
+                             "re-extract with --layers")
+        return self.layers[layer][pool]
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        return self.meta.get("checkpoint_sha256")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically as safetensors; class names and provenance go into the header metadata."""
+        from ..utils import atomic_write
+
+        tensors = {"cls": self.cls, "mean": self.mean, "labels": self.labels}
+        for layer, pools in self.layers.items():
+            for pool, t in pools.items():
+                tensors[f"layer{layer}.{pool}"] = t
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        metadata = {"classes": json.dumps(self.classes), "meta": json.dumps(self.meta, default=str),
+                    "format": "crate_mae.features/1"}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeatureSet":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"feature file not found: {path}")
+        try:
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata() or {}
+            tensors = load_file(str(path))
+        except Exception as e:
+            raise ValueError(f"cannot read {path} as a safetensors feature file: {e}") from None
+        if metadata.get("format") != "crate_mae.features/1" or not {"cls", "mean", "labels"} <= set(tensors):
+            raise ValueError(f"{path} is not a feature file written by `crate-mae features` "
+                             f"(keys {sorted(tensors)[:6]}, format {metadata.get('format')!r})")
+        layers: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("layer"):
+                name, pool = k.split(".")
+                layers.setdefault(int(name[len("layer"):]), {})[pool] = v
+        meta = json.loads(metadata.get("meta", "{}"))
+        meta.setdefault("path", str(path))
+        return cls(cls=tensors["cls"], mean=tensors["mean"], labels=tensors["labels"],
+                   classes=json.loads(metadata["classes"]), layers=dict(sorted(layers.items())), meta=meta)
+
+
+def encoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The encoder's transformer blocks of any supported model (CrateMAE, CrateEncoder, ViTMAE, timm ViT)."""
+    owner = model.encoder if hasattr(model, "encoder") and hasattr(model.encoder, "blocks") else model
+    if not isinstance(getattr(owner, "blocks", None), nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no encoder blocks; cannot read intermediate layers")
+    return owner.blocks
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, batches: Iterable, layers: Sequence[int] | None = None,
+                     device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None,
+                     progress: bool = True, total: int | None = None) -> dict[str, Any]:
+    """Run ``model.forward_features`` over ``(images, labels)`` batches; return pooled features.
+
+    Returns ``{"cls": (N, D), "mean": (N, D), "labels": (N,), "layers": {l: {"cls", "mean"}}}`` (float32, CPU).
+    Intermediate layers (negative indices count from the end) are read with forward hooks on the encoder blocks,
+    so the output of block ``l`` is ``Z^{l+1}`` before the final norm. The model is put in eval mode.
+    """
+    from ..utils import default_device
+
+    device = torch.device(device) if device is not None else default_device()
+    model = model.to(device).eval()
+    blocks = encoder_blocks(model) if layers else None
+    wanted = sorted({_layer(i, len(blocks)) for i in layers}) if layers else []
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [blocks[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out)) for i in wanted]
+    out: dict[str, list] = {"cls": [], "mean": [], "labels": []}
+    per_layer: dict[int, dict[str, list]] = {i: {"cls": [], "mean": []} for i in wanted}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="features", unit="img", dynamic_ncols=True, leave=False)
+    try:
+        for imgs, labels in batches:
+            imgs = imgs.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                z = model.forward_features(imgs)
+            _pool_into(out, z)
+            out["labels"].append(torch.as_tensor(labels).long().cpu())
+            for i in wanted:
+                _pool_into(per_layer[i], captured[i])
+            if bar is not None:
+                bar.update(imgs.shape[0])
+    finally:
+        for h in hooks:
+            h.remove()
+        if bar is not None:
+            bar.close()
+    if not out["labels"]:
+        raise ValueError("no images: the dataset is empty")
+    return {"cls": torch.cat(out["cls"]), "mean": torch.cat(out["mean"]), "labels": torch.cat(out["labels"]),
+            "layers": {i: {k: torch.cat(v) for k, v in d.items()} for i, d in per_layer.items()}}
+
+
+def _pool_into(store: dict[str, list], z: torch.Tensor) -> None:
+    z = z.float()
+    store["cls"].append(z[:, 0].cpu())
+    store["mean"].append(z[:, 1:].mean(dim=1).cpu())
+
+
+def _layer(i: int, n: int) -> int:
+    j = i + n if i < 0 else i
+    if not 0 <= j < n:
+        raise ValueError(f"layer {i} out of range for an encoder of depth {n}")
+    return j
+
+
+# -- checkpoint -> features ----------------------------------------------------------------------------------------------
+def load_model(source: str | os.PathLike, seed: int = 0, **overrides) -> tuple[nn.Module, str]:
+    """A model for feature extraction and its fingerprint.
+
+    ``source`` is a checkpoint (any format :func:`crate_mae.load_checkpoint` reads; fingerprint = sha256 of the
+    weights file) or a registered model name, built at random init with ``seed`` (fingerprint = sha256 of its state
+    dict, so the same name + seed + overrides always gives the same fingerprint).
+    """
+    import crate_mae
+
+    if str(source) in crate_mae.list_models() and not Path(source).exists():
+        torch.manual_seed(seed)
+        model = crate_mae.create_model(str(source), **overrides)
+        return model.eval(), state_dict_sha256(model)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {source} (nor is it a registered model name; see "
+                                "`crate-mae models`)")
+    return crate_mae.load_checkpoint(path, **overrides), checkpoint_sha256(path)
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint's weights file (``model.safetensors`` for a directory in our format)."""
+    from ..checkpoint import WEIGHTS_NAME
+    from ..utils import file_sha256
+
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / WEIGHTS_NAME, *sorted(path.glob("*.safetensors")), *sorted(path.glob("*.pth"))]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"no weights file (*.safetensors, *.pth) in {path}")
+        path = found[0]
+    return file_sha256(path)
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over the names, shapes and bytes of a model's state dict (a fingerprint for unsaved models)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_data_config(model: nn.Module) -> dict[str, Any]:
+    """img_size, mean and std the model was trained with (saved by pretraining in ``config['data']``), falling back
+    to the model's img_size and ImageNet statistics."""
+    from ..data import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = getattr(model, "config", {}) or {}
+    data = cfg.get("data") or {}
+    img = data.get("img_size", cfg.get("img_size", 224))
+    img = img[0] if isinstance(img, (list, tuple)) else img
+    return {"img_size": int(img), "mean": list(data.get("mean", IMAGENET_MEAN)),
+            "std": list(data.get("std", IMAGENET_STD))}
+
+
+def default_crop_pct(img_size: int) -> float:
+    """MAE's eval crop (resize to img/0.875, centre crop) for ImageNet-scale images; no crop for CIFAR-scale ones,
+    where a 0.875 crop would throw away an eighth of a 32-pixel image."""
+    return 0.875 if img_size >= 96 else 1.0
+
+
+def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathLike, split: str | None = None, *,
+                     kind: str = "auto", layers: Sequence[int] | None = None, batch_size: int = 128,
+                     num_workers: int = 2, img_size: int | None = None, crop_pct: float | None = None,
+                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                     device: torch.device | str | None = None, progress: bool = True, seed: int = 0,
+                     model_overrides: dict[str, Any] | None = None, fingerprint: str | None = None,
+                     limit: int | None = None) -> FeatureSet:
+    """Features of the labelled split ``data``/``split`` under the deterministic eval transform (resize + centre
+    crop + normalise; defaults from the checkpoint's pretraining data config). ``source`` is a checkpoint path, a
+    registered model name (random init with ``seed``) or a model (then pass ``fingerprint`` to identify it).
+    ``limit`` keeps the first N images (smoke tests)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from .. import data as D
+    from ..utils import autocast_dtype, default_device
+
+    if isinstance(source, nn.Module):
+        model, sha, ckpt_name = source.eval(), fingerprint or state_dict_sha256(source), fingerprint or "<module>"
+    else:
+        model, sha = load_model(source, seed=seed, **(model_overrides or {}))
+        ckpt_name = str(source)
+    dc = model_data_config(model)
+    img_size = img_size or dc["img_size"]
+    crop_pct = crop_pct if crop_pct is not None else default_crop_pct(img_size)
+    mean, std = list(mean or dc["mean"]), list(std or dc["std"])
+    transform = D.eval_transform(img_size, crop_pct=crop_pct, mean=mean, std=std)
+    dataset = D.build_dataset(data, split=split, transform=transform, kind=kind)
+    classes = list(dataset.classes)
+    if limit is not None:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    device = torch.device(device) if device is not None else default_device()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    raw = extract_features(model, loader, layers=layers, device=device, amp_dtype=autocast_dtype(device),
+                           progress=progress, total=len(dataset))
+    from .. import __version__
+
+    meta = {"checkpoint": ckpt_name, "checkpoint_sha256": sha, "model": getattr(model, "config", {}).get("model"),
+            "architecture": getattr(model, "config", {}).get("architecture"), "dataset": str(data), "split": split,
+            "num_images": len(dataset), "transform": {"img_size": img_size, "crop_pct": crop_pct, "mean": mean,
+                                                      "std": std},
+            "layers": sorted(raw["layers"]), "crate_mae_version": __version__}
+    return FeatureSet(cls=raw["cls"], mean=raw["mean"], labels=raw["labels"], classes=classes, layers=raw["layers"],
+                      meta=meta)
+
+
+def check_compatible(train: FeatureSet, val: FeatureSet) -> None:
+    """Refuse to probe with features of different checkpoints, label sets or transforms."""
+    if train.checkpoint_sha256 != val.checkpoint_sha256:
+        raise ValueError(
+            f"feature files come from different checkpoints: train {train.meta.get('path', '')} has sha256 "
+            f"{str(train.checkpoint_sha256)[:12]} ({train.meta.get('checkpoint')}), val {val.meta.get('path', '')} "
+            f"has {str(val.checkpoint_sha256)[:12]} ({val.meta.get('checkpoint')})")
+    check_same_classes(train.classes, val.classes, "train features", "val features")
+    if train.cls.shape[1] != val.cls.shape[1]:
+        raise ValueError(f"feature widths differ: train {train.cls.shape[1]}, val {val.cls.shape[1]}")
+
+
+def check_same_classes(a: Sequence[str], b: Sequence[str], name_a: str = "train", name_b: str = "val") -> None:
+    """Labels index into class lists; two splits are comparable only if those lists are identical."""
+    a, b = list(a), list(b)
+    if a == b:
+        return
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    detail = []
+    if only_a:
+        detail.append(f"only in {name_a}: {', '.join(only_a[:8])}")
+    if only_b:
+        detail.append(f"only in {name_b}: {', '.join(only_b[:8])}")
+    if not detail:
+        detail.append("same names in a different order")
+    raise ValueError(f"class lists differ between {name_a} ({len(a)} classes) and {name_b} ({len(b)} classes): "
+                     + "; ".join(detail))
