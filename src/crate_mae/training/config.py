@@ -138,7 +138,8 @@ def config_from_dict(raw: dict[str, Any]) -> PretrainConfig:
         for k in value:
             if k not in known:
                 errors.append(f"{name}.{k}: unknown key (known: {', '.join(sorted(known))})")
-        kwargs[name] = cls(**{k: _coerce(v) for k, v in value.items() if k in known})
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        kwargs[name] = cls(**{k: _coerce(v, types[k]) for k, v in value.items() if k in known})
     if errors:
         raise ValueError("invalid pretraining config:\n  " + "\n  ".join(errors))
     return PretrainConfig(**kwargs).validate()
@@ -177,8 +178,16 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _coerce(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
+def _coerce(v: Any, annotation: str) -> Any:
+    """Lists -> tuples; '3e-4' -> 3e-4 for float fields (YAML 1.1 reads exponents without a dot as strings)."""
+    if isinstance(v, list):
+        return tuple(_coerce(x, annotation) for x in v)
+    if isinstance(v, str) and "float" in annotation:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def _plain(obj: Any) -> Any:

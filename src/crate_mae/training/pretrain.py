@@ -41,7 +41,8 @@ def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None, device: torch.
 
     Under torchrun every process calls this; rank 0 alone writes files. Returns a summary dict (rank 0 and the
     others alike): output_dir, steps, epochs, lr, effective_batch, first/last loss, fixed-batch masked loss
-    before/after, img_per_s, elapsed_s, checkpoint, model_dir, stopped ('completed' | 'max_steps' | 'max_minutes').
+    before/after, img_per_s, elapsed_s, checkpoint, model_dir, stopped ('completed' | 'max_steps' | 'max_minutes'),
+    weights_sha256 (this rank's final weights).
     """
     cfg.validate()
     info = init_distributed(device)
@@ -160,6 +161,7 @@ class _Run:
             "first_loss": st.history[0] if st.history else None, "last_loss": st.history[-1] if st.history else None,
             "fixed_loss_before": fixed_before, "fixed_loss_after": fixed_after,
             "img_per_s": self.images_seen / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
+            "weights_sha256": _state_sha256(self.model),
         }
         if info.is_main:
             self._write_row({"event": "end", **summary})
@@ -332,6 +334,18 @@ def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
             raise ValueError(f"run.amp = 'fp16' needs a CUDA device, running on {device}; use 'bf16' or 'off'")
         return torch.float16
     return None
+
+
+def _state_sha256(model: nn.Module) -> str:
+    """Fingerprint of this process's weights (equal on every rank of a healthy DDP run; equal across reruns when
+    training is deterministic)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _seed_all(seed: int) -> None:

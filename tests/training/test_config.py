@@ -1,0 +1,81 @@
+import pytest
+import yaml
+
+from crate_mae.training import load_config
+from crate_mae.training.config import save_config
+
+
+def test_defaults_and_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": "crate_mae_small"}, "data": {"path": "/x", "img_size": 32},
+                                    "optim": {"epochs": 5, "warmup_epochs": 1}}))
+    cfg = load_config(path, ["optim.blr=3e-4", "optim.betas=[0.9, 0.99]", "model.overrides={patch_size: 4}"])
+    assert cfg.model.name == "crate_mae_small" and cfg.optim.blr == 3e-4 and cfg.optim.betas == (0.9, 0.99)
+    assert cfg.model.overrides == {"patch_size": 4} and cfg.optim.weight_decay == 0.05  # untouched default
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["data.demo=true", "data.img_size=32", "optim.epochs=3", "optim.warmup_epochs=1"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, named", [
+    ("model.name=crate_tiny", "model.name"),                       # encoder-only, cannot pretrain
+    ("model.name=nope", "model.name"),
+    ("model.mask_ratio=1.0", "model.mask_ratio"),
+    ("model.overrides={embed_dimm: 3}", "model.overrides.embed_dimm"),
+    ("model.overrides={img_size: 64}", "model.overrides.img_size"),
+    ("data.img_size=30", "data.img_size"),                          # not divisible by patch 16
+    ("data.kind=tar", "data.kind"),
+    ("data.std=[0.2, 0, 0.2]", "data.std"),
+    ("data.mean=[0.5, 0.5]", "data.mean"),
+    ("data.scale=[0.5, 0.2]", "data.scale"),
+    ("optim.batch_size=0", "optim.batch_size"),
+    ("optim.accum_iter=1.5", "optim.accum_iter"),
+    ("optim.warmup_epochs=900", "optim.warmup_epochs"),
+    ("optim.blr=-1", "optim.blr"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas"),
+    ("optim.clip_grad=0", "optim.clip_grad"),
+    ("run.amp=fp8", "run.amp"),
+    ("run.log_every=0", "run.log_every"),
+    ("run.keep_checkpoints=0", "run.keep_checkpoints"),
+    ("run.compile=maybe", "run.compile"),
+    ("optim.learning_rate=1", "optim.learning_rate"),              # unknown key
+    ("train.epochs=1", "train"),                                    # unknown section
+])
+def test_each_bad_value_is_named(override, named):
+    with pytest.raises(ValueError) as e:
+        load_config(None, ["data.path=/x", "data.img_size=224", override])
+    assert named in str(e.value)
+
+
+def test_all_errors_reported_together():
+    with pytest.raises(ValueError) as e:
+        load_config(None, ["optim.batch_size=0", "run.amp=x", "model.mask_ratio=2"])
+    msg = str(e.value)
+    for key in ("optim.batch_size", "run.amp", "model.mask_ratio", "data.path"):
+        assert key in msg
+
+
+def test_missing_file_and_malformed_override(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.yaml"):
+        load_config(tmp_path / "nothere.yaml")
+    with pytest.raises(ValueError, match="epochs"):
+        load_config(None, ["epochs"])
+
+
+def test_shipped_configs_are_valid():
+    from importlib import resources
+    from pathlib import Path
+
+    root = Path(str(resources.files("crate_mae") / "configs"))
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert names == ["demo.yaml", "pretrain_cifar.yaml", "pretrain_in1k_crate_mae_base.yaml"]
+    paper = load_config(root / "pretrain_in1k_crate_mae_base.yaml")
+    assert (paper.model.name, paper.data.img_size, paper.model.mask_ratio) == ("crate_mae_base", 224, 0.75)
+    assert (paper.optim.blr, paper.optim.weight_decay, paper.optim.betas) == (1.5e-4, 0.05, (0.9, 0.95))
+    assert (paper.optim.warmup_epochs, paper.optim.epochs) == (40, 800)
+    assert paper.optim.batch_size * paper.optim.accum_iter * 8 == 4096
+    for name in names:
+        load_config(root / name)

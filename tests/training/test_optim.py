@@ -1,0 +1,50 @@
+import math
+
+import pytest
+import torch
+
+import crate_mae
+from crate_mae.training import WarmupCosine, build_optimizer, effective_lr
+
+
+def test_linear_scaling_rule():
+    assert effective_lr(1.5e-4, 128, 4, 8) == pytest.approx(1.5e-4 * 4096 / 256)
+    assert effective_lr(1.5e-4, 128, 4, 8, lr=1e-3) == 1e-3
+
+
+def test_warmup_cosine_known_steps():
+    s = WarmupCosine(base_lr=1.0, total_steps=100, warmup_steps=10, min_lr=0.1)
+    assert s(0) == 0.0
+    assert s(5) == pytest.approx(0.5)
+    assert s(10) == pytest.approx(1.0)                      # warm-up ends at the peak
+    assert s(55) == pytest.approx(0.1 + 0.9 * 0.5)          # half way through the cosine
+    assert s(55 - 22.5) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert s(100) == pytest.approx(0.1)
+    assert all(s(i) >= s(i + 1) for i in range(10, 100))    # monotone decay after warm-up
+
+
+def test_schedule_sets_every_group():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias], "lr_scale": 0.5}], lr=1.0)
+    WarmupCosine(2.0, 10, 0).apply(opt, 0)
+    assert [g["lr"] for g in opt.param_groups] == [2.0, 1.0]
+
+
+def test_bad_schedule_arguments():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        WarmupCosine(1.0, 10, 11)
+
+
+def test_no_weight_decay_on_norms_biases_tokens(tiny_model_kwargs):
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert decay and no_decay and not decay & no_decay
+    assert len(decay) + len(no_decay) == len(names)
+    assert {"encoder.cls_token", "mask_token", "encoder.norm.weight", "encoder.norm.bias",
+            "decoder_pred.bias", "encoder.blocks.0.norm1.weight"} <= no_decay
+    assert {"encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.ista.dictionary", "decoder_pred.weight",
+            "encoder.patch_embed.proj.weight"} <= decay
+    assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)
