@@ -1,0 +1,88 @@
+"""``build_dataset``: one entry point for every on-disk format, with the format detected when asked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from torch.utils.data import Dataset
+
+from .cifar import CIFARBatches, find_cifar_dir
+from .folder import FlatImageFolder, ImageFolderDataset, is_image_file
+
+DATA_KINDS = ("auto", "imagefolder", "folder", "cifar10", "cifar100")
+
+
+def _split_dir(path: Path, split: str | None) -> Path:
+    """``path/split`` (or ``path`` when split is None), which must be an existing directory."""
+    if not path.exists():
+        raise FileNotFoundError(f"data directory not found: {path}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"data path is not a directory: {path}")
+    if split is None:
+        return path
+    root = path / split
+    if not root.is_dir():
+        subdirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise FileNotFoundError(f"split folder not found: {root} (sub-folders of {path}: {subdirs or 'none'}; "
+                                "pass split=None to read the path itself)")
+    return root
+
+
+def detect_kind(path: str | os.PathLike, split: str | None = None) -> str:
+    """The ``kind`` that ``build_dataset(path, split, kind='auto')`` uses.
+
+    - ``cifar10`` / ``cifar100`` when ``path`` is, or directly contains, a CIFAR pickle-batch folder;
+    - ``imagefolder`` when ``path/split`` has no image files of its own but sub-folders (the classes) that do;
+    - ``folder`` when it has image files at its top level, or no sub-folder contains any.
+    """
+    path = Path(path).expanduser()
+    found = find_cifar_dir(path) if path.is_dir() else None
+    if found is not None:
+        return found[0]
+    root = _split_dir(path, split)
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    if any(e.is_file() and is_image_file(e.name) for e in entries):
+        return "folder"
+    for e in entries:
+        if e.is_dir() and not e.name.startswith(".") and _has_image(e.path):
+            return "imagefolder"
+    raise FileNotFoundError(f"no image files found under {root} (and no CIFAR batches in {path})")
+
+
+def _has_image(directory: str) -> bool:
+    for _, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(is_image_file(f) for f in filenames):
+            return True
+    return False
+
+
+def build_dataset(path: str | os.PathLike, split: str | None = None, transform: Callable | None = None,
+                  kind: str = "auto", strict: bool = False) -> Dataset:
+    """A Dataset of ``(image_tensor, label)`` read from ``path``; ``label = -1`` for unlabelled data.
+
+    ``kind``:
+      - ``"imagefolder"``: torchvision layout ``<path>/<split>/<class>/<image>`` (:class:`ImageFolderDataset`);
+      - ``"folder"``: every image under ``<path>/<split>``, recursively, unlabelled (:class:`FlatImageFolder`);
+      - ``"cifar10"`` / ``"cifar100"``: the original python-pickle batches in ``path`` (or ``path/cifar-10-batches-py``,
+        ``path/cifar-100-python``); ``split`` is ``"train"`` (default) or ``"test"`` (``"val"`` is an alias);
+      - ``"auto"``: :func:`detect_kind`.
+    ``split=None`` reads ``path`` itself (image kinds). ``transform`` maps a PIL RGB image to a tensor (default:
+    float32 in [0, 1]). ``strict=True`` raises on the first unreadable image file instead of skipping it (image kinds).
+
+    The result has ``.classes`` (empty when unlabelled), ``.samples`` (``(source, label)`` pairs) and ``len``.
+    Missing or empty directories and unknown kinds raise FileNotFoundError / ValueError naming the path.
+    """
+    if kind not in DATA_KINDS:
+        raise ValueError(f"unknown data kind {kind!r} for {path}; choose one of {DATA_KINDS}")
+    path = Path(path).expanduser()
+    if kind == "auto":
+        kind = detect_kind(path, split)
+    if kind in ("cifar10", "cifar100"):
+        return CIFARBatches(path, split=split, kind=kind, transform=transform)
+    root = _split_dir(path, split)
+    if kind == "imagefolder":
+        return ImageFolderDataset(root, transform=transform, strict=strict)
+    return FlatImageFolder(root, transform=transform, strict=strict)

@@ -1,0 +1,151 @@
+"""Image-file datasets: a torchvision ImageFolder tree (labelled) and a flat folder of images (unlabelled).
+
+Both read files lazily and survive bad files. A corrupt, truncated or unreadable image is *skipped*: ``ds[i]``
+returns the next readable sample ``(i + 1) % len, (i + 2) % len, ...`` instead, so an epoch never dies halfway.
+Each bad file is logged once (``logging`` warning on ``crate_mae.data``) and recorded in ``ds.skipped_files`` /
+``ds.num_skipped``. With ``strict=True`` the first bad file raises :class:`UnreadableImageError` naming it.
+
+The bookkeeping lives in the dataset object, so with DataLoader workers each worker process keeps its own copy:
+the counts and "once per file" hold per process (a bad file may be reported once by each worker that meets it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from .transforms import to_tensor_transform
+
+log = logging.getLogger("crate_mae.data")
+
+# What PIL raises on bad files: OSError (truncated / unidentified / unreadable / vanished), SyntaxError ("broken PNG
+# file"), ValueError and EOFError (malformed headers), DecompressionBombError (absurd sizes).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class UnreadableImageError(ValueError):
+    """An image file could not be decoded (raised in strict mode, or when no file of a dataset can be read)."""
+
+
+def is_image_file(path: str) -> bool:
+    """An image extension torchvision knows (case-insensitive), not a hidden file (e.g. macOS ``._x.jpg`` forks)."""
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def pil_rgb_loader(path: str) -> Image.Image:
+    """Open and fully decode ``path`` as RGB (decoding here, not lazily, so truncation surfaces inside the guard)."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert("RGB")
+
+
+class ImageFiles(Dataset):
+    """A list of ``(path, label)`` samples read with ``loader`` and mapped by ``transform``; skips bad files.
+
+    ``ds[i] -> (image, label)`` with ``label = -1`` for unlabelled data. ``transform=None`` yields float32
+    ``(3, H, W)`` tensors in [0, 1] at the file's own size.
+    """
+
+    def __init__(self, root: str | os.PathLike, samples: list[tuple[str, int]], classes: list[str],
+                 transform: Callable | None = None, strict: bool = False,
+                 loader: Callable[[str], Image.Image] = pil_rgb_loader):
+        if not samples:
+            raise FileNotFoundError(f"no image files ({', '.join(IMG_EXTENSIONS)}) found under {root}")
+        self.root = str(root)
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.classes = classes
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+        self.transform = transform if transform is not None else to_tensor_transform()
+        self.strict = strict
+        self.loader = loader
+        self.skipped_files: list[str] = []   # in the order this process met them
+        self._bad: set[int] = set()           # sample indices known to be unreadable (skipped without re-reading)
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct unreadable files this process has met (and skipped)."""
+        return len(self.skipped_files)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        n = len(self.samples)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+        index %= n
+        for k in range(n):
+            j = (index + k) % n
+            if j in self._bad:
+                continue
+            path, label = self.samples[j]
+            try:
+                img = self.loader(path)
+            except _DECODE_ERRORS as e:
+                if self.strict:
+                    raise UnreadableImageError(f"cannot read image file {path}: {type(e).__name__}: {e} "
+                                               "(strict mode; set strict=False to skip unreadable files)") from e
+                self._skip(j, path, e)
+                continue
+            return self.transform(img), label
+        raise UnreadableImageError(f"none of the {n} image files under {self.root} can be read "
+                                   f"(first: {self.samples[0][0]})")
+
+    def _skip(self, j: int, path: str, err: BaseException) -> None:
+        self._bad.add(j)
+        self.skipped_files.append(path)
+        log.warning("skipping unreadable image %s (%s: %s); %d file(s) skipped so far in this process",
+                    path, type(err).__name__, err, len(self.skipped_files))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={self.root!r}, samples={len(self)}, classes={len(self.classes)}, "
+                f"strict={self.strict})")
+
+
+class ImageFolderDataset(ImageFiles):
+    """torchvision ImageFolder layout ``root/<class>/**/<image>``: classes are the sorted sub-folder names, labels
+    their indices. Class folders with no image are kept in ``classes`` (so label indices agree across splits) and
+    reported with a warning."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False):
+        root = _existing_dir(root)
+        try:
+            classes, class_to_idx = find_classes(str(root))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no class sub-folders in {root} (ImageFolder layout is root/<class>/<image>; "
+                                    "use kind='folder' for a flat folder of unlabelled images)") from None
+        samples = make_dataset(str(root), class_to_idx, is_valid_file=is_image_file, allow_empty=True)
+        if samples:
+            empty = sorted(set(classes) - {classes[label] for _, label in samples})
+            if empty:
+                log.warning("ImageFolder %s: %d class folder(s) without images: %s", root, len(empty), empty[:10])
+        super().__init__(root, samples, classes, transform, strict)
+
+
+class FlatImageFolder(ImageFiles):
+    """Every image file under ``root`` (recursively, sorted paths, following symlinks), unlabelled (label -1)."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False):
+        root = _existing_dir(root)
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            paths.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+        super().__init__(root, [(p, -1) for p in sorted(paths)], [], transform, strict)
+
+
+def _existing_dir(root: str | os.PathLike) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data directory not found: {root}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data path is not a directory: {root}")
+    return root
