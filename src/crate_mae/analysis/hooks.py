@@ -1,0 +1,110 @@
+"""Forward hooks that record what every CRATE layer computes, without changing what it computes.
+
+``with LayerRecorder(model) as rec: model(imgs)`` fills ``rec.traces[("encoder", i)]`` (and ``("decoder", i)`` for a
+CRATE-MAE) with :class:`~crate_mae.models.outputs.LayerTrace` objects. Hooks only read (they return ``None``), so the
+model's outputs are bit-identical with and without them, and they are removed on exit, even on error.
+
+Encoder layer (``CrateBlock``):   z_in = block input, mssa_in = norm1 output, z_half = norm2 input,
+                                  ista_in = norm2 output, z_out = ista output.
+Decoder layer (``CrateDecoderBlock``): z_in = block input, z_half = linear output (Y' = W LN(Y)),
+                                  mssa_in = norm2 output, z_out = block output.
+This matches ``CrateMAE.forward_intermediates`` (tested), but works on any forward pass and on the encoder-only
+``crate_*`` classifiers too.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from torch.utils.hooks import RemovableHandle
+
+from ..models.crate_mae import CrateBlock, CrateDecoderBlock, CrateEncoder, CrateMAE
+from ..models.outputs import LayerTrace
+
+
+def crate_blocks(model: nn.Module) -> dict[str, nn.ModuleList]:
+    """The CRATE layer stacks of a model: {"encoder": blocks} or {"encoder": ..., "decoder": ...}."""
+    if isinstance(model, CrateMAE):
+        return {"encoder": model.encoder.blocks, "decoder": model.decoder.blocks}
+    if isinstance(model, CrateEncoder):
+        return {"encoder": model.blocks}
+    raise ValueError(f"layer-wise analysis needs a CRATE model (CrateMAE or CrateEncoder), got "
+                     f"{type(model).__name__}; ViT-MAE layers have no subspaces or sparse codes to measure")
+
+
+class LayerRecorder:
+    """Context manager recording a :class:`LayerTrace` per CRATE layer on each forward pass (last pass wins).
+
+    Tensors are detached; call :meth:`clear` between batches to free them.
+    """
+
+    def __init__(self, model: nn.Module, parts: tuple[str, ...] = ("encoder", "decoder")):
+        self.model = model
+        self.stacks = {k: v for k, v in crate_blocks(model).items() if k in parts}
+        self.traces: dict[tuple[str, int], LayerTrace] = {}
+        self._raw: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        self._handles: list[RemovableHandle] = []
+
+    # -- hook plumbing ---------------------------------------------------------------------------------------------
+    def _store(self, key: tuple[str, int], name: str, t: torch.Tensor) -> None:
+        self._raw.setdefault(key, {})[name] = t.detach()
+
+    def _out(self, key, name):
+        def hook(module, args, output):
+            self._store(key, name, output)
+        return hook
+
+    def _in(self, key, name):
+        def hook(module, args):
+            self._store(key, name, args[0])
+        return hook
+
+    def attach(self) -> "LayerRecorder":
+        if self._handles:
+            raise RuntimeError("LayerRecorder is already attached")
+        for part, blocks in self.stacks.items():
+            for i, blk in enumerate(blocks):
+                key = (part, i)
+                h = self._handles
+                h.append(blk.register_forward_pre_hook(self._in(key, "z_in")))
+                if isinstance(blk, CrateBlock):
+                    h.append(blk.norm1.register_forward_hook(self._out(key, "mssa_in")))
+                    h.append(blk.norm2.register_forward_pre_hook(self._in(key, "z_half")))
+                    h.append(blk.norm2.register_forward_hook(self._out(key, "ista_in")))
+                    h.append(blk.ista.register_forward_hook(self._out(key, "z_out")))
+                elif isinstance(blk, CrateDecoderBlock):
+                    h.append(blk.linear.register_forward_hook(self._out(key, "z_half")))
+                    h.append(blk.norm2.register_forward_hook(self._out(key, "mssa_in")))
+                    h.append(blk.register_forward_hook(self._out(key, "z_out")))
+                else:
+                    raise ValueError(f"unexpected block type {type(blk).__name__} in {part}")
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def clear(self) -> None:
+        self._raw.clear()
+        self.traces.clear()
+
+    def collect(self) -> dict[tuple[str, int], LayerTrace]:
+        """Turn the tensors of the last forward pass into LayerTraces (called by ``__iter__`` users and measure)."""
+        self.traces = {key: LayerTrace(**raw) for key, raw in self._raw.items() if "z_out" in raw}
+        return self.traces
+
+    def __iter__(self) -> Iterator[tuple[tuple[str, int], LayerTrace]]:
+        return iter(self.collect().items())
+
+    def __enter__(self) -> "LayerRecorder":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)

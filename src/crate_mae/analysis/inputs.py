@@ -1,0 +1,119 @@
+"""Models and images for the analysis tools: a checkpoint or a preset name, a folder or files of photos.
+
+Normalisation follows the checkpoint: ``model.config["data"]`` (written by pretraining) may hold ``mean``, ``std``
+and ``img_size``; otherwise ImageNet mean/std and the model's own ``img_size`` are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, is_image_file
+from ..data.demo import demo_images as _demo_images
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised (N, C, H, W) -> pixels in [0, 1] (clamped), for display."""
+        return denormalize(x, self.mean, self.std)
+
+
+def model_normalization(model: nn.Module) -> Normalization:
+    data = (getattr(model, "config", {}) or {}).get("data", {}) or {}
+    return Normalization(tuple(data.get("mean", IMAGENET_MEAN)), tuple(data.get("std", IMAGENET_STD)))
+
+
+def model_img_size(model: nn.Module) -> int:
+    cfg = getattr(model, "config", {}) or {}
+    size = (cfg.get("data", {}) or {}).get("img_size") or cfg.get("img_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def load_model(spec: str | Path | nn.Module, device: torch.device | str | None = None, **overrides) -> nn.Module:
+    """A ready model in eval mode: an ``nn.Module`` as is, a checkpoint path (any format ``load_checkpoint`` reads),
+    or a registered preset name (randomly initialised; ``overrides`` go to ``create_model``)."""
+    import crate_mae
+    from ..utils.device import default_device
+
+    if isinstance(spec, nn.Module):
+        model = spec
+    elif Path(spec).exists():
+        model = crate_mae.load_checkpoint(spec, **overrides)
+    elif str(spec) in crate_mae.list_models():
+        model = crate_mae.create_model(str(spec), **overrides)
+        model.config.setdefault("model", str(spec))
+        model.config["random_init"] = True
+    else:
+        raise FileNotFoundError(f"{spec!r} is neither an existing checkpoint path nor a model name "
+                                f"(known: {', '.join(crate_mae.list_models())})")
+    return model.to(device or default_device()).eval()
+
+
+def find_images(sources: str | Path | Sequence[str | Path], num_images: int | None = None) -> list[Path]:
+    """Image files from a folder (searched recursively, e.g. an ImageFolder split) or a list of files/folders.
+
+    With ``num_images`` the files are taken evenly spaced over the sorted list, so an ImageFolder split gives
+    images of different classes rather than the first class only.
+    """
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    files: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(str(f)))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"image path not found: {p}")
+    if not files:
+        raise FileNotFoundError(f"no image files found in {', '.join(map(str, sources))}")
+    if num_images is not None and num_images < len(files):
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        idx = np.linspace(0, len(files) - 1, num_images).round().astype(int)
+        files = [files[i] for i in idx]
+    return files
+
+
+def load_images(files: Sequence[str | Path], img_size: int | None, norm: Normalization,
+                patch_size: int | None = None) -> torch.Tensor:
+    """Normalised batch (N, 3, H, W). ``img_size``: the eval view with ``crop_pct=1`` (shorter side resized to
+    ``img_size``, centre square kept, nothing else cut). ``img_size=None``: each photo at its own size, centre-cropped
+    to a multiple of ``patch_size``; the photos must then share a size."""
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+
+    tf = eval_transform(img_size, crop_pct=1.0, mean=norm.mean, std=norm.std) if img_size is not None else None
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            if tf is not None:
+                out.append(tf(im))
+                continue
+            w, h = im.size
+            if patch_size:
+                if w < patch_size or h < patch_size:
+                    raise ValueError(f"{f} ({w}x{h}) is smaller than the patch size {patch_size}")
+                im = TF.center_crop(im, [h - h % patch_size, w - w % patch_size])
+            out.append(TF.normalize(TF.to_tensor(im), list(norm.mean), list(norm.std)))
+    sizes = {tuple(t.shape) for t in out}
+    if len(sizes) > 1:
+        raise ValueError(f"images have different sizes {sorted(sizes)}; pass an img_size to resize them")
+    return torch.stack(out)
+
+
+def demo_images(img_size: int, n: int, norm: Normalization) -> torch.Tensor:
+    """The scikit-image photos embedded with the library (:mod:`crate_mae.data.demo`), normalised with ``norm``."""
+    return _demo_images(img_size, n, norm.mean, norm.std)

@@ -1,0 +1,65 @@
+"""Masked-completion pictures: masked input | prediction | prediction with visible patches pasted | original.
+
+The mask is drawn from a ``seed``-ed generator, so the same command gives the same picture. With a norm-pix-loss
+checkpoint the network predicts per-patch standardised pixels; they are mapped back to pixels with the *target's*
+patch mean and variance (the MAE demo's convention, implemented in ``crate_mae.training.visualize.reconstruct``), and
+the figure says so: that step uses information the model did not see.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..training.visualize import reconstruct
+from .figures import clean_axis, pyplot, save_figure, to_hwc
+from .inputs import Normalization
+
+
+def mask_noise(model: nn.Module, imgs: torch.Tensor, seed: int) -> torch.Tensor:
+    """The (N, L) noise that fixes which patches are masked (lowest noise is kept, as in the official code)."""
+    h, w = model.grid_size(imgs)
+    return torch.rand(imgs.shape[0], h * w, generator=torch.Generator().manual_seed(seed)).to(imgs.device)
+
+
+@torch.no_grad()
+def reconstruction_panels(model: nn.Module, imgs: torch.Tensor, norm: Normalization, mask_ratio: float = 0.75,
+                          seed: int = 0) -> dict[str, torch.Tensor]:
+    """Pixel-space (N, C, H, W) panels ``masked``, ``prediction``, ``pasted``, ``original`` and the scalar ``loss``."""
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in (0, 1) for a reconstruction, got {mask_ratio}")
+    r = reconstruct(model, imgs, mask_ratio, mask_noise(model, imgs, seed))
+    pix = norm.denormalize
+    # masked patches are 0 in the normalised space, so they show as the dataset mean colour
+    return {"masked": pix(r["masked"]), "prediction": pix(r["pred"]), "pasted": pix(r["recon"]),
+            "original": pix(imgs), "loss": r["loss"]}
+
+
+def plot_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, mask_ratio: float = 0.75,
+                         seed: int = 0, title: str | None = None):
+    """A figure with one row per image and the four panels as columns."""
+    plt = pyplot()
+    p = reconstruction_panels(model, imgs, norm, mask_ratio, seed)
+    normpix = " (norm-pix: un-normalised with\nthe target's patch mean/var)" if getattr(model, "norm_pix_loss", False) else ""
+    cols = [("masked", f"masked input ({mask_ratio:.0%}, seed {seed})"), ("prediction", "prediction" + normpix),
+            ("pasted", "prediction + visible patches" + normpix), ("original", "original")]
+    n = imgs.shape[0]
+    fig, axes = plt.subplots(n, 4, figsize=(9, 2.25 * n + 0.5), squeeze=False)
+    arrays = {k: to_hwc(p[k]) for k, _ in cols}
+    for i in range(n):
+        for j, (k, label) in enumerate(cols):
+            ax = axes[i][j]
+            ax.imshow(arrays[k][i], interpolation="nearest")
+            clean_axis(ax)
+            if i == 0:
+                ax.set_title(label, fontsize=8)
+    fig.suptitle(title or f"masked-patch MSE {p['loss'].item():.4f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path,
+                         mask_ratio: float = 0.75, seed: int = 0, title: str | None = None) -> Path:
+    return save_figure(plot_reconstructions(model, imgs, norm, mask_ratio, seed, title), path)
