@@ -36,7 +36,7 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
                  "run.max_steps=3", "run.vis_every_epochs=1", "run.vis_images=4", "run.progress=false"]
     cfg = load_config(demo_config_path(), base + list(overrides or []))
     if not quick:
-        cfg.optim.epochs, cfg.optim.warmup_epochs = _fit_epochs(cfg, minutes)
+        cfg.optim.epochs, cfg.optim.warmup_epochs = epochs_for_budget(cfg, minutes, cfg.data.demo_samples)
         cfg.run.max_minutes = 1.5 * minutes
         cfg.validate()
     print(f"crate-mae demo: pretraining {cfg.model.name} {cfg.model.overrides} on {cfg.data.demo_samples} "
@@ -65,9 +65,9 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
     return summary
 
 
-def _fit_epochs(cfg: PretrainConfig, minutes: float) -> tuple[int, float]:
-    """Time 4 optimizer steps of the configured model (after 1 warm-up step) and return (epochs, warmup_epochs)
-    that fill ``minutes``, keeping the config's warm-up fraction."""
+def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int) -> tuple[int, float]:
+    """Time 4 optimizer steps of the configured model on random input (after 1 warm-up step) and return
+    ``(epochs, warmup_epochs)`` that fill ``minutes`` on this machine, keeping the config's warm-up fraction."""
     from ..models import create_model
 
     torch.manual_seed(0)
@@ -81,8 +81,8 @@ def _fit_epochs(cfg: PretrainConfig, minutes: float) -> tuple[int, float]:
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t)
-    per_step = sum(times[1:]) / 4 * 1.15  # + data loading and logging
-    steps_per_epoch = cfg.data.demo_samples // cfg.optim.batch_size
+    per_step = sum(times[1:]) / 4 * 1.15 * cfg.optim.accum_iter  # + data loading and logging
+    steps_per_epoch = max(1, num_samples // (cfg.optim.batch_size * cfg.optim.accum_iter))
     epochs = max(1, int(60 * minutes / per_step / steps_per_epoch))
     warm_frac = cfg.optim.warmup_epochs / cfg.optim.epochs
     return epochs, round(warm_frac * epochs, 2)

@@ -313,15 +313,15 @@ class _Run:
 
 def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
     """The dataset ``cfg.data`` describes, with MAE pretraining augmentation (via :mod:`crate_mae.data`)."""
-    from .. import data as D
+    from ..data import build_dataset, pretrain_transform
 
     d = cfg.data
-    transform = D.pretrain_transform(d.img_size, mean=d.mean, std=d.std, scale=d.scale, hflip=d.hflip)
+    transform = pretrain_transform(d.img_size, mean=d.mean, std=d.std, scale=d.scale, hflip=d.hflip)
     if d.demo:
         from ..data.demo import DemoPhotos
 
         return DemoPhotos(num_samples=d.demo_samples, img_size=d.img_size, transform=transform, seed=cfg.run.seed)
-    return D.build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict)
+    return build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict)
 
 
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,59 @@
+import importlib.util
+
+import torch
+
+import crate_mae
+from crate_mae.cli import main
+from crate_mae.models.masking import normalize_patches
+from crate_mae.models.outputs import MAEOutput
+from crate_mae.training import reconstruct, save_reconstruction_grid
+
+
+class _Oracle(torch.nn.Module):
+    """Wraps a model and predicts the exact (optionally per-patch-normalised) target."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.norm_pix_loss, self.patch_size = model, model.norm_pix_loss, model.patch_size
+        self.patchify, self.unpatchify, self.grid_size = model.patchify, model.unpatchify, model.grid_size
+
+    def forward(self, imgs, mask_ratio=0.75, noise=None):
+        out = self.model(imgs, mask_ratio=mask_ratio, noise=noise)
+        target = self.model.patchify(imgs)
+        pred = normalize_patches(target) if self.norm_pix_loss else target
+        return MAEOutput(loss=out.loss, pred=pred, mask=out.mask, latent=out.latent)
+
+
+def test_norm_pix_prediction_is_unnormalised_with_target_patch_stats(tiny_model_kwargs, tmp_path):
+    imgs = torch.randn(2, 3, 32, 32)
+    for norm_pix in (False, True):
+        model = _Oracle(crate_mae.create_model("crate_mae_tiny", norm_pix_loss=norm_pix, **tiny_model_kwargs))
+        r = reconstruct(model, imgs, mask_ratio=0.75)
+        torch.testing.assert_close(r["recon"], imgs, atol=1e-4, rtol=1e-4)
+        visible = model.unpatchify(model.patchify(imgs) * (1 - r["mask"]).unsqueeze(-1))
+        torch.testing.assert_close(r["masked"], visible)
+        assert r["mask"].sum(1).tolist() == [12.0, 12.0]  # 75% of 16 patches
+    png = save_reconstruction_grid(model, imgs, tmp_path / "g.png", mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert png.stat().st_size > 1000
+
+
+def test_demo_quick_through_cli(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "reconstruction.png").stat().st_size > 1000
+    assert (out / "model" / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    assert "masked-patch loss on fixed demo images" in printed and str(out / "reconstruction.png") in printed
+    model = crate_mae.from_pretrained(out / "model")
+    assert model.config["data"]["img_size"] == 32  # normalisation saved for analysis tools
+    if importlib.util.find_spec("crate_mae.analysis.report") is None:
+        return  # the analysis stage is not installed in this build
+    assert (out / "report" / "index.html").is_file() and "white-box report" in printed
+
+
+def test_pretrain_cli_reports_bad_config(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim: {batch_size: 0}\ndata: {demo: true}\n")
+    assert main(["pretrain", "--config", str(cfg), "run.amp=fp8"]) == 1
+    err = capsys.readouterr().err
+    assert "optim.batch_size" in err and "run.amp" in err
