@@ -244,7 +244,7 @@ def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathL
     """Features of the labelled split ``data``/``split`` under the deterministic eval transform (resize + centre
     crop + normalise; defaults from the checkpoint's pretraining data config). ``source`` is a checkpoint path, a
     registered model name (random init with ``seed``) or a model (then pass ``fingerprint`` to identify it).
-    ``limit`` keeps the first N images (smoke tests)."""
+    ``limit`` keeps N evenly spaced images (smoke tests)."""
     from torch.utils.data import DataLoader, Subset
 
     from .. import data as D
@@ -262,8 +262,8 @@ def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathL
     transform = D.eval_transform(img_size, crop_pct=crop_pct, mean=mean, std=std)
     dataset = D.build_dataset(data, split=split, transform=transform, kind=kind)
     classes = list(dataset.classes)
-    if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    if limit is not None and limit < len(dataset):  # evenly spaced, so sorted class folders all contribute
+        dataset = Subset(dataset, torch.linspace(0, len(dataset) - 1, limit).round().long().tolist())
     device = torch.device(device) if device is not None else default_device()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")

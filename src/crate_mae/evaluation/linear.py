@@ -55,6 +55,8 @@ def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     Xv, yv = val_x.float().numpy(), val_y.long().numpy()
     if not np.isfinite(X).all() or not np.isfinite(Xv).all():
         raise ValueError("features contain NaN or inf; the encoder diverged or the feature file is corrupt")
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"train features hold a single class ({int(y[0])}); a classifier needs at least two")
     Cs = [float(c) for c in Cs]
     if not Cs or any(c <= 0 for c in Cs):
         raise ValueError(f"every C must be > 0, got {Cs}")
