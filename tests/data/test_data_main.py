@@ -19,3 +19,11 @@ def test_check_command_reports_unreadable_files(image_tree: Path, capsys):
 def test_check_command_missing_path(tmp_path: Path, capsys):
     assert main([str(tmp_path / "missing")]) == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
+
+
+def test_check_command_restores_thread_count(image_tree: Path):
+    import torch
+
+    before = torch.get_num_threads()
+    main([str(image_tree), "--split", "val", "--img-size", "8"])
+    assert torch.get_num_threads() == before
