@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+import crate_mae
+from crate_mae.analysis.attention import cls_attention, crop_to_patch_multiple, mass_threshold_masks
+from crate_mae.analysis.pca import patch_features, two_stage_pca
+from crate_mae.cli import main
+
+
+def test_mass_threshold_keeps_smallest_set_with_that_mass():
+    attn = torch.tensor([[0.5, 0.05], [0.3, 0.15]])
+    # sorted descending 0.5, 0.3 hold 0.8 >= 0.6; 0.5 alone (0.5) is not enough
+    assert mass_threshold_masks(attn, 0.6).tolist() == [[True, False], [True, False]]
+    assert mass_threshold_masks(attn, 0.4).tolist() == [[True, False], [False, False]]
+    assert mass_threshold_masks(attn, 1.0).all()
+    with pytest.raises(ValueError, match="threshold"):
+        mass_threshold_masks(attn, 0.0)
+
+
+def test_crop_to_patch_multiple_is_centred():
+    x = torch.arange(37 * 42).float().view(1, 1, 37, 42)
+    y = crop_to_patch_multiple(x, 8)
+    assert y.shape[-2:] == (32, 40)
+    assert torch.equal(y, x[..., 2:34, 1:41])
+
+
+def test_cls_attention_on_any_multiple_of_the_patch(tiny_model_kwargs):
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    a = cls_attention(model, torch.randn(2, 3, 43, 59), layer=0)  # cropped to 40 x 56 -> 5 x 7 grid
+    assert a.shape == (2, 4, 5, 7)
+    assert torch.all(a.sum((-2, -1)) <= 1 + 1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # nothing changed in place
+
+
+def test_two_stage_pca_finds_a_central_object():
+    # 6x6 grid: central 2x2 "object" patches vs background, plus noise; the object has two parts.
+    rng = np.random.default_rng(0)
+    N, h, w, d = 3, 6, 6, 16
+    bg, obj_a = rng.normal(size=(2, d)) * 4
+    obj_b = obj_a + rng.normal(size=d)  # two parts of one object: far from the background, close to each other
+    feats = np.tile(bg, (N, h, w, 1))
+    feats[:, 2:4, 2:3] = obj_a
+    feats[:, 2:4, 3:4] = obj_b
+    feats += rng.normal(scale=0.1, size=feats.shape)
+    res = two_stage_pca(torch.from_numpy(feats.reshape(N, h * w, d)).float(), (h, w))
+    want = np.zeros((h, w), bool)
+    want[2:4, 2:4] = True
+    assert all(np.array_equal(f, want) for f in res.foreground)
+    assert np.all(res.rgb[:, ~want] == 0)  # background black
+    # the two object parts get different colours
+    assert np.abs(res.rgb[:, 2, 2] - res.rgb[:, 2, 3]).max() > 0.5
+
+
+def test_patch_features_kinds(tiny_model_kwargs):
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs).eval()
+    imgs = torch.randn(2, 3, 32, 32)
+    f = patch_features(model, imgs, layer=-1, kind="mssa")
+    blk = model.encoder.blocks[-1]
+    inter = model.forward_intermediates(imgs)
+    torch.testing.assert_close(f, blk.attn.qkv(inter.encoder[1].mssa_in)[:, 1:])
+    torch.testing.assert_close(patch_features(model, imgs, 0, "output"), inter.encoder[0].z_out[:, 1:])
+    with pytest.raises(ValueError, match="kind"):
+        patch_features(model, imgs, kind="keys")
+
+
+@pytest.mark.parametrize("kind,extra", [("reconstruct", ["--mask-ratio", "0.5", "--seed", "1"]),
+                                        ("attention", ["--img-size", "0", "--layer", "0"]),
+                                        ("pca", ["--features", "output"])])
+def test_visualize_commands_write_pngs(kind, extra, tiny_ckpt, image_dir, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["visualize", kind, "--ckpt", tiny_ckpt, "--images", image_dir, "--num-images", "2", "--out", str(out),
+               *extra])
+    assert rc == 0
+    png = out / f"{kind}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_visualize_errors(tiny_ckpt, tmp_path, capsys):
+    assert main(["visualize", "pca", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
+    assert "neither an existing checkpoint" in capsys.readouterr().err
+    assert main(["visualize", "reconstruct", "--ckpt", tiny_ckpt, "--images", str(tmp_path / "nope"),
+                 "--out", str(tmp_path)]) == 1
+    assert "not found" in capsys.readouterr().err
