@@ -16,10 +16,9 @@ from typing import Any
 
 import yaml
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data import DATA_KINDS, IMAGENET_MEAN, IMAGENET_STD
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-DATA_KINDS = ("auto", "imagefolder", "folder", "cifar10", "cifar100")
 
 
 @dataclass

@@ -44,12 +44,18 @@ def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None, device: torch.
     before/after, img_per_s, elapsed_s, checkpoint, model_dir, stopped ('completed' | 'max_steps' | 'max_minutes'),
     weights_sha256 (this rank's final weights).
     """
+    import torch.distributed as dist
+
     cfg.validate()
+    owns_group = not (dist.is_available() and dist.is_initialized())  # leave a caller's process group alone
+    deterministic = torch.are_deterministic_algorithms_enabled()
     info = init_distributed(device)
     try:
         return _Run(cfg, info, dataset).fit()
     finally:
-        cleanup_distributed()
+        torch.use_deterministic_algorithms(deterministic)
+        if owns_group:
+            cleanup_distributed()
 
 
 class _Run:
