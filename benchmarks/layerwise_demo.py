@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nencoder, {len(files)} cifar10-dev/val images, convention {args.convention}; mean over images")
     print(f"{'layer':>5} | {'R^c(LN Z) init':>14} {'trained':>9} | {'R^c(Z½) init':>12} {'trained':>9} | "
           f"{'||Z||0/Nd init':>14} {'trained':>9} | {'R(Z) init':>9} {'trained':>9}")
-    for (pi, ii), (pt, it) in zip(stats["init"].rows(), stats["trained"].rows()):
+    for pi, pt in zip(stats["init"].rows(), stats["trained"].rows()):
         if pi["part"] != "encoder":
             continue
         rows.append({"layer": pi["layer"], **{f"{m}_{w}": r[f"{m}_mean"] for w, r in (("init", pi), ("trained", pt))

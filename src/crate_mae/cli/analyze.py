@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--img-size", type=int, default=None,
                    help="resize+centre-crop to this size (default: the model's); 0 keeps each photo's size, cropped "
-                        "to a multiple of the patch size (attention / pca)")
+                        "to a multiple of the patch size (the sin-cos position table is recomputed for the grid)")
     p.add_argument("--mask-ratio", type=float, default=0.75, help="reconstruct: fraction of patches masked")
     p.add_argument("--seed", type=int, default=0, help="reconstruct: seed of the mask")
     p.add_argument("--layer", type=int, default=-1, help="attention / pca: encoder layer (0-based, -1 = last)")
@@ -105,8 +105,6 @@ def _visualize(args) -> int:
 
     model = _load(args)
     keep = args.img_size == 0
-    if keep and args.kind == "reconstruct":
-        raise ValueError("--img-size 0 is for attention / pca; reconstructions use the model's image size")
     imgs, norm = _images(args, model, args.images, args.img_size or None, keep)
     path = Path(args.out) / f"{args.kind}.png"
     if args.kind == "reconstruct":
