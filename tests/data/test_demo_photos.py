@@ -89,3 +89,14 @@ def test_demo_images_fixed_centre_crops():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DemoPhotos(**kwargs)
+
+
+def test_pickles_small_for_worker_processes():
+    """Spawned DataLoader workers receive the dataset pickled: the photos are not part of it (each process loads
+    them from scikit-image once), and the copy yields identical samples."""
+    import pickle
+
+    ds = DemoPhotos(num_samples=8, img_size=16, seed=3)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 100_000
+    assert torch.equal(pickle.loads(blob)[5][0], ds[5][0])

@@ -72,6 +72,11 @@ def _photos(max_side: int | None) -> tuple[tuple[str, np.ndarray], ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4)
+def _pil_photos(max_side: int | None) -> tuple[Image.Image, ...]:
+    return tuple(Image.fromarray(np.asarray(a)) for _, a in _photos(max_side))
+
+
 def demo_photos(max_side: int | None = None) -> list[tuple[str, np.ndarray]]:
     """The demo photos as ``[(name, H x W x 3 uint8 array), ...]`` in a fixed order (read-only arrays, cached).
 
@@ -103,12 +108,17 @@ class DemoPhotos(Dataset):
         self.num_samples, self.img_size, self.seed, self.scale = num_samples, _check_size(img_size), seed, (lo, hi)
         mean, std = _check_stats(mean, std)
         self.transform = transform if transform is not None else v2.Compose(_to_normalized_tensor(mean, std))
-        # PIL copies of the (shrunk) photos, built once per process; crops are cut from them with resize(box=...).
-        self._images = [Image.fromarray(np.asarray(a)) for _, a in _photos(max_side)]
+        self.max_side = max_side
         self.classes = [name for name, _ in _photos(max_side)]
         self.samples = [(f"skimage.data.{self.classes[i % len(self.classes)]}#crop{i}", i % len(self.classes))
                         for i in range(num_samples)]
         self.targets = [label for _, label in self.samples]
+
+    @property
+    def _images(self) -> tuple[Image.Image, ...]:
+        # PIL copies of the (shrunk) photos, cached per process rather than stored on the instance, so pickling the
+        # dataset into DataLoader workers stays small; crops are cut from them with resize(box=...).
+        return _pil_photos(self.max_side)
 
     def __len__(self) -> int:
         return self.num_samples
