@@ -7,6 +7,7 @@ import torch
 import crate_mae
 from crate_mae.analysis import LayerRecorder, compression_rate, coding_rate, measure_layers, sparsity
 from crate_mae.analysis.layerwise import _project
+from crate_mae.cli import main
 
 
 @pytest.fixture
@@ -88,16 +89,18 @@ def test_masked_measurement_is_seeded(model):
     assert not np.allclose(a.values[key]["rc_mssa_in"], c.values[key]["rc_mssa_in"])
 
 
-def test_save_writes_tables_and_plot(model, tmp_path):
-    stats = measure_layers(model, torch.randn(3, 3, 32, 32), convention="raw", eps=0.5)
-    paths = stats.save(tmp_path)
-    data = json.loads(paths["json"].read_text())
-    assert data["meta"]["convention"] == "raw" and data["meta"]["eps"] == 0.5
+def test_analyze_command_writes_tables_and_plot(tmp_path, image_dir, capsys):
+    out = tmp_path / "an"
+    rc = main(["analyze", "--model", "crate_mae_tiny", "--set", "img_size=32", "patch_size=8", "embed_dim=32",
+               "depth=2", "num_heads=4", "decoder_depth=2", "--data", image_dir, "--num-images", "3",
+               "--convention", "raw", "--eps", "0.5", "--mask-ratio", "0.5", "--out", str(out), "--device", "cpu"])
+    assert rc == 0 and "encoder" in capsys.readouterr().out
+    data = json.loads((out / "layerwise.json").read_text())
+    assert data["meta"]["convention"] == "raw" and data["meta"]["eps"] == 0.5 and data["meta"]["mask_ratio"] == 0.5
     assert len(data["summary"]) == 4 and len(data["per_image"][0]["rc_mssa_in"]) == 3
-    lines = paths["csv"].read_text().strip().splitlines()
+    lines = (out / "layerwise.csv").read_text().strip().splitlines()
     assert lines[0].startswith("part,layer,rc_mssa_in_mean") and len(lines) == 5
-    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "encoder" in stats.format_table()
+    assert (out / "layerwise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_encoder_classifier_and_errors(tiny_model_kwargs):

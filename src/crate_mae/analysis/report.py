@@ -3,7 +3,7 @@ and PCA, every figure embedded as a base64 PNG (the page is a single file that c
 
 ``write_report(model_or_ckpt, out_dir)`` is what ``crate-mae report`` and the end of ``crate-mae demo`` call. It
 works on a randomly initialised model too (the page then says so), so it doubles as a smoke test of every picture.
-Besides ``index.html`` the folder gets ``layerwise.json`` / ``layerwise.csv`` with the numbers behind the curves.
+Besides ``index.html`` the folder gets ``layerwise.json`` / ``.csv`` / ``.png`` with the numbers behind the curves.
 """
 
 from __future__ import annotations
@@ -127,11 +127,12 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
         body.append(f'<p class="note">{html.escape(str(e))}</p>')
     if is_crate:
         stats = measure_layers(model, imgs, mask_ratio=0.0, convention=convention, eps=eps, seed=seed)
-        stats.save(out, "layerwise")
-        body.append(_figure(_png(stats.plot()), "layer-wise curves",
+        curves = stats.save(out, "layerwise")["png"]  # drawn once: embedded below and kept beside the page
+        uri = "data:image/png;base64," + base64.b64encode(curves.read_bytes()).decode("ascii")
+        body.append(_figure(uri, "layer-wise curves",
                             f"Unmasked images, convention {stats.meta['convention_description']}; mean ± std over "
                             f"{stats.meta['num_images']} images, {stats.meta['tokens_per_image']} tokens each "
-                            "(cls + patches). Tables: layerwise.json / layerwise.csv beside this page."))
+                            "(cls + patches). Tables: layerwise.json / layerwise.csv / layerwise.png beside this page."))
         header = ["part", "layer"] + [METRIC_LABELS[m] for m in METRICS]
         rows = [[r["part"], r["layer"]] + [f"{_fmt(r[m + '_mean'])} ± {_fmt(r[m + '_std'])}" for m in METRICS]
                 for r in stats.rows()]
@@ -170,4 +171,5 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
             f"{html.escape(str(name))}</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     path = out / "index.html"
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    path.chmod(0o644)  # the temporary file was created private; the page is meant to be shared
     return path
