@@ -66,22 +66,30 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
 
 
 def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int) -> tuple[int, float]:
-    """Time 4 optimizer steps of the configured model on random input (after 1 warm-up step) and return
-    ``(epochs, warmup_epochs)`` that fill ``minutes`` on this machine, keeping the config's warm-up fraction."""
+    """Time optimizer steps of the configured model on random input and return ``(epochs, warmup_epochs)`` that
+    fill ``minutes`` on this machine, keeping the config's warm-up fraction.
+
+    The first steps on CPU are several times slower than the steady state (kernel selection, allocator warm-up),
+    so 3 steps are discarded and the median of the following ones (at least 3 s of them, at most 20) is used.
+    """
     from ..models import create_model
 
     torch.manual_seed(0)
     model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(cfg.optim.batch_size, 3, cfg.data.img_size, cfg.data.img_size)
-    times = []
-    for _ in range(5):
+    times: list[float] = []
+    start = time.perf_counter()
+    for i in range(23):
         t = time.perf_counter()
         model(x, mask_ratio=cfg.model.mask_ratio).loss.backward()
         opt.step()
         opt.zero_grad()
-        times.append(time.perf_counter() - t)
-    per_step = sum(times[1:]) / 4 * 1.15 * cfg.optim.accum_iter  # + data loading and logging
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+            if len(times) >= 5 and time.perf_counter() - start > 3.0:
+                break
+    per_step = sorted(times)[len(times) // 2] * 1.15 * cfg.optim.accum_iter  # + data loading and logging
     steps_per_epoch = max(1, num_samples // (cfg.optim.batch_size * cfg.optim.accum_iter))
     epochs = max(1, int(60 * minutes / per_step / steps_per_epoch))
     warm_frac = cfg.optim.warmup_epochs / cfg.optim.epochs
