@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = {}
     for name, model in (("init", init), ("trained", trained)):
         stats[name] = measure_layers(model.eval(), imgs, convention=args.convention)
-        stats[name].meta["model"] = f"{name}: crate_mae {model_cfg}"
+        stats[name].meta["model"] = f"CRATE-MAE {model_cfg['depth']}+{model_cfg['decoder_depth']} layers, {name}"
         stats[name].save(out, f"layerwise_{name}")
 
     rows = []
