@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,8 +142,7 @@ def load_finetune_config(path: str | os.PathLike | None = None,
             continue
         known = {f.name for f in dataclasses.fields(_SECTIONS[name])}
         errors += [f"{name}.{k}: unknown key (known: {', '.join(sorted(known))})" for k in value if k not in known]
-        kwargs[name] = _SECTIONS[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()
-                                          if k in known})
+        kwargs[name] = _SECTIONS[name](**{k: _coerce(v) for k, v in value.items() if k in known})
     if errors:
         raise ValueError("invalid fine-tuning config:\n  " + "\n  ".join(errors))
     if "run" not in kwargs:
@@ -209,6 +209,15 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
     check(r.max_steps is None or pos_int(r.max_steps), "run.max_steps", r.max_steps, "must be >= 1 or null")
     check(pos_int(r.log_every), "run.log_every", r.log_every, "must be an integer >= 1")
     return errors
+
+
+def _coerce(v: Any) -> Any:
+    """Lists become tuples; '3e-4' becomes 3e-4 (YAML 1.1 reads exponents without a dot as strings)."""
+    if isinstance(v, list):
+        return tuple(_coerce(x) for x in v)
+    if isinstance(v, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", v):
+        return float(v)
+    return v
 
 
 def _plain(obj: Any) -> Any:

@@ -1,0 +1,107 @@
+"""Fine-tuning: layer-decay groups, mixup targets, overfitting a 20-image set, resume, class-mismatch errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import crate_mae
+from crate_mae.evaluation.finetune import (FinetuneAugConfig, build_mixup, finetune, load_finetune_config,
+                                           param_groups_lrd)
+
+NO_AUG = ["aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.reprob=0", "aug.hflip=0",
+          "aug.scale=[1, 1]"]
+
+
+TINY_ENCODER = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
+
+
+def _cfg(data, out, *extra):
+    return load_finetune_config(None, [
+        f"data.path={data}", "data.num_workers=0", f"run.output_dir={out}", "run.progress=false",
+        f"model.overrides={json.dumps(TINY_ENCODER)}", "model.drop_path_rate=0.0", "optim.batch_size=10",
+        "optim.warmup_epochs=1", *extra])
+
+
+def test_layer_decay_groups_scale_each_parameter():
+    model = crate_mae.create_model("crate_tiny", num_classes=3, **TINY_ENCODER)  # depth 2 -> L = 3
+    groups = param_groups_lrd(model, weight_decay=0.05, layer_decay=0.5, no_weight_decay_list={"cls_token"})
+    scale = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+    decay = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    assert set(scale) == {n for n, _ in model.named_parameters()}
+    assert scale["cls_token"] == scale["patch_embed.proj.weight"] == 0.5 ** 3
+    assert scale["blocks.0.attn.qkv.weight"] == scale["blocks.0.ista.dictionary"] == 0.5 ** 2
+    assert scale["blocks.1.norm1.weight"] == 0.5
+    assert scale["norm.weight"] == scale["head.weight"] == scale["head.bias"] == 1.0
+    assert decay["blocks.0.attn.qkv.weight"] == decay["head.weight"] == 0.05
+    assert decay["cls_token"] == decay["head.bias"] == decay["blocks.1.norm1.weight"] == 0.0
+
+
+def test_layer_decay_schedule_applies_scales():
+    from crate_mae.training import WarmupCosine
+
+    model = crate_mae.create_model("crate_tiny", num_classes=3, **TINY_ENCODER)
+    groups = param_groups_lrd(model, 0.05, 0.5)
+    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups], lr=1.0)
+    WarmupCosine(1.0, 10, 0).apply(opt, 0)
+    assert sorted({g["lr"] for g in opt.param_groups}) == [0.125, 0.25, 0.5, 1.0]
+
+
+def test_mixup_targets_are_soft_and_smoothed():
+    aug = FinetuneAugConfig(mixup=0.8, cutmix=1.0, smoothing=0.1)
+    mixup = build_mixup(aug, num_classes=10)
+    imgs, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    mixed, target = mixup(imgs, labels)
+    assert mixed.shape == imgs.shape and target.shape == (4, 10)
+    torch.testing.assert_close(target.sum(1), torch.ones(4))
+    assert target.min() >= 0.1 / 10 - 1e-6  # label smoothing floor
+    assert build_mixup(FinetuneAugConfig(mixup=0.0, cutmix=0.0), 10) is None
+
+
+def test_finetune_overfits_twenty_images_and_resumes(image_folder, tmp_path):
+    out = tmp_path / "ft"
+    # val = the training images: a fine-tune that works must fit them
+    common = ["data.val_split=train", "optim.epochs=8", "optim.batch_size=4", "optim.lr=0.003",
+              "optim.layer_decay=1.0", "optim.weight_decay=0", *NO_AUG]
+    first = finetune(_cfg(image_folder, out, *common, "run.max_steps=23"))  # stops mid-epoch 5
+    assert first["details"]["stopped"] == "max_steps" and first["details"]["steps"] == 23
+    result = finetune(_cfg(image_folder, out, *common, "run.resume=auto"))
+    assert result["details"]["steps"] == 40 and result["details"]["stopped"] == "completed"
+    assert result["metrics"]["best_top1"] == 100.0
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["metrics"] == result["metrics"] and saved["task"] == "finetune"
+    best = crate_mae.from_pretrained(out / "best")
+    assert best.num_classes == 2
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r.get("event") == "epoch"] == list(range(1, 9))
+
+
+def test_finetune_from_pretrained_checkpoint_with_full_recipe(image_folder, tmp_path):
+    mae = crate_mae.create_model("crate_mae_tiny", decoder_depth=1, **TINY_ENCODER)
+    mae.save_pretrained(tmp_path / "mae")
+    cfg = _cfg(image_folder, tmp_path / "ft", f"model.checkpoint={tmp_path / 'mae'}", "model.global_pool=avg",
+               "model.drop_path_rate=0.1", "optim.epochs=1", "aug.rand_augment=rand-m9-mstd0.5-inc1")
+    result = finetune(cfg)
+    assert result["checkpoint_sha256"] == crate_mae.utils.file_sha256(tmp_path / "mae" / "model.safetensors")
+    assert 0 <= result["metrics"]["top1"] <= 100
+
+
+def test_finetune_rejects_mismatched_classes(tmp_path, make_folder):
+    data = make_folder(tmp_path / "d", {"train": ["cat", "dog"], "val": ["cat", "fox"]}, per_class=2)
+    cfg = _cfg(data, tmp_path / "ft", "optim.epochs=1", "optim.batch_size=2", *NO_AUG)
+    with pytest.raises(ValueError, match=r"only in train split \(train\): dog; only in val split \(val\): fox"):
+        finetune(cfg)
+
+
+def test_finetune_config_errors_are_collected(tmp_path):
+    with pytest.raises(ValueError) as e:
+        load_finetune_config(None, ["optim.layer_decay=1.5", "aug.mixup=-1", "model.global_pool=max",
+                                    "optim.bogus=1"])
+    assert "optim.bogus: unknown key" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        load_finetune_config(None, ["optim.layer_decay=1.5", "aug.mixup=-1", "model.global_pool=max"])
+    for key in ("optim.layer_decay", "aug.mixup", "model.global_pool", "data.path"):
+        assert key in str(e.value)
+    assert load_finetune_config(None, ["data.path=x", "optim.lr=3e-4"]).optim.lr == 3e-4
