@@ -111,8 +111,9 @@ def _feature_pair(args):
         train, val = FeatureSet.load(args.train_features), FeatureSet.load(args.val_features)
         if args.ckpt:  # the user says which checkpoint these should be: hold them to it
             from ..evaluation.features import load_model
+            from .model import parse_overrides
 
-            _, sha = load_model(args.ckpt, seed=args.seed)
+            _, sha = load_model(args.ckpt, seed=args.seed, **parse_overrides(args.override))
             if train.checkpoint_sha256 != sha:
                 raise ValueError(f"{args.train_features} was extracted from another checkpoint "
                                  f"({train.meta.get('checkpoint')}, sha256 {str(train.checkpoint_sha256)[:12]}) "
