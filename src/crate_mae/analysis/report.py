@@ -80,8 +80,11 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    source = "in-memory model" if isinstance(model_or_ckpt, nn.Module) else str(model_or_ckpt)
     model = load_model(model_or_ckpt, device)
+    if isinstance(model_or_ckpt, nn.Module):
+        source = str((getattr(model, "config", {}) or {}).get("checkpoint", "in-memory model"))
+    else:
+        source = str(model_or_ckpt)
     device = next(model.parameters()).device
     norm = model_normalization(model)
     size = model_img_size(model)
