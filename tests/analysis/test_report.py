@@ -42,6 +42,7 @@ def test_report_renders_every_figure_in_headless_chromium(tmp_path, tiny_ckpt, i
                  "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "randomly initialised" not in page and "[0.5, 0.5, 0.5]" in page  # the checkpoint's normalisation
+    assert f"checkpoint: {tiny_ckpt}" in page
     # The product page has no script; this copy gets one that records how many images decoded.
     probe = ("<script>window.addEventListener('load', () => { const im = [...document.images];"
              "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0).length"
@@ -56,3 +57,13 @@ def test_report_renders_every_figure_in_headless_chromium(tmp_path, tiny_ckpt, i
     m = re.search(r'data-decoded="(\d+)/(\d+)"', res.stdout)
     assert m, f"chromium did not run the page: rc={res.returncode} {res.stderr[-500:]}"
     assert m.groups() == (str(FIGURES), str(FIGURES))
+
+
+def test_report_on_vit_mae_skips_white_box_sections(tmp_path):
+    import crate_mae
+
+    vit = crate_mae.create_model("vit_mae_base", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                                 decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    page = write_report(vit, tmp_path / "vit", num_images=1).read_text()
+    assert page.count("<img") == 2  # reconstructions and attention; no layer-wise curves or PCA
+    assert "needs a CRATE model" in page
