@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ImageFolder root with train/ and val/ (default: ../shared/data/cifar10-dev)")
     p.add_argument("--ckpt", default=None, help="a pretrained model directory; skips pretraining")
     p.add_argument("--minutes", type=float, default=10.0, help="pretraining wall-clock budget")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train this many epochs instead of fitting them to --minutes (still stopped at 1.2x it)")
     p.add_argument("--out", default="runs/layerwise_demo")
     p.add_argument("--num-images", type=int, default=256, help="val images measured")
     p.add_argument("--convention", choices=["official", "raw"], default="official")
@@ -58,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         seed = int(cfg.run.seed)
     else:
         train_n = len(build_dataset(data, split="train", kind="imagefolder"))
-        cfg.optim.epochs, cfg.optim.warmup_epochs = epochs_for_budget(cfg, args.minutes, train_n)
+        if args.epochs:
+            cfg.optim.epochs, cfg.optim.warmup_epochs = args.epochs, min(cfg.optim.warmup_epochs, args.epochs / 4)
+        else:
+            cfg.optim.epochs, cfg.optim.warmup_epochs = epochs_for_budget(cfg, args.minutes, train_n)
         cfg.run.max_minutes = 1.2 * args.minutes
         cfg.validate()
         t = time.perf_counter()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -30,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .coding_rate import RateConvention, coding_rate, compression_rate, sparsity
+from .figures import pyplot, save_figure
 from .hooks import LayerRecorder, crate_blocks
 
 METRICS = ("rc_mssa_in", "rc_z_half", "rate_out", "sparsity", "l0")
@@ -87,11 +87,7 @@ class LayerwiseStats:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        fig = self.plot()
-        fig.savefig(paths["png"], dpi=110, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        save_figure(self.plot(), paths["png"], dpi=110)
         return paths
 
     def format_table(self) -> str:
@@ -103,12 +99,7 @@ class LayerwiseStats:
 
     def plot(self):
         """Three panels (R^c, R, ||Z||_0/(Nd)); x = layer, encoder then decoder on one axis, mean ± std over images."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        fig, axes = pyplot().subplots(1, 3, figsize=(15, 4))
         parts = [p for p in ("encoder", "decoder") if any(k[0] == p for k in self.layers)]
         n_enc = sum(1 for k in self.layers if k[0] == "encoder")
         colors = {"encoder": "tab:blue", "decoder": "tab:orange"}
