@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Command-group modules, in the order they appear in --help.
-_GROUPS = ["model", "train", "evaluate", "analyze"]
+_GROUPS = ["model", "data", "train", "evaluate", "analyze"]
 
 
 def build_parser() -> argparse.ArgumentParser:
