@@ -70,6 +70,7 @@ def test_finetune_overfits_twenty_images_and_resumes(image_folder, tmp_path):
     result = finetune(_cfg(image_folder, out, *common, "run.resume=auto"))
     assert result["details"]["steps"] == 40 and result["details"]["stopped"] == "completed"
     assert result["metrics"]["best_top1"] == 100.0
+    assert result["dataset"]["transform"]["img_size"] == 32  # the model's size, not the 224 default
     saved = json.loads((out / "result.json").read_text())
     assert saved["metrics"] == result["metrics"] and saved["task"] == "finetune"
     best = crate_mae.from_pretrained(out / "best")

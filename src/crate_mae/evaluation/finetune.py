@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..training.config import RunConfig
 from ..training.pretrain import _amp_dtype  # same precision policy as pretraining
 
-# -- configuration --------------------------------------------------------------------------------------------------
+# -- configuration -------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -228,7 +228,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-# -- layer-wise lr decay ------------------------------------------------------------------------------------------------
+# -- layer-wise lr decay -----------------------------------------------------------------------------------------------
 def layer_id(name: str, num_layers: int) -> int:
     """MAE ``lr_decay.get_layer_id_for_vit``: tokens, position table and patch embedding are layer 0, block ``i`` is
     layer ``i + 1``, everything after the blocks (final norm, head) is layer ``num_layers`` (= depth + 1)."""
@@ -266,7 +266,7 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
     return list(groups.values())
 
 
-# -- data ---------------------------------------------------------------------------------------------------------------
+# -- data --------------------------------------------------------------------------------------------------------------
 class SeededLabelled(Dataset):
     """``ds[(epoch, i)] -> (image, label)`` augmented under the seed ``sample_seed(seed, epoch, i)``, so the
     augmentation of every sample is a function of (seed, epoch, index) whatever the worker, rank or restart."""
@@ -330,7 +330,7 @@ def build_criterion(aug: FinetuneAugConfig, mixup) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-# -- the run ------------------------------------------------------------------------------------------------------------
+# -- the run -----------------------------------------------------------------------------------------------------------
 def build_classifier(cfg: FinetuneConfig, num_classes: int, img_size: int | None) -> nn.Module:
     import crate_mae
 
@@ -376,11 +376,15 @@ class _Finetune:
 
         # The checkpoint decides size and normalisation unless the config does.
         self.model = None
-        dc = {"img_size": d.img_size, "mean": None, "std": None}
         if cfg.model.checkpoint is not None:
             probe = build_classifier(cfg, 0, None)
             dc = model_data_config(probe)
             del probe
+        else:
+            from ..models.registry import model_defaults
+
+            dc = {"img_size": cfg.model.overrides.get("img_size", model_defaults(cfg.model.name).get("img_size")),
+                  "mean": None, "std": None}
         img_size = d.img_size or dc["img_size"] or 224
         from ..data import IMAGENET_MEAN, IMAGENET_STD
 
@@ -444,7 +448,7 @@ class _Finetune:
                       "finetune": {"checkpoint": cfg.model.checkpoint, "global_pool": cfg.model.global_pool}}
         self.t0 = time.perf_counter()
 
-    # -- loop -----------------------------------------------------------------------------------------------------------
+    # -- loop -------------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         from ..training.checkpointing import restore_rng
 
@@ -608,7 +612,7 @@ class _Finetune:
         barrier(self.info)
         return result
 
-    # -- checkpoints ----------------------------------------------------------------------------------------------------
+    # -- checkpoints ------------------------------------------------------------------------------------------------
     def _save(self) -> None:
         from ..training.checkpointing import capture_rng, save_checkpoint
         from ..training.distributed import barrier
@@ -645,7 +649,7 @@ class _Finetune:
         if state["world_size"] == self.info.world_size:
             self.rng_to_restore = state["rng"][self.info.rank]
 
-    # -- logging --------------------------------------------------------------------------------------------------------
+    # -- logging ----------------------------------------------------------------------------------------------------
     def _open_logs(self) -> None:
         import yaml
         from torch.utils.tensorboard import SummaryWriter

@@ -9,8 +9,9 @@ Two protocols, both on cached features (:mod:`.features`):
   ``Linear`` (weights N(0, 0.01^2) truncated, bias 0), LARS (or SGD with momentum 0.9), per-step linear warm-up
   then half-cosine, cross-entropy. The default lr is MAE's absolute one, 6.4 (blr 0.1 at batch 16384): a LARS step
   changes each weight matrix by about ``lr * 0.001`` of its norm whatever the batch, so scaling the lr down with a
-  small batch (``blr``) would make the probe crawl; pass ``blr`` to get MAE's linear scaling rule instead. The encoder is frozen, so its features are computed once
-  instead of every epoch; unlike MAE's script no crop/flip augmentation is applied to them (deterministic features).
+  small batch (``blr``) would make the probe crawl; pass ``blr`` to get MAE's linear scaling rule instead. The
+  encoder is frozen, so its features are computed once instead of every epoch; unlike MAE's script no crop/flip
+  augmentation is applied to them (deterministic features).
 """
 
 from __future__ import annotations

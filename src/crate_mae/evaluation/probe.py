@@ -35,8 +35,8 @@ def linprobe(train: FeatureSet, val: FeatureSet, protocol: str = "sklearn", pool
     """Linear-probe accuracy of ``pool`` features (at ``layer``, default the final output) of ``train`` -> ``val``.
 
     ``protocol='sklearn'``: :func:`.linear.logistic_probe` (``Cs``, ``holdout``, ``max_iter``);
-    ``protocol='mae'``: :func:`.linear.train_linear_head` (``epochs``, ``batch_size``, ``blr`` or ``lr``, ``weight_decay``,
-    ``warmup_epochs``, ``optimizer``)."""
+    ``protocol='mae'``: :func:`.linear.train_linear_head` (``epochs``, ``batch_size``, ``blr`` or ``lr``,
+    ``weight_decay``, ``warmup_epochs``, ``optimizer``)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     check_compatible(train, val)
