@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..training.config import RunConfig
-from ..training.pretrain import _amp_dtype  # same precision policy as pretraining
+from ..training.pretrain import _amp_dtype, _seed_all  # same precision and seeding policy as pretraining
 
 # -- configuration -------------------------------------------------------------------------------------------------
 
@@ -407,6 +407,7 @@ class _Finetune:
 
         torch.manual_seed(r.seed)  # identical head init on every rank
         self.model = build_classifier(cfg, self.num_classes, img_size).to(self.device)
+        _seed_all(r.seed + info.rank)  # rank-specific streams for drop path and mixup (numpy), as in pretraining
         self.train_set = SeededLabelled(train_dataset, r.seed)
         self.val_set = val_dataset
         self.sampler = EpochSampler(len(self.train_set), o.batch_size, r.seed, info.rank, info.world_size)
