@@ -14,7 +14,8 @@ Every model is then probed on the unmasked cls token of its final encoder output
 - MAE protocol: BatchNorm1d(affine=False) + Linear with LARS, 90 epochs, warm-up 10, lr 6.4;
 - weighted k-NN (cosine, T = 0.07), best of k in {10, 20, 100, 200}.
 
-Results (JSON per run + a Markdown table) go to ``--out``.
+Result JSON files go to ``--out``/results (``crate-mae compare OUT/results/*.json``), the table to
+``--out``/table.md.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def evaluate(label: str, source, args: argparse.Namespace, out: Path, overrides:
                linprobe(feats["train"], feats["val"], "mae", label=f"{label} / BN+LARS"),
                knn(feats["train"], feats["val"], label=f"{label} / k-NN")]
     for r, name in zip(results, ("logreg", "lars", "knn")):
-        write_result(r, out / f"{label.replace(' ', '_')}_{name}.json")
+        write_result(r, out / "results" / f"{label.replace(' ', '_')}_{name}.json")
         print(summary_line(r))
     return results
 
