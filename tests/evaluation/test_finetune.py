@@ -106,3 +106,17 @@ def test_finetune_config_errors_are_collected(tmp_path):
     for key in ("optim.layer_decay", "aug.mixup", "model.global_pool", "data.path"):
         assert key in str(e.value)
     assert load_finetune_config(None, ["data.path=x", "optim.lr=3e-4"]).optim.lr == 3e-4
+
+
+def test_vit_mae_checkpoint_fine_tunes_with_layer_decay(make_folder, tmp_path):
+    mae = crate_mae.create_model("vit_mae_base", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
+                                 **TINY_ENCODER)
+    mae.save_pretrained(tmp_path / "mae")
+    vit = crate_mae.load_encoder(tmp_path / "mae", num_classes=2)
+    scale = {n: g["lr_scale"] for g in param_groups_lrd(vit, 0.05, 0.5) for n in g["param_names"]}
+    assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.5 ** 3
+    assert scale["blocks.1.mlp.fc1.weight"] == 0.5 and scale["head.weight"] == 1.0
+    data = make_folder(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=4)
+    result = finetune(_cfg(data, tmp_path / "ft", f"model.checkpoint={tmp_path / 'mae'}", "optim.epochs=1",
+                           "optim.batch_size=4"))
+    assert result["details"]["steps"] == 2 and result["dataset"]["transform"]["img_size"] == 32

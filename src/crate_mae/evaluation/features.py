@@ -99,10 +99,10 @@ class FeatureSet:
                    classes=json.loads(metadata["classes"]), layers=dict(sorted(layers.items())), meta=meta)
 
 
-def encoder_blocks(model: nn.Module) -> nn.ModuleList:
+def encoder_blocks(model: nn.Module) -> nn.Module:
     """The encoder's transformer blocks of any supported model (CrateMAE, CrateEncoder, ViTMAE, timm ViT)."""
     owner = model.encoder if hasattr(model, "encoder") and hasattr(model.encoder, "blocks") else model
-    if not isinstance(getattr(owner, "blocks", None), nn.ModuleList):
+    if not isinstance(getattr(owner, "blocks", None), (nn.ModuleList, nn.Sequential)):
         raise ValueError(f"{type(model).__name__} has no encoder blocks; cannot read intermediate layers")
     return owner.blocks
 

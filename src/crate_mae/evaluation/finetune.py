@@ -247,7 +247,7 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
     the head and final norm train at the full lr, block ``i`` at ``layer_decay ** (depth - i)``, the patch
     embedding and tokens at ``layer_decay ** (depth + 1)``. 1-D parameters (norms, biases) and names in
     ``no_weight_decay_list`` get no weight decay. Works for CrateEncoder and timm ViTs (same parameter names)."""
-    if not isinstance(getattr(model, "blocks", None), nn.ModuleList):
+    if not isinstance(getattr(model, "blocks", None), (nn.ModuleList, nn.Sequential)):
         raise ValueError(f"{type(model).__name__} has no .blocks; layer-wise lr decay needs an encoder classifier")
     num_layers = len(model.blocks) + 1
     scales = [layer_decay ** (num_layers - i) for i in range(num_layers + 1)]
@@ -532,7 +532,7 @@ class _Finetune:
                 return "max_minutes"
         if bar is not None:
             bar.close()
-        self._train_loss = sum(losses) / max(len(losses), 1)
+        self._train_loss = sum(losses) / len(losses) if losses else float("nan")  # nan: resumed at epoch end
         return "completed"
 
     def _end_epoch(self) -> dict[str, float]:
