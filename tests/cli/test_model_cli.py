@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from crate_mae.cli import main
 

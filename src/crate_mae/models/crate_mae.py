@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, PatchEmbed
 
-from .mixins import SavePretrainedMixin
+from .mixins import MaskedImageModelMixin, SavePretrainedMixin
 from .layers import ISTA, MSSA, InverseISTA, sincos_pos_embed
-from .masking import masked_mse, normalize_patches, patchify, random_masking, unpatchify
+from .masking import random_masking
 from .outputs import Intermediates, LayerTrace, MAEOutput
 
 BLOCK_LN_EPS = 1e-5  # PreNorm's nn.LayerNorm default in the official blocks
@@ -196,7 +196,7 @@ class CrateDecoder(nn.Module):
         return self.norm(y)
 
 
-class CrateMAE(SavePretrainedMixin, nn.Module):
+class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     """CRATE-MAE for masked completion. ``model(imgs, mask_ratio, noise)`` -> :class:`MAEOutput`."""
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
@@ -231,16 +231,6 @@ class CrateMAE(SavePretrainedMixin, nn.Module):
     def grid_size(self, imgs: torch.Tensor) -> tuple[int, int]:
         return self.encoder.grid_size(imgs)
 
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        self.grid_size(imgs)
-        return patchify(imgs, self.patch_size)
-
-    def unpatchify(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-        if grid_size is None:
-            side = int(round(x.shape[1] ** 0.5))
-            grid_size = (side, side)
-        return unpatchify(x, self.patch_size, grid_size, self.in_chans)
-
     # -- masked completion ----------------------------------------------------------------------------------------
     def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.encoder.forward_tokens(self.encoder.prepare_tokens(imgs, mask, self.mask_token))
@@ -248,12 +238,6 @@ class CrateMAE(SavePretrainedMixin, nn.Module):
     def forward_decoder(self, latent: torch.Tensor) -> torch.Tensor:
         """Decoder -> norm -> linear patch prediction, cls dropped: (N, L, p*p*C)."""
         return self.decoder_pred(self.decoder(latent))[:, 1:]
-
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        target = patchify(imgs, self.patch_size)
-        if self.norm_pix_loss:
-            target = normalize_patches(target)
-        return masked_mse(pred.float(), target.float(), mask)
 
     def make_mask(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None) -> torch.Tensor:
         h, w = self.grid_size(imgs)

@@ -14,13 +14,13 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from .crate_mae import _check_config, _layer_index, check_images, init_weights
-from .mixins import SavePretrainedMixin
+from .mixins import MaskedImageModelMixin, SavePretrainedMixin
 from .layers import sincos_pos_embed
-from .masking import masked_mse, normalize_patches, patchify, random_masking, unpatchify
+from .masking import random_masking
 from .outputs import MAEOutput
 
 
-class ViTMAE(SavePretrainedMixin, nn.Module):
+class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
@@ -69,16 +69,6 @@ class ViTMAE(SavePretrainedMixin, nn.Module):
             return table
         return sincos_pos_embed(table.shape[-1], grid).to(table.device).unsqueeze(0)
 
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        self.grid_size(imgs)
-        return patchify(imgs, self.patch_size)
-
-    def unpatchify(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-        if grid_size is None:
-            side = int(round(x.shape[1] ** 0.5))
-            grid_size = (side, side)
-        return unpatchify(x, self.patch_size, grid_size, self.in_chans)
-
     # -- masked autoencoding ------------------------------------------------------------------------------------------
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None):
         grid = self.grid_size(imgs)
@@ -103,12 +93,6 @@ class ViTMAE(SavePretrainedMixin, nn.Module):
         for blk in self.decoder_blocks:
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
-
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        target = patchify(imgs, self.patch_size)
-        if self.norm_pix_loss:
-            target = normalize_patches(target)
-        return masked_mse(pred.float(), target.float(), mask)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None) -> MAEOutput:
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
