@@ -13,7 +13,6 @@ Run folder (``cfg.run.output_dir``)::
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
