@@ -182,3 +182,16 @@ def test_load_encoder_from_crate_mae_and_vit(tmp_path):
     with torch.no_grad():
         assert torch.allclose(vclf.forward_features(imgs), vit.forward_features(imgs), atol=1e-6)
     assert vclf(imgs).shape == (2, 3)
+
+
+def test_vit_classifier_roundtrip(tmp_path):
+    """A fine-tuned ViT-MAE encoder (timm VisionTransformer) is saved and read back in our format."""
+    vit = crate_mae.create_model("vit_mae_base", img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4,
+                                 decoder_embed_dim=32, decoder_num_heads=4, decoder_depth=1)
+    clf = crate_mae.load_encoder(vit, num_classes=3, global_pool="avg")
+    crate_mae.save_pretrained(clf, tmp_path / "vit")
+    again = crate_mae.load_checkpoint(tmp_path / "vit")
+    imgs = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(imgs), clf(imgs))
+    assert again.global_pool == "avg" and crate_mae.load_encoder(again, num_classes=5)(imgs).shape == (2, 5)

@@ -18,7 +18,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -27,12 +27,13 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .models.crate_mae import CrateEncoder, CrateMAE
 from .models.layers import sincos_pos_embed
-from .models.vit_mae import ViTMAE
+from .models.vit_mae import ViTMAE, vit_classifier
 from .utils import atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ARCHITECTURES: dict[str, type[nn.Module]] = {"crate_mae": CrateMAE, "crate": CrateEncoder, "vit_mae": ViTMAE}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"crate_mae": CrateMAE, "crate": CrateEncoder, "vit_mae": ViTMAE,
+                                                       "vit": vit_classifier}
 # Heads per width in the official presets (heads cannot be read off square weight matrices).
 CRATE_HEADS = {384: 6, 576: 12, 768: 12, 1024: 16}
 VIT_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16, 512: 16}
@@ -81,11 +82,11 @@ def build_from_config(config: Mapping[str, Any]) -> nn.Module:
     arch = config.get("architecture")
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"unknown architecture {arch!r} in config; expected one of {sorted(ARCHITECTURES)}")
-    cls = ARCHITECTURES[arch]
-    params = inspect.signature(cls.__init__).parameters
+    factory = ARCHITECTURES[arch]
+    params = inspect.signature(factory).parameters
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in params}
-    model = cls(**kwargs)
-    model.config = {**{k: v for k, v in config.items() if k != "crate_mae_version"}, **model.config}
+    model = factory(**kwargs)
+    model.config = {**{k: v for k, v in config.items() if k != "crate_mae_version"}, **getattr(model, "config", {})}
     return model
 
 
@@ -133,8 +134,9 @@ def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Mod
     ``overrides`` may set ``drop_path_rate`` and anything :func:`load_checkpoint` accepts."""
     drop_path_rate = overrides.pop("drop_path_rate", 0.0)
     model = source if isinstance(source, nn.Module) else load_checkpoint(source, **overrides)
-    if isinstance(model, CrateEncoder):
+    if isinstance(model, CrateEncoder) or getattr(model, "config", {}).get("architecture") == "vit":
         model.reset_classifier(num_classes, global_pool)
+        model.config.update(num_classes=num_classes, global_pool=global_pool)
         return model
     if isinstance(model, CrateMAE):
         c = model.config
@@ -169,13 +171,7 @@ def load_weights_into(model: nn.Module, source: str | os.PathLike | Mapping[str,
 # -- reading -------------------------------------------------------------------------------------------------------------
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file, unwrapped, ``module.`` stripped."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / WEIGHTS_NAME, *sorted(path.glob("*.safetensors")), *sorted(path.glob("*.pth"))]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise FileNotFoundError(f"no weights file (*.safetensors, *.pth) in {path}")
-        path = found[0]
+    path = weights_file(path)
     if path.suffix == ".safetensors":
         return unwrap_state_dict(_read_safetensors(path))
     try:
@@ -183,6 +179,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as e:  # pickles with code, truncated zips, ...
         raise CheckpointError(f"cannot read {path} safely (torch.load weights_only=True): {e}") from None
     return unwrap_state_dict(obj)
+
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weights file of a checkpoint path: the path itself, or inside a directory ``model.safetensors`` first,
+    then any ``*.safetensors``, then any ``*.pth``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    candidates = [path / WEIGHTS_NAME, *sorted(path.glob("*.safetensors")), *sorted(path.glob("*.pth"))]
+    found = [c for c in candidates if c.is_file()]
+    if not found:
+        raise FileNotFoundError(f"no weights file (*.safetensors, *.pth) in {path}")
+    return found[0]
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -358,21 +367,14 @@ def _short(items: list[str], n: int = 8) -> str:
 
 
 def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_rate: float) -> nn.Module:
-    from functools import partial
-
-    from timm.models.vision_transformer import VisionTransformer
-
     c = mae.config
-    vit = VisionTransformer(img_size=c["img_size"], patch_size=c["patch_size"], in_chans=c["in_chans"],
-                            embed_dim=c["embed_dim"], depth=c["depth"], num_heads=c["num_heads"],
-                            mlp_ratio=c["mlp_ratio"], qkv_bias=c["qkv_bias"], num_classes=num_classes,
-                            global_pool=global_pool, fc_norm=False, drop_path_rate=drop_path_rate,
-                            norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    vit = vit_classifier(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"], c["num_heads"],
+                         c["mlp_ratio"], c["qkv_bias"], num_classes, global_pool, drop_path_rate)
     state = {k: v for k, v in mae.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
     state["pos_embed"] = mae.pos_embed.clone()
     state.update({k: v for k, v in vit.state_dict().items() if k.startswith("head.")})
     vit.load_state_dict(state, strict=True)
-    vit.config = {**c, "architecture": "vit", "num_classes": num_classes, "global_pool": global_pool}
+    vit.config.update({k: c[k] for k in ("model", "data") if k in c})
     return vit
 
 

@@ -190,17 +190,10 @@ def load_model(source: str | os.PathLike, seed: int = 0, **overrides) -> tuple[n
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """sha256 of a checkpoint's weights file (``model.safetensors`` for a directory in our format)."""
-    from ..checkpoint import WEIGHTS_NAME
+    from ..checkpoint import weights_file
     from ..utils import file_sha256
 
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / WEIGHTS_NAME, *sorted(path.glob("*.safetensors")), *sorted(path.glob("*.pth"))]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise FileNotFoundError(f"no weights file (*.safetensors, *.pth) in {path}")
-        path = found[0]
-    return file_sha256(path)
+    return file_sha256(weights_file(path))
 
 
 def state_dict_sha256(model: nn.Module) -> str:

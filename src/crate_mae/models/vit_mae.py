@@ -137,3 +137,21 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "mask_token"}
+
+
+def vit_classifier(img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                   embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                   qkv_bias: bool = True, num_classes: int = 0, global_pool: str = "token",
+                   drop_path_rate: float = 0.0) -> nn.Module:
+    """A ViT-MAE encoder as a timm ``VisionTransformer`` classifier (MAE's fine-tuning model): LayerNorm eps 1e-6,
+    final norm before pooling, the position table as a (trainable) parameter."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                            num_classes=num_classes, global_pool=global_pool, fc_norm=False,
+                            drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    vit.config = dict(architecture="vit", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                      embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                      num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
+    return vit
