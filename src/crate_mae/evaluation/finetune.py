@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..training.config import RunConfig
-from ..training.pretrain import _amp_dtype, _seed_all  # same precision and seeding policy as pretraining
+from ..training.pretrain import amp_dtype, seed_all  # same precision and seeding policy as pretraining
 
 # -- configuration -------------------------------------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ def load_finetune_config(path: str | os.PathLike | None = None,
     unknown key and bad value is reported at once (the same rules as ``crate_mae.training.load_config``)."""
     import yaml
 
-    from ..training.config import _parse_overrides, _set_dotted
+    from ..training.config import parse_overrides, set_dotted
 
     raw: dict[str, Any] = {}
     if path is not None:
@@ -130,8 +130,8 @@ def load_finetune_config(path: str | os.PathLike | None = None,
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: top level must be a mapping of sections")
-    for key, value in _parse_overrides(list(overrides) if isinstance(overrides, tuple) else overrides).items():
-        _set_dotted(raw, key, value)
+    for key, value in parse_overrides(list(overrides) if isinstance(overrides, tuple) else overrides).items():
+        set_dotted(raw, key, value)
     errors, kwargs = [], {}
     for name, value in raw.items():
         if name not in _SECTIONS:
@@ -370,7 +370,7 @@ class _Finetune:
         self.cfg, self.info, self.device = cfg, info, info.device
         d, o, r = cfg.data, cfg.optim, cfg.run
         self.out = Path(r.output_dir)
-        self.amp_dtype = _amp_dtype(r.amp, self.device)
+        self.amp_dtype = amp_dtype(r.amp, self.device)
         self.resume_from = resolve_resume(r.resume, self.out)
         torch.manual_seed(r.seed)
 
@@ -407,7 +407,7 @@ class _Finetune:
 
         torch.manual_seed(r.seed)  # identical head init on every rank
         self.model = build_classifier(cfg, self.num_classes, img_size).to(self.device)
-        _seed_all(r.seed + info.rank)  # rank-specific streams for drop path and mixup (numpy), as in pretraining
+        seed_all(r.seed + info.rank)  # rank-specific streams for drop path and mixup (numpy), as in pretraining
         self.train_set = SeededLabelled(train_dataset, r.seed)
         self.val_set = val_dataset
         self.sampler = EpochSampler(len(self.train_set), o.batch_size, r.seed, info.rank, info.world_size)
@@ -478,7 +478,7 @@ class _Finetune:
         return self._finish(stopped, last_eval)
 
     def _train_epoch(self) -> str:
-        cfg, o, r = self.cfg, self.cfg.optim, self.cfg.run
+        o, r = self.cfg.optim, self.cfg.run
         self.sampler.set_epoch(self.epoch, self.iter_in_epoch)
         self.net.train()
         accum = o.accum_iter

@@ -116,8 +116,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-    for key, value in _parse_overrides(overrides).items():
-        _set_dotted(raw, key, value)
+    for key, value in parse_overrides(overrides).items():
+        set_dotted(raw, key, value)
     return config_from_dict(raw)
 
 
@@ -151,7 +151,7 @@ def save_config(cfg: PretrainConfig, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
     if overrides is None:
         return {}
     if isinstance(overrides, dict):
@@ -165,7 +165,7 @@ def _parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, 
     return out
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
+def set_dotted(raw: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     if len(parts) < 2:
         raise ValueError(f"override key {key!r} must name a section, e.g. optim.{key}")

@@ -68,7 +68,7 @@ class _Run:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        self.amp_dtype = _amp_dtype(r.amp, self.device)
+        self.amp_dtype = amp_dtype(r.amp, self.device)
         self.resume_from = resolve_resume(r.resume, self.out)
 
         # Identical init on every rank, then rank-specific streams for stochastic layers (drop path).
@@ -79,7 +79,7 @@ class _Run:
         h, w = self.model.grid_size(torch.empty(1, self.model.config.get("in_chans", 3), cfg.data.img_size,
                                                 cfg.data.img_size))
         self.num_patches = h * w
-        _seed_all(r.seed + info.rank)
+        seed_all(r.seed + info.rank)
 
         self.dataset = SeededSamples(dataset if dataset is not None else build_pretrain_dataset(cfg),
                                      self.num_patches, r.seed)
@@ -329,7 +329,7 @@ def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
     return build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict)
 
 
-def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if mode == "bf16":
@@ -353,7 +353,7 @@ def _state_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
