@@ -120,3 +120,13 @@ def test_vit_mae_checkpoint_fine_tunes_with_layer_decay(make_folder, tmp_path):
     result = finetune(_cfg(data, tmp_path / "ft", f"model.checkpoint={tmp_path / 'mae'}", "optim.epochs=1",
                            "optim.batch_size=4"))
     assert result["details"]["steps"] == 2 and result["dataset"]["transform"]["img_size"] == 32
+
+
+def test_shipped_finetune_config_is_valid():
+    from importlib import resources
+    from pathlib import Path
+
+    from crate_mae.evaluation.finetune import load_finetune_config
+
+    cfg = load_finetune_config(Path(str(resources.files("crate_mae") / "configs" / "finetune_cifar.yaml")), [])
+    assert (cfg.optim.layer_decay, cfg.aug.mixup, cfg.aug.smoothing) == (0.75, 0.8, 0.1)
