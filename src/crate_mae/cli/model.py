@@ -29,15 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_overrides(items: list[str]) -> dict:
     """KEY=VALUE pairs with YAML-typed values (ints, floats, booleans, lists)."""
-    import yaml
+    from ..utils import parse_key_values
 
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_key_values(items)
 
 
 def build_or_load(name_or_path: str, overrides: dict):

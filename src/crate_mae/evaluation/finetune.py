@@ -634,16 +634,9 @@ class _Finetune:
         barrier(self.info)
 
     def _load(self, path: Path) -> None:
-        from safetensors.torch import load_file
+        from ..training.checkpointing import restore_training_checkpoint
 
-        from ..checkpoint import WEIGHTS_NAME
-        from ..training.checkpointing import load_training_state
-
-        state = load_training_state(path)
-        self.model.load_state_dict(load_file(str(path / WEIGHTS_NAME), device=str(self.device)))
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
+        state = restore_training_checkpoint(path, self.model, self.optimizer, self.scaler, self.device)
         self.epoch, self.step, self.iter_in_epoch = state["epoch"], state["step"], state["iter_in_epoch"]
         self.best = dict(state["best"])
         self.history = json.loads(state["history"])

@@ -157,3 +157,17 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(Path(path) / STATE_NAME, map_location="cpu", weights_only=True)
+
+
+def restore_training_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+                                scaler: Any | None, device: torch.device | str) -> dict[str, Any]:
+    """Load a checkpoint folder's weights, optimizer and (when both exist) grad-scaler state in place; return the
+    training-state dict for the caller's own counters and RNG restoration."""
+    from safetensors.torch import load_file
+
+    state = load_training_state(path)
+    model.load_state_dict(load_file(str(Path(path) / WEIGHTS_NAME), device=str(device)))
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    return state

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..data import DATA_KINDS, IMAGENET_MEAN, IMAGENET_STD
+from ..utils import parse_key_values
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
@@ -156,13 +157,7 @@ def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, A
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
-    out = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not dotted.key=value (e.g. optim.epochs=10)")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_key_values(overrides, "dotted.key=value (e.g. optim.epochs=10)")
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import WEIGHTS_NAME, save_pretrained
-from .checkpointing import (capture_rng, find_latest_checkpoint, load_training_state, resolve_resume, restore_rng,
-                            save_checkpoint)
+from ..checkpoint import save_pretrained
+from .checkpointing import (capture_rng, find_latest_checkpoint, resolve_resume, restore_rng,
+                            restore_training_checkpoint, save_checkpoint)
 from .config import PretrainConfig, save_config
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from .engine import NonFiniteLossError, StepMetrics, TrainState, train_one_epoch
@@ -238,13 +238,7 @@ class _Run:
         return path
 
     def _load(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = load_training_state(path)
-        self.model.load_state_dict(load_file(str(path / WEIGHTS_NAME), device=str(self.device)))
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
+        state = restore_training_checkpoint(path, self.model, self.optimizer, self.scaler, self.device)
         self.state = TrainState(epoch=state["epoch"], step=state["step"], iter_in_epoch=state["iter_in_epoch"])
         if state["iter_in_epoch"] >= self.iters_per_epoch:  # saved at the very end of an epoch
             self.state.epoch, self.state.iter_in_epoch = state["epoch"] + 1, 0

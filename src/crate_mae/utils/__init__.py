@@ -10,7 +10,7 @@ from typing import Callable
 
 from .device import autocast_dtype, default_device
 
-__all__ = ["atomic_write", "autocast_dtype", "default_device", "file_sha256"]
+__all__ = ["atomic_write", "autocast_dtype", "default_device", "file_sha256", "parse_key_values"]
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -48,3 +48,17 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Pa
     except OSError:
         pass
     return path
+
+
+def parse_key_values(items: list[str], form: str = "KEY=VALUE") -> dict:
+    """``KEY=VALUE`` strings -> dict, values parsed as YAML (ints, floats, booleans, lists, null).
+    ``form`` names the expected shape in the error message."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not {form}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
