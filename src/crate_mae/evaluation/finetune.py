@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..training.config import RunConfig
+from ..training.config import Checks, RunConfig, build_sections, plain, read_raw_config
 from ..training.pretrain import amp_dtype, seed_all  # same precision and seeding policy as pretraining
 
 # -- configuration -------------------------------------------------------------------------------------------------
@@ -101,7 +100,7 @@ class FinetuneConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/finetune", ckpt_every_steps=0))
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def validate(self) -> "FinetuneConfig":
         errors = _validate(self)
@@ -118,52 +117,20 @@ def load_finetune_config(path: str | os.PathLike | None = None,
                          overrides: Sequence[str] | dict[str, Any] | None = None) -> FinetuneConfig:
     """YAML file (or defaults) + ``section.key=value`` overrides -> validated :class:`FinetuneConfig`; every
     unknown key and bad value is reported at once (the same rules as ``crate_mae.training.load_config``)."""
-    import yaml
-
-    from ..training.config import parse_overrides, set_dotted
-
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: top level must be a mapping of sections")
-    for key, value in parse_overrides(list(overrides) if isinstance(overrides, tuple) else overrides).items():
-        set_dotted(raw, key, value)
-    errors, kwargs = [], {}
-    for name, value in raw.items():
-        if name not in _SECTIONS:
-            errors.append(f"{name}: unknown section (expected one of {', '.join(_SECTIONS)})")
-            continue
-        if not isinstance(value, dict):
-            errors.append(f"{name}: must be a mapping, got {value!r}")
-            continue
-        known = {f.name for f in dataclasses.fields(_SECTIONS[name])}
-        errors += [f"{name}.{k}: unknown key (known: {', '.join(sorted(known))})" for k in value if k not in known]
-        kwargs[name] = _SECTIONS[name](**{k: _coerce(v) for k, v in value.items() if k in known})
-    if errors:
-        raise ValueError("invalid fine-tuning config:\n  " + "\n  ".join(errors))
+    kwargs = build_sections(read_raw_config(path, overrides), _SECTIONS, "fine-tuning")
     if "run" not in kwargs:
         kwargs["run"] = RunConfig(output_dir="runs/finetune", ckpt_every_steps=0)
     return FinetuneConfig(**kwargs).validate()
 
 
 def _validate(cfg: FinetuneConfig) -> list[str]:
-    errors: list[str] = []
-
-    def check(ok: bool, key: str, value: Any, why: str) -> None:
-        if not ok:
-            errors.append(f"{key} = {value!r}: {why}")
-
-    def num(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    check = Checks()
+    num = check.number
 
     def pos_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        return check.integer(v) and v >= 1
 
-    m, d, a, o, r = cfg.model, cfg.data, cfg.aug, cfg.optim, cfg.run
+    m, d, a, o = cfg.model, cfg.data, cfg.aug, cfg.optim
     check(m.global_pool in ("token", "avg"), "model.global_pool", m.global_pool, "must be 'token' or 'avg'")
     check(num(m.drop_path_rate) and 0 <= m.drop_path_rate < 1, "model.drop_path_rate", m.drop_path_rate,
           "must be in [0, 1)")
@@ -191,41 +158,10 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
     check(num(a.smoothing) and 0 <= a.smoothing < 1, "aug.smoothing", a.smoothing, "must be in [0, 1)")
     check(a.rand_augment is None or (isinstance(a.rand_augment, str) and a.rand_augment.startswith("rand")),
           "aug.rand_augment", a.rand_augment, "must be null or a timm RandAugment string like 'rand-m9-mstd0.5'")
-    for key in ("batch_size", "accum_iter", "epochs"):
-        check(pos_int(getattr(o, key)), f"optim.{key}", getattr(o, key), "must be an integer >= 1")
-    check(num(o.warmup_epochs) and 0 <= o.warmup_epochs <= (o.epochs if num(o.epochs) else 0), "optim.warmup_epochs",
-          o.warmup_epochs, "must be in [0, optim.epochs]")
-    check(num(o.blr) and o.blr > 0, "optim.blr", o.blr, "must be > 0")
-    check(o.lr is None or (num(o.lr) and o.lr > 0), "optim.lr", o.lr, "must be > 0 or null")
-    check(num(o.min_lr) and o.min_lr >= 0, "optim.min_lr", o.min_lr, "must be >= 0")
-    check(num(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    check.optim(o)
     check(num(o.layer_decay) and 0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay, "must be in (0, 1]")
-    check(isinstance(o.betas, tuple) and len(o.betas) == 2 and all(num(b) and 0 <= b < 1 for b in o.betas),
-          "optim.betas", o.betas, "must be [beta1, beta2] in [0, 1)")
-    check(o.clip_grad is None or (num(o.clip_grad) and o.clip_grad > 0), "optim.clip_grad", o.clip_grad,
-          "must be > 0 or null")
-    check(r.amp in ("auto", "bf16", "fp16", "off"), "run.amp", r.amp, "must be auto, bf16, fp16 or off")
-    check(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
-    check(r.max_steps is None or pos_int(r.max_steps), "run.max_steps", r.max_steps, "must be >= 1 or null")
-    check(pos_int(r.log_every), "run.log_every", r.log_every, "must be an integer >= 1")
-    return errors
-
-
-def _coerce(v: Any) -> Any:
-    """Lists become tuples; '3e-4' becomes 3e-4 (YAML 1.1 reads exponents without a dot as strings)."""
-    if isinstance(v, list):
-        return tuple(_coerce(x) for x in v)
-    if isinstance(v, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", v):
-        return float(v)
-    return v
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+    check.run(cfg.run)
+    return check.errors
 
 
 # -- layer-wise lr decay -----------------------------------------------------------------------------------------------

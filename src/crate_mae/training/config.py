@@ -12,7 +12,7 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -94,7 +94,7 @@ class PretrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def validate(self) -> "PretrainConfig":
         """Raise one ValueError naming every bad value (dotted key = value: why)."""
@@ -109,6 +109,19 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
                 ) -> PretrainConfig:
     """Read a YAML config (or start from defaults when ``path`` is None), apply ``key.sub=value`` overrides (values
     parsed as YAML), build the dataclasses and validate."""
+    return config_from_dict(read_raw_config(path, overrides))
+
+
+def config_from_dict(raw: dict[str, Any]) -> PretrainConfig:
+    return PretrainConfig(**build_sections(raw, _SECTIONS, "pretraining")).validate()
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+
+
+def read_raw_config(path: str | os.PathLike | None, overrides: Sequence[str] | dict[str, Any] | None
+                    ) -> dict[str, Any]:
+    """The YAML mapping at ``path`` (empty when None) with ``dotted.key=value`` overrides applied."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -119,12 +132,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
             raise ValueError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     for key, value in parse_overrides(overrides).items():
         set_dotted(raw, key, value)
-    return config_from_dict(raw)
+    return raw
 
 
-def config_from_dict(raw: dict[str, Any]) -> PretrainConfig:
+def build_sections(raw: dict[str, Any], sections: dict[str, type], what: str) -> dict[str, Any]:
+    """``{section: dataclass}`` for the sections ``raw`` names; every unknown section or key is reported at once."""
     errors: list[str] = []
-    sections = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
     kwargs = {}
     for name, value in raw.items():
         if name not in sections:
@@ -133,16 +146,12 @@ def config_from_dict(raw: dict[str, Any]) -> PretrainConfig:
         if not isinstance(value, dict):
             errors.append(f"{name}: must be a mapping, got {value!r}")
             continue
-        cls = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}[name]
-        known = {f.name for f in dataclasses.fields(cls)}
-        for k in value:
-            if k not in known:
-                errors.append(f"{name}.{k}: unknown key (known: {', '.join(sorted(known))})")
-        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-        kwargs[name] = cls(**{k: _coerce(v, types[k]) for k, v in value.items() if k in known})
+        types = {f.name: str(f.type) for f in dataclasses.fields(sections[name])}
+        errors += [f"{name}.{k}: unknown key (known: {', '.join(sorted(types))})" for k in value if k not in types]
+        kwargs[name] = sections[name](**{k: _coerce(v, types[k]) for k, v in value.items() if k in types})
     if errors:
-        raise ValueError("invalid pretraining config:\n  " + "\n  ".join(errors))
-    return PretrainConfig(**kwargs).validate()
+        raise ValueError(f"invalid {what} config:\n  " + "\n  ".join(errors))
+    return kwargs
 
 
 def save_config(cfg: PretrainConfig, path: str | os.PathLike) -> None:
@@ -152,12 +161,12 @@ def save_config(cfg: PretrainConfig, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+def parse_overrides(overrides: Sequence[str] | dict[str, Any] | None) -> dict[str, Any]:
     if overrides is None:
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
-    return parse_key_values(overrides, "dotted.key=value (e.g. optim.epochs=10)")
+    return parse_key_values(list(overrides), "dotted.key=value (e.g. optim.epochs=10)")
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:
@@ -184,29 +193,79 @@ def _coerce(v: Any, annotation: str) -> Any:
     return v
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
+    """Tuples back to lists, recursively (for YAML / JSON)."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 
 # -- validation -------------------------------------------------------------------------------------------------------
-def _validate(cfg: PretrainConfig) -> list[str]:
-    errors: list[str] = []
+class Checks:
+    """Collects ``dotted.key = value: why`` messages, so that one ValueError names every bad value of a config.
+    Pretraining and fine-tuning share the optimiser and run checks."""
 
-    def check(ok: bool, key: str, value: Any, why: str) -> None:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def __call__(self, ok: bool, key: str, value: Any, why: str) -> None:
         if not ok:
-            errors.append(f"{key} = {value!r}: {why}")
+            self.errors.append(f"{key} = {value!r}: {why}")
 
+    @staticmethod
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
+    @staticmethod
     def integer(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    m, d, o, r = cfg.model, cfg.data, cfg.optim, cfg.run
+    def optim(self, o: Any) -> None:
+        """The AdamW + warm-up cosine fields of :class:`OptimConfig` (and fine-tuning's optimiser section)."""
+        number, integer = self.number, self.integer
+        for key in ("batch_size", "accum_iter", "epochs"):
+            v = getattr(o, key)
+            self(integer(v) and v >= 1, f"optim.{key}", v, "must be an integer >= 1")
+        self(number(o.warmup_epochs) and o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs,
+             "must be >= 0")
+        if number(o.warmup_epochs) and integer(o.epochs):
+            self(o.warmup_epochs <= o.epochs, "optim.warmup_epochs", o.warmup_epochs,
+                 f"must not exceed optim.epochs = {o.epochs}")
+        self(number(o.blr) and o.blr > 0, "optim.blr", o.blr, "must be > 0")
+        self(o.lr is None or (number(o.lr) and o.lr > 0), "optim.lr", o.lr, "must be > 0 or null (then blr is used)")
+        self(number(o.min_lr) and o.min_lr >= 0, "optim.min_lr", o.min_lr, "must be >= 0")
+        self(number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+        self(isinstance(o.betas, tuple) and len(o.betas) == 2 and all(number(b) and 0 <= b < 1 for b in o.betas),
+             "optim.betas", o.betas, "must be [beta1, beta2] with each in [0, 1)")
+        self(o.clip_grad is None or (number(o.clip_grad) and o.clip_grad > 0), "optim.clip_grad", o.clip_grad,
+             "must be > 0 or null (no clipping)")
+
+    def run(self, r: RunConfig) -> None:
+        number, integer = self.number, self.integer
+        self(isinstance(r.output_dir, str) and r.output_dir != "", "run.output_dir", r.output_dir, "must be a path")
+        self(integer(r.seed) and r.seed >= 0, "run.seed", r.seed, "must be an integer >= 0")
+        self(integer(r.log_every) and r.log_every >= 1, "run.log_every", r.log_every, "must be an integer >= 1")
+        for key in ("ckpt_every_steps", "vis_every_epochs", "vis_images"):
+            v = getattr(r, key)
+            self(integer(v) and v >= 0, f"run.{key}", v, "must be an integer >= 0")
+        self(integer(r.keep_checkpoints) and r.keep_checkpoints >= 1, "run.keep_checkpoints", r.keep_checkpoints,
+             "must be an integer >= 1")
+        self(r.amp in AMP_MODES, "run.amp", r.amp, f"must be one of {AMP_MODES}")
+        self(r.max_steps is None or (integer(r.max_steps) and r.max_steps >= 1), "run.max_steps", r.max_steps,
+             "must be an integer >= 1 or null")
+        self(r.max_minutes is None or (number(r.max_minutes) and r.max_minutes > 0), "run.max_minutes",
+             r.max_minutes, "must be > 0 or null")
+        self(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
+        for key in ("compile", "deterministic", "progress"):
+            self(isinstance(getattr(r, key), bool), f"run.{key}", getattr(r, key), "must be true or false")
+
+
+def _validate(cfg: PretrainConfig) -> list[str]:
+    check = Checks()
+    errors, number, integer = check.errors, check.number, check.integer
+    m, d = cfg.model, cfg.data
     # model
     from ..models.registry import _MODELS, list_models
 
@@ -248,37 +307,6 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     check(integer(d.demo_samples) and d.demo_samples > 0, "data.demo_samples", d.demo_samples, "must be > 0")
     for key in ("hflip", "strict", "demo"):
         check(isinstance(getattr(d, key), bool), f"data.{key}", getattr(d, key), "must be true or false")
-    # optim
-    for key in ("batch_size", "accum_iter", "epochs"):
-        v = getattr(o, key)
-        check(integer(v) and v >= 1, f"optim.{key}", v, "must be an integer >= 1")
-    check(number(o.warmup_epochs) and o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
-    if number(o.warmup_epochs) and integer(o.epochs):
-        check(o.warmup_epochs <= o.epochs, "optim.warmup_epochs", o.warmup_epochs,
-              f"must not exceed optim.epochs = {o.epochs}")
-    check(number(o.blr) and o.blr > 0, "optim.blr", o.blr, "must be > 0")
-    check(o.lr is None or (number(o.lr) and o.lr > 0), "optim.lr", o.lr, "must be > 0 or null (then blr is used)")
-    check(number(o.min_lr) and o.min_lr >= 0, "optim.min_lr", o.min_lr, "must be >= 0")
-    check(number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    check(isinstance(o.betas, tuple) and len(o.betas) == 2 and all(number(b) and 0 <= b < 1 for b in o.betas),
-          "optim.betas", o.betas, "must be [beta1, beta2] with each in [0, 1)")
-    check(o.clip_grad is None or (number(o.clip_grad) and o.clip_grad > 0), "optim.clip_grad", o.clip_grad,
-          "must be > 0 or null (no clipping)")
-    # run
-    check(isinstance(r.output_dir, str) and r.output_dir != "", "run.output_dir", r.output_dir, "must be a path")
-    check(integer(r.seed) and r.seed >= 0, "run.seed", r.seed, "must be an integer >= 0")
-    check(integer(r.log_every) and r.log_every >= 1, "run.log_every", r.log_every, "must be an integer >= 1")
-    for key in ("ckpt_every_steps", "vis_every_epochs", "vis_images"):
-        v = getattr(r, key)
-        check(integer(v) and v >= 0, f"run.{key}", v, "must be an integer >= 0")
-    check(integer(r.keep_checkpoints) and r.keep_checkpoints >= 1, "run.keep_checkpoints", r.keep_checkpoints,
-          "must be an integer >= 1")
-    check(r.amp in AMP_MODES, "run.amp", r.amp, f"must be one of {AMP_MODES}")
-    check(r.max_steps is None or (integer(r.max_steps) and r.max_steps >= 1), "run.max_steps", r.max_steps,
-          "must be an integer >= 1 or null")
-    check(r.max_minutes is None or (number(r.max_minutes) and r.max_minutes > 0), "run.max_minutes", r.max_minutes,
-          "must be > 0 or null")
-    check(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
-    for key in ("compile", "deterministic", "progress"):
-        check(isinstance(getattr(r, key), bool), f"run.{key}", getattr(r, key), "must be true or false")
+    check.optim(cfg.optim)
+    check.run(cfg.run)
     return errors
