@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..training.config import Checks, RunConfig, build_sections, plain, read_raw_config
+from ..training.distributed import wrap_model
 from ..training.pretrain import amp_dtype, seed_all  # same precision and seeding policy as pretraining
 
 # -- configuration -------------------------------------------------------------------------------------------------
@@ -376,10 +377,7 @@ class _Finetune:
         self.rng_to_restore = None
         if self.resume_from is not None:
             self._load(self.resume_from)
-        self.net: nn.Module = self.model
-        if info.enabled:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net: nn.Module = wrap_model(self.model, info, cfg.run.compile)
         self.writer = None
         self.extra = {"data": {k: self.data_info[k] for k in ("img_size", "mean", "std")}, "classes": self.classes,
                       "finetune": {"checkpoint": cfg.model.checkpoint, "global_pool": cfg.model.global_pool}}

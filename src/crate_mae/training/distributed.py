@@ -66,3 +66,13 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo, compile: bool = False) -> torch.nn.Module:
+    """The module the training loop calls: ``model`` in DDP under torchrun, then ``torch.compile`` when asked.
+    Checkpoints keep saving ``model`` itself, so their keys carry neither wrapper's prefix."""
+    net = model
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    return torch.compile(net) if compile else net

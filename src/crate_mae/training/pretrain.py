@@ -28,7 +28,7 @@ from ..checkpoint import save_pretrained
 from .checkpointing import (capture_rng, find_latest_checkpoint, resolve_resume, restore_rng,
                             restore_training_checkpoint, save_checkpoint)
 from .config import PretrainConfig, save_config
-from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, wrap_model
 from .engine import NonFiniteLossError, StepMetrics, TrainState, train_one_epoch
 from .optim import WarmupCosine, build_optimizer, effective_lr
 from .sampling import EpochSampler, SeededSamples
@@ -105,12 +105,7 @@ class _Run:
         if self.resume_from is not None:
             self._load(self.resume_from)
 
-        self.net: nn.Module = self.model
-        if info.enabled:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if r.compile:
-            self.net = torch.compile(self.net)
+        self.net: nn.Module = wrap_model(self.model, info, r.compile)
 
         self.writer = None
         self.extra = {"data": {"mean": list(cfg.data.mean), "std": list(cfg.data.std), "img_size": cfg.data.img_size},
