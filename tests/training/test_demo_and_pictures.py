@@ -57,3 +57,30 @@ def test_pretrain_cli_reports_bad_config(tmp_path, capsys):
     assert main(["pretrain", "--config", str(cfg), "run.amp=fp8"]) == 1
     err = capsys.readouterr().err
     assert "optim.batch_size" in err and "run.amp" in err
+
+
+class _Images(torch.utils.data.Dataset):
+    """64 random 32-px images; each read takes ``delay`` seconds (a slow decoder)."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        import time
+
+        time.sleep(self.delay)
+        return torch.randn(3, 32, 32), 0
+
+
+def test_epoch_budget_counts_data_loading_time():
+    from crate_mae.training import load_config
+    from crate_mae.training.demo import demo_config_path, epochs_for_budget
+
+    cfg = load_config(demo_config_path(), ["optim.batch_size=8", "model.overrides.embed_dim=32",
+                                           "model.overrides.depth=1", "model.overrides.decoder_depth=1"])
+    fast, _ = epochs_for_budget(cfg, 1.0, 64, dataset=_Images(0.0))
+    slow, _ = epochs_for_budget(cfg, 1.0, 64, dataset=_Images(0.02))  # >= 0.16 s of loading per 8-image step
+    assert slow < fast / 2, (slow, fast)
