@@ -24,15 +24,6 @@ DATA = REPO.parent / "shared" / "data" / "cifar10-dev"
 CONFIG = REPO / "src" / "crate_mae" / "configs" / "pretrain_cifar.yaml"
 
 
-def probe(train, train_y, val, val_y, C: float) -> float:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(train)
-    clf = LogisticRegression(C=C, max_iter=300).fit(scaler.transform(train), train_y)
-    return float(100 * (clf.predict(scaler.transform(val)) == val_y).mean())
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DATA)
@@ -46,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"data not found: {args.data} (needs ../shared/data/cifar10-dev)", file=sys.stderr)
         return 2
-    from crate_mae.evaluation import compute_features
+    from crate_mae.evaluation import compute_features, logistic_probe
     from crate_mae.training import load_config, pretrain
 
     cfg = load_config(CONFIG, [f"data.path={args.data}", "data.split=train", "data.kind=imagefolder",
@@ -69,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                                      mean=cfg.data.mean, std=cfg.data.std) for split in ("train", "val")}
     tr, va = feats["train"], feats["val"]
 
-    def score(pool: str, layer: int | None) -> float:
-        return round(probe(tr.get(pool, layer).numpy(), tr.labels.numpy(), va.get(pool, layer).numpy(),
-                           va.labels.numpy(), args.C), 2)
+    def score(pool: str, layer: int | None) -> float:  # one C: no sweep
+        return round(logistic_probe(tr.get(pool, layer), tr.labels, va.get(pool, layer), va.labels, Cs=(args.C,),
+                                    max_iter=300)["top1"], 2)
 
     for pool in ("cls", "mean"):
         line[pool] = score(pool, None)
