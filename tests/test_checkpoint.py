@@ -37,7 +37,7 @@ def _to_official(model):
         k2 = k2.replace("encoder.patch_embed", "patch_embed").replace("encoder.norm", "norm")
         out[k2] = v
     d = model.encoder.embed_dim
-    out["pos_embed"], out["decoder_pos_embed"] = model.encoder.pos_embed.clone(), model.encoder.pos_embed.clone()
+    out["pos_embed"], out["decoder_pos_embed"] = model.encoder.pos_embed.table.clone(), model.encoder.pos_embed.table.clone()
     out["decoder_embed.weight"], out["decoder_embed.bias"] = torch.zeros(d, d), torch.zeros(d)
     return out
 
@@ -139,7 +139,7 @@ def test_vit_mae_with_and_without_decoder(tmp_path):
     vit = crate_mae.create_model("vit_mae_base", img_size=32, patch_size=8, embed_dim=768, depth=1, num_heads=12,
                                  decoder_depth=1)
     sd = dict(vit.state_dict())
-    sd["pos_embed"] = vit.pos_embed
+    sd["pos_embed"] = vit.pos_embed.table
     loaded = crate_mae.load_checkpoint(sd)  # heads from the preset for width 768 / decoder width 512
     assert loaded.config["decoder_embed_dim"] == 512 and loaded.config["qkv_bias"]
     assert _same_outputs(vit, loaded)

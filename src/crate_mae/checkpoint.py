@@ -110,9 +110,10 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
         model = _build_crate_official(state, overrides)
         _load_exact(model, convert_official_crate(state), where)
     elif fmt == "vit_mae_official":
-        model = _build_vit_official(state, overrides)
-        has_decoder = any(k.startswith("decoder_") for k in state)
-        _load_exact(model, {k: v for k, v in state.items() if k not in POS_TABLES}, where,
+        model = _build_vit_official(state, overrides, where)
+        has_decoder = any(k.startswith("decoder_blocks.") for k in state)
+        unused = POS_TABLES + (("decoder_embed.weight", "decoder_embed.bias") if model.mask_tokens_in_encoder else ())
+        _load_exact(model, {k: v for k, v in state.items() if k not in unused}, where,
                     allow_missing_prefixes=() if has_decoder else ("decoder_", "mask_token"))
         if not has_decoder:
             warnings.warn(f"{where} has no decoder: encoder weights loaded, decoder randomly initialised "
@@ -142,7 +143,7 @@ def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Mod
         c = model.config
         enc = CrateEncoder(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"], c["num_heads"],
                            c["ista_step_size"], c["ista_lambda"], num_classes=num_classes, global_pool=global_pool,
-                           drop_path_rate=drop_path_rate, pos_embed_mode=c.get("pos_embed_mode", "sincos"))
+                           drop_path_rate=drop_path_rate, pos_embed_mode=c.get("pos_embed_mode", "interpolate"))
         state = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("head.")}
         missing, unexpected = enc.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
@@ -280,10 +281,14 @@ def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) ->
     return model
 
 
-def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict) -> ViTMAE:
+def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict, where: str) -> ViTMAE:
+    """facebookresearch/mae and the CRATE repo's ``mae_vit_*`` share key names; ``mask_tokens_in_encoder`` says which
+    frame the weights were trained in (default: facebookresearch/mae's visible-only encoder)."""
     cfg = _shape_config(state, "blocks.{}.attn.qkv.weight", "decoder_blocks.{}.attn.qkv.weight")
     d = cfg["embed_dim"]
-    if "decoder_embed.weight" in state:
+    if "decoder_blocks.0.attn.qkv.weight" in state:
+        cfg["decoder_embed_dim"] = state["decoder_blocks.0.attn.qkv.weight"].shape[1]
+    elif "decoder_embed.weight" in state:
         cfg["decoder_embed_dim"] = state["decoder_embed.weight"].shape[0]
     cfg.pop("decoder_depth") if cfg.get("decoder_depth") == 0 else None
     cfg["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / d
@@ -294,9 +299,14 @@ def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict) -> V
         cfg["num_heads"] = VIT_HEADS[d]
     dd = cfg.get("decoder_embed_dim", 512)
     if "decoder_num_heads" not in overrides:
-        if dd not in VIT_HEADS:
+        if dd % 16:
             raise CheckpointError(f"cannot infer decoder_num_heads for decoder width {dd}; pass decoder_num_heads=")
-        cfg["decoder_num_heads"] = VIT_HEADS[dd]
+        cfg["decoder_num_heads"] = 16  # every official MAE / CRATE-repo ViT-MAE decoder
+    if ("mask_tokens_in_encoder" not in overrides and not cfg["qkv_bias"] and dd == d
+            and "decoder_blocks.0.attn.qkv.weight" in state):
+        warnings.warn(f"{where} looks like the CRATE repo's ViT-MAE baseline (no qkv bias, decoder as wide as the "
+                      "encoder); it is loaded in facebookresearch/mae's visible-only frame. If it was trained by the "
+                      "CRATE repo, pass mask_tokens_in_encoder=True", stacklevel=3)
     return ViTMAE(**{**cfg, **overrides})
 
 
@@ -371,7 +381,7 @@ def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_r
     vit = vit_classifier(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"], c["num_heads"],
                          c["mlp_ratio"], c["qkv_bias"], num_classes, global_pool, drop_path_rate)
     state = {k: v for k, v in mae.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
-    state["pos_embed"] = mae.pos_embed.clone()
+    state["pos_embed"] = mae.pos_embed.table.clone()
     state.update({k: v for k, v in vit.state_dict().items() if k.startswith("head.")})
     vit.load_state_dict(state, strict=True)
     vit.config.update({k: c[k] for k in ("model", "data") if k in c})

@@ -34,6 +34,10 @@ def test_bad_configs_are_named():
         crate_mae.create_model("crate_mae_tiny", img_size=30, patch_size=8)
     with pytest.raises(ValueError, match="decoder_depth must be >= 1"):
         crate_mae.create_model("crate_mae_tiny", decoder_depth=0)
+    with pytest.raises(ValueError, match="ista_lambda must be >= 0"):
+        crate_mae.create_model("crate_mae_tiny", ista_lambda=-0.5)
+    with pytest.raises(ValueError, match="decoder_embed_dim .* must equal embed_dim"):
+        crate_mae.create_model("vit_mae_base_paper", decoder_embed_dim=512)
 
 
 def test_mask_ratio_zero_and_noise_determinism(model):
@@ -136,8 +140,10 @@ def test_attention_maps(model):
         model.attention_maps(torch.randn(1, 3, 32, 32), layer=5)
 
 
-def test_other_input_sizes_use_recomputed_table(model):
-    pos_before = model.encoder.pos_embed.clone()
+@pytest.mark.parametrize("mode", ["interpolate", "sincos"])
+def test_other_input_sizes(tiny_model_kwargs, mode):
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs, pos_embed_mode=mode)
+    table = model.encoder.pos_embed.table.clone()
     for shape in [(48, 48), (32, 48), (16, 40)]:
         imgs = torch.randn(2, 3, *shape)
         L = (shape[0] // 8) * (shape[1] // 8)
@@ -146,15 +152,7 @@ def test_other_input_sizes_use_recomputed_table(model):
         assert model.forward_features(imgs).shape == (2, 1 + L, 32)
         assert model.attention_maps(imgs).shape == (2, 4, 1 + L, 1 + L)
         torch.testing.assert_close(model.unpatchify(model.patchify(imgs), model.grid_size(imgs)), imgs)
-    assert torch.equal(model.encoder.pos_embed, pos_before)  # never mutated in place
-    # the 2-D table of a larger grid restricted to the original rows/cols is the original table
-    big = model.encoder.pos_embed_for((6, 6))[0, 1:].reshape(6, 6, -1)
-    torch.testing.assert_close(big[:4, :4].reshape(16, -1), pos_before[0, 1:])
-
-
-def test_interpolated_position_mode(tiny_model_kwargs):
-    m = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs, pos_embed_mode="interpolate")
-    assert m.forward_features(torch.randn(1, 3, 48, 40)).shape == (1, 1 + 30, 32)
+    assert torch.equal(model.encoder.pos_embed.table, table)  # never mutated in place
     with pytest.raises(ValueError, match="pos_embed_mode"):
         crate_mae.create_model("crate_mae_tiny", pos_embed_mode="learned")
 
@@ -181,3 +179,57 @@ def test_encoder_classifier_api(tiny_model_kwargs):
     torch.testing.assert_close(clf.forward_head(feats, pre_logits=True), feats[:, 1:].mean(1))
     clf.reset_classifier(0)
     assert clf(imgs).shape == (2, 32)
+
+
+@pytest.mark.parametrize("name", ["crate_mae_tiny", "vit_mae_base"])
+def test_both_masking_frames(name, tiny_model_kwargs):
+    """mask tokens in the encoder: latent holds 1 + L tokens; visible-only: 1 + L_keep. Either way the content of
+    masked patches never reaches any output, the mask token is trained, and the frame survives save / load."""
+    kw = dict(tiny_model_kwargs)
+    if name.startswith("vit"):
+        kw.update(decoder_embed_dim=32, decoder_num_heads=4)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    mask, _, _ = random_masking(2, 16, 0.75, noise)
+    imgs2 = imgs.clone()
+    r, c = divmod(int(mask[0].nonzero()[0]), 4)
+    imgs2[0, :, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 5.0
+    for in_encoder in (True, False):
+        model = crate_mae.create_model(name, **kw, mask_tokens_in_encoder=in_encoder)
+        out = model(imgs, noise=noise)
+        assert out.latent.shape == (2, 1 + (16 if in_encoder else 4), 32)
+        assert out.pred.shape == (2, 16, 192)
+        same = model(imgs2, noise=noise)
+        assert torch.equal(out.latent, same.latent) and torch.equal(out.pred, same.pred)
+        out.loss.backward()
+        assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+        assert model.config["mask_tokens_in_encoder"] is in_encoder
+        assert model.forward_features(imgs).shape == (2, 17, 32)
+
+
+def test_frame_round_trip_and_override(tmp_path, tiny_model_kwargs):
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs, mask_tokens_in_encoder=False)
+    model.save_pretrained(tmp_path / "m")
+    assert crate_mae.load_checkpoint(tmp_path / "m").mask_tokens_in_encoder is False
+    assert crate_mae.load_checkpoint(tmp_path / "m", mask_tokens_in_encoder=True).mask_tokens_in_encoder is True
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(crate_mae.load_checkpoint(tmp_path / "m")(imgs, noise=noise).pred,
+                                   model(imgs, noise=noise).pred)
+
+
+def test_visible_only_intermediates_match_forward(tiny_model_kwargs):
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs, mask_tokens_in_encoder=False).eval()
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    inter = model.forward_intermediates(imgs, mask_ratio=0.75, noise=noise)
+    out = model(imgs, noise=noise)
+    torch.testing.assert_close(inter.latent, out.latent)
+    torch.testing.assert_close(inter.pred, out.pred)
+    assert inter.encoder[0].z_in.shape == (2, 5, 32) and inter.decoder[0].z_in.shape == (2, 17, 32)
+
+
+def test_paper_vit_mae_has_no_dead_layers():
+    model = crate_mae.create_model("vit_mae_base_paper", img_size=32, patch_size=8, embed_dim=32, depth=1,
+                                   num_heads=4, decoder_embed_dim=32, decoder_num_heads=4, decoder_depth=1)
+    names = [k for k, _ in model.named_parameters()]
+    assert not any(k.startswith("decoder_embed") for k in names)
+    assert not any(k.endswith("qkv.bias") for k in names)

@@ -1,6 +1,9 @@
-"""Faithfulness: official state dicts reproduce every output the official code produced (fp32, rtol 1e-4, atol 1e-5)."""
+"""Faithfulness: official state dicts reproduce every output the official code produced (fp32, rtol 1e-4, atol 1e-5).
+
+The fixtures (tests/fixtures, provenance in each NAME.json) were built and run by the official code."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,17 +12,17 @@ from safetensors.torch import load_file
 import crate_mae
 
 TOL = dict(rtol=1e-4, atol=1e-5)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-def _fixture(shared_dir, name):
-    fx = shared_dir / "fixtures"
-    meta = json.loads((fx / f"{name}.json").read_text())
-    return fx / f"{name}.official_state_dict.safetensors", load_file(str(fx / f"{name}.io.safetensors")), meta
+def official_fixture(name):
+    meta = json.loads((FIXTURES / f"{name}.json").read_text())
+    return FIXTURES / f"{name}.official_state_dict.safetensors", load_file(str(FIXTURES / f"{name}.io.safetensors")), meta
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_crate_mae_micro_reproduces_official_outputs(shared_dir, impl):
-    path, io, meta = _fixture(shared_dir, "crate_mae_micro")
+def test_crate_mae_micro_reproduces_official_outputs(impl):
+    path, io, meta = official_fixture("crate_mae_micro")
     model = crate_mae.load_checkpoint(path, num_heads=meta["num_heads"]).set_impl(impl)
     assert model.num_params("official") == meta["n_parameters"]
     with torch.no_grad():
@@ -32,17 +35,17 @@ def test_crate_mae_micro_reproduces_official_outputs(shared_dir, impl):
         assert torch.allclose(model.attention_maps(io["imgs"], layer=-1), io["attn_last"], **TOL)
 
 
-def test_crate_mae_micro_train_mode_is_the_same_model(shared_dir):
+def test_crate_mae_micro_train_mode_is_the_same_model():
     """No dropout anywhere: train mode computes the same function (what pretraining differentiates)."""
-    path, io, meta = _fixture(shared_dir, "crate_mae_micro")
+    path, io, meta = official_fixture("crate_mae_micro")
     model = crate_mae.load_checkpoint(path, num_heads=4).train()
     out = model(io["imgs"], noise=io["noise"])
     assert torch.allclose(out.pred, io["pred"], **TOL)
     out.loss.backward()
 
 
-def test_vit_mae_micro_reproduces_official_outputs(shared_dir):
-    path, io, meta = _fixture(shared_dir, "vit_mae_micro")
+def test_vit_mae_micro_reproduces_official_outputs():
+    path, io, meta = official_fixture("vit_mae_micro")
     model = crate_mae.load_checkpoint(path, num_heads=meta["num_heads"], decoder_num_heads=meta["decoder_num_heads"],
                                       norm_pix_loss=meta["norm_pix_loss"])
     assert model.num_params("official") == meta["n_parameters"]
@@ -54,10 +57,40 @@ def test_vit_mae_micro_reproduces_official_outputs(shared_dir):
     assert torch.allclose(out.loss.reshape(1), io["loss"], **TOL)
 
 
-def test_fixture_roundtrip_through_our_format(shared_dir, tmp_path):
-    path, io, meta = _fixture(shared_dir, "crate_mae_micro")
-    crate_mae.save_pretrained(crate_mae.load_checkpoint(path, num_heads=4), tmp_path / "ours")
-    model = crate_mae.from_pretrained(tmp_path / "ours")
+def test_paper_vit_mae_micro_reproduces_official_outputs():
+    """The CRATE repo's ViT-MAE baseline: the same key names as facebookresearch/mae, the other frame."""
+    path, io, meta = official_fixture("paper_vit_mae_micro")
+    model = crate_mae.load_checkpoint(path, mask_tokens_in_encoder=True, num_heads=meta["num_heads"],
+                                      decoder_num_heads=meta["decoder_num_heads"])
+    assert model.mask_tokens_in_encoder and not model.config["qkv_bias"]
+    assert model.num_params("official") == meta["n_parameters"]
     with torch.no_grad():
-        out = model(io["imgs"], noise=io["noise"])
-    assert torch.allclose(out.pred, io["pred"], **TOL)
+        out = model(io["imgs"], mask_ratio=meta["mask_ratio"], noise=io["noise"])
+        assert torch.equal(out.mask, io["mask"])
+        assert out.latent.shape == io["latent"].shape  # mask tokens included: 1 + L tokens
+        assert torch.allclose(out.latent, io["latent"], **TOL)
+        assert torch.allclose(out.pred, io["pred"], **TOL)
+        assert torch.allclose(out.loss.reshape(1), io["loss"], **TOL)
+        assert torch.allclose(model.forward_features(io["imgs"]), io["features"], **TOL)
+
+
+def test_paper_vit_mae_weights_in_the_wrong_frame_are_flagged():
+    """Without the keyword the weights load in facebookresearch/mae's frame; the loader says they look like the
+    CRATE repo's baseline, and the outputs indeed differ."""
+    path, io, meta = official_fixture("paper_vit_mae_micro")
+    with pytest.warns(UserWarning, match="mask_tokens_in_encoder=True"):
+        model = crate_mae.load_checkpoint(path, num_heads=4, decoder_num_heads=4)
+    with torch.no_grad():
+        out = model(io["imgs"], mask_ratio=meta["mask_ratio"], noise=io["noise"])
+    assert not torch.allclose(out.pred, io["pred"], **TOL)
+
+
+def test_fixture_roundtrip_through_our_format(tmp_path):
+    for name, kw in [("crate_mae_micro", dict(num_heads=4)),
+                     ("paper_vit_mae_micro", dict(num_heads=4, decoder_num_heads=4, mask_tokens_in_encoder=True))]:
+        path, io, meta = official_fixture(name)
+        crate_mae.save_pretrained(crate_mae.load_checkpoint(path, **kw), tmp_path / name)
+        model = crate_mae.from_pretrained(tmp_path / name)
+        with torch.no_grad():
+            out = model(io["imgs"], noise=io["noise"])
+        assert torch.allclose(out.pred, io["pred"], **TOL)

@@ -71,11 +71,16 @@ def test_shipped_configs_are_valid():
 
     root = Path(str(resources.files("crate_mae") / "configs"))
     names = sorted(p.name for p in root.glob("pretrain_*.yaml")) + ["demo.yaml"]
-    assert names == ["pretrain_cifar.yaml", "pretrain_in1k_crate_mae_base.yaml", "demo.yaml"]
-    paper = load_config(root / "pretrain_in1k_crate_mae_base.yaml")
-    assert (paper.model.name, paper.data.img_size, paper.model.mask_ratio) == ("crate_mae_base", 224, 0.75)
-    assert (paper.optim.blr, paper.optim.weight_decay, paper.optim.betas) == (1.5e-4, 0.05, (0.9, 0.95))
-    assert (paper.optim.warmup_epochs, paper.optim.epochs) == (40, 800)
-    assert paper.optim.batch_size * paper.optim.accum_iter * 8 == 4096
+    assert names == ["pretrain_cifar.yaml", "pretrain_in1k_crate_mae_base_book_recipe.yaml",
+                     "pretrain_in1k_crate_mae_base_mae_recipe.yaml", "demo.yaml"]
+    mae = load_config(root / "pretrain_in1k_crate_mae_base_mae_recipe.yaml")
+    assert (mae.model.name, mae.data.img_size, mae.model.mask_ratio) == ("crate_mae_base", 224, 0.75)
+    assert (mae.optim.blr, mae.optim.weight_decay, mae.optim.betas) == (1.5e-4, 0.05, (0.9, 0.95))
+    assert (mae.optim.warmup_epochs, mae.optim.epochs, mae.optim.param_groups) == (40, 800, "mae")
+    assert mae.optim.batch_size * mae.optim.accum_iter * 8 == 4096
+    book = load_config(root / "pretrain_in1k_crate_mae_base_book_recipe.yaml")
+    assert (book.optim.blr, book.optim.weight_decay, book.data.augment) == (3e-5, 0.1, "book")
+    assert (book.model.overrides["ista_step_size"], book.model.overrides["ista_lambda"]) == (1.0, 0.1)
+    assert book.optim.batch_size * book.optim.accum_iter * 8 == 4096
     for name in names:
         load_config(root / name)

@@ -35,16 +35,33 @@ def test_bad_schedule_arguments():
         WarmupCosine(1.0, 10, 11)
 
 
-def test_no_weight_decay_on_norms_biases_tokens(tiny_model_kwargs):
-    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
-    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+def _groups(model, policy):
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), param_groups=policy)
     names = {id(p): n for n, p in model.named_parameters()}
     decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert decay and no_decay and not decay & no_decay
     assert len(decay) + len(no_decay) == len(names)
-    assert {"encoder.cls_token", "mask_token", "encoder.norm.weight", "encoder.norm.bias",
-            "decoder_pred.bias", "encoder.blocks.0.norm1.weight"} <= no_decay
-    assert {"encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.ista.dictionary", "decoder_pred.weight",
-            "encoder.patch_embed.proj.weight"} <= decay
+    return opt, decay, no_decay
+
+
+def test_mae_weight_decay_groups(tiny_model_kwargs):
+    """facebookresearch/mae main_pretrain.py (timm add_weight_decay, no skip list): every >= 2-D parameter decays,
+    the (1, 1, D) tokens included; 1-D ones (norms, biases) do not."""
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
+    opt, decay, no_decay = _groups(model, "mae")
+    assert all(dict(model.named_parameters())[n].ndim >= 2 for n in decay)
+    assert all(dict(model.named_parameters())[n].ndim == 1 for n in no_decay)
+    assert {"encoder.cls_token", "mask_token", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.ista.dictionary",
+            "decoder_pred.weight", "encoder.patch_embed.proj.weight"} <= decay
+    assert {"encoder.norm.weight", "encoder.norm.bias", "decoder_pred.bias", "encoder.blocks.0.norm1.weight"} <= no_decay
+
+
+def test_timm_weight_decay_groups_exempt_tokens(tiny_model_kwargs):
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
+    opt, decay, no_decay = _groups(model, "timm")
+    assert {"encoder.cls_token", "mask_token", "encoder.norm.weight", "decoder_pred.bias"} <= no_decay
+    assert {"encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.ista.dictionary"} <= decay
+    with pytest.raises(ValueError, match="param_groups"):
+        build_optimizer(model, 1e-3, 0.05, (0.9, 0.95), param_groups="adam")
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)

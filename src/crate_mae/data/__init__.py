@@ -5,10 +5,11 @@ from .build import DATA_KINDS, build_dataset, detect_kind
 from .cifar import CIFARBatches, load_cifar_pickle
 from .folder import FlatImageFolder, ImageFiles, ImageFolderDataset, UnreadableImageError, is_image_file
 from .loader import build_loader, seed_worker
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, pretrain_transform
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, book_pretrain_transform, denormalize, eval_transform,
+                         pretrain_transform)
 
 __all__ = [
     "CIFARBatches", "DATA_KINDS", "FlatImageFolder", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFiles",
     "ImageFolderDataset", "UnreadableImageError", "build_dataset", "build_loader", "denormalize", "detect_kind",
-    "eval_transform", "is_image_file", "load_cifar_pickle", "pretrain_transform", "seed_worker",
+    "book_pretrain_transform", "eval_transform", "is_image_file", "load_cifar_pickle", "pretrain_transform", "seed_worker",
 ]

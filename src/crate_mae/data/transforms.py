@@ -54,6 +54,27 @@ def pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std
     return v2.Compose(steps + _to_normalized_tensor(mean, std))
 
 
+def book_pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                            std: Sequence[float] = IMAGENET_STD, hflip: bool = True, blur_p: float = 0.5,
+                            solarize_p: float = 0.2) -> v2.Compose:
+    """The CRATE-MAE recipe of the authors' book (Ma-Lab-Berkeley/deep-representation-learning-book, ch. 7): resize
+    the shorter edge to ``img_size * 256 / 224``, random crop ``img_size``, "flips, Gaussian blurs, solarization".
+    The book gives no probabilities or blur widths; we use the usual self-supervised ones (BYOL / DINO): blur with
+    probability ``blur_p``, sigma in [0.1, 2.0] and a kernel of ~10 % of the image, solarise (threshold 0.5) with
+    probability ``solarize_p``."""
+    _check_size(img_size)
+    mean, std = _check_stats(mean, std)
+    kernel = max(3, (img_size // 10) | 1)  # odd, ~10 % of the side (23 at 224, as BYOL)
+    steps: list[v2.Transform] = [v2.Resize(round(img_size * 256 / 224), interpolation=_BICUBIC, antialias=True),
+                                 v2.RandomCrop(img_size)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p),
+              v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.RandomSolarize(0.5, p=solarize_p),
+              v2.Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
 def eval_transform(img_size: int, crop_pct: float = 0.875, mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """Deterministic evaluation view (MAE / timm): resize the shorter side to ``floor(img_size / crop_pct)``

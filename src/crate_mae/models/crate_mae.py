@@ -5,21 +5,20 @@ Encoder layer (compression, then sparsification):
 Decoder layer (the reverse, "structured diffusion"):
     Y' = W LN(Y),                        Y_next = Y' - MSSA(LN(Y'))
 Masked completion: masked patch embeddings are replaced by one learned mask token, cls is prepended, the fixed 2-D
-sin-cos table is added to every token, and the encoder sees the whole sequence.
+sin-cos table is added to every token, and the encoder sees the whole sequence. ``mask_tokens_in_encoder=False``
+gives the faster visible-only variant (MAE's frame, see ``embedding.py``), which is *not* the paper's model.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import DropPath, PatchEmbed
 
-from .mixins import MaskedImageModelMixin, SavePretrainedMixin
-from .layers import ISTA, MSSA, InverseISTA, sincos_pos_embed
+from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
+from .layers import ISTA, MSSA, InverseISTA
 from .masking import random_masking
+from .mixins import MaskedImageModelMixin, SavePretrainedMixin
 from .outputs import Intermediates, LayerTrace, MAEOutput
 
 BLOCK_LN_EPS = 1e-5  # PreNorm's nn.LayerNorm default in the official blocks
@@ -68,11 +67,6 @@ class CrateDecoderBlock(nn.Module):
         return LayerTrace(z_in=y, mssa_in=mssa_in, z_half=y_half, z_out=y_half - self.attn(mssa_in))
 
 
-@lru_cache(maxsize=16)
-def _cached_sincos(embed_dim: int, grid_size: tuple[int, int]) -> torch.Tensor:
-    return sincos_pos_embed(embed_dim, grid_size)
-
-
 class CrateEncoder(SavePretrainedMixin, nn.Module):
     """The CRATE encoder; with ``num_classes > 0`` a timm-style image classifier.
 
@@ -83,24 +77,19 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, ista_step_size: float = 0.1,
                  ista_lambda: float = 0.5, num_classes: int = 0, global_pool: str = "token",
-                 drop_path_rate: float = 0.0, pos_embed_mode: str = "sincos"):
+                 drop_path_rate: float = 0.0, pos_embed_mode: str = "interpolate"):
         super().__init__()
-        _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth)
+        _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if pos_embed_mode not in ("sincos", "interpolate"):
-            raise ValueError(f"pos_embed_mode must be 'sincos' or 'interpolate', got {pos_embed_mode!r}")
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.embed_dim = self.num_features = embed_dim
         self.num_heads = num_heads
         self.global_pool = global_pool
-        self.pos_embed_mode = pos_embed_mode
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        # Fixed, never trained, never saved: recomputed from the grid (the official code stores it frozen).
-        self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, self.patch_embed.grid_size).unsqueeze(0),
-                             persistent=False)
+        self.pos_embed = PositionTable(embed_dim, self.patch_embed.grid_size, pos_embed_mode)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
             CrateBlock(embed_dim, num_heads, ista_step_size, ista_lambda, dpr[i]) for i in range(depth))
@@ -118,27 +107,16 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
         check_images(imgs, self.patch_size, self.in_chans)
         return imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
 
-    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The (1, 1+h*w, D) position table for a grid: the default one, recomputed, or interpolated."""
-        if tuple(grid) == tuple(self.patch_embed.grid_size):
-            return self.pos_embed
-        if self.pos_embed_mode == "sincos":
-            return _cached_sincos(self.embed_dim, tuple(grid)).to(self.pos_embed.device).unsqueeze(0)
-        h0, w0 = self.patch_embed.grid_size
-        patch_pos = self.pos_embed[:, 1:].reshape(1, h0, w0, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
-        return torch.cat([self.pos_embed[:, :1], patch_pos], dim=1)
-
     def prepare_tokens(self, imgs: torch.Tensor, mask: torch.Tensor | None = None,
                        mask_token: torch.Tensor | None = None) -> torch.Tensor:
         """Patch-embed, replace masked patches by ``mask_token``, prepend cls, add the sin-cos table to all."""
         grid = self.grid_size(imgs)
-        x = self.patch_embed(imgs)
-        if mask is not None:
-            x = torch.where(mask.unsqueeze(-1).bool(), mask_token.to(x.dtype), x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        return x + self.pos_embed_for(grid).to(x.dtype)
+        return tokens_with_mask_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), mask, mask_token)
+
+    def prepare_visible_tokens(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """The visible-only frame: table added to the patch embeddings, kept patches only, cls prepended."""
+        grid = self.grid_size(imgs)
+        return visible_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), ids_keep)
 
     # -- encoder ----------------------------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,12 +175,19 @@ class CrateDecoder(nn.Module):
 
 
 class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
-    """CRATE-MAE for masked completion. ``model(imgs, mask_ratio, noise)`` -> :class:`MAEOutput`."""
+    """CRATE-MAE for masked completion. ``model(imgs, mask_ratio, noise)`` -> :class:`MAEOutput`.
+
+    ``mask_tokens_in_encoder=True`` (default) is the paper's model: the encoder sees all 1 + L tokens, masked ones
+    replaced by the mask token. ``False`` is a visible-only encoder (facebookresearch/mae's frame: the encoder sees
+    cls + the kept patches; mask tokens and the position table enter before the decoder). It trains faster but is
+    not the model of the paper.
+    """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, decoder_depth: int = 12,
                  decoder_num_heads: int | None = None, ista_step_size: float = 0.1, ista_lambda: float = 0.5,
-                 norm_pix_loss: bool = False, pos_embed_mode: str = "sincos", drop_path_rate: float = 0.0):
+                 norm_pix_loss: bool = False, pos_embed_mode: str = "interpolate", drop_path_rate: float = 0.0,
+                 mask_tokens_in_encoder: bool = True):
         super().__init__()
         decoder_num_heads = decoder_num_heads or num_heads
         if decoder_depth < 1:
@@ -211,10 +196,11 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, decoder_depth=decoder_depth,
                            decoder_num_heads=decoder_num_heads, ista_step_size=ista_step_size,
                            ista_lambda=ista_lambda, norm_pix_loss=norm_pix_loss, pos_embed_mode=pos_embed_mode,
-                           drop_path_rate=drop_path_rate)
+                           drop_path_rate=drop_path_rate, mask_tokens_in_encoder=mask_tokens_in_encoder)
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
+        self.mask_tokens_in_encoder = bool(mask_tokens_in_encoder)
         self.encoder = CrateEncoder(img_size, patch_size, in_chans, embed_dim, depth, num_heads, ista_step_size,
                                     ista_lambda, drop_path_rate=drop_path_rate, pos_embed_mode=pos_embed_mode)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -232,22 +218,36 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         return self.encoder.grid_size(imgs)
 
     # -- masked completion ----------------------------------------------------------------------------------------
-    def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.encoder.forward_tokens(self.encoder.prepare_tokens(imgs, mask, self.mask_token))
-
-    def forward_decoder(self, latent: torch.Tensor) -> torch.Tensor:
-        """Decoder -> norm -> linear patch prediction, cls dropped: (N, L, p*p*C)."""
-        return self.decoder_pred(self.decoder(latent))[:, 1:]
-
-    def make_mask(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None) -> torch.Tensor:
+    def encoder_input(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mask, then build the encoder's tokens in this model's frame: ``(tokens, mask, ids_restore)``."""
         h, w = self.grid_size(imgs)
-        mask, _, _ = random_masking(imgs.shape[0], h * w, mask_ratio, noise, imgs.device)
-        return mask
+        mask, ids_keep, ids_restore = random_masking(imgs.shape[0], h * w, mask_ratio, noise, imgs.device)
+        if self.mask_tokens_in_encoder:
+            return self.encoder.prepare_tokens(imgs, mask, self.mask_token), mask, ids_restore
+        return self.encoder.prepare_visible_tokens(imgs, ids_keep), mask, ids_restore
+
+    def decoder_input(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The encoder output as the decoder reads it: as is in the paper's frame; in the visible-only frame with
+        mask tokens put back in raster order and the position table added."""
+        if self.mask_tokens_in_encoder:
+            return latent
+        return restore_with_mask_tokens(latent, self.mask_token, ids_restore) + self.encoder.pos_embed(grid)
+
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(latent, mask, ids_restore)``; latent is (N, 1+L, D), or (N, 1+L_keep, D) for a visible-only encoder."""
+        x, mask, ids_restore = self.encoder_input(imgs, mask_ratio, noise)
+        return self.encoder.forward_tokens(x), mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]
+                        ) -> torch.Tensor:
+        """Decoder -> norm -> linear patch prediction, cls dropped: (N, L, p*p*C)."""
+        return self.decoder_pred(self.decoder(self.decoder_input(latent, ids_restore, grid)))[:, 1:]
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None) -> MAEOutput:
-        mask = self.make_mask(imgs, mask_ratio, noise)
-        latent = self.forward_encoder(imgs, mask)
-        pred = self.forward_decoder(latent)
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore, self.grid_size(imgs))
         return MAEOutput(loss=self.forward_loss(imgs, pred, mask), pred=pred, mask=mask, latent=latent)
 
     # -- looking inside -------------------------------------------------------------------------------------------
@@ -269,16 +269,16 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         n_enc, n_dec = len(self.encoder.blocks), len(self.decoder.blocks)
         enc_keep = {_layer_index(i, n_enc, "encoder") for i in (range(n_enc) if encoder_layers is None else encoder_layers)}
         dec_keep = {_layer_index(i, n_dec, "decoder") for i in (range(n_dec) if decoder_layers is None else decoder_layers)}
-        mask = self.make_mask(imgs, mask_ratio, noise)
+        x, mask, ids_restore = self.encoder_input(imgs, mask_ratio, noise)
         out = Intermediates(mask=mask)
-        x = self.encoder.prepare_tokens(imgs, mask if mask_ratio > 0 else None, self.mask_token)
         for i, blk in enumerate(self.encoder.blocks):
             if i in enc_keep:
                 out.encoder[i] = blk.trace(x)
                 x = out.encoder[i].z_out
             else:
                 x = blk(x)
-        out.latent = x = self.encoder.norm(x)
+        out.latent = self.encoder.norm(x)
+        x = self.decoder_input(out.latent, ids_restore, self.grid_size(imgs))
         for i, blk in enumerate(self.decoder.blocks):
             if i in dec_keep:
                 out.decoder[i] = blk.trace(x)
@@ -302,7 +302,7 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
             return trainable
         if convention == "official":
             d = self.encoder.embed_dim
-            return trainable + 2 * self.encoder.pos_embed.shape[1] * d + d * d + d
+            return trainable + 2 * self.encoder.pos_embed.num_entries * d + d * d + d
         raise ValueError(f"convention must be 'trainable' or 'official', got {convention!r}")
 
     def no_weight_decay(self) -> set[str]:
@@ -311,9 +311,10 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
 
 # -- helpers ------------------------------------------------------------------------------------------------------
 def init_weights(model: nn.Module, patch_embed: nn.Module, tokens: list[nn.Parameter]) -> None:
-    """The official MAE / CRATE-MAE initialisation: xavier-uniform patch embedding and linears (zero bias),
-    N(0, 0.02) tokens, unit LayerNorms. Raw square parameters (ISTA dictionaries, decoder linears) keep their
-    kaiming-uniform init, as in the official code."""
+    """The official MAE / CRATE-MAE ``initialize_weights``: xavier-uniform patch-embedding weight (as a Linear) and
+    Linear weights, zero Linear biases, N(0, 0.02) tokens, unit LayerNorms. The patch-embedding bias keeps Conv2d's
+    default; raw square parameters (ISTA dictionaries, decoder linears) keep the kaiming-uniform init their
+    modules give them (see layers.py)."""
     w = patch_embed.proj.weight
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
     for t in tokens:
@@ -348,7 +349,8 @@ def check_images(imgs: torch.Tensor, patch_size: int, in_chans: int) -> None:
         raise ValueError(f"image size {H}x{W} is not a positive multiple of the patch size {patch_size}")
 
 
-def _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth) -> None:
+def _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size=0.1,
+                  ista_lambda=0.0) -> None:
     sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if patch_size < 1 or any(s % patch_size or s < patch_size for s in sizes):
         raise ValueError(f"img_size={img_size} is not a positive multiple of patch_size={patch_size}")
@@ -360,6 +362,10 @@ def _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth) -
         raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 (2-D sin-cos position table)")
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
+    if not ista_step_size > 0:
+        raise ValueError(f"ista_step_size must be > 0, got {ista_step_size}")
+    if not ista_lambda >= 0:
+        raise ValueError(f"ista_lambda must be >= 0 (a negative threshold is not a sparsity penalty), got {ista_lambda}")
 
 
 def _layer_index(layer: int, n: int, what: str) -> int:

@@ -51,11 +51,13 @@ def unpatchify(x: torch.Tensor, patch_size: int, grid_size: tuple[int, int], in_
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean per-patch MSE over masked patches; over all patches when nothing is masked (mask_ratio = 0)."""
+    """Mean per-patch MSE over masked patches; over all patches when nothing is masked (mask_ratio = 0).
+
+    Branch-free on purpose: a Python ``if`` on ``mask.sum()`` would sync with the device every step and break
+    ``torch.compile`` graphs."""
     per_patch = (pred - target).pow(2).mean(dim=-1)
-    if mask.sum() == 0:
-        return per_patch.mean()
-    return (per_patch * mask).sum() / mask.sum()
+    masked = mask.sum()
+    return torch.where(masked > 0, (per_patch * mask).sum() / masked.clamp_min(1), per_patch.mean())
 
 
 def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

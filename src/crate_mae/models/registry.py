@@ -73,10 +73,15 @@ def _register_presets() -> None:
     for size, (d, depth, h, p) in vit_sizes.items():
         register_model(f"vit_mae_{size}", ViTMAE, img_size=224, patch_size=p, embed_dim=d, depth=depth,
                        num_heads=h, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0)
-    # The CRATE-MAE paper's ViT-MAE-Base baseline (143.79M): a 768-wide, 8-layer, 16-head decoder, no qkv bias.
-    register_model("vit_mae_base_dec768", ViTMAE, img_size=224, patch_size=16, embed_dim=768, depth=12,
-                   num_heads=12, decoder_embed_dim=768, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
-                   qkv_bias=False)
+    # The paper's ViT-MAE baseline, Ma-Lab-Berkeley/CRATE crate_ae.py mae_vit_*: timm blocks without qkv bias in
+    # CRATE-MAE's frame (mask tokens in the encoder), an 8-layer 16-head decoder as wide as the encoder.
+    # The CRATE repo has no mae_vit_small; "small" is the ViT-S encoder in the same frame (the book's 47.6M
+    # ViT-MAE-S has a 512-wide decoder, which this frame cannot hold).
+    paper_sizes = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
+    for size, (d, depth, h) in paper_sizes.items():
+        register_model(f"vit_mae_{size}_paper", ViTMAE, img_size=224, patch_size=16, embed_dim=d, depth=depth,
+                       num_heads=h, decoder_embed_dim=d, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
+                       qkv_bias=False, mask_tokens_in_encoder=True)
 
 
 _register_presets()

@@ -1,7 +1,13 @@
-"""ViT-MAE baseline, as facebookresearch/mae ``models_mae.py`` computes it (and with its state-dict keys).
+"""ViT-MAE baselines: timm ViT blocks in either masking frame (see ``embedding.py``).
 
-The encoder sees only the visible patches (position table added before masking); the decoder embeds them to its
-own width, fills in mask tokens, adds its own sin-cos table and predicts every patch.
+- ``mask_tokens_in_encoder=False`` (default): facebookresearch/mae ``models_mae.py`` with its state-dict keys. The
+  encoder sees only the visible patches; the decoder embeds them to its own width, fills in mask tokens, adds its
+  own sin-cos table and predicts every patch.
+- ``mask_tokens_in_encoder=True``: the CRATE repo's own baseline (Ma-Lab-Berkeley/CRATE ``crate_ae.py``
+  ``mae_vit_*``, the ViT-MAE the paper compares against). Mask tokens replace masked patches before the encoder,
+  which sees all 1 + L tokens; its output goes straight into the decoder blocks (the official ``decoder_embed`` and
+  decoder table exist there but are never used, so the decoder must be as wide as the encoder), and its blocks have
+  no qkv bias. Every LayerNorm has eps 1e-6 in both frames (the official fixtures reproduce only with it).
 """
 
 from __future__ import annotations
@@ -14,41 +20,50 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from .crate_mae import _check_config, _layer_index, check_images, init_weights
-from .mixins import MaskedImageModelMixin, SavePretrainedMixin
-from .layers import sincos_pos_embed
+from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
 from .masking import random_masking
+from .mixins import MaskedImageModelMixin, SavePretrainedMixin
 from .outputs import MAEOutput
+
+LN_EPS = 1e-6
 
 
 class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, norm_pix_loss: bool = False):
+                 qkv_bias: bool = True, norm_pix_loss: bool = False, mask_tokens_in_encoder: bool = False,
+                 pos_embed_mode: str = "interpolate"):
         super().__init__()
         _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth)
         _check_config(img_size, patch_size, in_chans, decoder_embed_dim, decoder_num_heads, decoder_depth)
+        mask_tokens_in_encoder = bool(mask_tokens_in_encoder)
+        if mask_tokens_in_encoder and decoder_embed_dim != embed_dim:
+            raise ValueError(f"with mask_tokens_in_encoder=True the encoder output feeds the decoder directly, so "
+                             f"decoder_embed_dim ({decoder_embed_dim}) must equal embed_dim ({embed_dim})")
         self.config = dict(architecture="vit_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                            decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
                            decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                           norm_pix_loss=norm_pix_loss)
+                           norm_pix_loss=norm_pix_loss, mask_tokens_in_encoder=mask_tokens_in_encoder,
+                           pos_embed_mode=pos_embed_mode)
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.norm_pix_loss = norm_pix_loss
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.mask_tokens_in_encoder = mask_tokens_in_encoder
+        norm_layer = partial(nn.LayerNorm, eps=LN_EPS)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         grid = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, grid).unsqueeze(0), persistent=False)
+        self.pos_embed = PositionTable(embed_dim, grid, pos_embed_mode)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer)
                                     for _ in range(depth))
         self.norm = norm_layer(embed_dim)
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        if not mask_tokens_in_encoder:
+            self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+            self.decoder_pos_embed = PositionTable(decoder_embed_dim, grid, pos_embed_mode)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.register_buffer("decoder_pos_embed", sincos_pos_embed(decoder_embed_dim, grid).unsqueeze(0),
-                             persistent=False)
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer)
             for _ in range(decoder_depth))
@@ -64,32 +79,30 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         check_images(imgs, self.patch_size, self.in_chans)
         return imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
 
-    def _pos(self, table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        if tuple(grid) == tuple(self.patch_embed.grid_size):
-            return table
-        return sincos_pos_embed(table.shape[-1], grid).to(table.device).unsqueeze(0)
+    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Unmasked encoder input: cls + every patch, position table added: (N, 1+L, D)."""
+        return tokens_with_mask_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(self.grid_size(imgs)))
 
     # -- masked autoencoding ------------------------------------------------------------------------------------------
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None):
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(latent, mask, ids_restore)``: latent (N, 1+L_keep, D) visible-only, (N, 1+L, D) with mask tokens."""
         grid = self.grid_size(imgs)
-        pos = self._pos(self.pos_embed, grid).to(imgs.dtype)
-        x = self.patch_embed(imgs) + pos[:, 1:]
-        N, L, D = x.shape
-        mask, ids_keep, ids_restore = random_masking(N, L, mask_ratio, noise, imgs.device)
-        x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))
-        cls = (self.cls_token + pos[:, :1]).expand(N, -1, -1)
-        x = torch.cat([cls, x], dim=1)
+        x = self.patch_embed(imgs)
+        mask, ids_keep, ids_restore = random_masking(x.shape[0], x.shape[1], mask_ratio, noise, imgs.device)
+        if self.mask_tokens_in_encoder:
+            x = tokens_with_mask_tokens(x, self.cls_token, self.pos_embed(grid), mask, self.mask_token)
+        else:
+            x = visible_tokens(x, self.cls_token, self.pos_embed(grid), ids_keep)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        x = self.decoder_embed(latent)
-        N, L = ids_restore.shape
-        mask_tokens = self.mask_token.to(x.dtype).expand(N, L + 1 - x.shape[1], -1)
-        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-        x = torch.cat([x[:, :1], x_], dim=1) + self._pos(self.decoder_pos_embed, grid).to(x.dtype)
+        x = latent
+        if not self.mask_tokens_in_encoder:
+            x = restore_with_mask_tokens(self.decoder_embed(latent), self.mask_token, ids_restore)
+            x = x + self.decoder_pos_embed(grid)
         for blk in self.decoder_blocks:
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
@@ -102,10 +115,7 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     # -- features --------------------------------------------------------------------------------------------------------
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """Unmasked image -> encoder on all tokens -> final norm: (N, 1+L, D)."""
-        grid = self.grid_size(imgs)
-        pos = self._pos(self.pos_embed, grid).to(imgs.dtype)
-        x = self.patch_embed(imgs) + pos[:, 1:]
-        x = torch.cat([(self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.embed(imgs)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -113,10 +123,7 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Softmax attention (N, heads, 1+L, 1+L) of encoder block ``layer`` on the unmasked image."""
         layer = _layer_index(layer, len(self.blocks), "encoder")
-        grid = self.grid_size(imgs)
-        pos = self._pos(self.pos_embed, grid).to(imgs.dtype)
-        x = self.patch_embed(imgs) + pos[:, 1:]
-        x = torch.cat([(self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.embed(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
         attn = self.blocks[layer].attn
@@ -127,12 +134,16 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         return torch.softmax((q * attn.scale) @ k.transpose(-2, -1), dim=-1)
 
     def num_params(self, convention: str = "trainable") -> int:
-        """'trainable', or 'official' (facebookresearch/mae counts its two frozen sin-cos tables as parameters)."""
+        """'trainable', or 'official': what the official code counts, adding its two frozen sin-cos tables (and,
+        in the CRATE repo's frame, its unused ``decoder_embed``)."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         if convention == "trainable":
             return trainable
         if convention == "official":
-            return trainable + self.pos_embed.numel() + self.decoder_pos_embed.numel()
+            d, dd = self.embed_dim, self.config["decoder_embed_dim"]
+            tables = self.pos_embed.num_entries * (d + dd)
+            unused = 0 if hasattr(self, "decoder_embed") else d * dd + dd
+            return trainable + tables + unused
         raise ValueError(f"convention must be 'trainable' or 'official', got {convention!r}")
 
     def no_weight_decay(self) -> set[str]:
@@ -150,7 +161,7 @@ def vit_classifier(img_size: int | tuple[int, int] = 224, patch_size: int = 16, 
     vit = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                             depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                             num_classes=num_classes, global_pool=global_pool, fc_norm=False,
-                            drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                            drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
     vit.config = dict(architecture="vit", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                       embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                       num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)

@@ -18,8 +18,10 @@ import yaml
 
 from ..data import DATA_KINDS, IMAGENET_MEAN, IMAGENET_STD
 from ..utils import parse_key_values
+from .optim import PARAM_GROUPS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+AUGMENTS = ("mae", "book")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class DataConfig:
     img_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    augment: str = "mae"           # 'mae': RandomResizedCrop(scale) + flip; 'book': the authors' book (see transforms)
     scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
     num_workers: int = 4
@@ -64,6 +67,7 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = None
+    param_groups: str = "mae"      # weight-decay groups: 'mae' (tokens decayed) or 'timm' (see build_optimizer)
 
 
 @dataclass
@@ -307,6 +311,9 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     check(integer(d.demo_samples) and d.demo_samples > 0, "data.demo_samples", d.demo_samples, "must be > 0")
     for key in ("hflip", "strict", "demo"):
         check(isinstance(getattr(d, key), bool), f"data.{key}", getattr(d, key), "must be true or false")
+    check(d.augment in AUGMENTS, "data.augment", d.augment, f"must be one of {AUGMENTS}")
     check.optim(cfg.optim)
+    check(cfg.optim.param_groups in PARAM_GROUPS, "optim.param_groups", cfg.optim.param_groups,
+          f"must be one of {PARAM_GROUPS}")
     check.run(cfg.run)
     return errors

@@ -17,11 +17,20 @@ def effective_lr(blr: float, batch_size: int, accum_iter: int, world_size: int, 
     return blr * batch_size * accum_iter * world_size / 256
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
-                    ) -> torch.optim.AdamW:
-    """AdamW with two groups: weight decay on >= 2-D weights; none on norms, biases, tokens and position tables
-    (1-D parameters plus ``model.no_weight_decay()``), as in facebookresearch/mae ``optim_factory``."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+PARAM_GROUPS = ("mae", "timm")
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                    param_groups: str = "mae") -> torch.optim.AdamW:
+    """AdamW with a decay and a no-decay group.
+
+    ``param_groups='mae'`` (default) is facebookresearch/mae ``main_pretrain.py``: timm ``add_weight_decay(model,
+    weight_decay)`` with no skip list, i.e. decay on every trainable parameter with >= 2 dimensions (the cls and
+    mask tokens, shape (1, 1, D), included) and none on 1-D ones (norms, biases). ``'timm'`` also exempts
+    ``model.no_weight_decay()`` (the tokens), as timm's ``create_optimizer`` and MAE's fine-tuning do."""
+    if param_groups not in PARAM_GROUPS:
+        raise ValueError(f"param_groups must be one of {PARAM_GROUPS}, got {param_groups!r}")
+    skip = set(model.no_weight_decay()) if param_groups == "timm" and hasattr(model, "no_weight_decay") else set()
     groups = param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 

@@ -98,7 +98,7 @@ class _Run:
         total = o.epochs * self.steps_per_epoch
         self.schedule = WarmupCosine(self.lr, total, min(total, round(o.warmup_epochs * self.steps_per_epoch)),
                                      o.min_lr)
-        self.optimizer = build_optimizer(self.model, self.lr, o.weight_decay, o.betas)
+        self.optimizer = build_optimizer(self.model, self.lr, o.weight_decay, o.betas, o.param_groups)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.state = TrainState()
         self.rng_to_restore = None
@@ -307,10 +307,13 @@ class _Run:
 
 def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
     """The dataset ``cfg.data`` describes, with MAE pretraining augmentation (via :mod:`crate_mae.data`)."""
-    from ..data import build_dataset, pretrain_transform
+    from ..data import book_pretrain_transform, build_dataset, pretrain_transform
 
     d = cfg.data
-    transform = pretrain_transform(d.img_size, mean=d.mean, std=d.std, scale=d.scale, hflip=d.hflip)
+    if d.augment == "book":
+        transform = book_pretrain_transform(d.img_size, mean=d.mean, std=d.std, hflip=d.hflip)
+    else:
+        transform = pretrain_transform(d.img_size, mean=d.mean, std=d.std, scale=d.scale, hflip=d.hflip)
     if d.demo:
         from ..data.demo import DemoPhotos
 
