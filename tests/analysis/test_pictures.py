@@ -4,7 +4,7 @@ import torch
 
 import crate_mae
 from crate_mae.analysis.attention import cls_attention, crop_to_patch_multiple, mass_threshold_masks
-from crate_mae.analysis.pca import patch_features, two_stage_pca
+from crate_mae.analysis.pca import official_pca, patch_features, two_stage_pca
 from crate_mae.cli import main
 
 
@@ -53,6 +53,24 @@ def test_two_stage_pca_finds_a_central_object():
     assert np.abs(res.rgb[:, 2, 2] - res.rgb[:, 2, 3]).max() > 0.5
 
 
+def test_official_pca_style_shows_components_2_to_4_per_image():
+    rng = np.random.default_rng(0)
+    N, h, w, d = 2, 4, 4, 8
+    basis = np.linalg.qr(rng.normal(size=(d, 4)))[0].T  # orthonormal directions
+    coef = rng.normal(size=(N * h * w, 4)) * np.array([8.0, 4.0, 2.0, 1.0])  # four directions, decreasing variance
+    feats = torch.from_numpy(coef @ basis + 0.01 * rng.normal(size=(N * h * w, d))).float().view(N, h * w, d)
+    res = official_pca(feats, (h, w))
+    assert res.rgb.shape == (N, h, w, 3) and res.foreground.all()
+    for i in range(N):  # min-max per image: every image spans [0, 1] in each shown component
+        assert np.allclose(res.rgb[i].reshape(-1, 3).min(0), 0) and np.allclose(res.rgb[i].reshape(-1, 3).max(0), 1)
+        assert np.isclose(res.first[i].min(), 0) and np.isclose(res.first[i].max(), 1)
+    assert np.all(np.diff(res.explained_variance_ratio) < 0)  # components 2, 3, 4 in order
+    # the first RGB channel is component 2 (+- sign), i.e. the second-strongest direction
+    c2 = coef[:, 1].reshape(N, h * w)
+    for i in range(N):
+        assert abs(np.corrcoef(res.rgb[i].reshape(-1, 3)[:, 0], c2[i])[0, 1]) > 0.99
+
+
 def test_patch_features_kinds(tiny_model_kwargs):
     model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs).eval()
     imgs = torch.randn(2, 3, 32, 32)
@@ -67,7 +85,8 @@ def test_patch_features_kinds(tiny_model_kwargs):
 
 @pytest.mark.parametrize("kind,extra", [("reconstruct", ["--mask-ratio", "0.5", "--seed", "1"]),
                                         ("attention", ["--img-size", "0", "--layer", "0"]),
-                                        ("pca", ["--features", "output"])])
+                                        ("pca", ["--features", "output"]),
+                                        ("pca", ["--pca-style", "official", "--layer", "-2"])])
 def test_visualize_commands_write_pngs(kind, extra, tiny_ckpt, image_dir, tmp_path):
     out = tmp_path / "out"
     rc = main(["visualize", kind, "--ckpt", tiny_ckpt, "--images", image_dir, "--num-images", "2", "--out", str(out),

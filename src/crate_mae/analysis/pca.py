@@ -16,6 +16,12 @@ Two-stage recipe (as DINOv2 / CRATE ``vis_utils/pca_visualization.py``):
   2. Fit a 3-component PCA jointly on the foreground patches of all images (so colours mean the same thing across
      images); min-max normalise each component over those patches and show components 1-3 as R, G, B. Background
      patches are black.
+
+``style="official"`` reproduces what the CRATE authors' ``pca_visualization.py`` draws instead: one 4-component PCA
+fitted jointly on every patch of every image (no foreground stage unless the user supplies masks, which we do not),
+each component min-max normalised *per image*, components 2-4 shown as RGB (component 1, which mostly separates
+object from background, is shown on its own). Their foreground masks threshold a component whose sign they pick by
+hand; we do not imitate that step.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from .inputs import Normalization
 from ..models.crate_mae import CrateMAE
 
 FEATURE_KINDS = ("mssa", "output")
+PCA_STYLES = ("two_stage", "official")
 
 
 @torch.no_grad()
@@ -99,13 +106,41 @@ def two_stage_pca(feats: torch.Tensor, grid: tuple[int, int], fg_threshold: floa
     return PCAResult(rgb.reshape(N, h, w, 3), fg, first, ratio)
 
 
+def official_pca(feats: torch.Tensor, grid: tuple[int, int]) -> PCAResult:
+    """The CRATE authors' display (``style="official"`` in the module docstring) on features (N, h*w, d): 4 components
+    fitted on all patches, each min-max normalised per image; ``first`` is component 1, ``rgb`` components 2-4."""
+    from sklearn.decomposition import PCA
+
+    N, L, d = feats.shape
+    h, w = grid
+    if h * w != L:
+        raise ValueError(f"grid {grid} does not match {L} patches")
+    n_comp = min(4, N * L, d)
+    pca = PCA(n_components=n_comp).fit(feats.reshape(N * L, d).double().cpu().numpy())
+    comps = pca.transform(feats.reshape(N * L, d).double().cpu().numpy()).reshape(N, L, n_comp)
+    lo, hi = comps.min(axis=1, keepdims=True), comps.max(axis=1, keepdims=True)
+    comps = (comps - lo) / np.maximum(hi - lo, 1e-12)
+    rgb = np.zeros((N, L, 3))
+    rgb[..., :max(0, n_comp - 1)] = comps[..., 1:]
+    ratio = np.zeros(3)
+    ratio[:max(0, n_comp - 1)] = pca.explained_variance_ratio_[1:]
+    return PCAResult(rgb.reshape(N, h, w, 3), np.ones((N, h, w), bool), comps[..., 0].reshape(N, h, w), ratio)
+
+
 def plot_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: int = -1, kind: str = "mssa",
-             fg_threshold: float = 0.5, foreground: bool = True):
-    """One row per image: photo | stage-1 component | foreground mask | components 1-3 as RGB."""
+             fg_threshold: float = 0.5, foreground: bool = True, style: str = "two_stage"):
+    """One row per image: photo | stage-1 component | foreground mask | components 1-3 as RGB (``two_stage``), or
+    photo | component 1 | all patches | components 2-4 as RGB (``official``)."""
+    if style not in PCA_STYLES:
+        raise ValueError(f"style must be one of {PCA_STYLES}, got {style!r}")
     plt = pyplot()
     imgs = crop_to_patch_multiple(imgs, model.patch_size)
     grid = model.grid_size(imgs)
-    res = two_stage_pca(patch_features(model, imgs, layer, kind), grid, fg_threshold, foreground)
+    feats = patch_features(model, imgs, layer, kind)
+    if style == "official":
+        res, foreground = official_pca(feats, grid), False
+    else:
+        res = two_stage_pca(feats, grid, fg_threshold, foreground)
     p = model.patch_size
     up = lambda a: upsample_nearest(torch.from_numpy(np.ascontiguousarray(a)).float().unsqueeze(1) if a.ndim == 3
                                     else torch.from_numpy(a).float().permute(0, 3, 1, 2), p)  # noqa: E731
@@ -119,6 +154,8 @@ def plot_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: i
     what = "U^T LN(Z) (MSSA projection)" if kind == "mssa" else "layer output Z^{l+1}"
     cols = ["photo", "1st component (stage 1)", f"foreground (> {fg_threshold:g})" if foreground else "all patches",
             "PCA 1-3 as RGB (stage 2)"]
+    if style == "official":
+        cols = ["photo", "component 1 (per-image min-max)", "all patches", "components 2-4 as RGB"]
     fig, axes = plt.subplots(n, 4, figsize=(8.5, 2.2 * n + 0.5), squeeze=False)
     for i in range(n):
         for j, (img, kw) in enumerate(((photos[i], {}), (first[i], {"cmap": "viridis"}), (fgm[i], {"cmap": "gray"}),
@@ -129,11 +166,12 @@ def plot_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: i
             if i == 0:
                 ax.set_title(cols[j], fontsize=8)
     ev = ", ".join(f"{v:.2f}" for v in res.explained_variance_ratio)
-    fig.suptitle(f"PCA of encoder layer {layer_no} features {what}; stage-2 explained variance {ev}", fontsize=8)
+    shown = "explained variance of the RGB components" if style == "official" else "stage-2 explained variance"
+    fig.suptitle(f"PCA of encoder layer {layer_no} features {what}; {shown} {ev}", fontsize=8)
     fig.subplots_adjust(wspace=0.04, hspace=0.06)  # tight_layout is slow on image grids
     return fig
 
 
 def save_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path, layer: int = -1,
-             kind: str = "mssa", fg_threshold: float = 0.5, foreground: bool = True) -> Path:
-    return save_figure(plot_pca(model, imgs, norm, layer, kind, fg_threshold, foreground), path)
+             kind: str = "mssa", fg_threshold: float = 0.5, foreground: bool = True, style: str = "two_stage") -> Path:
+    return save_figure(plot_pca(model, imgs, norm, layer, kind, fg_threshold, foreground, style), path)

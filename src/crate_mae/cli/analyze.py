@@ -43,12 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "to a multiple of the patch size (the sin-cos position table is recomputed for the grid)")
     p.add_argument("--mask-ratio", type=float, default=0.75, help="reconstruct: fraction of patches masked")
     p.add_argument("--seed", type=int, default=0, help="reconstruct: seed of the mask")
-    p.add_argument("--layer", type=int, default=-1, help="attention / pca: encoder layer (0-based, -1 = last)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="attention / pca: encoder layer (0-based, -1 = last; the official attention script's default "
+                        "is 10 of 12, i.e. -2)")
     p.add_argument("--threshold", type=float, default=0.6, help="attention: attention mass kept by the masks")
     p.add_argument("--features", choices=["mssa", "output"], default="mssa",
                    help="pca: U^T LN(Z) of the layer (mssa) or the layer output")
     p.add_argument("--fg-threshold", type=float, default=0.5, help="pca: threshold on the normalised 1st component")
     p.add_argument("--no-foreground", action="store_true", help="pca: skip stage 1, use every patch")
+    p.add_argument("--pca-style", choices=["two_stage", "official"], default="two_stage",
+                   help="pca: our two-stage PCA, or the CRATE authors' display (4 components, 2-4 as RGB, "
+                        "per-image min-max)")
     p.set_defaults(func=_visualize)
 
     p = sub.add_parser("report", help="one self-contained HTML page: model card, curves, reconstructions, "
@@ -112,7 +117,8 @@ def _visualize(args) -> int:
     elif args.kind == "attention":
         attention.save_attention(model, imgs, norm, path, args.layer, args.threshold)
     else:
-        pca.save_pca(model, imgs, norm, path, args.layer, args.features, args.fg_threshold, not args.no_foreground)
+        pca.save_pca(model, imgs, norm, path, args.layer, args.features, args.fg_threshold, not args.no_foreground,
+                     args.pca_style)
     print(path)
     return 0
 
