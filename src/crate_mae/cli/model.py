@@ -94,7 +94,7 @@ def _info(args) -> int:
     if "params_official" in info:
         print(f"  {'params (official)':<20} {info['params_official']:,} ({info['params_official'] / 1e6:.2f}M)"
               "  [counts the frozen sin-cos tables" + (" and the unused decoder_embed]"
-                                                        if info["architecture"] == "crate_mae" else "]"))
+                                                        if info.get("mask_tokens_in_encoder") else "]"))
     if "forward" in info:
         print(f"  {'forward (random)':<20} {info['forward']}")
     return 0
