@@ -19,10 +19,10 @@ def _hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def test_hooks_match_forward_intermediates(model):
+def test_hooks_match_trace_layers(model):
     imgs = torch.randn(3, 3, 32, 32)
     noise = torch.rand(3, 16)
-    ref = model.forward_intermediates(imgs, mask_ratio=0.5, noise=noise)
+    ref = model.trace_layers(imgs, mask_ratio=0.5, noise=noise)
     with LayerRecorder(model) as rec:
         model(imgs, mask_ratio=0.5, noise=noise)
         traces = rec.collect()
@@ -57,7 +57,7 @@ def test_hooks_attach_and_detach_without_changing_outputs(model):
 def test_measure_layers_equals_direct_computation(model):
     imgs = torch.randn(5, 3, 32, 32)
     stats = measure_layers(model, imgs, batch_size=2)  # batching must not matter
-    inter = model.forward_intermediates(imgs)
+    inter = model.trace_layers(imgs)
     for part, traces, blocks in (("encoder", inter.encoder, model.encoder.blocks),
                                  ("decoder", inter.decoder, model.decoder.blocks)):
         for i, tr in traces.items():

@@ -76,7 +76,7 @@ def test_patch_features_kinds(tiny_model_kwargs):
     imgs = torch.randn(2, 3, 32, 32)
     f = patch_features(model, imgs, layer=-1, kind="mssa")
     blk = model.encoder.blocks[-1]
-    inter = model.forward_intermediates(imgs)
+    inter = model.trace_layers(imgs)
     torch.testing.assert_close(f, blk.attn.qkv(inter.encoder[1].mssa_in)[:, 1:])
     torch.testing.assert_close(patch_features(model, imgs, 0, "output"), inter.encoder[0].z_out[:, 1:])
     with pytest.raises(ValueError, match="kind"):

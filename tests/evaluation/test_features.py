@@ -36,7 +36,7 @@ def test_pooling_and_layers_match_the_model(tiny_encoder):
     z = model.forward_features(imgs)
     torch.testing.assert_close(out["cls"], z[:, 0])
     torch.testing.assert_close(out["mean"], z[:, 1:].mean(1))
-    inter = model.forward_intermediates(imgs, mask_ratio=0.0, encoder_layers=[0])
+    inter = model.trace_layers(imgs, mask_ratio=0.0, encoder_layers=[0])
     torch.testing.assert_close(out["layers"][0]["cls"], inter.encoder[0].z_out[:, 0])
 
 

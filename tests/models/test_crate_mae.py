@@ -104,16 +104,16 @@ def test_layer_equations_against_literal_arithmetic():
 
 
 def test_ista_output_is_nonnegative_and_sparse(model):
-    inter = model.forward_intermediates(torch.randn(2, 3, 32, 32))
+    inter = model.trace_layers(torch.randn(2, 3, 32, 32))
     for trace in inter.encoder.values():
         assert (trace.z_out >= 0).all()
         assert (trace.z_out == 0).any()
 
 
-def test_forward_intermediates_consistent(model):
+def test_trace_layers_consistent(model):
     imgs = torch.randn(2, 3, 32, 32)
     noise = torch.rand(2, 16)
-    inter = model.forward_intermediates(imgs, mask_ratio=0.75, noise=noise)
+    inter = model.trace_layers(imgs, mask_ratio=0.75, noise=noise)
     out = model(imgs, mask_ratio=0.75, noise=noise)
     torch.testing.assert_close(inter.latent, out.latent)
     torch.testing.assert_close(inter.pred, out.pred)
@@ -127,7 +127,7 @@ def test_forward_intermediates_consistent(model):
     torch.testing.assert_close(d0.z_in, inter.latent)
     dblk = model.decoder.blocks[0]
     torch.testing.assert_close(d0.z_out, d0.z_half - dblk.attn(dblk.norm2(d0.z_half)))
-    unmasked = model.forward_intermediates(imgs, encoder_layers=[-1], decoder_layers=[])
+    unmasked = model.trace_layers(imgs, encoder_layers=[-1], decoder_layers=[])
     assert list(unmasked.encoder) == [1] and not unmasked.decoder
     torch.testing.assert_close(unmasked.latent, model.forward_features(imgs))
 
@@ -220,7 +220,7 @@ def test_frame_round_trip_and_override(tmp_path, tiny_model_kwargs):
 def test_visible_only_intermediates_match_forward(tiny_model_kwargs):
     model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs, mask_tokens_in_encoder=False).eval()
     imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
-    inter = model.forward_intermediates(imgs, mask_ratio=0.75, noise=noise)
+    inter = model.trace_layers(imgs, mask_ratio=0.75, noise=noise)
     out = model(imgs, noise=noise)
     torch.testing.assert_close(inter.latent, out.latent)
     torch.testing.assert_close(inter.pred, out.pred)

@@ -8,7 +8,7 @@ Encoder layer (``CrateBlock``):   z_in = block input, mssa_in = norm1 output, z_
                                   ista_in = norm2 output, z_out = ista output.
 Decoder layer (``CrateDecoderBlock``): z_in = block input, z_half = linear output (Y' = W LN(Y)),
                                   mssa_in = norm2 output, z_out = block output.
-This matches ``CrateMAE.forward_intermediates`` (tested), but works on any forward pass and on the encoder-only
+This matches ``CrateMAE.trace_layers`` (tested), but works on any forward pass and on the encoder-only
 ``crate_*`` classifiers too.
 """
 

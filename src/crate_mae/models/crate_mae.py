@@ -11,9 +11,13 @@ gives the faster visible-only variant (MAE's frame, see ``embedding.py``), which
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, PatchEmbed
+from timm.models._features import feature_take_indices
+from torch.utils.checkpoint import checkpoint
 
 from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
 from .layers import ISTA, MSSA, InverseISTA
@@ -67,11 +71,20 @@ class CrateDecoderBlock(nn.Module):
         return LayerTrace(z_in=y, mssa_in=mssa_in, z_half=y_half, z_out=y_half - self.attn(mssa_in))
 
 
+def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """Apply ``blocks`` in order; with ``grad_checkpointing`` (and autograd on) each block's activations are
+    recomputed in backward instead of stored."""
+    for blk in blocks:
+        x = checkpoint(blk, x, use_reentrant=False) if grad_checkpointing and torch.is_grad_enabled() else blk(x)
+    return x
+
+
 class CrateEncoder(SavePretrainedMixin, nn.Module):
     """The CRATE encoder; with ``num_classes > 0`` a timm-style image classifier.
 
     forward_features(imgs) -> (N, 1+L, D) after the final norm; forward_head(x) pools ('token' = cls, 'avg' = mean of
-    patch tokens) and applies the linear head.
+    patch tokens) and applies the linear head. timm's model contract: ``forward_intermediates``,
+    ``prune_intermediate_layers``, ``group_matcher``, ``set_grad_checkpointing``, ``feature_info``.
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
@@ -96,6 +109,10 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=FINAL_LN_EPS)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.num_classes = num_classes
+        self.grad_checkpointing = False
+        self.num_prefix_tokens = 1
+        reduction = patch_size
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
         self.config = dict(architecture="crate", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, ista_step_size=ista_step_size,
                            ista_lambda=ista_lambda, num_classes=num_classes, global_pool=global_pool,
@@ -120,9 +137,7 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
 
     # -- encoder ----------------------------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """Unmasked image -> encoder -> final norm: (N, 1+L, D). Deterministic, never masks."""
@@ -159,6 +174,57 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
 
+    # -- timm's model contract ---------------------------------------------------------------------------------------
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's ``forward_intermediates``: the outputs Z^{l+1} of the encoder layers ``indices`` (None: all; an int
+        n: the last n; negative indices count from the end), each (N, D, h, w) (``NCHW``) or (N, h*w, D) (``NLC``),
+        with the final norm applied when ``norm``; the cls token is returned beside them with
+        ``return_prefix_tokens``. Returns ``intermediates`` or ``(final features, intermediates)``."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        h, w = self.grid_size(x)
+        z = self.prepare_tokens(x)
+        blocks = self.blocks[:max_index + 1] if stop_early or intermediates_only else self.blocks
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            z = run_blocks([blk], z, self.grad_checkpointing)
+            if i in take:
+                intermediates.append(self.norm(z) if norm else z)
+        prefix = [y[:, :1] for y in intermediates]
+        intermediates = [y[:, 1:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [y.reshape(y.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix))
+        if intermediates_only:
+            return intermediates
+        return self.norm(z), intermediates
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the layers after the last of ``indices`` (and the final norm / head when asked); returns the
+        absolute indices kept, as timm's feature wrappers expect."""
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth for timm's layer-wise lr decay, as facebookresearch/mae's ``get_layer_id_for_vit``:
+        the stem (tokens, patch embedding) first, then each block, then the final norm in a group of its own (timm's
+        ViT merges it into the last block's) together with the head."""
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^head", (len(self.blocks),))])
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
 
 class CrateDecoder(nn.Module):
     """The CRATE-MAE decoder: ``depth`` structured-diffusion layers then a final norm."""
@@ -167,11 +233,10 @@ class CrateDecoder(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(CrateDecoderBlock(embed_dim, num_heads) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=FINAL_LN_EPS)
+        self.grad_checkpointing = False
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            y = blk(y)
-        return self.norm(y)
+        return self.norm(run_blocks(self.blocks, y, self.grad_checkpointing))
 
 
 class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
@@ -258,9 +323,8 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         return self.encoder.attention_maps(imgs, layer)
 
-    def forward_intermediates(self, imgs: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None,
-                              encoder_layers: list[int] | None = None,
-                              decoder_layers: list[int] | None = None) -> Intermediates:
+    def trace_layers(self, imgs: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None,
+                     encoder_layers: list[int] | None = None, decoder_layers: list[int] | None = None) -> Intermediates:
         """Run the whole autoencoder and keep the tensors of the chosen layers (default: all).
 
         Each kept layer gives a :class:`LayerTrace` (input, MSSA input, half step, ISTA input, output). With
@@ -289,6 +353,11 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         return out
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each encoder and decoder block in backward instead of storing its activations."""
+        self.encoder.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+
     def set_impl(self, impl: str) -> "CrateMAE":
         """'fast' (fused attention, 2-matmul ISTA) or 'reference' (the literal arithmetic of models/reference.py)."""
         set_impl(self, impl)

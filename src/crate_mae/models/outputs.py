@@ -44,7 +44,7 @@ class LayerTrace:
 
 @dataclass
 class Intermediates:
-    """Per-layer traces of a CRATE-MAE forward pass (``forward_intermediates``).
+    """Per-layer traces of a CRATE-MAE forward pass (``trace_layers``).
 
     encoder / decoder: dict layer index -> LayerTrace for the requested layers.
     latent: encoder output after final norm; mask: (N, L) (all zeros when unmasked); pred: decoder predictions.

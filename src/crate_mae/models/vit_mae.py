@@ -19,7 +19,7 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-from .crate_mae import _check_config, _layer_index, check_images, init_weights
+from .crate_mae import _check_config, _layer_index, check_images, init_weights, run_blocks
 from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
 from .masking import random_masking
 from .mixins import MaskedImageModelMixin, SavePretrainedMixin
@@ -69,10 +69,15 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
             for _ in range(decoder_depth))
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self.grad_checkpointing = False
         self.init_weights()
 
     def init_weights(self) -> None:
         init_weights(self, self.patch_embed, [self.cls_token, self.mask_token])
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each encoder and decoder block in backward instead of storing its activations."""
+        self.grad_checkpointing = enable
 
     # -- shapes -----------------------------------------------------------------------------------------------------
     def grid_size(self, imgs: torch.Tensor) -> tuple[int, int]:
@@ -94,17 +99,14 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
             x = tokens_with_mask_tokens(x, self.cls_token, self.pos_embed(grid), mask, self.mask_token)
         else:
             x = visible_tokens(x, self.cls_token, self.pos_embed(grid), ids_keep)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x), mask, ids_restore
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing)), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         x = latent
         if not self.mask_tokens_in_encoder:
             x = restore_with_mask_tokens(self.decoder_embed(latent), self.mask_token, ids_restore)
             x = x + self.decoder_pos_embed(grid)
-        for blk in self.decoder_blocks:
-            x = blk(x)
+        x = run_blocks(self.decoder_blocks, x, self.grad_checkpointing)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None) -> MAEOutput:
@@ -115,10 +117,7 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     # -- features --------------------------------------------------------------------------------------------------------
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """Unmasked image -> encoder on all tokens -> final norm: (N, 1+L, D)."""
-        x = self.embed(imgs)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, self.embed(imgs), self.grad_checkpointing))
 
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Softmax attention (N, heads, 1+L, 1+L) of encoder block ``layer`` on the unmasked image."""

@@ -1,0 +1,109 @@
+"""The crate_* encoders as timm models: registry, timm's model contract (the checks timm's own test suite runs on
+its models, tests/test_models.py), features_only, layer decay, local pretrained files."""
+
+import pytest
+import timm
+import torch
+from timm.optim import param_groups_layer_decay
+
+import crate_mae
+from crate_mae.models import CrateEncoder
+
+SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4)
+
+
+def test_registered_with_timm():
+    assert timm.list_models("crate*") == ["crate_base", "crate_large", "crate_small", "crate_tiny"]
+    model = timm.create_model("crate_base", num_classes=10)
+    assert isinstance(model, CrateEncoder) and model.num_classes == 10 and model.embed_dim == 768
+    assert model.pretrained_cfg["first_conv"] == "patch_embed.proj" and model.pretrained_cfg["classifier"] == "head"
+
+
+def test_pretrained_explains_where_weights_come_from():
+    with pytest.raises(ValueError, match="publishes no pretrained weights for crate_tiny.*pretrained_cfg_overlay"):
+        timm.create_model("crate_tiny", pretrained=True)
+
+
+def test_timm_model_contract():
+    """What timm's test_model_default_cfgs / test_model_forward_intermediates check, on crate_tiny."""
+    model = timm.create_model("crate_tiny", num_classes=7, **SMALL).eval()
+    cfg = model.pretrained_cfg
+    x = torch.randn(2, *cfg["input_size"][:1], 32, 32)
+    # first conv and classifier named in the cfg exist; reset_classifier / forward_head(pre_logits) behave
+    assert dict(model.named_modules())[cfg["first_conv"]].in_channels == 3
+    assert dict(model.named_modules())[cfg["classifier"]].out_features == 7
+    feats = model.forward_features(x)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+    # forward_intermediates: shapes agree with feature_info, NCHW and NLC, final features equal forward_features
+    final, inter = model.forward_intermediates(x)
+    assert len(inter) == len(model.feature_info) == 3
+    for t, info in zip(inter, model.feature_info):
+        assert t.shape == (2, info["num_chs"], 32 // info["reduction"], 32 // info["reduction"])
+    torch.testing.assert_close(final, feats)
+    nlc = model.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", intermediates_only=True)
+    assert [t.shape for t in nlc] == [(2, 16, 32)] * 2
+    torch.testing.assert_close(nlc[1].transpose(1, 2).reshape(2, 32, 4, 4), inter[-1])
+    normed = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC", intermediates_only=True)[0]
+    torch.testing.assert_close(normed, feats[:, 1:])
+    # pruning keeps what the intermediates need
+    kept = model.prune_intermediate_layers([0, 1], prune_head=True)
+    assert kept == [0, 1] and len(model.blocks) == 2
+
+
+def test_features_only():
+    net = timm.create_model("crate_tiny", features_only=True, out_indices=(-2, -1), **SMALL)
+    outs = net(torch.randn(2, 3, 32, 32))
+    assert [tuple(o.shape) for o in outs] == [(2, 32, 4, 4)] * 2
+    assert net.feature_info.channels() == [32, 32] and net.feature_info.reduction() == [8, 8]
+
+
+def test_layer_decay_scales_through_group_matcher():
+    """timm's param_groups_layer_decay gives facebookresearch/mae's per-parameter scales (get_layer_id_for_vit):
+    stem decay^(depth+1), block i decay^(depth-i), final norm and head 1."""
+    model = timm.create_model("crate_tiny", num_classes=5, **SMALL)
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5,
+                                      no_weight_decay_list=model.no_weight_decay())
+    scale = {n: g["lr_scale"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    depth = 3
+    assert scale["cls_token"] == scale["patch_embed.proj.weight"] == 0.5 ** (depth + 1)
+    for i in range(depth):
+        assert scale[f"blocks.{i}.attn.qkv.weight"] == scale[f"blocks.{i}.ista.dictionary"] == 0.5 ** (depth - i)
+    assert scale["norm.weight"] == scale["head.weight"] == scale["head.bias"] == 1.0
+    decayed = {n for g in groups if g["weight_decay"] > 0 for n, p in model.named_parameters()
+               if any(p is q for q in g["params"])}
+    assert "cls_token" not in decayed and "norm.weight" not in decayed and "blocks.0.ista.dictionary" in decayed
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = crate_mae.create_model("crate_mae_tiny", **SMALL)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        model(imgs, noise=noise).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], msg=n)
+
+
+def test_local_pretrained_files(tmp_path):
+    """Our CRATE-MAE checkpoint and an official state dict both load as timm encoders (the head stays fresh)."""
+    mae = crate_mae.create_model("crate_mae_tiny", **SMALL)
+    mae.save_pretrained(tmp_path / "mae")
+    enc = timm.create_model("crate_tiny", pretrained=True, num_classes=4, **SMALL,
+                            pretrained_cfg_overlay=dict(file=str(tmp_path / "mae" / "model.safetensors")))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.forward_features(x), mae.eval().forward_features(x))
+    from pathlib import Path
+
+    official = Path(__file__).parent / "fixtures" / "crate_mae_micro.official_state_dict.safetensors"
+    enc = timm.create_model("crate_tiny", pretrained=True, img_size=32, patch_size=4, embed_dim=64, depth=3,
+                            num_heads=4, pretrained_cfg_overlay=dict(file=str(official)))
+    ref = crate_mae.load_checkpoint(official, num_heads=4)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.eval().forward_features(x), ref.forward_features(x))
