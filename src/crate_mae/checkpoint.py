@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .models.crate_mae import CrateEncoder, CrateMAE
 from .models.layers import sincos_pos_embed
+from .models.official import from_official
 from .models.vit_mae import ViTMAE, vit_classifier
 from .utils import atomic_write
 
@@ -231,41 +232,9 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
 
 
 # -- official CRATE-MAE ----------------------------------------------------------------------------------------------
-_CRATE_KEY_MAP = [  # (official regex, ours)
-    (r"^cls_token$", "encoder.cls_token"),
-    (r"^patch_embed\.proj\.(weight|bias)$", r"encoder.patch_embed.proj.\1"),
-    (r"^norm\.(weight|bias)$", r"encoder.norm.\1"),
-    (r"^mask_token$", "mask_token"),
-    (r"^decoder_norm\.(weight|bias)$", r"decoder.norm.\1"),
-    (r"^decoder_pred\.(weight|bias)$", r"decoder_pred.\1"),
-    (r"^blocks\.(\d+)\.layers\.0\.0\.norm\.(weight|bias)$", r"encoder.blocks.\1.norm1.\2"),
-    (r"^blocks\.(\d+)\.layers\.0\.0\.fn\.qkv\.weight$", r"encoder.blocks.\1.attn.qkv.weight"),
-    (r"^blocks\.(\d+)\.layers\.0\.0\.fn\.to_out\.0\.(weight|bias)$", r"encoder.blocks.\1.attn.proj.\2"),
-    (r"^blocks\.(\d+)\.layers\.0\.1\.norm\.(weight|bias)$", r"encoder.blocks.\1.norm2.\2"),
-    (r"^blocks\.(\d+)\.layers\.0\.1\.fn\.weight$", r"encoder.blocks.\1.ista.dictionary"),
-    (r"^decoder_blocks\.(\d+)\.layers\.0\.0\.norm\.(weight|bias)$", r"decoder.blocks.\1.norm1.\2"),
-    (r"^decoder_blocks\.(\d+)\.layers\.0\.0\.fn\.weight$", r"decoder.blocks.\1.linear.weight"),
-    (r"^decoder_blocks\.(\d+)\.layers\.0\.1\.norm\.(weight|bias)$", r"decoder.blocks.\1.norm2.\2"),
-    (r"^decoder_blocks\.(\d+)\.layers\.0\.1\.fn\.qkv\.weight$", r"decoder.blocks.\1.attn.qkv.weight"),
-    (r"^decoder_blocks\.(\d+)\.layers\.0\.1\.fn\.to_out\.0\.(weight|bias)$", r"decoder.blocks.\1.attn.proj.\2"),
-]
-_CRATE_DROPPED = re.compile(r"^(pos_embed|decoder_pos_embed|decoder_embed\.(weight|bias))$")  # frozen / unused
-
-
 def convert_official_crate(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official CRATE-MAE state dict to our module tree. Unknown keys are kept (so that the strict load
-    names them) rather than silently dropped."""
-    out = {}
-    for k, v in state.items():
-        if _CRATE_DROPPED.match(k):
-            continue
-        for pattern, repl in _CRATE_KEY_MAP:
-            if re.match(pattern, k):
-                out[re.sub(pattern, repl, k)] = v
-                break
-        else:
-            out[f"<unrecognised>{k}"] = v
-    return out
+    """Rename an official CRATE-MAE state dict to our module tree (see :mod:`crate_mae.models.official`)."""
+    return from_official(state)
 
 
 def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) -> CrateMAE:

@@ -358,11 +358,6 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         self.encoder.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable
 
-    def set_impl(self, impl: str) -> "CrateMAE":
-        """'fast' (fused attention, 2-matmul ISTA) or 'reference' (the literal arithmetic of models/reference.py)."""
-        set_impl(self, impl)
-        return self
-
     def num_params(self, convention: str = "trainable") -> int:
         """'trainable': what this module really trains. 'official': the Ma-Lab-Berkeley/CRATE count, which adds two
         frozen sin-cos tables (1+L) x D and the unused decoder_embed Linear(D, D)."""
@@ -396,14 +391,6 @@ def init_weights(model: nn.Module, patch_embed: nn.Module, tokens: list[nn.Param
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-def set_impl(model: nn.Module, impl: str) -> None:
-    if impl not in ("fast", "reference"):
-        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
-    for m in model.modules():
-        if isinstance(m, (MSSA, ISTA)):
-            m.impl = impl
 
 
 def check_images(imgs: torch.Tensor, patch_size: int, in_chans: int) -> None:
