@@ -285,3 +285,33 @@ def test_run_files_are_as_readable_as_plain_files(tmp_path):
     files = [out / "config.yaml", out / "metrics.jsonl", out / "model" / "model.safetensors",
              out / "model" / "config.json", *find_latest_checkpoint(out).iterdir()]
     assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o644"}
+
+
+# -- collectives under torchrun -------------------------------------------------------------------------------------
+def test_collectives_under_torchrun(tmp_path):
+    """2 processes, gloo: gradient sync once per optimizer step, one all-reduce per step, rank 0's clock decides,
+    a NaN on one rank stops every rank (the others would otherwise wait in the next collective forever)."""
+    import sys
+    from pathlib import Path
+
+    from test_pretrain import ENV, _free_port
+
+    script = Path(__file__).with_name("_engine_ranks.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(script), str(tmp_path)]
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for task in TASKS:
+        one, two = r0[f"{task}_accum1"], r0[f"{task}_accum2"]
+        assert one["steps"] == two["steps"] == 3, (one, two)
+        assert two["grad_all_reduce"] == one["grad_all_reduce"] > 0  # no_sync covers forward and backward
+        assert two["broadcast_buffers"] is False
+    p2 = r0["pretrain_accum2"]  # loss, grad norm and stop flag travel together: one all-reduce a step
+    assert p2["all_reduce"] - p2["grad_all_reduce"] == 3
+    for r in (r0, r1):
+        assert (r["rank1_late_clock"]["stopped"], r["rank1_late_clock"]["steps"]) == ("max_steps", 4)
+        assert (r["rank0_late_clock"]["stopped"], r["rank0_late_clock"]["steps"]) == ("max_minutes", 1)
+    err = r0["finetune_nan_on_rank1"].get("error", "")
+    assert "NonFiniteLossError: loss is nan at epoch 0, optimizer step 0" in err
+    assert r1["finetune_nan_on_rank1"].get("error") == err

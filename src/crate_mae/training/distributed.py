@@ -90,10 +90,15 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, compile: bool = False) ->
     """The module the training loop calls: ``model`` in DDP under torchrun, then ``torch.compile`` when asked.
     Checkpoints keep saving ``model`` itself, so their keys carry neither wrapper's prefix.
 
-    ``broadcast_buffers=False``: the only buffers are the fixed sin-cos tables (identical on every rank); DDP would
-    otherwise re-send them before every forward."""
+    No buffer sync before each forward (``broadcast_buffers=False``): the only buffers are the fixed sin-cos tables,
+    identical on every rank, which DDP would otherwise re-send before every forward."""
+    import inspect
+
     net = model
     if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False)
+        DDP = torch.nn.parallel.DistributedDataParallel
+        # torch >= 2.14 renames the flag (and warns about the old name)
+        no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                          else "broadcast_buffers": False}
+        net = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None, **no_buffer_sync)
     return torch.compile(net) if compile else net
