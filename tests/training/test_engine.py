@@ -315,3 +315,29 @@ def test_collectives_under_torchrun(tmp_path):
     err = r0["finetune_nan_on_rank1"].get("error", "")
     assert "NonFiniteLossError: loss is nan at epoch 0, optimizer step 0" in err
     assert r1["finetune_nan_on_rank1"].get("error") == err
+
+
+# -- online k-NN monitoring -----------------------------------------------------------------------------------------
+def test_online_knn_probe_is_logged_and_leaves_training_unchanged(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k, name in enumerate(("red", "blue")):
+            (tmp_path / "labelled" / split / name).mkdir(parents=True)
+            for i in range(6):
+                img = rng.integers(0, 100, (32, 32, 3))
+                img[..., 2 * k] += 150
+                Image.fromarray(img.astype(np.uint8)).save(tmp_path / "labelled" / split / name / f"{i}.png")
+    plain = train("pretrain", tmp_path / "plain")
+    watched = train("pretrain", tmp_path / "knn", "run.knn_every_epochs=1", f"run.knn_data={tmp_path / 'labelled'}",
+                    "run.knn_k=3")
+    knn_rows = [r for r in rows(tmp_path / "knn") if r.get("event") == "knn"]
+    assert [r["epoch"] for r in knn_rows] == [1, 2] and [r["step"] for r in knn_rows] == [6, 12]
+    assert all(0 <= r["top1"] <= 100 and r["top5"] == 100.0 for r in knn_rows)  # 2 classes: top-5 is certain
+    assert watched["knn"] == {"top1": knn_rows[-1]["top1"], "top5": 100.0}
+    events = EventAccumulator(str(tmp_path / "knn" / "tb")).Reload()
+    assert [e.step for e in events.Scalars("knn/top1")] == [1, 2]
+    assert watched["weights_sha256"] == plain["weights_sha256"]  # monitoring does not perturb training

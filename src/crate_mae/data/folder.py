@@ -70,16 +70,18 @@ def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     return Image.fromarray(np.round(a * scale).astype(np.uint8)).convert("RGB")
 
 
-def walk_images(root: str | os.PathLike) -> list[str]:
+def walk_images(root: str | os.PathLike, seen: set[tuple[int, int]] | None = None) -> list[str]:
     """Image files under ``root``, recursively and sorted, following symlinks, skipping hidden folders.
 
     A symlinked folder that leads to a folder already walked (a loop such as ``a/b -> ..``, or a second way into the
-    same folder) is skipped with one warning naming the link: following it would list the same files again."""
-    seen: set[tuple[int, int]] = set()
+    same folder) is skipped with one warning naming the link: following it would list the same files again.
+    ``seen`` (``(st_dev, st_ino)`` of folders) is shared across calls to keep several walks apart; ``root`` itself
+    is always walked."""
+    seen = set() if seen is None else seen
     paths = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:
+        if (st.st_dev, st.st_ino) in seen and dirpath != str(root):
             log.warning("skipping %s: it leads to a folder already read (%s), e.g. a symlink loop",
                         dirpath, os.path.realpath(dirpath))
             dirnames[:] = []
@@ -88,6 +90,11 @@ def walk_images(root: str | os.PathLike) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         paths.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
     return sorted(paths)
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 class ImageFiles(Dataset):
@@ -166,7 +173,9 @@ class ImageFolderDataset(ImageFiles):
         except FileNotFoundError:
             raise FileNotFoundError(f"no class sub-folders in {root} (ImageFolder layout is root/<class>/<image>; "
                                     "use kind='folder' for a flat folder of unlabelled images)") from None
-        samples = [(p, class_to_idx[c]) for c in classes for p in walk_images(root / c)]
+        # A link inside one class folder must not lead back into the tree (another class, or the root).
+        seen = {_identity(root), *(_identity(root / c) for c in classes)}
+        samples = [(p, class_to_idx[c]) for c in classes for p in walk_images(root / c, seen)]
         if samples:
             empty = sorted(set(classes) - {classes[label] for _, label in samples})
             if empty:
