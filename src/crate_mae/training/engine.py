@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 
 from ..utils import NoSpaceError, amp_dtype
@@ -246,17 +247,18 @@ class Runner:
                 boundary = micro == accum - 1
                 # DDP decides in forward whether backward all-reduces, so both run under no_sync.
                 sync = self.net.no_sync() if info.enabled and not boundary else contextlib.nullcontext()
-                with sync:
+                with sync, record_function("crate_mae.micro_batch"):  # named ranges in profiler traces
                     with autocast:
                         loss = self.task.loss(self.net, batch)
                     scaled = loss / accum
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                loss_acc += loss.detach().float() / accum
+                    loss_acc += loss.detach().float() / accum
                 st.iter_in_epoch += 1
                 n_last += o.batch_size * info.world_size
                 if not boundary:
                     continue
-                loss_value, grad_norm, stop = self._step(loss_acc)
+                with record_function("crate_mae.optimizer_step"):
+                    loss_value, grad_norm, stop = self._step(loss_acc)
                 loss_acc = torch.zeros((), device=self.device)
                 now = clock()
                 img_per_s, t_last, n_last = n_last / max(now - t_last, 1e-9), now, 0
