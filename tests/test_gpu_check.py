@@ -15,11 +15,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 def test_gpu_check_runs_on_cpu_at_micro_size(tmp_path, capsys):
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # micro models: threads cost more than they give on a shared CI machine
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rc = module.main(["--micro", "--device", "cpu", "--json", str(tmp_path / "r.json")])
+    try:
+        spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        rc = module.main(["--micro", "--device", "cpu", "--json", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)
     report = json.loads((tmp_path / "r.json").read_text())
     status = {r["item"]: r["status"] for r in report["results"]}
     printed = capsys.readouterr().out
