@@ -236,6 +236,8 @@ def test_same_step_saved_twice_leaves_a_complete_checkpoint_at_every_instant(tmp
 def test_epoch_mean_loss_spans_a_mid_epoch_resume(task, tmp_path):
     out = tmp_path / "run"
     train(task, out, "run.max_steps=2", "run.ckpt_every_steps=1")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.')  # a row cut short by a kill
     train(task, out, "run.resume=auto")
     log = rows(out)
     steps = [r for r in log if "event" not in r and r["epoch"] <= 1]

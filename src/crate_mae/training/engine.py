@@ -199,7 +199,7 @@ class Runner:
         self._resume(r.resume)
         self.net: nn.Module = wrap_model(self.task.model, info, r.compile)
         self.images_seen = 0
-        self.t0 = clock()
+        self.t0 = 0.0  # set when training starts
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -463,9 +463,15 @@ class Runner:
         step = self.state.step
         path = self.out / "metrics.jsonl"
         if path.is_file():
-            rows = [line for line in path.read_text().splitlines() if line.strip()]
-            keep = [line for line in rows if (r := json.loads(line)).get("step", 0) <= step and r.get("event") != "end"]
-            atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in keep)))
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # the half-written last line of a killed run
+                    continue
+                if row.get("step", 0) <= step and row.get("event") != "end":
+                    keep.append(line + "\n")
+            atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
         self.writer = SummaryWriter(str(self.out / "tb"), purge_step=step + 1 if step else None)
         o, t = self.cfg.optim, self.task
         n = sum(p.numel() for p in t.model.parameters())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -15,7 +14,7 @@ from typing import Any, Callable, Iterator
 from .device import amp_dtype, autocast_dtype, default_device
 
 __all__ = ["NoSpaceError", "amp_dtype", "atomic_write", "autocast_dtype", "default_device", "file_sha256",
-           "parse_key_values", "read_json", "torch_load", "writing"]
+           "parse_key_values", "torch_load", "writing"]
 
 
 class NoSpaceError(RuntimeError):
@@ -120,17 +119,6 @@ def torch_load(path: str | os.PathLike) -> Any:
     except Exception as e:
         raise ValueError(f"{path} is damaged (truncated or corrupt): {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; invalid JSON is a ValueError naming the file, line and column."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a text (JSON) file") from None
 
 
 def parse_key_values(items: list[str], form: str = "KEY=VALUE") -> dict:
