@@ -75,3 +75,14 @@ def test_probes_on_an_official_crate_mae_state_dict(shared_dir, make_folder, tmp
     assert lin["checkpoint_sha256"] == sha and nn_["metrics"]["k5_top1"] == nn_["metrics"]["top1"]
     # The three colour-tinted classes are easy even for micro random-ish weights: well above chance (33 %).
     assert lin["metrics"]["top1"] > 60
+
+
+def test_features_record_their_precision_and_refuse_to_mix(image_folder, tiny_encoder):
+    a = _features("crate_mae_tiny", image_folder, "train", tiny_encoder, limit=4, device="cpu")
+    assert a.meta["precision"] == {"device": "cpu", "dtype": "float32"}
+    b = FeatureSet(cls=a.cls, mean=a.mean, labels=a.labels, classes=a.classes,
+                   meta={**a.meta, "precision": {"device": "cuda", "dtype": "bfloat16"}})
+    with pytest.raises(ValueError, match="computed differently: train .* on cpu in float32, val .* on cuda in "
+                                         "bfloat16"):
+        check_compatible(a, b)
+    check_compatible(a, a)

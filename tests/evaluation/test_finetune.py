@@ -130,3 +130,24 @@ def test_shipped_finetune_config_is_valid():
 
     cfg = load_finetune_config(Path(str(resources.files("crate_mae") / "configs" / "finetune_cifar.yaml")), [])
     assert (cfg.optim.layer_decay, cfg.aug.mixup, cfg.aug.smoothing) == (0.75, 0.8, 0.1)
+
+
+def test_loaders_are_built_once_with_persistent_workers(image_folder, tmp_path, monkeypatch):
+    import torch.utils.data as tud
+
+    from crate_mae.evaluation import finetune as ft_module
+    from crate_mae.training import engine
+
+    built = []
+
+    class Recording(tud.DataLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(engine, "DataLoader", Recording)
+    monkeypatch.setattr(ft_module, "DataLoader", Recording)
+    finetune(_cfg(image_folder, tmp_path / "ft", "optim.epochs=2", "optim.batch_size=4", "data.num_workers=1",
+                  *NO_AUG))
+    assert len(built) == 2  # one train and one val loader for the whole run, not one val loader per epoch
+    assert all(loader.persistent_workers for loader in built)

@@ -99,3 +99,21 @@ def test_mae_linear_head_exact_accuracy_on_separable_clusters():
     assert res["top1"] == pytest.approx(95.0)
     assert res["final_train_loss"] < 1.0
     assert set(res["head"]) >= {"bn.running_mean", "linear.weight"} and "bn.weight" not in res["head"]
+
+
+def test_knn_computes_similarities_and_top_k_once_for_all_k(monkeypatch):
+    x, y = clustered(25)
+    xv, yv = clustered(10, seed=1)
+    separate = {k: knn_scores(x, y, xv, k, 4) for k in (10, 20, 100)}
+    calls = []
+    topk = torch.Tensor.topk
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.shape)
+        return topk(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "topk", counting)
+    together = knn_scores(x, y, xv, [10, 20, 100], 4, device="cpu")
+    assert calls == [(40, 100)]  # one (queries, train) similarity matrix, one top-k for the largest k
+    for k, scores in together.items():
+        torch.testing.assert_close(scores, separate[k], rtol=1e-6, atol=0)

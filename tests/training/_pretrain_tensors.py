@@ -37,7 +37,7 @@ if __name__ == "__main__":
     import json
 
     cfg = config(sys.argv[1:])
-    summary = pretrain(cfg, dataset=dataset())
+    summary = pretrain(cfg, dataset=dataset(), device="cpu")  # gloo, even on a machine with fewer GPUs than ranks
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(cfg.run.output_dir, f"summary_rank{rank}.json"), "w") as f:
         json.dump(summary, f)

@@ -41,6 +41,10 @@ def test_resolved_config_round_trips(tmp_path):
     ("run.log_every=0", "run.log_every"),
     ("run.keep_checkpoints=0", "run.keep_checkpoints"),
     ("run.compile=maybe", "run.compile"),
+    ("data.path=5", "data.path"),
+    ("model.overrides={ista_lambda: -0.1}", "model.overrides.ista_lambda"),
+    ("model.overrides={ista_step_size: 0}", "model.overrides.ista_step_size"),
+    ("run.knn_every_epochs=2", "run.knn_data"),                     # monitoring needs a labelled folder
     ("optim.learning_rate=1", "optim.learning_rate"),              # unknown key
     ("train.epochs=1", "train"),                                    # unknown section
 ])
@@ -84,3 +88,30 @@ def test_shipped_configs_are_valid():
     assert book.optim.batch_size * book.optim.accum_iter * 8 == 4096
     for name in names:
         load_config(root / name)
+
+
+def test_yaml_syntax_errors_name_the_file_or_the_override(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  batch_size: [8\n")
+    with pytest.raises(ValueError, match=rf"{bad}: YAML syntax error: .* at line \d+, column \d+"):
+        load_config(bad)
+    with pytest.raises(ValueError, match=r"override 'model.overrides=\{patch_size: 4': the value is not valid YAML"):
+        load_config(None, ["data.demo=true", "model.overrides={patch_size: 4"])
+
+
+def test_config_errors_reach_the_user_as_one_line_each(tmp_path, capsys):
+    from crate_mae.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {seed: 1\n")
+    assert main(["pretrain", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
+
+
+def test_finetune_config_names_bad_paths_and_lambda():
+    from crate_mae.evaluation.finetune import load_finetune_config
+
+    with pytest.raises(ValueError) as e:
+        load_finetune_config(None, ["data.path=5", "model.overrides={ista_lambda: -1}"])
+    assert "data.path = 5" in str(e.value) and "model.overrides.ista_lambda = -1" in str(e.value)

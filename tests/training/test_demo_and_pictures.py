@@ -59,28 +59,66 @@ def test_pretrain_cli_reports_bad_config(tmp_path, capsys):
     assert "optim.batch_size" in err and "run.amp" in err
 
 
-class _Images(torch.utils.data.Dataset):
-    """64 random 32-px images; each read takes ``delay`` seconds (a slow decoder)."""
+class _Clock:
+    """A fake stopwatch: every reading advances it by ``tick`` (the compute of a step); reading images advances it
+    by their decoding cost. Nothing here depends on how fast the machine is."""
 
-    def __init__(self, delay: float):
-        self.delay = delay
+    def __init__(self, tick: float):
+        self.t, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t - self.tick
+
+
+class _Images(torch.utils.data.Dataset):
+    """64 random 32-px images; each read costs ``cost`` seconds on ``clock`` (a slow decoder)."""
+
+    def __init__(self, clock: _Clock, cost: float):
+        self.clock, self.cost = clock, cost
 
     def __len__(self):
         return 64
 
     def __getitem__(self, i):
-        import time
-
-        time.sleep(self.delay)
+        self.clock.t += self.cost
         return torch.randn(3, 32, 32), 0
 
 
-def test_epoch_budget_counts_data_loading_time():
+def _budget_cfg(*extra):
     from crate_mae.training import load_config
-    from crate_mae.training.demo import demo_config_path, epochs_for_budget
+    from crate_mae.training.demo import demo_config_path
 
-    cfg = load_config(demo_config_path(), ["optim.batch_size=8", "model.overrides.embed_dim=32",
-                                           "model.overrides.depth=1", "model.overrides.decoder_depth=1"])
-    fast, _ = epochs_for_budget(cfg, 1.0, 64, dataset=_Images(0.0))
-    slow, _ = epochs_for_budget(cfg, 1.0, 64, dataset=_Images(0.02))  # >= 0.16 s of loading per 8-image step
-    assert slow < fast / 2, (slow, fast)
+    return load_config(demo_config_path(), ["optim.batch_size=8", "model.overrides.embed_dim=32",
+                                            "model.overrides.depth=1", "model.overrides.decoder_depth=1", *extra])
+
+
+def test_epoch_budget_counts_data_loading_time():
+    from crate_mae.training.demo import epochs_for_budget
+
+    cfg = _budget_cfg()
+    for cost, expected_step in ((0.0, 0.01), (0.02, 0.01 + 8 * 0.02)):  # 8 images of `cost` each per step
+        clock = _Clock(tick=0.01)
+        epochs, warmup = epochs_for_budget(cfg, 1.0, 64, dataset=_Images(clock, cost), device="cpu", clock=clock)
+        assert epochs == int(60 / (expected_step * 1.05) / 8), (cost, epochs)
+        assert warmup == round(epochs * cfg.optim.warmup_epochs / cfg.optim.epochs, 2)
+
+
+def test_epoch_budget_is_timed_in_the_training_precision(monkeypatch):
+    """The timed steps run under the autocast training will use (bf16 here), not a fixed CPU fp32 model."""
+    import crate_mae.models
+    from crate_mae.training.demo import epochs_for_budget
+
+    seen = []
+    create = crate_mae.models.create_model
+
+    def spy(*args, **kwargs):
+        model = create(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda m, a: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+        return model
+
+    monkeypatch.setattr(crate_mae.models, "create_model", spy)
+    clock = _Clock(tick=0.01)
+    epochs_for_budget(_budget_cfg("run.amp=bf16"), 1.0, 64, dataset=_Images(clock, 0.0), device="cpu", clock=clock)
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)

@@ -129,8 +129,9 @@ def test_resume_auto_picks_newest_complete(tmp_path):
     assert resolve_resume("auto", tmp_path / "fresh") is None
     with pytest.raises(FileNotFoundError, match="step_00000008"):
         resolve_resume(str(broken), out)
-    # Resuming the finished 1-epoch run for a second epoch continues from step 6, skipping the broken folder.
-    run(out, "run.resume=auto", "run.ckpt_every_steps=2", "optim.epochs=2")
+    # Resuming the finished 1-epoch run for a second epoch (a schedule change, so it must be allowed) continues from
+    # step 6, skipping the broken folder.
+    run(out, "run.resume=auto", "run.ckpt_every_steps=2", "optim.epochs=2", "run.allow_config_change=true")
     s = summary(out)
     assert s["steps"] == 12 and s["first_loss"] is not None
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .coding_rate import RateConvention, coding_rate, compression_rate, sparsity
 from .figures import pyplot, save_figure
 from .hooks import LayerRecorder, crate_blocks
+from .inputs import full_precision
 
 METRICS = ("rc_mssa_in", "rc_z_half", "rate_out", "sparsity", "l0")
 METRIC_LABELS = {
@@ -133,7 +134,8 @@ def measure_layers(model: nn.Module, images: torch.Tensor | Iterable[torch.Tenso
                    convention: str = "official", eps: float = 0.1, batch_size: int = 16, seed: int = 0,
                    parts: tuple[str, ...] = ("encoder", "decoder")) -> LayerwiseStats:
     """Measure every CRATE layer (see module docstring) on ``images``: a normalised (N, C, H, W) tensor or an
-    iterable of such batches. Runs in eval mode on the model's device; masks are drawn from a ``seed``-ed generator."""
+    iterable of such batches. Runs in eval mode on the model's device, TF32 off (:func:`.inputs.full_precision`);
+    masks are drawn from a ``seed``-ed generator."""
     conv = RateConvention.make(convention, eps)
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -149,7 +151,7 @@ def measure_layers(model: nn.Module, images: torch.Tensor | Iterable[torch.Tenso
     model.eval()
     n_images, tokens = 0, None
     try:
-        with LayerRecorder(model, parts) as rec:
+        with full_precision(), LayerRecorder(model, parts) as rec:
             for imgs in batches:
                 imgs = imgs.to(device)
                 if is_mae:

@@ -36,7 +36,7 @@ import torch.nn as nn
 from .attention import crop_to_patch_multiple, upsample_nearest
 from .figures import clean_axis, pyplot, save_figure, to_hwc
 from .hooks import LayerRecorder
-from .inputs import Normalization
+from .inputs import Normalization, full_precision
 from ..models.crate_mae import CrateMAE
 
 FEATURE_KINDS = ("mssa", "output")
@@ -53,7 +53,7 @@ def patch_features(model: nn.Module, imgs: torch.Tensor, layer: int = -1, kind: 
     if not -len(blocks) <= layer < len(blocks):
         raise ValueError(f"encoder layer {layer} out of range for {len(blocks)} layers")
     layer %= len(blocks)
-    with LayerRecorder(model, parts=("encoder",)) as rec:
+    with full_precision(), LayerRecorder(model, parts=("encoder",)) as rec:
         encoder.forward_features(imgs)
         trace = rec.collect()[("encoder", layer)]
     feats = blocks[layer].attn.qkv(trace.mssa_in) if kind == "mssa" else trace.z_out

@@ -69,13 +69,14 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
                  images: str | Path | Sequence[str | Path] | torch.Tensor | None = None, num_images: int = 4,
                  mask_ratio: float = 0.75, seed: int = 0, convention: str = "official", eps: float = 0.1,
                  attention_layer: int = -1, attention_threshold: float = 0.6, pca_layer: int = -1,
-                 device: torch.device | str | None = None) -> Path:
+                 device: torch.device | str | None = None, strict: bool = False) -> Path:
     """Write ``out_dir/index.html`` (plus the layer-wise tables) and return its path.
 
     model_or_ckpt: a model, a checkpoint path (any format ``crate_mae.load_checkpoint`` reads) or a preset name
     (randomly initialised). images: a folder / files of photos, a normalised (N, 3, H, W) tensor, or None for the
     library's embedded photos. Photos are resized (shorter side) and centre-cropped to the model's image size and
-    normalised with the checkpoint's saved statistics (ImageNet's when none were saved).
+    normalised with the checkpoint's saved statistics (ImageNet's when none were saved); an unreadable photo is
+    skipped with a warning naming it (``strict``: refused).
     """
     t0 = time.time()
     out = Path(out_dir)
@@ -94,7 +95,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
         imgs, img_source = images[:num_images], "an in-memory batch"
     else:
         files = find_images(images, num_images)
-        imgs, img_source = load_images(files, size, norm), ", ".join(f.name for f in files)
+        imgs, img_source = load_images(files, size, norm, strict=strict), ", ".join(f.name for f in files)
     imgs = imgs.to(device)
     cfg = dict(getattr(model, "config", {}) or {})
     name = cfg.get("model") or cfg.get("architecture") or type(model).__name__
@@ -174,5 +175,4 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
             f"{html.escape(str(name))}</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     path = out / "index.html"
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
-    path.chmod(0o644)  # the temporary file was created private; the page is meant to be shared
     return path

@@ -14,6 +14,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="constructor overrides, e.g. --set img_size=32 patch_size=8 (presets) or num_heads=12")
     p.add_argument("--device", default=None, help="cpu / cuda / cuda:1 (default: cuda when available)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on an unreadable image file (default: skip it with a warning naming it)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,7 +87,7 @@ def _images(args, model, sources, img_size=None, keep_size=False):
             raise ValueError("--img-size 0 needs --images (the embedded photos come at the model's size)")
         return demo_images(size, args.num_images, norm), norm
     files = find_images(sources, args.num_images)
-    return load_images(files, None if keep_size else size, norm, model.patch_size), norm
+    return load_images(files, None if keep_size else size, norm, model.patch_size, strict=args.strict), norm
 
 
 def _analyze(args) -> int:
@@ -111,6 +113,7 @@ def _visualize(args) -> int:
     model = _load(args)
     keep = args.img_size == 0
     imgs, norm = _images(args, model, args.images, args.img_size or None, keep)
+    imgs = imgs.to(next(model.parameters()).device)
     path = Path(args.out) / f"{args.kind}.png"
     if args.kind == "reconstruct":
         reconstruction.save_reconstructions(model, imgs, norm, path, args.mask_ratio, args.seed)
@@ -130,6 +133,6 @@ def _report(args) -> int:
     if args.ckpt:
         model.config.setdefault("checkpoint", args.ckpt)
     path = write_report(model, args.out, images=args.images, num_images=args.num_images,
-                        mask_ratio=args.mask_ratio, seed=args.seed, convention=args.convention)
+                        mask_ratio=args.mask_ratio, seed=args.seed, convention=args.convention, strict=args.strict)
     print(path)
     return 0

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="shortcut for data.path=")
     p.add_argument("--output-dir", help="shortcut for run.output_dir=")
     p.add_argument("--resume", help="shortcut for run.resume= ('auto' or a checkpoint)")
+    from .train import _allow_change_arg
+
+    _allow_change_arg(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.epochs=50")
     p.set_defaults(func=_finetune)
 
@@ -196,6 +199,8 @@ def _finetune(args) -> int:
                       (args.output_dir, "run.output_dir"), (args.resume, "run.resume")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
+    if args.allow_config_change:
+        overrides.append("run.allow_config_change=true")
     cfg = load_finetune_config(args.config, overrides)
     finetune(cfg)
     print(f"result: {Path(cfg.run.output_dir) / 'result.json'}; best model: {Path(cfg.run.output_dir) / 'best'}")

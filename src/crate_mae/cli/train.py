@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="'auto': newest complete checkpoint in run.output_dir (fresh start if none); or a checkpoint")
     p.add_argument("--output-dir", default=None, help="shortcut for run.output_dir=...")
+    _allow_change_arg(p)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("demo", help="pretrain a small CRATE-MAE on embedded photos for a few minutes, then picture it")
@@ -34,10 +35,18 @@ def _pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"run.resume={args.resume}")
     if args.output_dir is not None:
         overrides.append(f"run.output_dir={args.output_dir}")
+    if args.allow_config_change:
+        overrides.append("run.allow_config_change=true")
     summary = pretrain(load_config(args.config, overrides))
     if summary.get("world_size", 1) == 1 or _rank() == 0:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _allow_change_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although model, data or schedule keys differ from the checkpoint's config "
+                        "(shortcut for run.allow_config_change=true)")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -52,7 +52,13 @@ def detect_kind(path: str | os.PathLike, split: str | None = None) -> str:
 
 
 def _has_image(directory: str) -> bool:
-    for _, dirnames, filenames in os.walk(directory, followlinks=True):
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         if any(is_image_file(f) for f in filenames):
             return True

@@ -18,15 +18,15 @@ from typing import Callable
 
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from .transforms import to_tensor_transform
 
 log = logging.getLogger("crate_mae.data")
 
 # What PIL raises on bad files: OSError (truncated / unidentified / unreadable / vanished), SyntaxError ("broken PNG
-# file"), ValueError and EOFError (malformed headers), DecompressionBombError (absurd sizes).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# file"), ValueError and EOFError (malformed headers, pixel values without a scale), DecompressionBombError.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 class UnreadableImageError(ValueError):
@@ -40,10 +40,61 @@ def is_image_file(path: str) -> bool:
 
 
 def pil_rgb_loader(path: str) -> Image.Image:
-    """Open and fully decode ``path`` as RGB (decoding here, not lazily, so truncation surfaces inside the guard)."""
+    """Open and fully decode ``path`` as 8-bit RGB (decoding here, not lazily, so truncation surfaces inside the
+    guard). Images with more than 8 bits per channel are scaled, not clipped (see :func:`to_rgb`)."""
     with open(path, "rb") as f:
-        img = Image.open(f)
+        return to_rgb(Image.open(f), path)
+
+
+def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
+    """8-bit RGB. ``convert("RGB")`` clips 16/32-bit integer pixels to 255 (a 16-bit PNG turns white) and float
+    pixels in [0, 1] to 0 or 1 (a float TIFF turns black), so those modes are rescaled first: 16-bit integers by
+    1/257, floats in [0, 1] by 255. Integers above 16 bits or floats outside [0, 1] have no agreed scale and are
+    refused (ValueError naming the file; a dataset skips it like any unreadable file)."""
+    import numpy as np
+
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
         return img.convert("RGB")
+    a = np.asarray(img, dtype=np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (0.0 <= lo and hi <= 1.0):
+            raise ValueError(f"{name}: float image with values in [{lo:g}, {hi:g}], not [0, 1]; convert it to 8 "
+                             "or 16 bits")
+        scale = 255.0
+    else:
+        if not (0 <= lo and hi <= 65535):
+            raise ValueError(f"{name}: {img.mode} image with values in [{lo:g}, {hi:g}], beyond 16 bits; convert "
+                             "it to 8 or 16 bits")
+        scale = 1 / 257
+    return Image.fromarray(np.round(a * scale).astype(np.uint8)).convert("RGB")
+
+
+def walk_images(root: str | os.PathLike, seen: set[tuple[int, int]] | None = None) -> list[str]:
+    """Image files under ``root``, recursively and sorted, following symlinks, skipping hidden folders.
+
+    A symlinked folder that leads to a folder already walked (a loop such as ``a/b -> ..``, or a second way into the
+    same folder) is skipped with one warning naming the link: following it would list the same files again.
+    ``seen`` (``(st_dev, st_ino)`` of folders) is shared across calls to keep several walks apart; ``root`` itself
+    is always walked."""
+    seen = set() if seen is None else seen
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen and dirpath != str(root):
+            log.warning("skipping %s: it leads to a folder already read (%s), e.g. a symlink loop",
+                        dirpath, os.path.realpath(dirpath))
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        paths.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+    return sorted(paths)
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 class ImageFiles(Dataset):
@@ -89,7 +140,7 @@ class ImageFiles(Dataset):
             path, label = self.samples[j]
             try:
                 img = self.loader(path)
-            except _DECODE_ERRORS as e:
+            except DECODE_ERRORS as e:
                 if self.strict:
                     raise UnreadableImageError(f"cannot read image file {path}: {type(e).__name__}: {e} "
                                                "(strict mode; set strict=False to skip unreadable files)") from e
@@ -122,7 +173,9 @@ class ImageFolderDataset(ImageFiles):
         except FileNotFoundError:
             raise FileNotFoundError(f"no class sub-folders in {root} (ImageFolder layout is root/<class>/<image>; "
                                     "use kind='folder' for a flat folder of unlabelled images)") from None
-        samples = make_dataset(str(root), class_to_idx, is_valid_file=is_image_file, allow_empty=True)
+        # A link inside one class folder must not lead back into the tree (another class, or the root).
+        seen = {_identity(root), *(_identity(root / c) for c in classes)}
+        samples = [(p, class_to_idx[c]) for c in classes for p in walk_images(root / c, seen)]
         if samples:
             empty = sorted(set(classes) - {classes[label] for _, label in samples})
             if empty:
@@ -135,11 +188,7 @@ class FlatImageFolder(ImageFiles):
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False):
         root = _existing_dir(root)
-        paths = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            paths.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
-        super().__init__(root, [(p, -1) for p in sorted(paths)], [], transform, strict)
+        super().__init__(root, [(p, -1) for p in walk_images(root)], [], transform, strict)
 
 
 def _existing_dir(root: str | os.PathLike) -> Path:

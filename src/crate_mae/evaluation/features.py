@@ -127,11 +127,9 @@ def extract_features(model: nn.Module, batches: Iterable, layers: Sequence[int] 
     hooks = [blocks[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out)) for i in wanted]
     out: dict[str, list] = {"cls": [], "mean": [], "labels": []}
     per_layer: dict[int, dict[str, list]] = {i: {"cls": [], "mean": []} for i in wanted}
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from ..utils.progress import Progress
 
-        bar = tqdm(total=total, desc="features", unit="img", dynamic_ncols=True, leave=False)
+    bar = Progress(total, "features", "img", enabled=progress)
     try:
         for imgs, labels in batches:
             imgs = imgs.to(device, non_blocking=True)
@@ -141,13 +139,11 @@ def extract_features(model: nn.Module, batches: Iterable, layers: Sequence[int] 
             out["labels"].append(torch.as_tensor(labels).long().cpu())
             for i in wanted:
                 _pool_into(per_layer[i], captured[i])
-            if bar is not None:
-                bar.update(imgs.shape[0])
+            bar.update(imgs.shape[0])
     finally:
         for h in hooks:
             h.remove()
-        if bar is not None:
-            bar.close()
+        bar.close()
     if not out["labels"]:
         raise ValueError("no images: the dataset is empty")
     return {"cls": torch.cat(out["cls"]), "mean": torch.cat(out["mean"]), "labels": torch.cat(out["labels"]),
@@ -260,15 +256,17 @@ def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathL
     device = torch.device(device) if device is not None else default_device()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    raw = extract_features(model, loader, layers=layers, device=device, amp_dtype=autocast_dtype(device),
-                           progress=progress, total=len(dataset))
+    dtype = autocast_dtype(device)
+    raw = extract_features(model, loader, layers=layers, device=device, amp_dtype=dtype, progress=progress,
+                           total=len(dataset))
     from .. import __version__
 
     meta = {"checkpoint": ckpt_name, "checkpoint_sha256": sha, "model": getattr(model, "config", {}).get("model"),
             "architecture": getattr(model, "config", {}).get("architecture"), "dataset": str(data), "split": split,
             "num_images": len(dataset), "transform": {"img_size": img_size, "crop_pct": crop_pct, "mean": mean,
                                                       "std": std},
-            "layers": sorted(raw["layers"]), "crate_mae_version": __version__}
+            "layers": sorted(raw["layers"]), "crate_mae_version": __version__,
+            "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")}}
     return FeatureSet(cls=raw["cls"], mean=raw["mean"], labels=raw["labels"], classes=classes, layers=raw["layers"],
                       meta=meta)
 
@@ -281,8 +279,17 @@ def check_compatible(train: FeatureSet, val: FeatureSet) -> None:
             f"{str(train.checkpoint_sha256)[:12]} ({train.meta.get('checkpoint')}), val {val.meta.get('path', '')} "
             f"has {str(val.checkpoint_sha256)[:12]} ({val.meta.get('checkpoint')})")
     check_same_classes(train.classes, val.classes, "train features", "val features")
+    a, b = train.meta.get("precision"), val.meta.get("precision")
+    if a != b:  # bf16 features (CUDA autocast) sit measurably apart from fp32 ones (CPU) of the same images
+        raise ValueError(f"feature files were computed differently: train {train.meta.get('path', '')} on "
+                         f"{_precision(a)}, val {val.meta.get('path', '')} on {_precision(b)}; extract both on the "
+                         "same kind of device (--device)")
     if train.cls.shape[1] != val.cls.shape[1]:
         raise ValueError(f"feature widths differ: train {train.cls.shape[1]}, val {val.cls.shape[1]}")
+
+
+def _precision(p: dict[str, str] | None) -> str:
+    return f"{p['device']} in {p['dtype']}" if p else "an unrecorded device (written before crate-mae recorded it)"
 
 
 def check_same_classes(a: Sequence[str], b: Sequence[str], name_a: str = "train", name_b: str = "val") -> None:

@@ -10,19 +10,17 @@
 - loss: mixup / cutmix (``timm.data.Mixup``) with label smoothing and ``SoftTargetCrossEntropy``;
 - optimiser: AdamW on :func:`param_groups_lrd` (layer-wise lr decay, no weight decay on 1-D parameters and
   tokens), per-step warm-up + half-cosine schedule (``crate_mae.training.WarmupCosine``), lr = blr * batch / 256;
-- bookkeeping shared with pretraining (``crate_mae.training``): torchrun DDP, :class:`EpochSampler` data order,
-  atomic step checkpoints with optimizer + RNG state and ``run.resume``, metrics.jsonl + TensorBoard; the best
-  val top-1 model is saved to ``<output_dir>/best`` and a result JSON to ``<output_dir>/result.json``.
+- the run itself is the engine shared with pretraining (:mod:`crate_mae.training.engine`): torchrun DDP,
+  determinism, atomic step checkpoints with optimizer + RNG state, ``run.resume`` with a config check, the
+  output-folder lock, metrics.jsonl + TensorBoard, stop conditions and the NaN guard; the best val top-1 model is
+  saved to ``<output_dir>/best`` and a result JSON to ``<output_dir>/result.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -30,9 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..training.config import Checks, RunConfig, build_sections, plain, read_raw_config
-from ..training.distributed import wrap_model
-from ..training.pretrain import amp_dtype, seed_all  # same precision and seeding policy as pretraining
+from ..training.config import Checks, RunConfig, build_sections, flatten, plain, read_raw_config
+from ..training.engine import Runner, Task, run
 
 # -- configuration -------------------------------------------------------------------------------------------------
 
@@ -142,6 +139,11 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
         check(m.name in _MODELS and not m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
               "must be a registered encoder classifier (crate_*) when model.checkpoint is null")
     check(d.path is not None, "data.path", d.path, "required (an ImageFolder root or CIFAR directory)")
+    if d.path is not None:
+        check.path(d.path, "data.path")
+    check.path(m.checkpoint, "model.checkpoint", required=False)
+    if isinstance(m.overrides, dict):
+        check.model_overrides(m.overrides)
     check(d.img_size is None or pos_int(d.img_size), "data.img_size", d.img_size, "must be a positive integer")
     for key in ("mean", "std"):
         v = getattr(d, key)
@@ -204,36 +206,6 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
 
 
 # -- data --------------------------------------------------------------------------------------------------------------
-class SeededLabelled(Dataset):
-    """``ds[(epoch, i)] -> (image, label)`` augmented under the seed ``sample_seed(seed, epoch, i)``, so the
-    augmentation of every sample is a function of (seed, epoch, index) whatever the worker, rank or restart."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        import random
-
-        import numpy as np
-
-        from ..training.sampling import sample_seed
-
-        epoch, index = key
-        s = sample_seed(self.seed, epoch, index)
-        state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
-            random.seed(s)  # timm's RandAugment and random erasing draw from python's `random`
-            np.random.seed(s % 2**32)
-            img, label = self.dataset[index]
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-        return img, label
-
-
 def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], aug: FinetuneAugConfig):
     """timm's ImageNet training pipeline: RandomResizedCrop(scale, bicubic), flip, RandAugment, ToTensor,
     Normalize, random erasing (pixel mode)."""
@@ -287,46 +259,35 @@ def finetune(cfg: FinetuneConfig, train_dataset: Dataset | None = None, val_data
     """Fine-tune ``cfg.model`` on ``cfg.data`` (or on the given datasets of ``(image tensor, label)``, which must
     then carry ``.classes`` and their own transforms). Returns the result dict also written to
     ``<output_dir>/result.json`` (metrics: final and best val top-1 / top-5)."""
-    from ..training.distributed import cleanup_distributed, init_distributed
-
-    cfg.validate()
-    info = init_distributed(device)
-    try:
-        return _Finetune(cfg, info, train_dataset, val_dataset).fit()
-    finally:
-        cleanup_distributed()
+    return run(cfg, lambda runner: Finetuning(runner, train_dataset, val_dataset), device)
 
 
-class _Finetune:
-    def __init__(self, cfg: FinetuneConfig, info, train_dataset: Dataset | None, val_dataset: Dataset | None):
-        from ..training.checkpointing import resolve_resume
-        from ..training.optim import WarmupCosine, effective_lr
-        from ..training.sampling import EpochSampler
+class Finetuning(Task):
+    """The fine-tuning task of the run engine: classifier, mixup + soft-target loss, layer-decay AdamW, per-epoch
+    validation and the best model."""
+
+    name = "fine-tuning"
+    guarded = ("model.", "data.", "aug.", "optim.", "run.seed")
+
+    def __init__(self, runner: Runner, train_dataset: Dataset | None, val_dataset: Dataset | None):
+        super().__init__(runner)
+        from ..data import IMAGENET_MEAN, IMAGENET_STD
+        from ..training.sampling import SeededSamples
         from .features import check_same_classes, default_crop_pct, model_data_config
 
-        self.cfg, self.info, self.device = cfg, info, info.device
-        d, o, r = cfg.data, cfg.optim, cfg.run
-        self.out = Path(r.output_dir)
-        self.amp_dtype = amp_dtype(r.amp, self.device)
-        self.resume_from = resolve_resume(r.resume, self.out)
-        torch.manual_seed(r.seed)
-
+        cfg = self.cfg = runner.cfg
+        d, r = cfg.data, cfg.run
+        self.title = cfg.model.checkpoint or cfg.model.name
         # The checkpoint decides size and normalisation unless the config does.
-        self.model = None
         if cfg.model.checkpoint is not None:
-            probe = build_classifier(cfg, 0, None)
-            dc = model_data_config(probe)
-            del probe
+            dc = model_data_config(build_classifier(cfg, 0, None))
         else:
             from ..models.registry import model_defaults
 
             dc = {"img_size": cfg.model.overrides.get("img_size", model_defaults(cfg.model.name).get("img_size")),
                   "mean": None, "std": None}
         img_size = d.img_size or dc["img_size"] or 224
-        from ..data import IMAGENET_MEAN, IMAGENET_STD
-
-        mean = list(d.mean or dc["mean"] or IMAGENET_MEAN)
-        std = list(d.std or dc["std"] or IMAGENET_STD)
+        mean, std = list(d.mean or dc["mean"] or IMAGENET_MEAN), list(d.std or dc["std"] or IMAGENET_STD)
         self.data_info = {"img_size": img_size, "mean": mean, "std": std,
                           "crop_pct": d.crop_pct if d.crop_pct is not None else default_crop_pct(img_size)}
         if train_dataset is None or val_dataset is None:
@@ -341,192 +302,94 @@ class _Finetune:
         check_same_classes(self.classes, val_dataset.classes, f"train split ({d.train_split})",
                            f"val split ({d.val_split})")
         self.num_classes = len(self.classes)
-
-        torch.manual_seed(r.seed)  # identical head init on every rank
-        self.model = build_classifier(cfg, self.num_classes, img_size).to(self.device)
-        seed_all(r.seed + info.rank)  # rank-specific streams for drop path and mixup (numpy), as in pretraining
-        self.train_set = SeededLabelled(train_dataset, r.seed)
+        torch.manual_seed(r.seed)  # the same head on every rank
+        self.model = build_classifier(cfg, self.num_classes, img_size).to(runner.device)
+        self.train_set = SeededSamples(train_dataset, r.seed)
         self.val_set = val_dataset
-        self.sampler = EpochSampler(len(self.train_set), o.batch_size, r.seed, info.rank, info.world_size)
-        self.steps_per_epoch = self.sampler.steps_per_epoch // o.accum_iter
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"one epoch has {self.sampler.steps_per_epoch} batches, fewer than optim.accum_iter = "
-                             f"{o.accum_iter}")
-        self.iters_per_epoch = self.steps_per_epoch * o.accum_iter
-        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=d.num_workers,
-                                 pin_memory=self.device.type == "cuda",
-                                 generator=torch.Generator().manual_seed(r.seed))
+        info = runner.info
+        shard = torch.utils.data.Subset(val_dataset, range(info.rank, len(val_dataset), info.world_size))
+        self.val_loader = DataLoader(shard, batch_size=cfg.optim.batch_size, shuffle=False,
+                                     num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
+                                     pin_memory=runner.device.type == "cuda")
         self.mixup = build_mixup(cfg.aug, self.num_classes)
-        if self.mixup is not None and o.batch_size % 2:
-            raise ValueError(f"mixup/cutmix needs an even optim.batch_size, got {o.batch_size}")
+        if self.mixup is not None and cfg.optim.batch_size % 2:
+            raise ValueError(f"mixup/cutmix needs an even optim.batch_size, got {cfg.optim.batch_size}")
         self.criterion = build_criterion(cfg.aug, self.mixup)
+        self.best = {"top1": -1.0, "top5": 0.0, "epoch": 0}
+        self.history: list[dict[str, float]] = []
+        self.extra = {"data": {k: self.data_info[k] for k in ("img_size", "mean", "std")}, "classes": self.classes,
+                      "finetune": {"checkpoint": cfg.model.checkpoint, "global_pool": cfg.model.global_pool}}
 
-        self.lr = effective_lr(o.blr, o.batch_size, o.accum_iter, info.world_size, o.lr)
-        total = o.epochs * self.steps_per_epoch
-        self.schedule = WarmupCosine(self.lr, total, min(total, round(o.warmup_epochs * self.steps_per_epoch)),
-                                     o.min_lr)
+    def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        o = self.cfg.optim
         skip = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
         groups = param_groups_lrd(self.model, o.weight_decay, o.layer_decay, skip)
         for g in groups:
             g.pop("param_names")
-        self.optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(o.betas))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.epoch, self.step, self.iter_in_epoch = 0, 0, 0
-        self.best = {"top1": -1.0, "top5": 0.0, "epoch": 0}
-        self.history: list[dict[str, float]] = []
-        self.rng_to_restore = None
-        if self.resume_from is not None:
-            self._load(self.resume_from)
-        self.net: nn.Module = wrap_model(self.model, info, cfg.run.compile)
-        self.writer = None
-        self.extra = {"data": {k: self.data_info[k] for k in ("img_size", "mean", "std")}, "classes": self.classes,
-                      "finetune": {"checkpoint": cfg.model.checkpoint, "global_pool": cfg.model.global_pool}}
-        self.t0 = time.perf_counter()
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas))
 
-    # -- loop -------------------------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        from ..training.checkpointing import restore_rng
+    def loss(self, net: nn.Module, batch: Any) -> torch.Tensor:
+        imgs, labels = batch
+        device = self.runner.device
+        imgs, labels = imgs.to(device, non_blocking=True), torch.as_tensor(labels).to(device, non_blocking=True)
+        if self.mixup is not None:
+            imgs, labels = self.mixup(imgs, labels)
+        return self.criterion(net(imgs), labels)
 
-        cfg, info = self.cfg, self.info
-        if info.is_main:
-            self._open_logs()
-            n = sum(p.numel() for p in self.model.parameters())
-            self._log(f"fine-tuning {cfg.model.checkpoint or cfg.model.name} ({n / 1e6:.2f}M params) on "
-                      f"{self.device}: {len(self.train_set)} train / {len(self.val_set)} val images, "
-                      f"{self.num_classes} classes, {self.steps_per_epoch} steps/epoch, lr {self.lr:.3g}"
-                      + (f"; resumed from {self.resume_from} (epoch {self.epoch}, step {self.step})"
-                         if self.resume_from else ""))
-        if self.rng_to_restore is not None:
-            restore_rng(self.rng_to_restore)
-        stopped = "completed"
-        last_eval = self.history[-1] if self.history else None
-        while self.epoch < cfg.optim.epochs:
-            stopped = self._train_epoch()
-            if stopped != "completed":
-                break
-            last_eval = self._end_epoch()
-        if stopped != "completed":
-            self._save()
-        if last_eval is None or stopped != "completed":
-            last_eval = self.evaluate()
-        return self._finish(stopped, last_eval)
+    def config_defaults(self) -> dict[str, Any]:
+        return flatten(FinetuneConfig().to_dict())
 
-    def _train_epoch(self) -> str:
-        o, r = self.cfg.optim, self.cfg.run
-        self.sampler.set_epoch(self.epoch, self.iter_in_epoch)
-        self.net.train()
-        accum = o.accum_iter
-        bar = self._bar()
-        losses = []
-        for imgs, labels in self.loader:
-            imgs = imgs.to(self.device, non_blocking=True)
-            labels = torch.as_tensor(labels).to(self.device, non_blocking=True)
-            if self.mixup is not None:
-                imgs, labels = self.mixup(imgs, labels)
-            if self.iter_in_epoch % accum == 0:
-                lr = self.schedule.apply(self.optimizer, self.step)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                loss = self.criterion(self.net(imgs), labels)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"fine-tuning loss became {loss.item()} at step {self.step}; lower optim.blr or "
-                                   "set optim.clip_grad")
-            self.iter_in_epoch += 1
-            boundary = self.iter_in_epoch % accum == 0
-            sync = self.net.no_sync() if (self.info.enabled and not boundary) else _null()
-            with sync:
-                (self.scaler.scale(loss / accum) if self.scaler else loss / accum).backward()
-            losses.append(loss.item())
-            if not boundary:
-                continue
-            if self.scaler:
-                self.scaler.unscale_(self.optimizer)
-            if o.clip_grad:
-                nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            if bar is not None:
-                bar.update(1)
-            if self.info.is_main and self.step % r.log_every == 0:
-                row = {"step": self.step, "epoch": self.epoch + self.iter_in_epoch / self.iters_per_epoch,
-                       "loss": sum(losses[-accum:]) / accum, "lr": lr, "time": time.time()}
-                self._write_row(row)
-                self.writer.add_scalar("train/loss", row["loss"], self.step)
-                self.writer.add_scalar("train/lr", lr, self.step)
-            if r.ckpt_every_steps and self.step % r.ckpt_every_steps == 0 and self.iter_in_epoch < self.iters_per_epoch:
-                self._save()
-            if r.max_steps is not None and self.step >= r.max_steps:
-                return "max_steps"
-            if r.max_minutes is not None and time.perf_counter() - self.t0 >= 60 * r.max_minutes:
-                return "max_minutes"
-        if bar is not None:
-            bar.close()
-        self._train_loss = sum(losses) / len(losses) if losses else float("nan")  # nan: resumed at epoch end
-        return "completed"
-
-    def _end_epoch(self) -> dict[str, float]:
-        from ..checkpoint import save_pretrained
-
-        self.epoch, self.iter_in_epoch = self.epoch + 1, 0
+    def end_epoch(self, epoch: int, train_loss: float) -> dict[str, dict[str, float]]:
         ev = self.evaluate()
-        ev = {"epoch": self.epoch, "step": self.step, "train_loss": self._train_loss, **ev}
-        self.history.append(ev)
-        improved = ev["top1"] > self.best["top1"]
-        if improved:
-            self.best = {"top1": ev["top1"], "top5": ev["top5"], "epoch": self.epoch}
-        if self.info.is_main:
-            if improved:
-                save_pretrained(self.model, self.out / "best", extra={**self.extra, "best": self.best})
-            self._log(f"epoch {self.epoch}/{self.cfg.optim.epochs}  train loss {ev['train_loss']:.4f}  val top1 "
-                      f"{ev['top1']:.2f}  top5 {ev['top5']:.2f}  (best {self.best['top1']:.2f} @ {self.best['epoch']})"
-                      f"  {time.perf_counter() - self.t0:.0f}s")
-            self._write_row({"event": "epoch", **ev})
-            for k in ("top1", "top5", "loss"):
-                self.writer.add_scalar(f"val/{k}", ev[k], self.epoch)
-        self._save()
-        return ev
+        self.history.append({"epoch": epoch, "step": self.runner.state.step, "train_loss": train_loss, **ev})
+        if ev["top1"] > self.best["top1"]:
+            self.best = {"top1": ev["top1"], "top5": ev["top5"], "epoch": epoch}
+            from ..checkpoint import save_pretrained
+
+            self.runner.check_weights()
+            self.runner.on_main(lambda: save_pretrained(self.model, self.runner.out / "best",
+                                                        extra={**self.extra, "best": self.best}))
+        return {"val": {**ev, "best_top1": self.best["top1"]}}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Val loss / top-1 / top-5 (%) of the current model; each rank scores a shard, counts are summed."""
-        import torch.distributed as dist
+        from ..training.distributed import all_reduce_sum
 
+        runner = self.runner
+        device, dtype = runner.device, runner.amp_dtype
+        was = self.model.training
         self.model.eval()
-        shard = list(range(self.info.rank, len(self.val_set), self.info.world_size))
-        loader = DataLoader(torch.utils.data.Subset(self.val_set, shard), batch_size=self.cfg.optim.batch_size,
-                            shuffle=False, num_workers=self.cfg.data.num_workers)
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, top1, top5, n
-        for imgs, labels in loader:
-            imgs, labels = imgs.to(self.device), torch.as_tensor(labels).to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+        for imgs, labels in self.val_loader:
+            imgs, labels = imgs.to(device, non_blocking=True), torch.as_tensor(labels).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = self.model(imgs).float()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
                                  (top[:, 0] == labels).sum(), (top == labels[:, None]).any(1).sum(),
-                                 torch.tensor(labels.shape[0], device=self.device)]).double()
-        if self.info.enabled:
-            dist.all_reduce(sums)
-        self.model.train()
-        n = max(sums[3].item(), 1)
-        return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n}
+                                 torch.tensor(labels.shape[0], device=device)]).double()
+        loss, top1, top5, n = all_reduce_sum(sums, runner.info).tolist()
+        self.model.train(was)
+        n = max(n, 1)
+        return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
 
-    def _finish(self, stopped: str, last: dict[str, float]) -> dict[str, Any]:
-        from ..training.distributed import barrier
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best), "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.best, self.history = dict(state["best"]), [dict(h) for h in state["history"]]
+
+    def finish(self, stopped: str) -> dict[str, Any]:
         from .features import checkpoint_sha256
         from .results import make_result, summary_line, write_result
 
-        cfg = self.cfg
-        sha = None
-        if cfg.model.checkpoint is not None:
-            sha = checkpoint_sha256(cfg.model.checkpoint)
+        cfg, runner = self.cfg, self.runner
+        last = self.history[-1] if self.history and stopped == "completed" else self.evaluate()
         best = self.best if self.best["top1"] >= 0 else {"top1": last["top1"], "top5": last["top5"],
-                                                          "epoch": self.epoch}
+                                                          "epoch": runner.state.epoch}
+        sha = checkpoint_sha256(cfg.model.checkpoint) if cfg.model.checkpoint is not None else None
         result = make_result(
             "finetune", {"top1": last["top1"], "top5": last["top5"], "best_top1": best["top1"],
                          "best_top5": best["top5"]},
@@ -535,86 +398,10 @@ class _Finetune:
                      "num_train": len(self.train_set), "num_val": len(self.val_set), "num_classes": self.num_classes,
                      "transform": self.data_info},
             config=cfg.to_dict(),
-            details={"stopped": stopped, "epochs": self.epoch, "steps": self.step, "best_epoch": best["epoch"],
-                     "lr": self.lr, "history": self.history, "best_model": str(self.out / "best"),
-                     "elapsed_s": time.perf_counter() - self.t0})
-        if self.info.is_main:
-            write_result(result, self.out / "result.json")
-            self._write_row({"event": "end", "step": self.step, **result["metrics"]})
-            self._log(summary_line(result))
-            if self.writer is not None:
-                self.writer.close()
-        barrier(self.info)
+            details={"stopped": stopped, "epochs": runner.state.epoch, "steps": runner.state.step,
+                     "best_epoch": best["epoch"], "lr": runner.lr, "history": self.history,
+                     "best_model": str(runner.out / "best"), "elapsed_s": runner.elapsed()})
+        runner.on_main(lambda: write_result(result, runner.out / "result.json"))
+        runner.log_row({"event": "end", "step": runner.state.step, **result["metrics"]})
+        runner.say(summary_line(result))
         return result
-
-    # -- checkpoints ------------------------------------------------------------------------------------------------
-    def _save(self) -> None:
-        from ..training.checkpointing import capture_rng, save_checkpoint
-        from ..training.distributed import barrier
-
-        rngs = [capture_rng()]
-        if self.info.enabled:
-            import torch.distributed as dist
-
-            rngs = [None] * self.info.world_size
-            dist.all_gather_object(rngs, capture_rng())
-        if self.info.is_main:
-            state = {"step": self.step, "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch,
-                     "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                     "schedule": self.schedule.state_dict(), "rng": rngs, "world_size": self.info.world_size,
-                     "best": self.best, "history": json.dumps(self.history), "config": self.cfg.to_dict()}
-            save_checkpoint(self.out, self.model, state, extra=self.extra, keep=self.cfg.run.keep_checkpoints)
-        barrier(self.info)
-
-    def _load(self, path: Path) -> None:
-        from ..training.checkpointing import restore_training_checkpoint
-
-        state = restore_training_checkpoint(path, self.model, self.optimizer, self.scaler, self.device)
-        self.epoch, self.step, self.iter_in_epoch = state["epoch"], state["step"], state["iter_in_epoch"]
-        self.best = dict(state["best"])
-        self.history = json.loads(state["history"])
-        if state["world_size"] == self.info.world_size:
-            self.rng_to_restore = state["rng"][self.info.rank]
-
-    # -- logging ----------------------------------------------------------------------------------------------------
-    def _open_logs(self) -> None:
-        import yaml
-        from torch.utils.tensorboard import SummaryWriter
-
-        from ..utils import atomic_write
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
-        atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
-        path = self.out / "metrics.jsonl"
-        if path.is_file():  # on resume keep only rows up to the checkpoint, so the log reads as one run
-            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            keep = [x for x in rows if x.get("step", 0) <= self.step and x.get("event") != "end"]
-            path.write_text("".join(json.dumps(x) + "\n" for x in keep))
-        self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.step else None)
-
-    def _write_row(self, row: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row, default=float) + "\n")
-
-    def _log(self, msg: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(msg)
-
-    def _bar(self):
-        if not (self.info.is_main and self.cfg.run.progress):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.steps_per_epoch - self.iter_in_epoch // self.cfg.optim.accum_iter,
-                    desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", leave=False, dynamic_ncols=True)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

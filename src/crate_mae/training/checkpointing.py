@@ -1,24 +1,28 @@
-"""Crash-safe training checkpoints.
+"""Crash-safe training checkpoints and the run-folder lock.
 
 ``<output_dir>/checkpoints/step_00001234/`` holds
 
 - ``config.json`` + ``model.safetensors``: the model in our format (:func:`crate_mae.save_pretrained`), loadable by
   every other tool (``crate_mae.from_pretrained``, ``load_encoder``, analysis);
 - ``training_state.pt``: optimizer, grad scaler, step / epoch / step-in-epoch, schedule, the resolved config and the
-  RNG states of every rank (torch CPU + CUDA, numpy, python), as tensors and plain containers only, so it loads
-  with ``torch.load(weights_only=True)``.
+  RNG states of every rank (torch CPU + this rank's CUDA device, numpy, python), as tensors and plain containers
+  only, so it loads with ``torch.load(weights_only=True)``.
 
 A checkpoint is assembled in a hidden ``.tmp-*`` folder and renamed into place in one ``os.replace``; a folder named
 ``step_*`` is therefore always complete, and a crash mid-write leaves only a ``.tmp-*`` folder that is ignored and
-cleaned up later.
+cleaned up later. Saving a step that already has a checkpoint writes a new revision (``step_00001234.1``) and
+deletes the old one only after the new one is in place, so at every instant a complete checkpoint exists.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +31,22 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from ..utils import fsync_dir, writing
 
 STATE_NAME = "training_state.pt"
 CKPT_DIR = "checkpoints"
-_STEP_RE = re.compile(r"^step_(\d+)$")
+LOCK_NAME = ".lock"
+_STEP_RE = re.compile(r"^step_(\d+)(?:\.(\d+))?$")
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint folder that has every file but cannot be read back (truncated, corrupt, non-finite)."""
 
 
 # -- RNG --------------------------------------------------------------------------------------------------------------
-def capture_rng() -> dict[str, Any]:
-    """Every RNG this process uses, as tensors / ints / lists (weights_only-loadable)."""
+def capture_rng(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Every RNG this process uses, as tensors / ints / lists (weights_only-loadable). On CUDA only this rank's
+    device is saved, so a checkpoint resumes on a machine with a different number of visible GPUs."""
     np_state = np.random.get_state()
     py_state = random.getstate()
     state = {
@@ -44,20 +55,23 @@ def capture_rng() -> dict[str, Any]:
                   "has_gauss": int(np_state[3]), "cached_gauss": float(np_state[4])},
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device)
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any], device: torch.device | str = "cpu") -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = torch.device(device)
+    cuda = state.get("cuda")
+    if device.type == "cuda" and isinstance(cuda, torch.Tensor):
+        torch.cuda.set_rng_state(cuda, device)
 
 
 # -- writing ----------------------------------------------------------------------------------------------------------
@@ -65,48 +79,60 @@ def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
     return Path(output_dir) / CKPT_DIR / f"step_{step:08d}"
 
 
+def _scan(root: Path) -> list[tuple[int, int, Path]]:
+    """(step, revision, path) of every ``step_*`` folder under ``root``, complete or not, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), int(m.group(2) or 0), p))
+    return sorted(found)
+
+
 def save_checkpoint(output_dir: str | os.PathLike, model: nn.Module, state: dict[str, Any],
                     extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
-    """Write model + training state for ``state['step']`` atomically; keep the newest ``keep`` checkpoints."""
-    final = checkpoint_dir(output_dir, int(state["step"]))
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    """Write model + training state for ``state['step']`` atomically; keep the newest ``keep`` checkpoints.
+
+    A full disk raises :class:`crate_mae.utils.NoSpaceError`; the folder being written is removed and every
+    existing checkpoint is left as it was."""
+    step = int(state["step"])
+    root = Path(output_dir) / CKPT_DIR
+    revisions = [rev for s, rev, _ in _scan(root) if s == step]
+    final = checkpoint_dir(output_dir, step)
+    if revisions:  # the same step again (e.g. a stop right after a periodic save): a new name, never a delete first
+        final = final.with_name(f"{final.name}.{max(revisions) + 1}")
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     try:
-        save_pretrained(model, tmp, extra=extra)
-        torch.save(state, tmp / STATE_NAME)
-        with open(tmp / STATE_NAME, "rb") as f:
-            os.fsync(f.fileno())
-        if final.exists():  # same step written again (e.g. epoch end right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        with writing(tmp):
+            tmp.mkdir(parents=True)
+            save_pretrained(model, tmp, extra=extra)
+            with open(tmp / STATE_NAME, "wb") as f:  # a Python file object, so a full disk surfaces as OSError
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(final.parent, keep)
+    fsync_dir(root)
+    _prune(root, keep, final)
     return final
 
 
-def _prune(ckpt_root: Path, keep: int) -> None:
-    complete = list_checkpoints(ckpt_root.parent)
-    for path in complete[:-keep]:
+def _prune(root: Path, keep: int, newest: Path) -> None:
+    step = int(_STEP_RE.match(newest.name).group(1))
+    for s, _, path in _scan(root):  # older revisions of the step just written
+        if s == step and path != newest:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in list_checkpoints(root.parent)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
-    for stale in ckpt_root.glob(".tmp-*"):  # left by a crash; never a complete checkpoint
+    for stale in root.glob(".tmp-*"):  # left by a crash; never a complete checkpoint
         if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 # -- finding and reading ----------------------------------------------------------------------------------------------
@@ -116,16 +142,8 @@ def is_complete(path: str | os.PathLike) -> bool:
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``<output_dir>/checkpoints``, oldest first (by step)."""
-    root = Path(output_dir) / CKPT_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m and p.is_dir() and is_complete(p):
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    """Complete checkpoints under ``<output_dir>/checkpoints``, oldest first (by step, then revision)."""
+    return [p for _, _, p in _scan(Path(output_dir) / CKPT_DIR) if is_complete(p)]
 
 
 def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -134,40 +152,154 @@ def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """``None`` -> None; ``"auto"`` -> newest complete checkpoint in ``output_dir`` (None if the run is new);
-    a path -> that checkpoint folder (or the folder holding the given file), which must be complete."""
+def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints to try, newest first. ``None`` -> []; ``"auto"`` -> every complete checkpoint in ``output_dir``
+    ([] if the run is new); a run folder -> its checkpoints; a checkpoint folder or a file in it -> just that one,
+    which must be complete."""
     if resume is None:
-        return None
+        return []
     if resume == "auto":
-        return find_latest_checkpoint(output_dir)
+        return list_checkpoints(output_dir)[::-1]
     path = Path(resume)
     if path.is_file():
         path = path.parent
     if not path.is_dir():
         raise FileNotFoundError(f"--resume: no checkpoint at {resume}")
-    if not is_complete(path):
-        nested = find_latest_checkpoint(path)  # a run folder was given
-        if nested is None:
-            raise FileNotFoundError(f"--resume: {path} is not a complete checkpoint (needs {CONFIG_NAME}, "
-                                    f"{WEIGHTS_NAME}, {STATE_NAME}) and holds no checkpoints/step_* folder")
-        return nested
-    return path
+    if is_complete(path):
+        return [path]
+    nested = list_checkpoints(path)[::-1]  # a run folder was given
+    if not nested:
+        raise FileNotFoundError(f"--resume: {path} is not a complete checkpoint (needs {CONFIG_NAME}, "
+                                f"{WEIGHTS_NAME}, {STATE_NAME}) and holds no checkpoints/step_* folder")
+    return nested
+
+
+def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """The newest of :func:`resume_candidates` (None when there is none)."""
+    found = resume_candidates(resume, output_dir)
+    return found[0] if found else None
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    return torch.load(Path(path) / STATE_NAME, map_location="cpu", weights_only=True)
+    """``training_state.pt`` of a checkpoint folder, read with ``weights_only=True``."""
+    from ..utils import torch_load
+
+    return torch_load(Path(path) / STATE_NAME)
 
 
-def restore_training_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                                scaler: Any | None, device: torch.device | str) -> dict[str, Any]:
-    """Load a checkpoint folder's weights, optimizer and (when both exist) grad-scaler state in place; return the
-    training-state dict for the caller's own counters and RNG restoration."""
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(training state, weights) of a checkpoint folder; :class:`DamagedCheckpointError` naming the file when
+    either cannot be read or the weights are not finite."""
     from safetensors.torch import load_file
 
-    state = load_training_state(path)
-    model.load_state_dict(load_file(str(Path(path) / WEIGHTS_NAME), device=str(device)))
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler") is not None:
-        scaler.load_state_dict(state["scaler"])
-    return state
+    path = Path(path)
+    try:
+        state = load_training_state(path)
+    except ValueError as e:
+        raise DamagedCheckpointError(str(e)) from None
+    missing = [k for k in ("step", "epoch", "iter_in_epoch", "optimizer") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DamagedCheckpointError(f"{path / STATE_NAME} is not a training state (missing {', '.join(missing)})")
+    try:
+        weights = load_file(str(path / WEIGHTS_NAME))
+    except Exception as e:
+        raise DamagedCheckpointError(f"{path / WEIGHTS_NAME} is damaged (truncated or corrupt): "
+                                     f"{str(e).splitlines()[0]}") from None
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DamagedCheckpointError(f"{path / WEIGHTS_NAME} holds non-finite weights ({len(bad)} tensors, e.g. "
+                                     f"{bad[0]})")
+    return state, weights
+
+
+# -- one run per folder -----------------------------------------------------------------------------------------------
+class RunLock:
+    """``<output_dir>/.lock``: an exclusive ``flock`` on a file that names its holder (pid, host, start time).
+
+    The kernel drops the lock when its process dies, however it dies, so a lock file whose lock can be taken again
+    was left by a run that ended without cleaning up: it is reported as stale and taken over. Where ``flock`` is
+    unsupported (some network file systems) a holder on this host is checked by pid instead; one on another host
+    cannot be checked and is refused, naming the file to delete."""
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.path = Path(output_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; returns a note when a stale lock was taken over. ValueError when another run holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_by_kernel = True
+            except BlockingIOError:
+                os.close(fd)
+                raise ValueError(self._busy(self._holder())) from None
+            except OSError:  # no flock here: fall back to checking the recorded pid
+                held_by_kernel = False
+            if held_by_kernel and os.fstat(fd).st_ino != _inode(self.path):
+                os.close(fd)  # the file was replaced while we waited for it: lock the current one
+                continue
+            break
+        previous = self._holder()
+        note = None
+        if previous:
+            if not held_by_kernel and not self._dead(previous):
+                os.close(fd)
+                raise ValueError(self._busy(previous))
+            note = (f"warning: {self.path} was left by a run that ended without releasing it ({_describe(previous)}; "
+                    "killed or crashed?); taking it over")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self.fd = fd
+        return note
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def _busy(self, holder: dict[str, Any]) -> str:
+        return (f"{self.path.parent} is in use by another run ({_describe(holder)}, per {self.path}); wait for it "
+                "to finish or use another run.output_dir. If that run is gone (its machine crashed), delete "
+                f"{self.path}")
+
+    @staticmethod
+    def _dead(holder: dict[str, Any]) -> bool:
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
+            f"{holder.get('started', '?')}")

@@ -17,10 +17,10 @@ from typing import Any, Sequence
 import yaml
 
 from ..data import DATA_KINDS, IMAGENET_MEAN, IMAGENET_STD
-from ..utils import parse_key_values
+from ..utils import parse_key_values, yaml_problem
+from ..utils.device import AMP_MODES
 from .optim import PARAM_GROUPS
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 AUGMENTS = ("mae", "book")
 
 
@@ -86,8 +86,21 @@ class RunConfig:
     deterministic: bool = False
     resume: str | None = None      # None, "auto" (newest complete checkpoint in output_dir) or a checkpoint path
     max_steps: int | None = None   # stop after this many optimizer steps (smoke tests)
-    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time
-    progress: bool = True          # tqdm bar on rank 0
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time (rank 0's clock)
+    progress: bool = True          # rank 0: a bar on a terminal, a plain line every 30 s in a log file
+    allow_config_change: bool = False  # resume even if model / data / schedule keys differ from the checkpoint's
+
+
+@dataclass
+class PretrainRunConfig(RunConfig):
+    """Pretraining adds online monitoring: a weighted k-NN probe on a labelled split every ``knn_every_epochs``."""
+
+    knn_every_epochs: int = 0      # 0 = never; the last epoch is always scored when > 0
+    knn_data: str | None = None    # ImageFolder root / CIFAR directory with the two splits below
+    knn_train_split: str = "train"
+    knn_val_split: str = "val"
+    knn_limit: int | None = None   # images per split (evenly spaced), to bound the probe's cost
+    knn_k: int = 20
 
 
 @dataclass
@@ -95,7 +108,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: PretrainRunConfig = field(default_factory=PretrainRunConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
@@ -120,7 +133,7 @@ def config_from_dict(raw: dict[str, Any]) -> PretrainConfig:
     return PretrainConfig(**build_sections(raw, _SECTIONS, "pretraining")).validate()
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": PretrainRunConfig}
 
 
 def read_raw_config(path: str | os.PathLike | None, overrides: Sequence[str] | dict[str, Any] | None
@@ -131,7 +144,10 @@ def read_raw_config(path: str | os.PathLike | None, overrides: Sequence[str] | d
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: YAML syntax error: {yaml_problem(e)}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     for key, value in parse_overrides(overrides).items():
@@ -158,11 +174,41 @@ def build_sections(raw: dict[str, Any], sections: dict[str, type], what: str) ->
     return kwargs
 
 
-def save_config(cfg: PretrainConfig, path: str | os.PathLike) -> None:
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write a config dataclass (anything with ``to_dict``) as YAML, atomically."""
     from ..utils import atomic_write
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (mappings nested at any depth, e.g. ``model.overrides.embed_dim``)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any],
+                   guarded: Sequence[str], ignored: Sequence[str] = ()) -> list[str]:
+    """``"key: old -> new"`` for every dotted key under a ``guarded`` prefix (and not ``ignored``) whose value
+    differs between two resolved configs. A key missing on one side takes its value from ``defaults`` (flat), so
+    keys added to the code after a checkpoint was written are not changes unless set to something else."""
+    missing = object()
+    a, b = flatten(saved), flatten(new)
+    changes = []
+    for key in sorted(set(a) | set(b)):
+        if not key.startswith(tuple(guarded)) or key.startswith(tuple(ignored)):
+            continue
+        old, now = a.get(key, defaults.get(key, missing)), b.get(key, defaults.get(key, missing))
+        if plain(old) != plain(now):
+            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+            changes.append(f"{key}: {show(old)} -> {show(now)}")
+    return changes
 
 
 def parse_overrides(overrides: Sequence[str] | dict[str, Any] | None) -> dict[str, Any]:
@@ -262,8 +308,23 @@ class Checks:
         self(r.max_minutes is None or (number(r.max_minutes) and r.max_minutes > 0), "run.max_minutes",
              r.max_minutes, "must be > 0 or null")
         self(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
-        for key in ("compile", "deterministic", "progress"):
+        for key in ("compile", "deterministic", "progress", "allow_config_change"):
             self(isinstance(getattr(r, key), bool), f"run.{key}", getattr(r, key), "must be true or false")
+
+    def path(self, v: Any, key: str, required: bool = True) -> None:
+        self(isinstance(v, str) and v != "" or (v is None and not required), key, v,
+             "must be a path (a string)" + ("" if required else " or null"))
+
+    def model_overrides(self, overrides: dict[str, Any]) -> None:
+        """Values a constructor would accept but that break the model's meaning (ISTA: lambda >= 0, eta > 0)."""
+        number = self.number
+        if "ista_lambda" in overrides:
+            v = overrides["ista_lambda"]
+            self(number(v) and v >= 0, "model.overrides.ista_lambda", v,
+                 "must be a number >= 0 (the sparsity penalty; a negative one rewards density)")
+        if "ista_step_size" in overrides:
+            v = overrides["ista_step_size"]
+            self(number(v) and v > 0, "model.overrides.ista_step_size", v, "must be a number > 0")
 
 
 def _validate(cfg: PretrainConfig) -> list[str]:
@@ -287,10 +348,13 @@ def _validate(cfg: PretrainConfig) -> list[str]:
                     errors.append(f"model.overrides.img_size = {v!r}: set data.img_size instead (one source of truth)")
                 elif k not in params or k == "self":
                     errors.append(f"model.overrides.{k} = {v!r}: not a constructor argument of {m.name}")
+            check.model_overrides(m.overrides)
     check(number(m.mask_ratio) and 0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "must be in (0, 1)")
     # data
     check(d.kind in DATA_KINDS, "data.kind", d.kind, f"must be one of {DATA_KINDS}")
     check(d.demo or d.path is not None, "data.path", d.path, "required unless data.demo = true")
+    if d.path is not None:
+        check.path(d.path, "data.path")
     check(integer(d.img_size) and d.img_size > 0, "data.img_size", d.img_size, "must be a positive integer")
     patch = m.overrides.get("patch_size") if isinstance(m.overrides, dict) else None
     if patch is None and m.name in _MODELS:
@@ -316,4 +380,13 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     check(cfg.optim.param_groups in PARAM_GROUPS, "optim.param_groups", cfg.optim.param_groups,
           f"must be one of {PARAM_GROUPS}")
     check.run(cfg.run)
+    r = cfg.run
+    check(integer(r.knn_every_epochs) and r.knn_every_epochs >= 0, "run.knn_every_epochs", r.knn_every_epochs,
+          "must be an integer >= 0")
+    check.path(r.knn_data, "run.knn_data", required=integer(r.knn_every_epochs) and r.knn_every_epochs > 0)
+    for key in ("knn_train_split", "knn_val_split"):
+        check.path(getattr(r, key), f"run.{key}")
+    check(r.knn_limit is None or (integer(r.knn_limit) and r.knn_limit >= 1), "run.knn_limit", r.knn_limit,
+          "must be an integer >= 1 or null")
+    check(integer(r.knn_k) and r.knn_k >= 1, "run.knn_k", r.knn_k, "must be an integer >= 1")
     return errors

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -66,43 +66,52 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
 
 
 def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
-                      dataset: "torch.utils.data.Dataset | None" = None) -> tuple[int, float]:
+                      dataset: "torch.utils.data.Dataset | None" = None, device: torch.device | str | None = None,
+                      clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
     """Time optimizer steps of the configured model on real batches and return ``(epochs, warmup_epochs)`` that fill
     ``minutes`` on this machine, keeping the config's warm-up fraction.
 
-    The batches come from ``dataset`` (default: the one ``cfg.data`` describes, with its augmentation) through a
-    loader with ``cfg.data.num_workers``, so decoding and augmentation are in the measured time (timing random
-    tensors alone made the demo's estimate ~2x too fast). The first steps on CPU are several times slower than the
-    steady state (worker start-up, kernel selection, allocator warm-up), so 3 steps are discarded and the median of
-    the following ones (at least 3 s of them, at most 20) is used.
+    The steps run where and how training will run: on ``device`` (default: the one training picks) under the
+    config's autocast. The batches come from ``dataset`` (default: the one ``cfg.data`` describes, with its
+    augmentation) through a loader with ``cfg.data.num_workers``, so decoding and augmentation are in the measured
+    time (timing random tensors alone made the demo's estimate ~2x too fast). The first steps are several times
+    slower than the steady state (worker start-up, kernel selection, allocator warm-up), so 3 steps are discarded
+    and the median of the following ones (at least 3 s of them by ``clock``, at most 20) is used.
     """
     from torch.utils.data import DataLoader
 
     from ..models import create_model
+    from ..utils import amp_dtype, default_device
     from .pretrain import build_pretrain_dataset
 
+    device = torch.device(device) if device is not None else default_device()
+    dtype = amp_dtype(cfg.run.amp, device)
     torch.manual_seed(0)
-    model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides)
+    model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loader = DataLoader(dataset if dataset is not None else build_pretrain_dataset(cfg),
                         batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(0))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # CUDA runs ahead of the host
     times: list[float] = []
-    start = time.perf_counter()
+    start = clock()
     batches = iter(loader)
     for i in range(23):
-        t = time.perf_counter()
+        t = clock()
         batch = next(batches, None)
         if batch is None:  # a dataset of a few batches: go round again
             batches = iter(loader)
             batch = next(batches)
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        model(x, mask_ratio=cfg.model.mask_ratio).loss.backward()
+        x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(x, mask_ratio=cfg.model.mask_ratio).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
+        sync()
         if i >= 3:
-            times.append(time.perf_counter() - t)
-            if len(times) >= 5 and time.perf_counter() - start > 3.0:
+            times.append(clock() - t)
+            if len(times) >= 5 and clock() - start > 3.0:
                 break
     del batches  # stops the loader's workers
     per_step = sorted(times)[len(times) // 2] * 1.05 * cfg.optim.accum_iter  # + logging, epoch-end checkpoints
@@ -120,7 +129,7 @@ def _final_grid(out: Path, path: Path, cfg: PretrainConfig) -> None:
 
     model = from_pretrained(out / "model").eval()
     h, w = model.grid_size(torch.empty(1, 3, cfg.data.img_size, cfg.data.img_size))
-    ds = SeededSamples(build_pretrain_dataset(cfg), h * w, cfg.run.seed)
+    ds = SeededSamples(build_pretrain_dataset(cfg), cfg.run.seed, num_patches=h * w)
     items = [ds[(0, i)] for i in range(min(8, len(ds)))]
     imgs, noise = torch.stack([x for x, _ in items]), torch.stack([z for _, z in items])
     save_reconstruction_grid(model, imgs, path, cfg.data.mean, cfg.data.std, cfg.model.mask_ratio, noise,

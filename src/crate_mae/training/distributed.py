@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,10 +29,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device | None = None) -> DistInfo:
+def init_distributed(device: torch.device | str | None = None) -> DistInfo:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...).
 
-    Each process uses ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU with the gloo backend.
+    Each process uses ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU with the gloo backend. More
+    processes per node than visible GPUs is refused with a ValueError (CUDA would say "invalid device ordinal").
     """
     from ..utils import default_device
 
@@ -40,7 +42,13 @@ def init_distributed(device: torch.device | None = None) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank if world > 1 else (device.index or 0))
+        index = local_rank if world > 1 else (device.index or 0)
+        visible = torch.cuda.device_count()
+        if index >= visible:
+            raise ValueError(f"process with LOCAL_RANK {local_rank} needs GPU cuda:{index} but this node has "
+                             f"{visible} visible GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
+                             f"); start at most {visible} processes per node (torchrun --nproc_per_node={visible})")
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -54,13 +62,23 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Mean over ranks (a copy; the input is untouched)."""
-    t = t.detach().clone()
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum over ranks, in place (a no-op in a world of one)."""
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= info.world_size
     return t
+
+
+def agree(error: str | None, info: DistInfo) -> str | None:
+    """Every rank learns whether any rank failed: returns the first rank's error message (or None).
+
+    Use it instead of a barrier after work that only some ranks do (rank 0 writing files), so that a failure there
+    stops every rank instead of leaving the others blocked in the next collective."""
+    if not info.enabled:
+        return error
+    errors: list[Any] = [None] * info.world_size
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
 
 
 def barrier(info: DistInfo) -> None:
@@ -70,9 +88,17 @@ def barrier(info: DistInfo) -> None:
 
 def wrap_model(model: torch.nn.Module, info: DistInfo, compile: bool = False) -> torch.nn.Module:
     """The module the training loop calls: ``model`` in DDP under torchrun, then ``torch.compile`` when asked.
-    Checkpoints keep saving ``model`` itself, so their keys carry neither wrapper's prefix."""
+    Checkpoints keep saving ``model`` itself, so their keys carry neither wrapper's prefix.
+
+    No buffer sync before each forward (``broadcast_buffers=False``): the only buffers are the fixed sin-cos tables,
+    identical on every rank, which DDP would otherwise re-send before every forward."""
+    import inspect
+
     net = model
     if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        DDP = torch.nn.parallel.DistributedDataParallel
+        # torch >= 2.14 renames the flag (and warns about the old name)
+        no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                          else "broadcast_buffers": False}
+        net = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None, **no_buffer_sync)
     return torch.compile(net) if compile else net

@@ -1,129 +1,530 @@
-"""One pretraining epoch (the counterpart of facebookresearch/mae ``engine_pretrain.train_one_epoch``)."""
+"""The run engine shared by pretraining and fine-tuning.
+
+facebookresearch/mae writes each task twice over: a ``main_*.py`` that sets up and an ``engine_*.py`` with the
+epoch loop. Here the split is done once. :func:`run` and :class:`Runner` own everything around the training step:
+
+- the process group (joined under torchrun, torn down only if :func:`run` created it), determinism flags
+  (restored afterwards), autocast and the fp16 grad scaler;
+- the output-folder lock (one run per folder), the data order (:class:`~.sampling.EpochSampler`) and loader;
+- the optimizer step: gradient accumulation with DDP gradient sync only on the last micro-batch (forward *and*
+  backward under ``no_sync``), clipping, and the NaN guard: one all-reduce and one host sync per optimizer step
+  carry the loss, the gradient norm and rank 0's stop decision, so every rank raises or stops at the same step;
+- checkpoints: atomic, with every rank's RNG state, never of non-finite weights; resume with a config check and a
+  fall-back past damaged checkpoints; ``metrics.jsonl`` / TensorBoard truncated to the resumed step;
+- stop conditions (``run.max_steps``, ``run.max_minutes`` on rank 0's clock) and progress reporting.
+
+A :class:`Task` supplies the model, the data, the optimizer and the loss of one micro-batch, plus optional hooks
+(end of epoch, final summary). Pretraining (:mod:`.pretrain`) and fine-tuning (:mod:`crate_mae.evaluation.finetune`)
+are the two tasks.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
+from torch.profiler import record_function
+from torch.utils.data import DataLoader, Dataset
 
-from .distributed import DistInfo, all_reduce_mean
-from .optim import WarmupCosine
+from ..utils import NoSpaceError, amp_dtype
+from .checkpointing import (DamagedCheckpointError, RunLock, capture_rng, find_latest_checkpoint, read_checkpoint,
+                            restore_rng, resume_candidates, save_checkpoint)
+from .config import config_changes, save_config
+from .distributed import DistInfo, agree, all_reduce_sum, cleanup_distributed, init_distributed, wrap_model
+from .optim import WarmupCosine, effective_lr
+from .sampling import EpochSampler
+
+clock: Callable[[], float] = time.perf_counter  # the run's stopwatch; tests replace it to control run.max_minutes
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss (or gradient norm) became NaN/inf; training stopped before the update was applied."""
+    """The loss, the gradient norm or the weights became NaN/inf; nothing was saved after the last good checkpoint."""
 
 
 @dataclass
 class TrainState:
     """Where training stands. ``step`` counts optimizer steps over the whole run; ``iter_in_epoch`` counts the
-    data iterations (micro-batches) of the current epoch already consumed."""
+    data iterations (micro-batches) of the current epoch already consumed; ``loss_sum`` / ``loss_steps`` sum the
+    step losses of the current epoch (checkpointed, so an epoch mean spans a resume)."""
 
     epoch: int = 0
     step: int = 0
     iter_in_epoch: int = 0
-    history: list[float] = field(default_factory=list)  # mean loss of each optimizer step (this process's run)
+    loss_sum: float = 0.0
+    loss_steps: int = 0
+    history: list[float] = field(default_factory=list)  # loss of each optimizer step of this process's run
 
 
-@dataclass
-class StepMetrics:
-    epoch: int
-    step: int
-    loss: float
-    lr: float
-    grad_norm: float | None
-    img_per_s: float
-    epoch_end: bool
+class Task:
+    """What a run trains. ``__init__(runner)`` builds, on ``runner.device``:
+
+    - ``model``: the module checkpoints save (the runner wraps it for DDP / compile);
+    - ``train_set``: a Dataset indexed by ``(epoch, index)`` (:class:`~.sampling.SeededSamples`);
+    - ``extra``: entries merged into every saved ``config.json``;
+
+    and implements :meth:`make_optimizer` and :meth:`loss`. ``guarded`` are the config key prefixes that a resume
+    may not change (they alter the model, data order or schedule), except ``unguarded`` ones."""
+
+    name = "training"
+    guarded: tuple[str, ...] = ("model.", "data.", "optim.", "run.seed")
+    unguarded: tuple[str, ...] = ("data.num_workers", "data.strict")
+    model: nn.Module
+    train_set: Dataset
+    extra: dict[str, Any]
+
+    def __init__(self, runner: "Runner"):
+        self.runner = runner
+
+    def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def loss(self, net: nn.Module, batch: Any) -> torch.Tensor:
+        """Scalar loss of one micro-batch (as the loader yields it, on the CPU), computed with ``net``; called
+        under the run's autocast. No host sync here: the runner checks the loss once per optimizer step."""
+        raise NotImplementedError
+
+    def config_defaults(self) -> dict[str, Any]:
+        """Flat ``{dotted key: default}`` for keys an older saved config may lack."""
+        return {}
+
+    def start(self) -> None:
+        """Before the first step (after a resume has restored the weights)."""
+
+    def end_epoch(self, epoch: int, train_loss: float) -> dict[str, dict[str, float]]:
+        """After epoch ``epoch`` (1-based) on every rank: evaluation, pictures. Returns ``{group: {name: value}}``
+        logged as ``{"event": group, ...}`` rows and ``group/name`` TensorBoard scalars."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Task state for checkpoints: plain containers only (loaded with ``weights_only=True``)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, stopped: str) -> dict[str, Any]:
+        """After the last step (``stopped``: 'completed' | 'max_steps' | 'max_minutes'); returns the run's result."""
+        raise NotImplementedError
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, schedule: WarmupCosine,
-                    state: TrainState, *, iters: int, accum_iter: int, mask_ratio: float, device: torch.device,
-                    info: DistInfo, amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-                    clip_grad: float | None = None, after_step: Callable[[StepMetrics], bool] | None = None,
-                    progress: Callable[[int], object] | None = None) -> bool:
-    """Train until ``state.iter_in_epoch == iters``.
+def run(cfg: Any, make_task: Callable[["Runner"], Task], device: torch.device | str | None = None) -> dict[str, Any]:
+    """Validate ``cfg`` (sections ``optim``, ``run``, ``data``; see :mod:`.config`), join the process group, lock
+    ``cfg.run.output_dir``, train ``make_task(runner)`` and return its :meth:`Task.finish` result. A process group
+    the caller created is left alone; determinism flags are restored."""
+    import torch.distributed as dist
 
-    Each micro-batch ``(imgs, noise)`` gives ``loss / accum_iter``; gradients accumulate (without DDP all-reduce
-    until the last micro-batch) and every ``accum_iter`` micro-batches the lr is set for ``state.step``, gradients
-    are unscaled / clipped and the optimizer steps. The loss is averaged over ranks every micro-batch and checked:
-    a non-finite value raises :class:`NonFiniteLossError` before any update uses it.
-
-    ``after_step(metrics)`` runs after every optimizer step (logging, checkpoints); returning True stops early.
-    Returns True when stopped early.
-    """
-    model.train()
-    bar = progress(iters - state.iter_in_epoch) if progress is not None else None
-    t_last, n_last = time.perf_counter(), 0
-    loss_acc = 0.0
-    optimizer.zero_grad(set_to_none=True)
-    for imgs, noise in loader:
-        imgs = imgs.to(device, non_blocking=True)
-        noise = noise.to(device, non_blocking=True)
-        micro = state.iter_in_epoch % accum_iter
-        if micro == 0:
-            lr = schedule.apply(optimizer, state.step)
-        boundary = micro == accum_iter - 1
-        sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = model(imgs, mask_ratio=mask_ratio, noise=noise).loss
-            loss_value = all_reduce_mean(loss.detach().float(), info).item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(f"loss is {loss_value} at epoch {state.epoch}, optimizer step {state.step} "
-                                         f"(lr {optimizer.param_groups[0]['lr']:.3g})")
-            scaled = loss / accum_iter
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        loss_acc += loss_value / accum_iter
-        state.iter_in_epoch += 1
-        n_last += imgs.shape[0] * info.world_size
-        if not boundary:
-            continue
-        grad_norm = _step(model, optimizer, scaler, clip_grad, state)
-        state.step += 1
-        state.history.append(loss_acc)
-        now = time.perf_counter()
-        metrics = StepMetrics(epoch=state.epoch, step=state.step, loss=loss_acc, lr=lr, grad_norm=grad_norm,
-                              img_per_s=n_last / max(now - t_last, 1e-9), epoch_end=state.iter_in_epoch >= iters)
-        t_last, n_last, loss_acc = now, 0, 0.0
-        if bar is not None:
-            bar.update(accum_iter)
-            bar.set_postfix(loss=f"{metrics.loss:.4f}", lr=f"{lr:.2e}", img_s=f"{metrics.img_per_s:.0f}")
-        if after_step is not None and after_step(metrics):
-            _close(bar)
-            return True
-        if state.iter_in_epoch >= iters:
-            break
-    _close(bar)
-    return False
+    cfg.validate()
+    out = Path(cfg.run.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"run.output_dir = {str(out)!r} is a file, not a folder")
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    info = init_distributed(device)
+    lock = RunLock(out) if info.is_main else None
+    try:
+        note = error = None
+        try:
+            note = lock.acquire() if lock is not None else None
+        except ValueError as e:
+            error = str(e)
+        error = agree(error, info)
+        if error is not None:
+            lock = None
+            raise ValueError(error)
+        runner = Runner(cfg, info, make_task)
+        if note:
+            runner.say(note)
+        try:
+            return runner.fit()
+        finally:
+            runner.close()
+    finally:
+        if lock is not None:
+            lock.release()
+        torch.use_deterministic_algorithms(flags[0])
+        torch.backends.cudnn.benchmark = flags[1]
+        if owns_group:
+            cleanup_distributed()
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-          clip_grad: float | None, state: TrainState) -> float | None:
-    """Unscale, clip, check and apply the accumulated gradients. Returns the pre-clip gradient norm."""
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = None
-    if clip_grad is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad).item()
-        # fp16 overflow is normal (the scaler skips the step); in fp32 / bf16 a non-finite gradient is a failure.
-        if not math.isfinite(grad_norm) and scaler is None:
-            raise NonFiniteLossError(f"gradient norm is {grad_norm} at epoch {state.epoch}, optimizer step "
-                                     f"{state.step}")
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+class Runner:
+    """One training run: built by :func:`run`; a Task reads ``cfg``, ``info``, ``device``, ``amp_dtype``, ``out``,
+    ``state``, ``lr`` and calls :meth:`say`, :meth:`on_main`, :meth:`check_weights` from its hooks."""
+
+    def __init__(self, cfg: Any, info: DistInfo, make_task: Callable[["Runner"], Task]):
+        r, o = cfg.run, cfg.optim
+        self.cfg, self.info, self.device, self.out = cfg, info, info.device, Path(r.output_dir)
+        if r.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it at handle creation
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.amp_dtype = amp_dtype(r.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.writer = None
+
+        torch.manual_seed(r.seed)  # identical initialisation on every rank
+        self.task = make_task(self)
+        seed_all(r.seed + info.rank)  # then rank-specific streams for drop path and mixup
+
+        self.sampler = EpochSampler(len(self.task.train_set), o.batch_size, r.seed, info.rank, info.world_size)
+        self.steps_per_epoch = self.sampler.steps_per_epoch // o.accum_iter
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"one epoch has {self.sampler.steps_per_epoch} batches, fewer than optim.accum_iter = "
+                             f"{o.accum_iter}; use a larger dataset or smaller batch/accumulation")
+        self.iters_per_epoch = self.steps_per_epoch * o.accum_iter
+        workers = cfg.data.num_workers
+        self.loader = DataLoader(self.task.train_set, batch_sampler=self.sampler, num_workers=workers,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                                 generator=torch.Generator().manual_seed(r.seed))  # keeps seeding off the global RNG
+
+        self.effective_batch = o.batch_size * o.accum_iter * info.world_size
+        self.lr = effective_lr(o.blr, o.batch_size, o.accum_iter, info.world_size, o.lr)
+        total = o.epochs * self.steps_per_epoch
+        self.schedule = WarmupCosine(self.lr, total, min(total, round(o.warmup_epochs * self.steps_per_epoch)),
+                                     o.min_lr)
+        self.optimizer = self.task.make_optimizer(self.lr)
+        self.params = [p for p in self.task.model.parameters() if p.requires_grad]
+        self.state = TrainState()
+        self.resume_from: Path | None = None
+        self._rng = None
+        self._resume(r.resume)
+        self.net: nn.Module = wrap_model(self.task.model, info, r.compile)
+        self.images_seen = 0
+        self.t0 = 0.0  # set when training starts
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        self._open_logs()
+        self.task.start()
+        if self._rng is not None:
+            restore_rng(self._rng, self.device)
+        self.t0 = clock()
+        stopped = "completed"
+        try:
+            while st.epoch < cfg.optim.epochs:
+                stopped = self._train_epoch()
+                if stopped != "completed":
+                    break
+                self._end_epoch()
+            if stopped != "completed":
+                self.save()
+            return self.task.finish(stopped)
+        except NonFiniteLossError as e:
+            last = find_latest_checkpoint(self.out)
+            raise NonFiniteLossError(
+                f"{e}. Training stopped; nothing was saved after the last good checkpoint "
+                f"({last if last else 'none written yet'}). Try a lower optim.blr, optim.clip_grad, or check the "
+                f"data for NaN/inf pixels.") from None
+
+    def _train_epoch(self) -> str:
+        o, st, info = self.cfg.optim, self.state, self.info
+        accum = o.accum_iter
+        self.sampler.set_epoch(st.epoch, st.iter_in_epoch)
+        self.net.train()
+        from ..utils.progress import Progress
+
+        bar = Progress(self.steps_per_epoch - st.iter_in_epoch // accum, f"epoch {st.epoch + 1}/{o.epochs}", "step",
+                       enabled=info.is_main and self.cfg.run.progress)
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                  enabled=self.amp_dtype is not None)
+        loss_acc = torch.zeros((), device=self.device)
+        t_last, n_last = clock(), 0
+        try:
+            for batch in self.loader:
+                micro = st.iter_in_epoch % accum
+                if micro == 0:
+                    lr = self.schedule.apply(self.optimizer, st.step)
+                boundary = micro == accum - 1
+                # DDP decides in forward whether backward all-reduces, so both run under no_sync.
+                sync = self.net.no_sync() if info.enabled and not boundary else contextlib.nullcontext()
+                with sync, record_function("crate_mae.micro_batch"):  # named ranges in profiler traces
+                    with autocast:
+                        loss = self.task.loss(self.net, batch)
+                    scaled = loss / accum
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                    loss_acc += loss.detach().float() / accum
+                st.iter_in_epoch += 1
+                n_last += o.batch_size * info.world_size
+                if not boundary:
+                    continue
+                with record_function("crate_mae.optimizer_step"):
+                    loss_value, grad_norm, stop = self._step(loss_acc)
+                loss_acc = torch.zeros((), device=self.device)
+                now = clock()
+                img_per_s, t_last, n_last = n_last / max(now - t_last, 1e-9), now, 0
+                self.images_seen += self.effective_batch
+                bar.update(1, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                reason = self._after_step(loss_value, lr, grad_norm, img_per_s, stop)
+                if reason is not None:
+                    return reason
+                if st.iter_in_epoch >= self.iters_per_epoch:
+                    break
+        finally:
+            bar.close(line=False)
+        return "completed"
+
+    def _step(self, loss_acc: torch.Tensor) -> tuple[float, float | None, bool]:
+        """Check, then apply the accumulated gradients. One all-reduce and one host sync: the loss (mean over
+        ranks), the gradient norm and rank 0's out-of-time flag travel together, so a NaN on any rank, or the
+        clock of rank 0, stops every rank at the same step, before the update."""
+        o, st, info = self.cfg.optim, self.state, self.info
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_grad) if o.clip_grad else None
+        out_of_time = info.is_main and self.cfg.run.max_minutes is not None and \
+            clock() - self.t0 >= 60 * self.cfg.run.max_minutes
+        packed = torch.stack([loss_acc, grad_norm.float() if grad_norm is not None else torch.zeros_like(loss_acc),
+                              torch.full_like(loss_acc, float(out_of_time))])
+        loss, norm, stop = all_reduce_sum(packed, info).tolist()
+        loss, norm = loss / info.world_size, norm / info.world_size
+        where = f"at epoch {st.epoch}, optimizer step {st.step} (lr {self.optimizer.param_groups[0]['lr']:.3g})"
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss} {where}")
+        # fp16 overflow is routine (the scaler skips the step); in fp32 / bf16 a non-finite gradient is a failure.
+        if grad_norm is not None and not math.isfinite(norm) and self.scaler is None:
+            raise NonFiniteLossError(f"gradient norm is {norm} {where}")
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        st.loss_sum += loss
+        st.loss_steps += 1
+        st.history.append(loss)
+        return loss, (norm if grad_norm is not None else None), stop > 0
+
+    def _after_step(self, loss: float, lr: float, grad_norm: float | None, img_per_s: float, stop: bool
+                    ) -> str | None:
+        r, st = self.cfg.run, self.state
+        epoch_end = st.iter_in_epoch >= self.iters_per_epoch
+        if st.step % r.log_every == 0 or epoch_end:
+            row = {"step": st.step, "epoch": st.epoch + st.iter_in_epoch / self.iters_per_epoch, "loss": loss,
+                   "lr": lr, "img_per_s": img_per_s, "time": time.time()}
+            if grad_norm is not None:
+                row["grad_norm"] = grad_norm
+            self.log_row(row, {f"train/{k}": row[k] for k in ("loss", "lr", "img_per_s", "grad_norm") if k in row},
+                         st.step)
+        if r.ckpt_every_steps and st.step % r.ckpt_every_steps == 0 and not epoch_end:
+            self.save()
+        if r.max_steps is not None and st.step >= r.max_steps:
+            return "max_steps"
+        return "max_minutes" if stop else None
+
+    def _end_epoch(self) -> None:
+        st, o = self.state, self.cfg.optim
+        epoch = st.epoch + 1
+        mean = st.loss_sum / st.loss_steps if st.loss_steps else float("nan")
+        st.epoch, st.iter_in_epoch, st.loss_sum, st.loss_steps = epoch, 0, 0.0, 0
+        groups = self.task.end_epoch(epoch, mean)
+        parts = [f"epoch {epoch}/{o.epochs}  loss {mean:.4f}  lr {self.optimizer.param_groups[0]['lr']:.3g}  "
+                 f"step {st.step}  {clock() - self.t0:.0f}s"]
+        self.log_row({"event": "epoch", "epoch": epoch, "step": st.step, "loss": mean}, {"epoch/loss": mean}, epoch)
+        for group, values in groups.items():
+            self.log_row({"event": group, "epoch": epoch, "step": st.step, **values},
+                         {f"{group}/{k}": v for k, v in values.items()}, epoch)
+            parts.append(f"{group} " + " ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        self.say("  |  ".join(parts))
+        self.save()
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    def check_weights(self) -> None:
+        """Raise :class:`NonFiniteLossError` if any weight is NaN/inf (one host sync). An update can produce them
+        from a finite loss and gradient (an overflowing Adam moment), so every save checks the weights."""
+        named = [(n, t) for n, t in self.task.model.state_dict().items() if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+        if not bool(finite.all()):
+            bad = [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+            raise NonFiniteLossError(f"weights became non-finite after optimizer step {self.state.step} "
+                                     f"({len(bad)} of {len(named)} tensors, e.g. {', '.join(bad[:3])})")
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
+        import torch.distributed as dist
+
+        self.check_weights()
+        rngs = [capture_rng(self.device)]
+        if self.info.enabled:
+            rngs = [None] * self.info.world_size
+            dist.all_gather_object(rngs, capture_rng(self.device))
+        st = self.state
+        state = {"step": st.step, "epoch": st.epoch, "iter_in_epoch": st.iter_in_epoch, "loss_sum": st.loss_sum,
+                 "loss_steps": st.loss_steps, "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                 "schedule": self.schedule.state_dict(), "rng": rngs, "world_size": self.info.world_size,
+                 "config": self.cfg.to_dict(), "task": self.task.state_dict()}
+
+        def write() -> Path:
+            try:
+                return save_checkpoint(self.out, self.task.model, state, extra=self.task.extra,
+                                       keep=self.cfg.run.keep_checkpoints)
+            except NoSpaceError as e:
+                raise NoSpaceError(f"{e}; the checkpoints already written are intact (newest: "
+                                   f"{find_latest_checkpoint(self.out) or 'none'}); free space, then resume with "
+                                   "--resume auto") from None
+
+        return self.on_main(write)
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0 only; if it fails, every rank raises (instead of the others waiting forever)."""
+        result, error, exc = None, None, None
+        if self.info.is_main:
+            try:
+                result = fn()
+            except Exception as e:
+                exc, error = e, str(e)
+        error = agree(error, self.info)
+        if exc is not None:
+            raise exc
+        if error is not None:
+            raise RuntimeError(f"rank 0 failed: {error}")
+        return result
+
+    def _resume(self, resume: str | None) -> None:
+        """Load the newest readable checkpoint ``resume`` names; with ``auto``, damaged ones are skipped with a
+        warning. Refuse (ValueError naming the keys) a config that changes guarded keys, unless allowed."""
+        from ..checkpoint import _load_exact
+
+        candidates = resume_candidates(resume, self.out)
+        problems = []
+        for path in candidates:
+            try:
+                state, weights = read_checkpoint(path)
+            except DamagedCheckpointError as e:
+                if resume != "auto":
+                    raise
+                problems.append(str(e))
+                self.say(f"warning: skipping a damaged checkpoint: {e}")
+                continue
+            self._check_config(state.get("config") or {}, path)
+            _load_exact(self.task.model, weights, str(path))
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{path}: the optimizer state does not fit this model ({e})") from None
+            if self.scaler is not None and state.get("scaler") is not None:
+                self.scaler.load_state_dict(state["scaler"])
+            self.task.load_state_dict(state.get("task") or {})
+            st = self.state = TrainState(epoch=state["epoch"], step=state["step"],
+                                         iter_in_epoch=state["iter_in_epoch"],
+                                         loss_sum=state.get("loss_sum", 0.0), loss_steps=state.get("loss_steps", 0))
+            if st.iter_in_epoch >= self.iters_per_epoch:  # written at the very end of an epoch by older versions
+                st.epoch, st.iter_in_epoch, st.loss_sum, st.loss_steps = st.epoch + 1, 0, 0.0, 0
+            if state["world_size"] == self.info.world_size:
+                self._rng = state["rng"][self.info.rank]
+            else:
+                self.say(f"warning: checkpoint written by {state['world_size']} processes, resuming with "
+                         f"{self.info.world_size}; data order and losses continue, but not bit-exactly")
+            if problems:
+                self.say(f"warning: resuming from {path}, the newest readable checkpoint")
+            self.resume_from = path
+            return
+        if problems:
+            raise ValueError(f"--resume auto: no readable checkpoint in {self.out}: " + "; ".join(problems))
+
+    def _check_config(self, saved: dict[str, Any], path: Path) -> None:
+        t = self.task
+        changes = config_changes(saved, self.cfg.to_dict(), t.config_defaults(), t.guarded, t.unguarded)
+        if not changes:
+            return
+        if self.cfg.run.allow_config_change:
+            self.say(f"warning: resuming {path} with a changed config (run.allow_config_change): "
+                     + "; ".join(changes))
+            return
+        raise ValueError(f"cannot resume {path} with a different config; these keys change the model, data order "
+                         f"or schedule: {'; '.join(changes)}. Use the checkpoint's values, a new run.output_dir, "
+                         "or --allow-config-change (run.allow_config_change=true) to continue anyway")
+
+    # -- logging ----------------------------------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        """Rank 0: the resolved config, ``metrics.jsonl`` cut back to the resumed step (emptied for a new run, so
+        the file reads as this run), and TensorBoard purged past it."""
+        if not self.info.is_main:
+            return
+        import json
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        from ..utils import atomic_write
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out / "config.yaml")
+        step = self.state.step
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # the half-written last line of a killed run
+                    continue
+                if row.get("step", 0) <= step and row.get("event") != "end":
+                    keep.append(line + "\n")
+            atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
+        self.writer = SummaryWriter(str(self.out / "tb"), purge_step=step + 1 if step else None)
+        o, t = self.cfg.optim, self.task
+        n = sum(p.numel() for p in t.model.parameters())
+        self.say(f"{t.name} {getattr(t, 'title', '')} ({n / 1e6:.2f}M params) on {self.device}"
+                 f"{f' x {self.info.world_size} processes' if self.info.enabled else ''}; {len(t.train_set)} "
+                 f"images, {self.steps_per_epoch} steps/epoch, effective batch {self.effective_batch}, lr "
+                 f"{self.lr:.3g}" + (f"; resumed from {self.resume_from} (epoch {self.state.epoch}, step {step})"
+                                     if self.resume_from else "") + f"; {o.epochs} epochs")
+
+    def log_row(self, row: dict[str, Any], scalars: dict[str, float] | None = None, step: int | None = None) -> None:
+        """Rank 0: append ``row`` to metrics.jsonl and ``scalars`` to TensorBoard at ``step``."""
+        if not self.info.is_main:
+            return
+        import json
+
+        from ..utils import writing
+
+        path = self.out / "metrics.jsonl"
+        with writing(path), open(path, "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        if self.writer is not None:
+            for k, v in (scalars or {}).items():
+                self.writer.add_scalar(k, v, step)
+
+    def elapsed(self) -> float:
+        """Seconds since training started (the run's clock)."""
+        return clock() - self.t0
+
+    def say(self, msg: str) -> None:
+        if self.info.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(msg)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
-def _close(bar) -> None:
-    if bar is not None:
-        bar.close()
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def state_sha256(model: nn.Module) -> str:
+    """Fingerprint of this process's weights (equal on every rank of a healthy DDP run; equal across reruns when
+    training is deterministic)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -7,8 +7,8 @@ Two ideas make a run reproducible bit for bit across ``torchrun`` world sizes an
    batch (DistributedSampler's striding). A 2-process run with batch B therefore sees, at every step, exactly the
    samples of a 1-process run with batch 2B. Resuming starts the iteration at a given step instead of replaying it.
 2. :class:`SeededSamples` wraps a dataset so that sample ``i`` of epoch ``e`` is augmented under the RNG seed
-   ``f(seed, e, i)`` and comes with its own masking noise drawn from the same seed. Augmentations and masks are thus
-   a function of (seed, epoch, index) only, whichever worker or rank loads the sample.
+   ``f(seed, e, i)`` and (pretraining) comes with its own masking noise drawn from the same seed. Augmentations and
+   masks are thus a function of (seed, epoch, index) only, whichever worker or rank loads the sample.
 """
 
 from __future__ import annotations
@@ -30,22 +30,40 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededSamples(Dataset):
-    """``ds[(epoch, i)] -> (image, noise)``: the wrapped dataset's image (label dropped) produced under the seed
-    :func:`sample_seed` ``(seed, epoch, i)``, and uniform masking noise of length ``num_patches`` from that seed."""
+    """``ds[(epoch, i)]``: the wrapped dataset's sample ``i`` produced under the seed :func:`sample_seed`
+    ``(seed, epoch, i)``, so augmentation is a function of (seed, epoch, index) whatever the worker, rank or restart.
 
-    def __init__(self, dataset: Dataset, num_patches: int, seed: int):
-        self.dataset, self.num_patches, self.seed = dataset, num_patches, seed
+    With ``num_patches`` (pretraining) it returns ``(image, noise)``: the label is dropped and uniform masking noise
+    of that length is drawn from the same seed; without (fine-tuning) it returns ``(image, label)``.
+
+    Only the CPU generators are seeded (torch, python ``random`` and numpy, which timm's RandAugment, random
+    erasing and mixup use) and all three are restored afterwards: ``torch.manual_seed`` would also reseed every
+    CUDA generator, so with ``num_workers=0`` drop-path randomness on the GPU would depend on the data order.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, num_patches: int | None = None):
+        self.dataset, self.seed, self.num_patches = dataset, seed, num_patches
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]):
+        import random
+
+        import numpy as np
+
         epoch, index = key
         s = sample_seed(self.seed, epoch, index)
-        # fork_rng keeps the process-wide generator untouched, so loading order cannot leak into training RNG.
+        py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+            torch.default_generator.manual_seed(s)
+            random.seed(s)
+            np.random.seed(s % 2**32)
             item = self.dataset[index]
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        if self.num_patches is None:
+            return item
         img = item[0] if isinstance(item, (tuple, list)) else item
         if not isinstance(img, torch.Tensor):
             raise ValueError(f"dataset sample {index} is a {type(img).__name__}, expected a tensor image; "

@@ -1,8 +1,10 @@
-"""Device selection."""
+"""Device and precision selection."""
 
 from __future__ import annotations
 
 import torch
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def default_device() -> torch.device:
@@ -10,6 +12,27 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA, full precision elsewhere (CPU autocast is slower than fp32 for these models)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+def amp_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for ``mode`` on ``device`` (None = full precision).
+
+    ``auto``: bf16 on GPUs that support it, fp16 on older ones (V100, T4: the caller then needs a GradScaler to
+    train), fp32 on CPU, where autocast is slower than fp32 for these models."""
+    device = torch.device(device)
+    if mode == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"run.amp = 'fp16' needs a CUDA device, running on {device}; use 'bf16' or 'off'")
+        return torch.float16
+    if mode == "off":
+        return None
+    raise ValueError(f"amp mode must be one of {AMP_MODES}, got {mode!r}")
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """Inference precision: :func:`amp_dtype` ``('auto', device)``."""
+    return amp_dtype("auto", device)
