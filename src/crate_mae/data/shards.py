@@ -327,42 +327,45 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int 
                disable=None if progress is None else not progress)  # None: only on a terminal
     shardlist, sources, skipped, counts = [], [], [], [0] * len(ds.classes)
 
-    def take(n: int) -> list[tuple[str, int, bytes, str]]:
-        """The next ``n`` readable samples (fewer at the end), skipping and recording unreadable files."""
-        batch = []
+    def readable() -> Iterator[tuple[str, int, bytes, str]]:
+        """The readable samples in order, skipping and recording unreadable files."""
         for path, label, data, info in items:
             bar.update(1)
-            if data is None:
-                if strict:
-                    raise UnreadableImageError(f"cannot read image file {path}: {info} (strict mode; set "
-                                               "strict=False to skip unreadable files)")
+            if data is not None:
+                yield path, label, data, info
+            elif strict:
+                raise UnreadableImageError(f"cannot read image file {path}: {info} (strict mode; set "
+                                           "strict=False to skip unreadable files)")
+            else:
                 log.warning("skipping unreadable image %s (%s)", path, info)
                 skipped.append(os.path.relpath(path, src))
-                continue
-            batch.append((path, label, data, info))
-            if len(batch) == n:
-                break
-        return batch
+
+    stream = readable()
+    head = None  # one sample of look-ahead, so that no empty shard is started
+
+    def write(tmp: str) -> None:
+        """The next shard: up to ``shard_size`` samples streamed from the decoder into the tar (bounded memory)."""
+        nonlocal head
+        first = len(sources)
+        with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0, user="crate-mae", group="crate-mae") as w:
+            while head is not None and len(sources) - first < shard_size:
+                path, label, data, ext = head
+                sample = {"__key__": f"{len(sources):09d}", ext: data}
+                if label >= 0:
+                    sample["cls"] = label
+                    counts[label] += 1
+                w.write(sample)
+                sources.append(os.path.relpath(path, src))
+                head = next(stream, None)
 
     try:
-        while batch := take(shard_size):
+        head = next(stream, None)
+        while head is not None:
             name = SHARD_PATTERN.format(len(shardlist))
-            first = sum(s["nsamples"] for s in shardlist)
-
-            def write(tmp: str, batch=batch, first=first) -> None:
-                with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0, user="crate-mae", group="crate-mae") as w:
-                    for k, (_, label, data, ext) in enumerate(batch, start=first):
-                        sample = {"__key__": f"{k:09d}", ext: data}
-                        if label >= 0:
-                            sample["cls"] = label
-                        w.write(sample)
-
+            before = len(sources)
             atomic_write(out / name, _readable(write))
-            shardlist.append({"url": name, "nsamples": len(batch), "filesize": (out / name).stat().st_size})
-            for path, label, _, _ in batch:
-                sources.append(os.path.relpath(path, src))
-                if label >= 0:
-                    counts[label] += 1
+            shardlist.append({"url": name, "nsamples": len(sources) - before,
+                              "filesize": (out / name).stat().st_size})
     finally:
         bar.close()
         if hasattr(items, "close"):
