@@ -60,8 +60,17 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: Mappi
     return directory
 
 
-def from_pretrained(directory: str | os.PathLike, **overrides) -> nn.Module:
-    """Build a model from a directory written by :func:`save_pretrained`."""
+def from_pretrained(directory: str | os.PathLike, *, revision: str | None = None,
+                    cache_dir: str | os.PathLike | None = None, download: bool = False, **overrides) -> nn.Module:
+    """Build a model from a directory written by :func:`save_pretrained`, or from ``"hf-hub:ORG/NAME[@REV]"``: that
+    Hub repository read from the local Hugging Face cache, or fetched into it only with ``download=True``
+    (``revision``, ``cache_dir``: see :func:`crate_mae.hub.hub_snapshot`; needs ``crate-mae[hub]``)."""
+    from .hub import hub_snapshot, is_hub_id
+
+    if is_hub_id(directory):
+        directory = hub_snapshot(directory, revision=revision, cache_dir=cache_dir, download=download)
+    elif revision is not None or cache_dir is not None or download:
+        raise ValueError(f"revision / cache_dir / download apply to 'hf-hub:ORG/NAME' sources, not to {directory}")
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -94,7 +103,10 @@ def build_from_config(config: Mapping[str, Any]) -> nn.Module:
 # -- any format ----------------------------------------------------------------------------------------------------------
 def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **overrides) -> nn.Module:
     """Return a ready model (eval mode) from a checkpoint in any supported format; keyword arguments override the
-    inferred configuration (``num_heads``, ``ista_lambda``, ``ista_step_size``, ``norm_pix_loss``, ...)."""
+    inferred configuration (``num_heads``, ``ista_lambda``, ``ista_step_size``, ``norm_pix_loss``, ...).
+    ``"hf-hub:ORG/NAME"`` reads that Hub model from the local cache (:func:`from_pretrained` can download it)."""
+    if isinstance(source, str) and source.startswith("hf-hub:"):
+        return from_pretrained(source, **overrides).eval()
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():

@@ -24,6 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", help="output directory (config.json + model.safetensors)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="settings not stored in official weights, e.g. num_heads=12 ista_lambda=0.5")
+    hub = p.add_argument_group("ready-to-upload folder (Hugging Face Hub)")
+    hub.add_argument("--model-card", action="store_true",
+                     help="also write README.md, a model card naming the source and licence of the weights, so that "
+                          "OUT_DIR can be uploaded as it is (`hf upload ORG/NAME OUT_DIR`)")
+    hub.add_argument("--repo-id", default=None, metavar="ORG/NAME", help="the Hub repository named in the card")
+    hub.add_argument("--source", default=None, help="where the weights come from (default for official CRATE-MAE / "
+                                                     "MAE weights: their GitHub repository)")
+    hub.add_argument("--license", default=None, help="Hub licence id of the weights (default for official weights: "
+                                                      "mit for CRATE, cc-by-nc-4.0 for facebookresearch/mae)")
+    hub.add_argument("--data", default=None, help="what the weights were trained on, e.g. 'ImageNet-1K' (official "
+                                                   "weight files do not record it)")
     p.set_defaults(func=_convert)
 
 
@@ -40,6 +51,8 @@ def build_or_load(name_or_path: str, overrides: dict):
 
     if name_or_path in crate_mae.list_models():
         return crate_mae.create_model(name_or_path, **overrides)
+    if name_or_path.startswith("hf-hub:"):  # from the local Hugging Face cache only
+        return crate_mae.load_checkpoint(name_or_path, **overrides)
     if not Path(name_or_path).exists():
         raise FileNotFoundError(f"{name_or_path!r} is neither a registered model name nor an existing checkpoint "
                                 f"path; known names: {', '.join(crate_mae.list_models())}")
@@ -102,9 +115,25 @@ def _info(args) -> int:
 
 def _convert(args) -> int:
     import crate_mae
+    from ..checkpoint import detect_format, read_state_dict
+    from ..hub import OFFICIAL_SOURCES, save_for_hub
+    from ..utils import file_sha256
 
     model = crate_mae.load_checkpoint(args.src, **parse_overrides(args.overrides))
-    out = crate_mae.save_pretrained(model, args.out_dir)
-    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} "
+    # Provenance travels in config.json, so a later push_to_hub or model card names the original weights.
+    src = Path(args.src)
+    if src.is_file():
+        fmt = detect_format(read_state_dict(src))
+        known = OFFICIAL_SOURCES.get(model.config["architecture"], {}) if fmt.endswith("_official") else {}
+        model.config["weights_source"] = {"file": src.name, "sha256": file_sha256(src), "format": fmt, **known,
+                                          **{k: v for k, v in (("upstream", args.source), ("license", args.license),
+                                                               ("data", args.data)) if v}}
+    if args.model_card:
+        out = save_for_hub(model, args.out_dir, repo_id=args.repo_id, license=args.license, data=args.data,
+                           source=args.source)
+    else:
+        out = crate_mae.save_pretrained(model, args.out_dir)
+    card = f" and {out / 'README.md'}" if args.model_card else ""
+    print(f"wrote {out / 'config.json'}, {out / 'model.safetensors'}{card} "
           f"({model.config['architecture']}, {model.num_params('trainable'):,} trainable parameters)")
     return 0

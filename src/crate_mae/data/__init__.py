@@ -1,15 +1,17 @@
-"""Data: readers for ImageFolder trees, flat image folders and CIFAR pickle batches; MAE transforms; the loader;
+"""Data: readers for ImageFolder trees, flat image folders, CIFAR pickle batches and WebDataset shards; MAE transforms; the loader;
 and the embedded scikit-image demo photos (:mod:`crate_mae.data.demo`). See docs/data.md."""
 
 from .build import DATA_KINDS, build_dataset, detect_kind
 from .cifar import CIFARBatches, load_cifar_pickle
 from .folder import FlatImageFolder, ImageFiles, ImageFolderDataset, UnreadableImageError, is_image_file
 from .loader import build_loader, seed_worker
+from .shards import ShardDataset, make_shards
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, book_pretrain_transform, denormalize, eval_transform,
                          pretrain_transform)
 
 __all__ = [
     "CIFARBatches", "DATA_KINDS", "FlatImageFolder", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFiles",
-    "ImageFolderDataset", "UnreadableImageError", "build_dataset", "build_loader", "denormalize", "detect_kind",
-    "book_pretrain_transform", "eval_transform", "is_image_file", "load_cifar_pickle", "pretrain_transform", "seed_worker",
+    "ImageFolderDataset", "ShardDataset", "UnreadableImageError", "book_pretrain_transform", "build_dataset",
+    "build_loader", "denormalize", "detect_kind", "eval_transform", "is_image_file", "load_cifar_pickle",
+    "make_shards", "pretrain_transform", "seed_worker",
 ]

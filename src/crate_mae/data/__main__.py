@@ -8,6 +8,7 @@ unreadable, so it can guard a job script.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -48,6 +49,10 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     print(f"{ds!r}\nkind: {kind}   samples: {len(ds)}   classes: {len(ds.classes)} {ds.classes[:10]}"
           f"{' ...' if len(ds.classes) > 10 else ''}")
+    if kind == "shards":
+        written = json.loads(ds.manifest.read_text()).get("crate_mae", {})
+        print(f"shards: {len(ds.shards)} (largest {max(ds.lengths)} samples); source files that make-shards "
+              f"skipped as unreadable: {len(written.get('skipped', []))}")
     subset = ds if args.limit is None else torch.utils.data.Subset(ds, range(min(args.limit, len(ds))))
     # In-process loading (no workers) so that this process's skip counter sees every unreadable file.
     loader = build_loader(subset, batch_size=args.batch_size, shuffle=False, num_workers=0)

@@ -10,8 +10,9 @@ from torch.utils.data import Dataset
 
 from .cifar import CIFARBatches, find_cifar_dir
 from .folder import FlatImageFolder, ImageFolderDataset, is_image_file
+from .shards import MANIFEST_NAME, ShardDataset, find_manifest, tar_hint
 
-DATA_KINDS = ("auto", "imagefolder", "folder", "cifar10", "cifar100")
+DATA_KINDS = ("auto", "imagefolder", "folder", "cifar10", "cifar100", "shards")
 
 
 def _split_dir(path: Path, split: str | None) -> Path:
@@ -35,9 +36,12 @@ def detect_kind(path: str | os.PathLike, split: str | None = None) -> str:
 
     - ``cifar10`` / ``cifar100`` when ``path`` is, or directly contains, a CIFAR pickle-batch folder;
     - ``imagefolder`` when ``path/split`` has no image files of its own but sub-folders (the classes) that do;
-    - ``folder`` when it has image files at its top level, or no sub-folder contains any.
+    - ``folder`` when it has image files at its top level, or no sub-folder contains any;
+    - ``shards`` when ``path`` is a shard manifest or ``path/split`` holds ``shards.json`` (:mod:`.shards`).
     """
     path = Path(path).expanduser()
+    if find_manifest(path, split) is not None:
+        return "shards"
     found = find_cifar_dir(path) if path.is_dir() else None
     if found is not None:
         return found[0]
@@ -48,7 +52,7 @@ def detect_kind(path: str | os.PathLike, split: str | None = None) -> str:
     for e in entries:
         if e.is_dir() and not e.name.startswith(".") and _has_image(e.path):
             return "imagefolder"
-    raise FileNotFoundError(f"no image files found under {root} (and no CIFAR batches in {path})")
+    raise FileNotFoundError(f"no image files found under {root} (and no CIFAR batches in {path}){tar_hint(root)}")
 
 
 def _has_image(directory: str) -> bool:
@@ -74,11 +78,14 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
       - ``"folder"``: every image under ``<path>/<split>``, recursively, unlabelled (:class:`FlatImageFolder`);
       - ``"cifar10"`` / ``"cifar100"``: the original python-pickle batches in ``path`` (or ``path/cifar-10-batches-py``,
         ``path/cifar-100-python``); ``split`` is ``"train"`` (default) or ``"test"`` (``"val"`` is an alias);
+      - ``"shards"``: WebDataset shards written by ``crate-mae make-shards`` (:class:`ShardDataset`): ``path`` is
+        their manifest, or ``<path>/<split>`` holds ``shards.json``; needs ``pip install 'crate-mae[shards]'``;
       - ``"auto"``: :func:`detect_kind`.
     ``split=None`` reads ``path`` itself (image kinds). ``transform`` maps a PIL RGB image to a tensor (default:
     float32 in [0, 1]). ``strict=True`` raises on the first unreadable image file instead of skipping it (image kinds).
 
-    The result has ``.classes`` (empty when unlabelled), ``.samples`` (``(source, label)`` pairs) and ``len``.
+    The result has ``.classes`` (empty when unlabelled) and ``len``; all but shards also ``.samples`` (``(source,
+    label)`` pairs).
     Missing or empty directories and unknown kinds raise FileNotFoundError / ValueError naming the path.
     """
     if kind not in DATA_KINDS:
@@ -86,6 +93,12 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
     path = Path(path).expanduser()
     if kind == "auto":
         kind = detect_kind(path, split)
+    if kind == "shards":
+        manifest = find_manifest(path, split)
+        if manifest is None:
+            raise FileNotFoundError(f"no shard manifest: {(path / split if split else path) / MANIFEST_NAME} "
+                                    "does not exist")
+        return ShardDataset(manifest, transform=transform, strict=strict)
     if kind in ("cifar10", "cifar100"):
         return CIFARBatches(path, split=split, kind=kind, transform=transform)
     root = _split_dir(path, split)

@@ -8,12 +8,19 @@ from .masking import masked_mse, normalize_patches, patchify, unpatchify
 
 
 class SavePretrainedMixin:
-    """``model.save_pretrained(dir)`` as in HF / timm: config.json + model.safetensors (see crate_mae.checkpoint)."""
+    """``model.save_pretrained(dir)`` as in HF / timm: config.json + model.safetensors (see crate_mae.checkpoint);
+    ``model.push_to_hub(repo_id)`` uploads them with a model card (optional extra ``crate-mae[hub]``)."""
 
     def save_pretrained(self, directory, extra=None):
         from ..checkpoint import save_pretrained
 
         return save_pretrained(self, directory, extra)
+
+    def push_to_hub(self, repo_id, **kwargs):
+        """Upload to the Hugging Face Hub (config, weights, model card); see :func:`crate_mae.hub.push_to_hub`."""
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 class MaskedImageModelMixin:
