@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from ..utils import atomic_write
 from ..utils.extras import require
-from .folder import _DECODE_ERRORS, UnreadableImageError, pil_rgb_loader
+from .folder import DECODE_ERRORS, UnreadableImageError, pil_rgb_loader
 from .transforms import to_tensor_transform
 
 log = logging.getLogger("crate_mae.data")
@@ -216,7 +216,7 @@ class ShardDataset(Dataset):
                 self._open.move_to_end(s)
                 try:
                     img, label = decode_sample(self._open[s][inner], len(self.classes))
-                except (*_DECODE_ERRORS, *_SHARD_ERRORS) as e:
+                except (*DECODE_ERRORS, *_SHARD_ERRORS) as e:
                     where = f"{self.shards[s]} sample {inner} (index {j})"
                     if self.strict:
                         raise UnreadableImageError(f"cannot read {where}: {type(e).__name__}: {e} (strict mode; "
@@ -285,7 +285,7 @@ def _encode_safe(item: tuple[str, int]) -> tuple[str, int, bytes | None, str]:
     path, label = item
     try:
         data, ext = _encode_file(path)
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         return path, label, None, f"{type(e).__name__}: {e}"
     return path, label, data, ext
 
