@@ -29,7 +29,7 @@ from .models.crate_mae import CrateEncoder, CrateMAE
 from .models.layers import sincos_pos_embed
 from .models.official import from_official
 from .models.vit_mae import ViTMAE, vit_classifier
-from .utils import atomic_write
+from .utils import atomic_write, torch_load
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -77,25 +77,64 @@ def from_pretrained(directory: str | os.PathLike, *, revision: str | None = None
     cfg_path = directory / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-    config = json.loads(cfg_path.read_text())
+    config = read_config(cfg_path)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
-    model = build_from_config({**config, **overrides})
+    model = build_from_config({**config, **overrides}, where=str(cfg_path))
     _load_exact(model, _read_safetensors(weights), str(weights))
     return model
 
 
-def build_from_config(config: Mapping[str, Any]) -> nn.Module:
+def read_config(path: Path) -> dict[str, Any]:
+    """A config.json as a dict, or one line naming the file and what is wrong with it."""
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not a text file") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of model settings, not a {type(config).__name__}")
+    return config
+
+
+def _type_problem(name: str, value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand where the constructor's ``default`` stands (JSON gives no types to rely on)."""
+    if default is inspect.Parameter.empty or default is None:
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if name == "img_size":  # also (height, width)
+            ok = ok or (isinstance(value, (list, tuple)) and len(value) == 2
+                        and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        return None
+    return None if ok else f"{name} = {value!r} must be a {type(default).__name__}"
+
+
+def build_from_config(config: Mapping[str, Any], where: str = "config") -> nn.Module:
     """Instantiate the architecture named in ``config``; unknown keys (e.g. saved data settings) stay in
-    ``model.config``."""
+    ``model.config``. A wrongly typed or impossible value is one :class:`CheckpointError` naming ``where``."""
     arch = config.get("architecture")
     if arch not in ARCHITECTURES:
-        raise CheckpointError(f"unknown architecture {arch!r} in config; expected one of {sorted(ARCHITECTURES)}")
+        raise CheckpointError(f"{where}: unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
     factory = ARCHITECTURES[arch]
     params = inspect.signature(factory).parameters
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in params}
-    model = factory(**kwargs)
+    problems = [p for k, v in kwargs.items() if (p := _type_problem(k, v, params[k].default))]
+    if problems:
+        raise CheckpointError(f"{where}: " + "; ".join(problems))
+    try:
+        model = factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
     model.config = {**{k: v for k, v in config.items() if k != "crate_mae_version"}, **getattr(model, "config", {})}
     return model
 
@@ -189,9 +228,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return unwrap_state_dict(_read_safetensors(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickles with code, truncated zips, ...
-        raise CheckpointError(f"cannot read {path} safely (torch.load weights_only=True): {e}") from None
+        obj = torch_load(path)  # weights_only: never unpickles code
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     return unwrap_state_dict(obj)
 
 

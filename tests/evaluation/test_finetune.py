@@ -25,11 +25,16 @@ def _cfg(data, out, *extra):
         "optim.warmup_epochs=1", *extra])
 
 
+def _by_name(model, groups, key):
+    return {n: g[key] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+
+
 def test_layer_decay_groups_scale_each_parameter():
-    model = crate_mae.create_model("crate_tiny", num_classes=3, **TINY_ENCODER)  # depth 2 -> L = 3
+    """The per-parameter scales of facebookresearch/mae's param_groups_lrd (depth 2 -> L = 3), now from timm's
+    param_groups_layer_decay through group_matcher."""
+    model = crate_mae.create_model("crate_tiny", num_classes=3, **TINY_ENCODER)
     groups = param_groups_lrd(model, weight_decay=0.05, layer_decay=0.5, no_weight_decay_list={"cls_token"})
-    scale = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
-    decay = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    scale, decay = _by_name(model, groups, "lr_scale"), _by_name(model, groups, "weight_decay")
     assert set(scale) == {n for n, _ in model.named_parameters()}
     assert scale["cls_token"] == scale["patch_embed.proj.weight"] == 0.5 ** 3
     assert scale["blocks.0.attn.qkv.weight"] == scale["blocks.0.ista.dictionary"] == 0.5 ** 2
@@ -43,8 +48,7 @@ def test_layer_decay_schedule_applies_scales():
     from crate_mae.training import WarmupCosine
 
     model = crate_mae.create_model("crate_tiny", num_classes=3, **TINY_ENCODER)
-    groups = param_groups_lrd(model, 0.05, 0.5)
-    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups], lr=1.0)
+    opt = torch.optim.AdamW(param_groups_lrd(model, 0.05, 0.5), lr=1.0)
     WarmupCosine(1.0, 10, 0).apply(opt, 0)
     assert sorted({g["lr"] for g in opt.param_groups}) == [0.125, 0.25, 0.5, 1.0]
 
@@ -113,9 +117,9 @@ def test_vit_mae_checkpoint_fine_tunes_with_layer_decay(make_folder, tmp_path):
                                  **TINY_ENCODER)
     mae.save_pretrained(tmp_path / "mae")
     vit = crate_mae.load_encoder(tmp_path / "mae", num_classes=2)
-    scale = {n: g["lr_scale"] for g in param_groups_lrd(vit, 0.05, 0.5) for n in g["param_names"]}
+    scale = _by_name(vit, param_groups_lrd(vit, 0.05, 0.5), "lr_scale")
     assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.5 ** 3
-    assert scale["blocks.1.mlp.fc1.weight"] == 0.5 and scale["head.weight"] == 1.0
+    assert scale["blocks.1.mlp.fc1.weight"] == 0.5 and scale["head.weight"] == scale["norm.weight"] == 1.0
     data = make_folder(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=4)
     result = finetune(_cfg(data, tmp_path / "ft", f"model.checkpoint={tmp_path / 'mae'}", "optim.epochs=1",
                            "optim.batch_size=4"))

@@ -8,7 +8,7 @@
 - data: timm's training transform (RandomResizedCrop, flip, RandAugment, random erasing), the deterministic eval
   transform for val; train and val must have the same classes;
 - loss: mixup / cutmix (``timm.data.Mixup``) with label smoothing and ``SoftTargetCrossEntropy``;
-- optimiser: AdamW on :func:`param_groups_lrd` (layer-wise lr decay, no weight decay on 1-D parameters and
+- optimiser: AdamW on :func:`param_groups_lrd` (timm's layer-wise lr decay, no weight decay on 1-D parameters and
   tokens), per-step warm-up + half-cosine schedule (``crate_mae.training.WarmupCosine``), lr = blr * batch / 256;
 - the run itself is the engine shared with pretraining (:mod:`crate_mae.training.engine`): torchrun DDP,
   determinism, atomic step checkpoints with optimizer + RNG state, ``run.resume`` with a config check, the
@@ -168,41 +168,19 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
 
 
 # -- layer-wise lr decay -----------------------------------------------------------------------------------------------
-def layer_id(name: str, num_layers: int) -> int:
-    """MAE ``lr_decay.get_layer_id_for_vit``: tokens, position table and patch embedding are layer 0, block ``i`` is
-    layer ``i + 1``, everything after the blocks (final norm, head) is layer ``num_layers`` (= depth + 1)."""
-    if name in ("cls_token", "pos_embed", "mask_token") or name.startswith("patch_embed"):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_layers
-
-
 def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: float = 0.75,
                      no_weight_decay_list: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Parameter groups for layer-wise lr decay (facebookresearch/mae ``util/lr_decay.param_groups_lrd``).
+    """Parameter groups for layer-wise lr decay: timm's ``param_groups_layer_decay`` through ``model.group_matcher``.
 
-    With ``L = depth + 1`` a parameter of layer ``j`` (:func:`layer_id`) gets ``lr_scale = layer_decay ** (L - j)``:
-    the head and final norm train at the full lr, block ``i`` at ``layer_decay ** (depth - i)``, the patch
-    embedding and tokens at ``layer_decay ** (depth + 1)``. 1-D parameters (norms, biases) and names in
-    ``no_weight_decay_list`` get no weight decay. Works for CrateEncoder and timm ViTs (same parameter names)."""
-    if not isinstance(getattr(model, "blocks", None), (nn.ModuleList, nn.Sequential)):
-        raise ValueError(f"{type(model).__name__} has no .blocks; layer-wise lr decay needs an encoder classifier")
-    num_layers = len(model.blocks) + 1
-    scales = [layer_decay ** (num_layers - i) for i in range(num_layers + 1)]
-    groups: dict[str, dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim == 1 or name in no_weight_decay_list
-        lid = layer_id(name, num_layers)
-        key = f"layer_{lid}_{'no_decay' if no_decay else 'decay'}"
-        if key not in groups:
-            groups[key] = {"lr_scale": scales[lid], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "params": [], "param_names": []}
-        groups[key]["params"].append(p)
-        groups[key]["param_names"].append(name)
-    return list(groups.values())
+    Our encoders group as facebookresearch/mae ``util/lr_decay.param_groups_lrd`` (``get_layer_id_for_vit``): with
+    ``L = depth + 1``, tokens and patch embedding get ``layer_decay ** L``, block ``i`` ``layer_decay ** (depth - i)``,
+    the final norm and head 1. 1-D parameters (norms, biases) and ``no_weight_decay_list`` get no weight decay."""
+    from timm.optim import param_groups_layer_decay
+
+    if not hasattr(model, "group_matcher"):
+        raise ValueError(f"{type(model).__name__} has no group_matcher; layer-wise lr decay needs an encoder classifier")
+    return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=list(no_weight_decay_list),
+                                    layer_decay=layer_decay)
 
 
 # -- data --------------------------------------------------------------------------------------------------------------
@@ -324,8 +302,6 @@ class Finetuning(Task):
         o = self.cfg.optim
         skip = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
         groups = param_groups_lrd(self.model, o.weight_decay, o.layer_decay, skip)
-        for g in groups:
-            g.pop("param_names")
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas))
 
     def loss(self, net: nn.Module, batch: Any) -> torch.Tensor:

@@ -17,7 +17,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Block, VisionTransformer
 
 from .crate_mae import _check_config, _layer_index, check_images, init_weights, run_blocks
 from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
@@ -149,15 +149,22 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         return {"cls_token", "mask_token"}
 
 
+class MAEViTClassifier(VisionTransformer):
+    """timm's VisionTransformer grouped for layer-wise lr decay as facebookresearch/mae's ``get_layer_id_for_vit``:
+    the final norm and head form the last group (timm's own matcher merges the norm into the last block)."""
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm|^head", (len(self.blocks),))])
+
+
 def vit_classifier(img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                    embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                    qkv_bias: bool = True, num_classes: int = 0, global_pool: str = "token",
                    drop_path_rate: float = 0.0) -> nn.Module:
     """A ViT-MAE encoder as a timm ``VisionTransformer`` classifier (MAE's fine-tuning model): LayerNorm eps 1e-6,
     final norm before pooling, the position table as a (trainable) parameter."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    vit = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+    vit = MAEViTClassifier(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                             depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                             num_classes=num_classes, global_pool=global_pool, fc_norm=False,
                             drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))

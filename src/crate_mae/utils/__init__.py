@@ -113,9 +113,11 @@ def torch_load(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise ValueError(f"{path} holds Python objects{what}, not only tensors; refusing to unpickle it (it was not "
-                         "written by crate-mae, or was altered)") from None
+        if found:
+            raise ValueError(f"{path} holds Python objects ({found.group(1)}), not only tensors; refusing to unpickle "
+                             "it (it was not written by crate-mae, or was altered)") from None
+        raise ValueError(f"{path} cannot be read as tensors only: it holds other Python objects, is damaged, or is "
+                         "not a PyTorch file; refusing to unpickle it") from None
     except Exception as e:
         raise ValueError(f"{path} is damaged (truncated or corrupt): {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
