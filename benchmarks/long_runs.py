@@ -1,10 +1,11 @@
 """Long pretraining runs on cifar10-dev and their full evaluation: CRATE-MAE, the paper's ViT-MAE baseline and
 facebookresearch/mae's ViT-MAE at equal width and depth, each also scored at its random initialisation.
 
-    # 1. pretrain (each resumable with the same command; one thread each, side by side on 2 cores):
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py pretrain crate --epochs 100
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py pretrain vit_paper --minutes-of crate
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py pretrain vit_mae --minutes-of crate
+    # 1. fix the budgets (times each model's steps, one after another, one thread), then pretrain all three side
+    #    by side, one thread each (each resumable with the same command):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py budget --epochs 100
+    for m in crate vit_paper vit_mae; do
+        OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py pretrain $m > runs/long/$m.log 2>&1 & done
     # 2. score every model and its init; write table.md, results/*.json and the figures:
     .venv/bin/python benchmarks/long_runs.py evaluate
     # 3. fine-tune the pretrained CRATE-MAE encoder and the same network from scratch, same budget:
@@ -12,9 +13,9 @@ facebookresearch/mae's ViT-MAE at equal width and depth, each also scored at its
 
 Recipe: ``configs/pretrain_cifar.yaml`` (the recipe study's choice, docs/evaluation.md) with online k-NN every
 10 epochs (``run.knn_every_epochs``). The ViT-MAEs get CRATE-MAE's width, depth and heads for encoder and decoder,
-the same data, normalisation and optimiser; ``--minutes-of crate`` gives them CRATE-MAE's wall-clock budget: each
-run times real training steps at its start (as the demo does) and fixes its epochs then (``budget.json``), so
-CRATE-MAE's budget is its epochs times its minutes per epoch and a ViT-MAE gets as many epochs as fit in it. Scoring, on unmasked val
+the same data, normalisation and optimiser, and CRATE-MAE's wall-clock budget: ``budget`` times real training steps
+of each model (as the demo does) and fixes the epochs (``budget.json``): CRATE-MAE's budget is its epochs times its
+minutes per epoch, and each ViT-MAE gets as many epochs as fit in it. Scoring, on unmasked val
 images unless said: masked val loss (fixed masks); scikit-learn logistic regression (C chosen on 10 % of train) on
 cls and mean-pooled tokens of the final output and of every encoder layer; BN + LARS (MAE protocol) on cls; weighted
 k-NN (best of k in 10, 20, 100, 200) on cls and mean-pooled tokens; for CRATE-MAE the layer-wise R^c and sparsity
@@ -53,33 +54,45 @@ def model_spec(which: str) -> tuple[str, dict]:
     return ("vit_mae_base_paper", vit) if which == "vit_paper" else ("vit_mae_base", vit)
 
 
-def pretrain(args) -> int:
-    from crate_mae.training import load_config, pretrain as run_pretraining
+def pretrain_config(which: str, args):
+    from crate_mae.training import load_config
+
+    name, over = model_spec(which)
+    return load_config(CONFIG, {
+        "model.name": name, "model.overrides": over, "data.path": str(args.data), "data.split": "train",
+        "data.kind": "imagefolder", "data.num_workers": 0, "run.output_dir": str(args.out / which),
+        "run.vis_every_epochs": 0, "run.resume": "auto", "run.progress": False,
+        "run.knn_every_epochs": args.knn_every, "run.knn_data": str(args.data)})
+
+
+def budget(args) -> int:
+    """Time real training steps of every model one after another, under the same conditions, and fix each run's
+    epochs: CRATE-MAE ``--epochs``, each ViT-MAE as many as fit in CRATE-MAE's minutes (``OUT/MODEL/budget.json``)."""
     from crate_mae.training.demo import epochs_for_budget
 
-    name, over = model_spec(args.model)
-    out = args.out / args.model
-    cfg = load_config(CONFIG, {
-        "model.name": name, "model.overrides": over, "data.path": str(args.data), "data.split": "train",
-        "data.kind": "imagefolder", "data.num_workers": 0, "run.output_dir": str(out), "run.vis_every_epochs": 0,
-        "run.resume": "auto", "run.progress": False, "run.knn_every_epochs": args.knn_every,
-        "run.knn_data": str(args.data)})
-    budget = out / "budget.json"
-    if not budget.is_file():  # fixed at the first start, so a resumed run keeps its schedule
-        per_epoch = 1000.0 / epochs_for_budget(cfg, 1000.0, 10_000)[0]  # minutes per epoch, timed on real steps
-        if args.minutes_of:
-            minutes = json.loads((args.out / args.minutes_of / "budget.json").read_text())["minutes"]
-            epochs = max(1, int(minutes / per_epoch))
-        else:
-            epochs, minutes = args.epochs, args.epochs * per_epoch
-        out.mkdir(parents=True, exist_ok=True)
-        budget.write_text(json.dumps({"epochs": epochs, "minutes": round(minutes, 1),
-                                      "minutes_per_epoch": round(per_epoch, 3), "minutes_of": args.minutes_of}))
-    b = json.loads(budget.read_text())
+    per_epoch = {w: 1000.0 / epochs_for_budget(pretrain_config(w, args), 1000.0, 10_000)[0] for w in MODELS}
+    minutes = args.epochs * per_epoch["crate"]
+    for which, mpe in per_epoch.items():
+        epochs = args.epochs if which == "crate" else max(1, int(minutes / mpe))
+        (args.out / which).mkdir(parents=True, exist_ok=True)
+        (args.out / which / "budget.json").write_text(json.dumps(
+            {"epochs": epochs, "minutes": round(minutes, 1), "minutes_per_epoch": round(mpe, 3)}))
+        print(f"{MODELS[which]}: {mpe:.2f} min/epoch -> {epochs} epochs in {minutes:.0f} min")
+    return 0
+
+
+def pretrain(args) -> int:
+    from crate_mae.training import pretrain as run_pretraining
+
+    cfg = pretrain_config(args.model, args)
+    path = args.out / args.model / "budget.json"
+    if not path.is_file():
+        raise SystemExit(f"no {path}: run `long_runs.py budget` first (it fixes every run's epochs)")
+    b = json.loads(path.read_text())
     cfg.optim.epochs, cfg.optim.warmup_epochs = b["epochs"], max(1, round(b["epochs"] / 20))
     cfg.validate()
     summary = run_pretraining(cfg)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (args.out / args.model / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"{MODELS[args.model]}: {summary['steps']} steps, {summary['epochs']} of {cfg.optim.epochs} epochs "
           f"({summary['stopped']}); budget {b['minutes']} min")
     return 0
@@ -243,15 +256,15 @@ def finetune(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for cmd in ("pretrain", "evaluate", "finetune"):
+    for cmd in ("budget", "pretrain", "evaluate", "finetune"):
         s = sub.add_parser(cmd)
         s.add_argument("--data", type=Path, default=DATA)
         s.add_argument("--out", type=Path, default=OUT)
+        s.add_argument("--knn-every", type=int, default=10, help="online k-NN probe every N epochs")
+        if cmd == "budget":
+            s.add_argument("--epochs", type=int, default=100, help="CRATE-MAE's epochs (sets everyone's minutes)")
         if cmd == "pretrain":
             s.add_argument("model", choices=list(MODELS))
-            s.add_argument("--epochs", type=int, default=100)
-            s.add_argument("--minutes-of", choices=list(MODELS), help="same wall-clock budget as that model's run")
-            s.add_argument("--knn-every", type=int, default=10, help="online k-NN probe every N epochs")
         if cmd == "finetune":
             s.add_argument("--epochs", type=int, default=30)
     args = p.parse_args(argv)
@@ -259,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data not found: {args.data} (needs ../shared/data/cifar10-dev)", file=sys.stderr)
         return 2
     t = time.perf_counter()
-    rc = {"pretrain": pretrain, "evaluate": evaluate, "finetune": finetune}[args.cmd](args)
+    rc = {"budget": budget, "pretrain": pretrain, "evaluate": evaluate, "finetune": finetune}[args.cmd](args)
     print(f"{args.cmd}: {time.perf_counter() - t:.0f}s")
     return rc
 
