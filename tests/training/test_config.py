@@ -41,6 +41,7 @@ def test_resolved_config_round_trips(tmp_path):
     ("run.log_every=0", "run.log_every"),
     ("run.keep_checkpoints=0", "run.keep_checkpoints"),
     ("run.compile=maybe", "run.compile"),
+    ("run.grad_checkpointing=1", "run.grad_checkpointing"),
     ("data.path=5", "data.path"),
     ("model.overrides={ista_lambda: -0.1}", "model.overrides.ista_lambda"),
     ("model.overrides={ista_step_size: 0}", "model.overrides.ista_step_size"),

@@ -82,7 +82,8 @@ class RunConfig:
     vis_every_epochs: int = 20     # epochs between reconstruction grids (0 = never)
     vis_images: int = 8
     amp: str = "auto"              # auto = bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
+    compile: bool = False          # torch.compile the training forward (tested on CPU; see README "Speed")
+    grad_checkpointing: bool = False  # recompute each block in backward: activation memory ~1/8, ~1.3x the compute
     deterministic: bool = False
     resume: str | None = None      # None, "auto" (newest complete checkpoint in output_dir) or a checkpoint path
     max_steps: int | None = None   # stop after this many optimizer steps (smoke tests)
@@ -308,7 +309,7 @@ class Checks:
         self(r.max_minutes is None or (number(r.max_minutes) and r.max_minutes > 0), "run.max_minutes",
              r.max_minutes, "must be > 0 or null")
         self(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
-        for key in ("compile", "deterministic", "progress", "allow_config_change"):
+        for key in ("compile", "grad_checkpointing", "deterministic", "progress", "allow_config_change"):
             self(isinstance(getattr(r, key), bool), f"run.{key}", getattr(r, key), "must be true or false")
 
     def path(self, v: Any, key: str, required: bool = True) -> None:

@@ -4,7 +4,7 @@ facebookresearch/mae writes each task twice over: a ``main_*.py`` that sets up a
 epoch loop. Here the split is done once. :func:`run` and :class:`Runner` own everything around the training step:
 
 - the process group (joined under torchrun, torn down only if :func:`run` created it), determinism flags
-  (restored afterwards), autocast and the fp16 grad scaler;
+  (restored afterwards), autocast and the fp16 grad scaler, activation checkpointing (``run.grad_checkpointing``);
 - the output-folder lock (one run per folder), the data order (:class:`~.sampling.EpochSampler`) and loader;
 - the optimizer step: gradient accumulation with DDP gradient sync only on the last micro-batch (forward *and*
   backward under ``no_sync``), clipping, and the NaN guard: one all-reduce and one host sync per optimizer step
@@ -173,6 +173,11 @@ class Runner:
 
         torch.manual_seed(r.seed)  # identical initialisation on every rank
         self.task = make_task(self)
+        if r.grad_checkpointing:
+            if not hasattr(self.task.model, "set_grad_checkpointing"):
+                raise ValueError(f"run.grad_checkpointing = true, but {type(self.task.model).__name__} has no "
+                                 "set_grad_checkpointing")
+            self.task.model.set_grad_checkpointing(True)
         seed_all(r.seed + info.rank)  # then rank-specific streams for drop path and mixup
 
         self.sampler = EpochSampler(len(self.task.train_set), o.batch_size, r.seed, info.rank, info.world_size)
