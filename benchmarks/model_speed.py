@@ -3,6 +3,7 @@
     python benchmarks/model_speed.py                        # crate_mae_tiny, 224 px, batch 8, fp32, CPU
     python benchmarks/model_speed.py --threads 1            # on a CPU that other jobs share (see below)
     python benchmarks/model_speed.py --compile --visible-only --amp --grad-checkpointing
+    python benchmarks/model_speed.py --config configs/pretrain_cifar.yaml --amp --compile   # a config's model + batch
     python benchmarks/model_speed.py --model crate_mae_base --batch 64 --amp --compile     # on a GPU
 
 The baseline is ``crate_mae.models.official.OfficialCrateMAE``, a transcription of the official Ma-Lab-Berkeley/CRATE
@@ -11,8 +12,8 @@ fixtures bit for bit (tests/models/test_official_fixtures.py), loaded with our m
 
 - ``official``: that baseline, fp32 eager;
 - ``ours``: ``create_model(...)``, fp32 eager (fused attention, one-product ISTA);
-- ``ours compiled`` (``--compile``): ``torch.compile`` of ours;
 - ``ours bf16`` (``--amp``): ours under bf16 autocast;
+- ``ours compiled`` (``--compile``): ``torch.compile`` of ours (and ``ours compiled bf16`` with ``--amp`` too);
 - ``visible-only`` (``--visible-only``): ours with ``mask_tokens_in_encoder=False``, not the paper's model.
 
 A train step is forward + backward + AdamW step (the official baseline with facebookresearch/mae's optimizer, the
@@ -79,23 +80,31 @@ def make_step(model, imgs, noise, train: bool, amp: bool):
     return step
 
 
+def create(args, **kw) -> torch.nn.Module:
+    return crate_mae.create_model(args.model, img_size=args.img_size, **{**args.overrides, **kw})
+
+
 def build(args, device):
+    """``{contender: (module, bf16 autocast)}``; every CRATE-MAE contender starts from the same weights."""
     torch.manual_seed(0)
-    ours = crate_mae.create_model(args.model, img_size=args.img_size).to(device)
+    ours = create(args).to(device)
     c = ours.config
     official = OfficialCrateMAE(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"],
                                 c["num_heads"], c["decoder_depth"], c["decoder_num_heads"], c["ista_step_size"],
                                 c["ista_lambda"], c["norm_pix_loss"]).to(device)
     official.load_state_dict(to_official(ours))
     models = {"official": (official, False), "ours": (ours, False)}
-    if args.compile:
-        models["ours compiled"] = (torch.compile(crate_mae.create_model(args.model, img_size=args.img_size)
-                                                 .to(device)), False)
     if args.amp:
         models["ours bf16"] = (ours, True)
+    if args.compile:
+        compiled = torch.compile(copy.deepcopy(ours))
+        models["ours compiled"] = (compiled, False)
+        if args.amp:
+            models["ours compiled bf16"] = (compiled, True)
     if args.visible_only:
-        models["visible-only"] = (crate_mae.create_model(args.model, img_size=args.img_size,
-                                                         mask_tokens_in_encoder=False).to(device), False)
+        visible = create(args, mask_tokens_in_encoder=False).to(device)
+        visible.load_state_dict(ours.state_dict())
+        models["visible-only"] = (visible, False)
     return ours, models
 
 
@@ -116,9 +125,9 @@ def visible_only_bounds(args) -> dict:
     the difference between the full depth and depth 1), which bounds any encoder-side speed-up."""
     out = {}
     for frame, kw in (("ours", {}), ("visible-only", dict(mask_tokens_in_encoder=False))):
-        full = crate_mae.create_model(args.model, img_size=args.img_size, **kw)
+        full = create(args, **kw)
         depth = full.config["depth"]
-        one = crate_mae.create_model(args.model, img_size=args.img_size, depth=1, **kw)
+        one = create(args, depth=1, **kw)
         f_full, f_one = train_flops(full, args.batch, args.img_size), train_flops(one, args.batch, args.img_size)
         encoder = (f_full - f_one) / (depth - 1) * depth if depth > 1 else float("nan")
         out[frame] = dict(total=f_full, encoder=encoder, rest=f_full - encoder)
@@ -186,6 +195,7 @@ def bench(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="take model, overrides, image size and batch from this pretraining YAML")
     p.add_argument("--model", default="crate_mae_tiny")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch", type=int, default=8)
@@ -198,11 +208,18 @@ def main() -> None:
     p.add_argument("--visible-only", action="store_true", help="also ours with mask_tokens_in_encoder=False")
     p.add_argument("--grad-checkpointing", action="store_true", help="activation memory with / without")
     args = p.parse_args()
+    args.overrides = {}
+    if args.config:
+        from crate_mae.training import load_config
+
+        cfg = load_config(args.config, ["data.path=unused"])
+        args.model, args.overrides = cfg.model.name, dict(cfg.model.overrides)
+        args.img_size, args.batch = cfg.data.img_size, cfg.optim.batch_size
     if args.threads:
         torch.set_num_threads(args.threads)
     res = bench(args)
     dev = args.device or default_device().type
-    print(f"{args.model} {args.img_size}px batch {args.batch} on {dev} (torch {torch.__version__}, "
+    print(f"{args.config or args.model} {args.img_size}px batch {args.batch} on {dev} (torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads), medians of {args.repeats} interleaved rounds")
     print("| contender | train img/s | train vs official (rounds) | inference img/s | inference vs official (rounds) |")
     print("|---|---:|---:|---:|---:|")

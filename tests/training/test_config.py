@@ -31,6 +31,8 @@ def test_resolved_config_round_trips(tmp_path):
     ("data.std=[0.2, 0, 0.2]", "data.std"),
     ("data.mean=[0.5, 0.5]", "data.mean"),
     ("data.scale=[0.5, 0.2]", "data.scale"),
+    ("data.num_workers=many", "data.num_workers"),
+    ("data.cache=maybe", "data.cache"),
     ("optim.batch_size=0", "optim.batch_size"),
     ("optim.accum_iter=1.5", "optim.accum_iter"),
     ("optim.warmup_epochs=900", "optim.warmup_epochs"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -16,6 +17,23 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+
+
+def resolve_num_workers(num_workers: int | str, device: torch.device | str) -> int:
+    """``num_workers`` as given, or for ``"auto"`` a count chosen by the machine, from the cores this process may
+    use (its CPU affinity, divided among the ``torchrun`` processes on this machine):
+
+    - on a GPU: ``min(8, cores - 1)``: the model runs on the device, so the cores are free to decode and augment;
+    - on a CPU: 0 with at most 4 cores, else ``min(4, cores // 4)``. There the workers compete with the training
+      threads; on 2 cores one worker slowed 32-px pretraining down (docs/data.md).
+    """
+    if num_workers != "auto":
+        return int(num_workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if torch.device(device).type == "cpu":
+        return 0 if cores <= 4 else min(4, cores // 4)
+    return max(0, min(8, cores - 1))
 
 
 def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,

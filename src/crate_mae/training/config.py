@@ -48,7 +48,8 @@ class DataConfig:
     augment: str = "mae"           # 'mae': RandomResizedCrop(scale) + flip; 'book': the authors' book (see transforms)
     scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
-    num_workers: int = 4
+    num_workers: int | str = "auto"  # DataLoader workers; auto: by device and cores (data.resolve_num_workers)
+    cache: bool | str = "auto"     # decode image files once and keep them in memory; auto: when they fit
     strict: bool = False           # fail on the first unreadable image instead of skipping it
 
 
@@ -372,7 +373,9 @@ def _validate(cfg: PretrainConfig) -> list[str]:
         check(all(x > 0 for x in d.std), "data.std", d.std, "every entry must be > 0")
     check(isinstance(d.scale, tuple) and len(d.scale) == 2 and all(number(x) for x in d.scale)
           and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale", d.scale, "must be [lo, hi] with 0 < lo <= hi <= 1")
-    check(integer(d.num_workers) and d.num_workers >= 0, "data.num_workers", d.num_workers, "must be an integer >= 0")
+    check(d.num_workers == "auto" or (integer(d.num_workers) and d.num_workers >= 0), "data.num_workers",
+          d.num_workers, "must be an integer >= 0 or 'auto'")
+    check(d.cache in (True, False, "auto"), "data.cache", d.cache, "must be true, false or 'auto'")
     check(integer(d.demo_samples) and d.demo_samples > 0, "data.demo_samples", d.demo_samples, "must be > 0")
     for key in ("hflip", "strict", "demo"):
         check(isinstance(getattr(d, key), bool), f"data.{key}", getattr(d, key), "must be true or false")

@@ -80,6 +80,7 @@ def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
     """
     from torch.utils.data import DataLoader
 
+    from ..data import resolve_num_workers
     from ..models import create_model
     from ..utils import amp_dtype, default_device
     from .pretrain import build_pretrain_dataset
@@ -91,7 +92,8 @@ def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loader = DataLoader(dataset if dataset is not None else build_pretrain_dataset(cfg),
                         batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(0))
+                        num_workers=resolve_num_workers(cfg.data.num_workers, device),
+                        generator=torch.Generator().manual_seed(0))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # CUDA runs ahead of the host
     times: list[float] = []
     start = clock()

@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.loader import resolve_num_workers
 from ..utils import NoSpaceError, amp_dtype
 from .checkpointing import (DamagedCheckpointError, RunLock, capture_rng, find_latest_checkpoint, read_checkpoint,
                             restore_rng, resume_candidates, save_checkpoint)
@@ -76,7 +77,7 @@ class Task:
 
     name = "training"
     guarded: tuple[str, ...] = ("model.", "data.", "optim.", "run.seed")
-    unguarded: tuple[str, ...] = ("data.num_workers", "data.strict")
+    unguarded: tuple[str, ...] = ("data.num_workers", "data.strict", "data.cache")
     model: nn.Module
     train_set: Dataset
     extra: dict[str, Any]
@@ -186,7 +187,7 @@ class Runner:
             raise ValueError(f"one epoch has {self.sampler.steps_per_epoch} batches, fewer than optim.accum_iter = "
                              f"{o.accum_iter}; use a larger dataset or smaller batch/accumulation")
         self.iters_per_epoch = self.steps_per_epoch * o.accum_iter
-        workers = cfg.data.num_workers
+        workers = resolve_num_workers(cfg.data.num_workers, self.device)
         self.loader = DataLoader(self.task.train_set, batch_sampler=self.sampler, num_workers=workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                                  generator=torch.Generator().manual_seed(r.seed))  # keeps seeding off the global RNG
