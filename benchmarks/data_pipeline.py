@@ -12,8 +12,8 @@ Contenders, run in interleaved rounds (each round runs every contender once, in 
   optimizer steps with ``data.cache=CACHE`` (``files`` = false, ``cache`` = true, ``auto``) and
   ``data.num_workers=WORKERS``: reading, decoding, augmenting, the engine and the model together.
 
-Each variant's loader is also timed alone (``loader alone``: the engine's loader over the same data, no model, in
-the round before the runs), which shows what the data costs per image by itself.
+Each variant's loader is also timed alone (``loader alone``: the engine's loader over the same data, no model,
+before the rounds; ``--steps`` batches after ``--skip``), which shows what the data costs per image by itself.
 
 A contender's throughput is the median over its steps (the first ``--skip`` of each run left out: worker start-up,
 allocator warm-up) of batch / step time; for ``pretrain`` runs that is the engine's own per-step ``img_per_s`` in
@@ -85,13 +85,12 @@ def loader_alone(cfg, batches: int, skip: int) -> float:
     sampler = EpochSampler(len(data), cfg.optim.batch_size, cfg.run.seed)
     workers = resolve_num_workers(d.num_workers, "cpu")
     it = iter(DataLoader(data, batch_sampler=sampler, num_workers=workers))
-    times = []
-    for i in range(batches + skip):
-        t = time.perf_counter()
+    for _ in range(skip):
         next(it)
-        if i >= skip:
-            times.append(time.perf_counter() - t)
-    return cfg.optim.batch_size / statistics.median(times)
+    t = time.perf_counter()  # the whole span, not a median of waits: workers hand out prefetched batches at once
+    for _ in range(batches):
+        next(it)
+    return cfg.optim.batch_size * batches / (time.perf_counter() - t)
 
 
 def pipeline(args, cache: str, workers: str, out: Path) -> float:

@@ -14,6 +14,7 @@ fixtures bit for bit (tests/models/test_official_fixtures.py), loaded with our m
 - ``ours``: ``create_model(...)``, fp32 eager (fused attention, one-product ISTA);
 - ``ours bf16`` (``--amp``): ours under bf16 autocast;
 - ``ours compiled`` (``--compile``): ``torch.compile`` of ours (and ``ours compiled bf16`` with ``--amp`` too);
+- ``ours checkpointed`` (``--grad-checkpointing``): ours recomputing every block in backward;
 - ``visible-only`` (``--visible-only``): ours with ``mask_tokens_in_encoder=False``, not the paper's model.
 
 A train step is forward + backward + AdamW step (the official baseline with facebookresearch/mae's optimizer, the
@@ -101,6 +102,10 @@ def build(args, device):
         models["ours compiled"] = (compiled, False)
         if args.amp:
             models["ours compiled bf16"] = (compiled, True)
+    if args.grad_checkpointing:
+        checkpointed = copy.deepcopy(ours)
+        checkpointed.set_grad_checkpointing(True)
+        models["ours checkpointed"] = (checkpointed, False)
     if args.visible_only:
         visible = create(args, mask_tokens_in_encoder=False).to(device)
         visible.load_state_dict(ours.state_dict())

@@ -48,7 +48,7 @@ class DataConfig:
     augment: str = "mae"           # 'mae': RandomResizedCrop(scale) + flip; 'book': the authors' book (see transforms)
     scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
-    num_workers: int | str = "auto"  # DataLoader workers; auto: by device and cores (data.resolve_num_workers)
+    num_workers: int | str = "auto"  # DataLoader workers; auto: by device, cores, threads (data.resolve_num_workers)
     cache: bool | str = "auto"     # decode image files once and keep them in memory; auto: when they fit
     strict: bool = False           # fail on the first unreadable image instead of skipping it
 

@@ -40,8 +40,8 @@ class SeededSamples(Dataset):
     erasing and mixup use) and all three are restored afterwards: ``torch.manual_seed`` would also reseed every
     CUDA generator, so with ``num_workers=0`` drop-path randomness on the GPU would depend on the data order.
     ``torch_only=True`` is for datasets whose randomness is torch's alone (torchvision v2 transforms): numpy and
-    ``random`` are then left alone, which gives the same samples and saves saving, seeding and restoring numpy's
-    generator, a fifth of the per-sample cost of 32-px pretraining.
+    ``random`` are then left alone: the same samples, without saving, seeding and restoring numpy's generator, which
+    took a fifth of the time of a 32-px JPEG sample (docs/data.md).
     """
 
     def __init__(self, dataset: Dataset, seed: int, num_patches: int | None = None, torch_only: bool = False):
