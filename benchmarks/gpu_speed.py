@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of this device")
     p.add_argument("--peak-tflops-fp32", type=float, default=None, help="fp32 peak of this device")
     p.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, eager on CPU")
-    p.add_argument("--budget-s", type=float, default=270.0, help="rows still to run after this are skipped")
+    p.add_argument("--budget-s", type=float, default=240.0, help="rows still to run after this are skipped")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
