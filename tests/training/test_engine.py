@@ -264,6 +264,23 @@ def test_deterministic_is_honoured_while_training_and_restored_after(task, tmp_p
     assert seen == [True, True] and torch.are_deterministic_algorithms_enabled() == before
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_grad_checkpointing_trains_to_the_same_weights(task, tmp_path, monkeypatch):
+    """run.grad_checkpointing recomputes every block in backward (drop path included: fine-tuning runs with
+    drop_path_rate 0.1, whose RNG checkpointing replays) and ends two steps with the very same weights."""
+    import crate_mae.models.crate_mae as crate
+
+    calls = []
+    real = crate.checkpoint
+    monkeypatch.setattr(crate, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train(task, tmp_path / "plain", "run.max_steps=2")
+    assert not calls
+    train(task, tmp_path / "ckpt", "run.max_steps=2", "run.grad_checkpointing=true")
+    assert len(calls) == 2 * (4 if task == "pretrain" else 2)  # every block of every step
+    a, b = (load_file(str(list_checkpoints(tmp_path / r)[-1] / "model.safetensors")) for r in ("plain", "ckpt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_progress_off_a_terminal_prints_lines_not_frames(tmp_path, capsys):
     train("pretrain", tmp_path / "run", "run.progress=true")
     captured = capsys.readouterr()

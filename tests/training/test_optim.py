@@ -65,3 +65,27 @@ def test_timm_weight_decay_groups_exempt_tokens(tiny_model_kwargs):
     with pytest.raises(ValueError, match="param_groups"):
         build_optimizer(model, 1e-3, 0.05, (0.9, 0.95), param_groups="adam")
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)
+
+
+def test_fused_adamw_on_cpu_steps_like_the_default_implementation(tiny_model_kwargs):
+    """Our training path uses torch's fused AdamW where it exists; three steps equal the default implementation's
+    up to float rounding."""
+    import copy
+
+    from timm.optim import param_groups_weight_decay
+
+    torch.manual_seed(0)
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
+    ref = copy.deepcopy(model)
+    opt = build_optimizer(model, 1e-2, 0.05, (0.9, 0.95))
+    assert all(g["fused"] for g in opt.param_groups)
+    ref_opt = torch.optim.AdamW(param_groups_weight_decay(ref, 0.05), lr=1e-2, betas=(0.9, 0.95))
+    assert not any(g["fused"] for g in ref_opt.param_groups)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    for m, o in ((model, opt), (ref, ref_opt)):
+        for _ in range(3):
+            m(imgs, noise=noise).loss.backward()
+            o.step()
+            o.zero_grad()
+    for (name, a), b in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -158,3 +158,31 @@ def test_torchrun_two_processes_match_one_process_with_double_batch(tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs between 1x8 and 2x4")
     assert s0["last_loss"] == pytest.approx(s["last_loss"], rel=1e-4)
+
+
+def test_a_cached_image_folder_trains_and_resumes_as_the_files_do(tmp_path, monkeypatch):
+    """data.cache decodes the folder once; the run (and a run stopped and resumed) ends with the weights of a run
+    that reads every file every time."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "data"))
+    from _data_files import write_image
+    from _pretrain_tensors import config
+
+    from crate_mae.training import pretrain
+
+    for i in range(24):
+        write_image(tmp_path / "data" / "train" / f"{i:02d}.{'jpg' if i % 3 else 'png'}", i, size=(40, 36))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        def train(name: str, *overrides: str) -> dict:
+            return pretrain(config(["data.demo=false", f"data.path={tmp_path / 'data'}",
+                                    f"run.output_dir={tmp_path / name}", *overrides]), device="cpu")
+
+        files = train("files", "data.cache=false")
+        cached = train("cached", "data.cache=true")
+        train("resumed", "data.cache=true", "run.max_steps=4", "run.ckpt_every_steps=1")
+        resumed = train("resumed", "data.cache=true", "run.resume=auto")
+    finally:
+        torch.set_num_threads(threads)
+    assert files["steps"] == resumed["steps"] == 6
+    assert files["weights_sha256"] == cached["weights_sha256"] == resumed["weights_sha256"]

@@ -4,7 +4,7 @@ and the embedded scikit-image demo photos (:mod:`crate_mae.data.demo`). See docs
 from .build import DATA_KINDS, build_dataset, detect_kind
 from .cifar import CIFARBatches, load_cifar_pickle
 from .folder import FlatImageFolder, ImageFiles, ImageFolderDataset, UnreadableImageError, is_image_file
-from .loader import build_loader, seed_worker
+from .loader import build_loader, resolve_num_workers, seed_worker
 from .shards import ShardDataset, make_shards
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, book_pretrain_transform, denormalize, eval_transform,
                          pretrain_transform)
@@ -13,5 +13,5 @@ __all__ = [
     "CIFARBatches", "DATA_KINDS", "FlatImageFolder", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFiles",
     "ImageFolderDataset", "ShardDataset", "UnreadableImageError", "book_pretrain_transform", "build_dataset",
     "build_loader", "denormalize", "detect_kind", "eval_transform", "is_image_file", "load_cifar_pickle",
-    "make_shards", "pretrain_transform", "seed_worker",
+    "make_shards", "pretrain_transform", "resolve_num_workers", "seed_worker",
 ]

@@ -69,8 +69,11 @@ def _has_image(directory: str) -> bool:
     return False
 
 
+CACHE_MODES = (True, False, "auto")
+
+
 def build_dataset(path: str | os.PathLike, split: str | None = None, transform: Callable | None = None,
-                  kind: str = "auto", strict: bool = False) -> Dataset:
+                  kind: str = "auto", strict: bool = False, cache: bool | str = False) -> Dataset:
     """A Dataset of ``(image_tensor, label)`` read from ``path``; ``label = -1`` for unlabelled data.
 
     ``kind``:
@@ -83,6 +86,10 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
       - ``"auto"``: :func:`detect_kind`.
     ``split=None`` reads ``path`` itself (image kinds). ``transform`` maps a PIL RGB image to a tensor (default:
     float32 in [0, 1]). ``strict=True`` raises on the first unreadable image file instead of skipping it (image kinds).
+    ``cache`` (image-file kinds): decode every image once at construction and keep it in memory
+    (:meth:`~.folder.ImageFiles.decode_all`); ``"auto"`` does so when the decoded images would take at most
+    :func:`cache_budget` bytes. CIFAR batches are held in memory anyway; shards are never cached (``cache=True``
+    raises ValueError).
 
     The result has ``.classes`` (empty when unlabelled) and ``len``; all but shards also ``.samples`` (``(source,
     label)`` pairs).
@@ -93,7 +100,12 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
     path = Path(path).expanduser()
     if kind == "auto":
         kind = detect_kind(path, split)
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be true, false or 'auto', got {cache!r}")
     if kind == "shards":
+        if cache is True:
+            raise ValueError(f"{path}: shards are read from disk by index and cannot be cached in memory; use "
+                             "cache=false (or 'auto'), or the image folder the shards were written from")
         manifest = find_manifest(path, split)
         if manifest is None:
             raise FileNotFoundError(f"no shard manifest: {(path / split if split else path) / MANIFEST_NAME} "
@@ -102,6 +114,26 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
     if kind in ("cifar10", "cifar100"):
         return CIFARBatches(path, split=split, kind=kind, transform=transform)
     root = _split_dir(path, split)
-    if kind == "imagefolder":
-        return ImageFolderDataset(root, transform=transform, strict=strict)
-    return FlatImageFolder(root, transform=transform, strict=strict)
+    cls = ImageFolderDataset if kind == "imagefolder" else FlatImageFolder
+    ds = cls(root, transform=transform, strict=strict)
+    if cache is True or (cache == "auto" and ds.decoded_bytes_estimate() <= cache_budget()):
+        ds.decode_all()
+    return ds
+
+
+def cache_budget() -> int:
+    """Bytes of decoded images ``cache='auto'`` keeps in memory: a quarter of the memory available now, shared by
+    the processes ``torchrun`` starts on this machine (each holds its own copy)."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 0
+    return available // 4 // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -16,6 +17,28 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+
+
+def resolve_num_workers(num_workers: int | str, device: torch.device | str) -> int:
+    """``num_workers`` as given, or for ``"auto"`` a count chosen by the machine, from the cores this process may
+    use (its CPU affinity, divided among the ``torchrun`` processes on this machine):
+
+    - on a GPU: ``min(8, cores - 1)``: the model runs on the device, so the cores are free to decode and augment;
+    - on a CPU: the cores the training threads leave free (``cores - torch.get_num_threads()``, at most 4); when
+      they leave none, 0 with at most 4 cores (a worker would take time from the training threads, and with the
+      decoded images cached loading in-process costs under a tenth of a 32-px step: docs/data.md), else
+      ``min(4, cores // 4)``.
+    """
+    if num_workers != "auto":
+        return int(num_workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if torch.device(device).type != "cpu":
+        return max(0, min(8, cores - 1))
+    free = cores - torch.get_num_threads()
+    if free > 0:
+        return min(4, free)
+    return 0 if cores <= 4 else min(4, cores // 4)
 
 
 def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,

@@ -48,7 +48,8 @@ class DataConfig:
     augment: str = "mae"           # 'mae': RandomResizedCrop(scale) + flip; 'book': the authors' book (see transforms)
     scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
-    num_workers: int = 4
+    num_workers: int | str = "auto"  # DataLoader workers; auto: by device, cores, threads (data.resolve_num_workers)
+    cache: bool | str = "auto"     # decode image files once and keep them in memory; auto: when they fit
     strict: bool = False           # fail on the first unreadable image instead of skipping it
 
 
@@ -82,7 +83,8 @@ class RunConfig:
     vis_every_epochs: int = 20     # epochs between reconstruction grids (0 = never)
     vis_images: int = 8
     amp: str = "auto"              # auto = bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
+    compile: bool = False          # torch.compile the training forward (tested on CPU; see README "Speed")
+    grad_checkpointing: bool = False  # recompute each block in backward: activation memory ~1/8, ~1.3x the compute
     deterministic: bool = False
     resume: str | None = None      # None, "auto" (newest complete checkpoint in output_dir) or a checkpoint path
     max_steps: int | None = None   # stop after this many optimizer steps (smoke tests)
@@ -308,7 +310,7 @@ class Checks:
         self(r.max_minutes is None or (number(r.max_minutes) and r.max_minutes > 0), "run.max_minutes",
              r.max_minutes, "must be > 0 or null")
         self(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
-        for key in ("compile", "deterministic", "progress", "allow_config_change"):
+        for key in ("compile", "grad_checkpointing", "deterministic", "progress", "allow_config_change"):
             self(isinstance(getattr(r, key), bool), f"run.{key}", getattr(r, key), "must be true or false")
 
     def path(self, v: Any, key: str, required: bool = True) -> None:
@@ -371,7 +373,9 @@ def _validate(cfg: PretrainConfig) -> list[str]:
         check(all(x > 0 for x in d.std), "data.std", d.std, "every entry must be > 0")
     check(isinstance(d.scale, tuple) and len(d.scale) == 2 and all(number(x) for x in d.scale)
           and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale", d.scale, "must be [lo, hi] with 0 < lo <= hi <= 1")
-    check(integer(d.num_workers) and d.num_workers >= 0, "data.num_workers", d.num_workers, "must be an integer >= 0")
+    check(d.num_workers == "auto" or (integer(d.num_workers) and d.num_workers >= 0), "data.num_workers",
+          d.num_workers, "must be an integer >= 0 or 'auto'")
+    check(d.cache in (True, False, "auto"), "data.cache", d.cache, "must be true, false or 'auto'")
     check(integer(d.demo_samples) and d.demo_samples > 0, "data.demo_samples", d.demo_samples, "must be > 0")
     for key in ("hflip", "strict", "demo"):
         check(isinstance(getattr(d, key), bool), f"data.{key}", getattr(d, key), "must be true or false")

@@ -80,18 +80,21 @@ def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
     """
     from torch.utils.data import DataLoader
 
+    from ..data import resolve_num_workers
     from ..models import create_model
     from ..utils import amp_dtype, default_device
+    from .optim import adamw
     from .pretrain import build_pretrain_dataset
 
     device = torch.device(device) if device is not None else default_device()
     dtype = amp_dtype(cfg.run.amp, device)
     torch.manual_seed(0)
     model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), 1e-4, (0.9, 0.95))  # the training run's optimizer, fused where possible
     loader = DataLoader(dataset if dataset is not None else build_pretrain_dataset(cfg),
                         batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(0))
+                        num_workers=resolve_num_workers(cfg.data.num_workers, device),
+                        generator=torch.Generator().manual_seed(0))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # CUDA runs ahead of the host
     times: list[float] = []
     start = clock()

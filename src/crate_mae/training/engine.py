@@ -4,7 +4,7 @@ facebookresearch/mae writes each task twice over: a ``main_*.py`` that sets up a
 epoch loop. Here the split is done once. :func:`run` and :class:`Runner` own everything around the training step:
 
 - the process group (joined under torchrun, torn down only if :func:`run` created it), determinism flags
-  (restored afterwards), autocast and the fp16 grad scaler;
+  (restored afterwards), autocast and the fp16 grad scaler, activation checkpointing (``run.grad_checkpointing``);
 - the output-folder lock (one run per folder), the data order (:class:`~.sampling.EpochSampler`) and loader;
 - the optimizer step: gradient accumulation with DDP gradient sync only on the last micro-batch (forward *and*
   backward under ``no_sync``), clipping, and the NaN guard: one all-reduce and one host sync per optimizer step
@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.loader import resolve_num_workers
 from ..utils import NoSpaceError, amp_dtype
 from .checkpointing import (DamagedCheckpointError, RunLock, capture_rng, find_latest_checkpoint, read_checkpoint,
                             restore_rng, resume_candidates, save_checkpoint)
@@ -76,7 +77,7 @@ class Task:
 
     name = "training"
     guarded: tuple[str, ...] = ("model.", "data.", "optim.", "run.seed")
-    unguarded: tuple[str, ...] = ("data.num_workers", "data.strict")
+    unguarded: tuple[str, ...] = ("data.num_workers", "data.strict", "data.cache")
     model: nn.Module
     train_set: Dataset
     extra: dict[str, Any]
@@ -173,6 +174,11 @@ class Runner:
 
         torch.manual_seed(r.seed)  # identical initialisation on every rank
         self.task = make_task(self)
+        if r.grad_checkpointing:
+            if not hasattr(self.task.model, "set_grad_checkpointing"):
+                raise ValueError(f"run.grad_checkpointing = true, but {type(self.task.model).__name__} has no "
+                                 "set_grad_checkpointing")
+            self.task.model.set_grad_checkpointing(True)
         seed_all(r.seed + info.rank)  # then rank-specific streams for drop path and mixup
 
         self.sampler = EpochSampler(len(self.task.train_set), o.batch_size, r.seed, info.rank, info.world_size)
@@ -181,7 +187,7 @@ class Runner:
             raise ValueError(f"one epoch has {self.sampler.steps_per_epoch} batches, fewer than optim.accum_iter = "
                              f"{o.accum_iter}; use a larger dataset or smaller batch/accumulation")
         self.iters_per_epoch = self.steps_per_epoch * o.accum_iter
-        workers = cfg.data.num_workers
+        workers = resolve_num_workers(cfg.data.num_workers, self.device)
         self.loader = DataLoader(self.task.train_set, batch_sampler=self.sampler, num_workers=workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                                  generator=torch.Generator().manual_seed(r.seed))  # keeps seeding off the global RNG

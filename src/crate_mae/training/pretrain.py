@@ -57,8 +57,9 @@ class Pretraining(Task):
         self.model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides).to(runner.device)
         h, w = self.model.grid_size(torch.empty(1, self.model.config.get("in_chans", 3), cfg.data.img_size,
                                                 cfg.data.img_size))
+        # Our datasets and transforms draw from torch's generator alone; a caller's dataset may use any.
         self.train_set = SeededSamples(dataset if dataset is not None else build_pretrain_dataset(cfg),
-                                       cfg.run.seed, num_patches=h * w)
+                                       cfg.run.seed, num_patches=h * w, torch_only=dataset is None)
         self.extra = {"data": {"mean": list(cfg.data.mean), "std": list(cfg.data.std),
                                "img_size": cfg.data.img_size},
                       "pretrain": {"mask_ratio": cfg.model.mask_ratio}}
@@ -151,14 +152,16 @@ def knn_monitor(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> 
     """Weighted k-NN accuracy (%) of the encoder's cls features on ``run.knn_data``: train split as the memory,
     val split as queries (k = ``run.knn_k``), the pretraining normalisation and size, unmasked images. Every rank computes it (the
     same numbers), so no rank waits in a collective meanwhile; keep the splits small (``run.knn_limit``)."""
+    from ..data import resolve_num_workers
     from ..evaluation.features import check_same_classes, compute_features
     from ..evaluation.knn import knn_evaluate
 
     r, d = cfg.run, cfg.data
     was = model.training
+    workers = resolve_num_workers(d.num_workers, device)
     with torch.random.fork_rng(devices=[]):  # the loaders draw seeds from the global generator: leave training's
         sets = [compute_features(model, r.knn_data, split, img_size=d.img_size, mean=d.mean, std=d.std,
-                                 num_workers=d.num_workers, device=device, progress=False, fingerprint="training",
+                                 num_workers=workers, device=device, progress=False, fingerprint="training",
                                  limit=r.knn_limit) for split in (r.knn_train_split, r.knn_val_split)]
     model.train(was)
     train, val = sets
@@ -182,4 +185,4 @@ def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
         from ..data.demo import DemoPhotos
 
         return DemoPhotos(num_samples=d.demo_samples, img_size=d.img_size, transform=transform, seed=cfg.run.seed)
-    return build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict)
+    return build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict, cache=d.cache)
