@@ -355,8 +355,11 @@ def test_online_knn_probe_is_logged_and_leaves_training_unchanged(tmp_path):
                     "run.knn_k=3")
     knn_rows = [r for r in rows(tmp_path / "knn") if r.get("event") == "knn"]
     assert [r["epoch"] for r in knn_rows] == [1, 2] and [r["step"] for r in knn_rows] == [6, 12]
-    assert all(0 <= r["top1"] <= 100 and r["top5"] == 100.0 for r in knn_rows)  # 2 classes: top-5 is certain
-    assert watched["knn"] == {"top1": knn_rows[-1]["top1"], "top5": 100.0}
+    assert all(0 <= r[f"{p}top1"] <= 100 and r[f"{p}top5"] == 100.0  # 2 classes: top-5 is certain
+               for r in knn_rows for p in ("", "mean_"))
+    assert watched["knn"] == {"top1": knn_rows[-1]["top1"], "top5": 100.0,
+                              "mean_top1": knn_rows[-1]["mean_top1"], "mean_top5": 100.0}
     events = EventAccumulator(str(tmp_path / "knn" / "tb")).Reload()
     assert [e.step for e in events.Scalars("knn/top1")] == [1, 2]
+    assert [e.step for e in events.Scalars("knn/mean_top1")] == [1, 2]
     assert watched["weights_sha256"] == plain["weights_sha256"]  # monitoring does not perturb training

@@ -149,7 +149,8 @@ class Pretraining(Task):
 
 
 def knn_monitor(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> dict[str, float]:
-    """Weighted k-NN accuracy (%) of the encoder's cls features on ``run.knn_data``: train split as the memory,
+    """Weighted k-NN accuracy (%) of the encoder's cls and mean-pooled features on ``run.knn_data`` (``top1``/``top5``
+    for cls, ``mean_top1``/``mean_top5`` for mean-pooled tokens, which can move differently): train split as the memory,
     val split as queries (k = ``run.knn_k``), the pretraining normalisation and size, unmasked images. Every rank computes it (the
     same numbers), so no rank waits in a collective meanwhile; keep the splits small (``run.knn_limit``)."""
     from ..data import resolve_num_workers
@@ -167,9 +168,12 @@ def knn_monitor(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> 
     train, val = sets
     check_same_classes(train.classes, val.classes, f"run.knn_train_split ({r.knn_train_split})",
                        f"run.knn_val_split ({r.knn_val_split})")
-    acc = knn_evaluate(train.cls, train.labels, val.cls, val.labels, len(train.classes), ks=[r.knn_k],
-                       device=device)[r.knn_k]
-    return {"top1": acc["top1"], "top5": acc["top5"]}
+    out = {}
+    for pool, prefix in (("cls", ""), ("mean", "mean_")):
+        acc = knn_evaluate(train.get(pool), train.labels, val.get(pool), val.labels, len(train.classes),
+                           ks=[r.knn_k], device=device)[r.knn_k]
+        out.update({f"{prefix}top1": acc["top1"], f"{prefix}top5": acc["top5"]})
+    return out
 
 
 def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
