@@ -6,10 +6,11 @@ facebookresearch/mae's ViT-MAE at equal width and depth, each also scored at its
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py budget --epochs 100
     for m in crate vit_paper vit_mae; do
         OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py pretrain $m > runs/long/$m.log 2>&1 & done
-    # 2. score every model and its init; write table.md, results/*.json and the figures:
+    # 2. score every model and its init; write table.md, results/*.json and the figures (rows are cached in
+    #    rows/, so `evaluate --part init` can score the random inits while the runs still train):
     .venv/bin/python benchmarks/long_runs.py evaluate
     # 3. fine-tune the pretrained CRATE-MAE encoder and the same network from scratch, same budget:
-    .venv/bin/python benchmarks/long_runs.py finetune --epochs 30
+    .venv/bin/python benchmarks/long_runs.py finetune --epochs 10
 
 Recipe: ``configs/pretrain_cifar.yaml`` (the recipe study's choice, docs/evaluation.md) with online k-NN every
 10 epochs (``run.knn_every_epochs``). The ViT-MAEs get CRATE-MAE's width, depth and heads for encoder and decoder,
@@ -115,6 +116,10 @@ def masked_val_loss(model, data: Path, mean, std, mask_ratio: float = 0.75) -> f
     return total / len(ds)
 
 
+def stem(label: str) -> str:
+    return label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("'", "")
+
+
 def score(label: str, model, args, mean, std) -> dict:
     """Every probe of the module docstring on one model; returns the table row and writes its result files."""
     from crate_mae.evaluation import compute_features, knn, linprobe, write_result
@@ -133,12 +138,23 @@ def score(label: str, model, args, mean, std) -> dict:
         for pool in ("cls", "mean"):
             res[f"layer{i + 1}_{pool}"] = linprobe(tr, va, "sklearn", pool=pool, layer=i,
                                                    label=f"{label} / layer {i + 1} {pool} logreg")
-    stem = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("'", "")
     for key, r in res.items():
-        write_result(r, args.out / "results" / f"{stem}_{key}.json")
+        write_result(r, args.out / "results" / f"{stem(label)}_{key}.json")
     row = {k: round(r["metrics"]["top1"], 2) for k, r in res.items()}
     row.update(label=label, params=sum(p.numel() for p in model.parameters()), depth=depth,
                val_loss=round(masked_val_loss(model, args.data, mean, std), 4), knn_k=res["knn"]["details"]["best_k"])
+    return row
+
+
+def cached_row(label: str, args, compute) -> dict:
+    """A table row, computed once: ``OUT/rows/<label>.json`` holds it, so ``evaluate`` resumes and the random-init
+    rows can be scored while the pretraining runs still train (``--part init``)."""
+    path = args.out / "rows" / f"{stem(label)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    row = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=2))
     return row
 
 
@@ -153,23 +169,30 @@ def evaluate(args) -> int:
 
     raw = yaml.safe_load(CONFIG.read_text())
     mean, std = raw["data"]["mean"], raw["data"]["std"]
-    rows, trained = [], {}
+    rows, trained, inits = [], {}, {}
     for which, title in MODELS.items():
         run = args.out / which
-        if not (run / "model" / "config.json").is_file():
-            print(f"skipping {title}: no {run / 'model'} (pretrain it first)")
-            continue
-        trained[which] = crate_mae.from_pretrained(run / "model").eval()
-        budget = json.loads((run / "budget.json").read_text())
-        row = score(f"{title} pretrained", trained[which], args, mean, std)
-        row.update(epochs=budget["epochs"], minutes=round(budget["minutes"]))
-        rows.append(row)
         name, over = model_spec(which)
         torch.manual_seed(0)  # the pretraining runs start from seed 0 too
-        init = crate_mae.create_model(name, img_size=32, **over).eval()
-        rows.append({**score(f"{title} random init", init, args, mean, std), "epochs": 0, "minutes": 0})
-        if which == "crate":
-            trained["crate_init"] = init
+        inits[which] = crate_mae.create_model(name, img_size=32, **over).eval()
+        if args.part != "init":
+            if not (run / "model" / "config.json").is_file():
+                print(f"skipping {title}: no {run / 'model'} (pretrain it first)")
+            else:
+                trained[which] = crate_mae.from_pretrained(run / "model").eval()
+                budget = json.loads((run / "budget.json").read_text())
+                summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+                row = cached_row(f"{title} pretrained", args,
+                                 lambda: score(f"{title} pretrained", trained[which], args, mean, std))
+                row.update(epochs=summary.get("epochs", budget["epochs"]), minutes=round(budget["minutes"]))
+                rows.append(row)
+        if args.part != "trained":
+            init = inits[which]
+            rows.append({**cached_row(f"{title} random init", args,
+                                      lambda: score(f"{title} random init", init, args, mean, std)),
+                         "epochs": 0, "minutes": 0})
+    if args.part == "init":
+        return 0
     (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
     table = markdown(rows)
     (args.out / "table.md").write_text(table)
@@ -178,10 +201,9 @@ def evaluate(args) -> int:
     imgs = torch.stack([val[i][0] for i in range(0, len(val), len(val) // 8)][:8])
     norm = Normalization(tuple(mean), tuple(std))
     for which, model in trained.items():
-        if which != "crate_init":
-            save_reconstructions(model, imgs, norm, args.out / "figures" / f"reconstruct_{which}.png", seed=0)
+        save_reconstructions(model, imgs, norm, args.out / "figures" / f"reconstruct_{which}.png", seed=0)
     if "crate" in trained:
-        layer_figure(trained["crate_init"], trained["crate"], val, measure_layers, args.out / "figures")
+        layer_figure(inits["crate"], trained["crate"], val, measure_layers, args.out / "figures")
     return 0
 
 
@@ -231,25 +253,28 @@ def markdown(rows: list[dict]) -> str:
 
 
 def finetune(args) -> int:
-    """Fine-tune the pretrained CRATE-MAE encoder and the same architecture from scratch, same recipe and epochs."""
+    """Fine-tune the pretrained CRATE-MAE encoder and the same architecture from scratch, same recipe and epochs
+    (``--start`` runs one of them, so the two can run side by side); ``finetune.json`` collects both."""
     from crate_mae.evaluation.finetune import finetune as run_finetune, load_finetune_config
 
     name, over = model_spec("crate")
     enc_over = {k: over[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if k in over}
-    results = {}
-    for label, model_keys in (("pretrained", {"model.checkpoint": str(args.out / "crate" / "model")}),
-                              ("scratch", {"model.checkpoint": None, "model.name": name.replace("crate_mae_", "crate_"),
-                                           "model.overrides": enc_over, "data.img_size": 32,
-                                           "data.mean": [0.4914, 0.4822, 0.4465],
-                                           "data.std": [0.2470, 0.2435, 0.2616]})):
+    starts = {"pretrained": {"model.checkpoint": str(args.out / "crate" / "model")},
+              "scratch": {"model.checkpoint": None, "model.name": name.replace("crate_mae_", "crate_"),
+                          "model.overrides": enc_over, "data.img_size": 32, "data.mean": [0.4914, 0.4822, 0.4465],
+                          "data.std": [0.2470, 0.2435, 0.2616]}}
+    for label in [args.start] if args.start != "both" else list(starts):
         cfg = load_finetune_config(REPO / "src" / "crate_mae" / "configs" / "finetune_cifar.yaml", {
-            **model_keys, "data.path": str(args.data), "data.num_workers": 0, "optim.epochs": args.epochs,
+            **starts[label], "data.path": str(args.data), "data.num_workers": 0, "optim.epochs": args.epochs,
             "optim.warmup_epochs": max(1, args.epochs // 10), "run.output_dir": str(args.out / f"finetune_{label}"),
             "run.resume": "auto", "run.progress": False})
         r = run_finetune(cfg)
-        results[label] = {k: round(v, 2) for k, v in r["metrics"].items()}
-        print(label, results[label])
-    (args.out / "finetune.json").write_text(json.dumps({"epochs": args.epochs, **results}, indent=2))
+        result = {"epochs": args.epochs, **{k: round(v, 2) for k, v in r["metrics"].items()}}
+        (args.out / f"finetune_{label}.json").write_text(json.dumps(result, indent=2))
+        print(label, result)
+    done = {k: json.loads((args.out / f"finetune_{k}.json").read_text()) for k in starts
+            if (args.out / f"finetune_{k}.json").is_file()}
+    (args.out / "finetune.json").write_text(json.dumps(done, indent=2))
     return 0
 
 
@@ -265,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--epochs", type=int, default=100, help="CRATE-MAE's epochs (sets everyone's minutes)")
         if cmd == "pretrain":
             s.add_argument("model", choices=list(MODELS))
+        if cmd == "evaluate":
+            s.add_argument("--part", choices=("all", "init", "trained"), default="all",
+                           help="init: only the random-init rows (no trained model needed); rows are cached")
         if cmd == "finetune":
-            s.add_argument("--epochs", type=int, default=30)
+            s.add_argument("--epochs", type=int, default=10)
+            s.add_argument("--start", choices=("both", "pretrained", "scratch"), default="both")
     args = p.parse_args(argv)
     if not args.data.is_dir():
         print(f"data not found: {args.data} (needs ../shared/data/cifar10-dev)", file=sys.stderr)
