@@ -26,13 +26,12 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
-
-import os
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS: set before the first handle
 

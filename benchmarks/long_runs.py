@@ -232,7 +232,8 @@ def markdown(rows: list[dict]) -> str:
 
 def finetune(args) -> int:
     """Fine-tune the pretrained CRATE-MAE encoder and the same architecture from scratch, same recipe and epochs."""
-    from crate_mae.evaluation.finetune import finetune as run_finetune, load_finetune_config
+    from crate_mae.evaluation.finetune import finetune as run_finetune
+    from crate_mae.evaluation.finetune import load_finetune_config
 
     name, over = model_spec("crate")
     enc_over = {k: over[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if k in over}

@@ -38,7 +38,6 @@ import statistics
 import time
 
 import torch
-
 from timm.optim import param_groups_weight_decay
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -37,7 +37,8 @@ def _to_official(model):
         k2 = k2.replace("encoder.patch_embed", "patch_embed").replace("encoder.norm", "norm")
         out[k2] = v
     d = model.encoder.embed_dim
-    out["pos_embed"], out["decoder_pos_embed"] = model.encoder.pos_embed.table.clone(), model.encoder.pos_embed.table.clone()
+    table = model.encoder.pos_embed.table
+    out["pos_embed"], out["decoder_pos_embed"] = table.clone(), table.clone()
     out["decoder_embed.weight"], out["decoder_embed.bias"] = torch.zeros(d, d), torch.zeros(d)
     return out
 

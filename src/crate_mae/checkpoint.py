@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from ._version import __version__
 from .models.crate_mae import CrateEncoder, CrateMAE
 from .models.layers import sincos_pos_embed
 from .models.official import from_official
@@ -139,7 +139,7 @@ def build_from_config(config: Mapping[str, Any], where: str = "config") -> nn.Mo
     return model
 
 
-# -- any format ----------------------------------------------------------------------------------------------------------
+# -- any format --------------------------------------------------------------------------------------------------------
 def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **overrides) -> nn.Module:
     """Return a ready model (eval mode) from a checkpoint in any supported format; keyword arguments override the
     inferred configuration (``num_heads``, ``ista_lambda``, ``ista_step_size``, ``norm_pix_loss``, ...).
@@ -150,8 +150,8 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        if (path.is_dir() and (path / CONFIG_NAME).is_file()) or (path.is_file() and (path.parent / CONFIG_NAME).is_file()
-                                                                   and path.suffix == ".safetensors"):
+        ours_file = path.is_file() and path.suffix == ".safetensors" and (path.parent / CONFIG_NAME).is_file()
+        if (path.is_dir() and (path / CONFIG_NAME).is_file()) or ours_file:
             return from_pretrained(path, **overrides).eval()
         state = read_state_dict(path)
         where = str(path)
@@ -221,7 +221,7 @@ def load_weights_into(model: nn.Module, source: str | os.PathLike | Mapping[str,
     return model
 
 
-# -- reading -------------------------------------------------------------------------------------------------------------
+# -- reading -----------------------------------------------------------------------------------------------------------
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file, unwrapped, ``module.`` stripped."""
     path = weights_file(path)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
+from ._version import __version__
 from .utils import atomic_write, file_sha256
 from .utils.extras import require
 
@@ -93,8 +94,6 @@ def hub_snapshot(source: str, *, revision: str | None = None, cache_dir: str | o
     hf = require("huggingface_hub", "hub", "reading weights from the Hugging Face Hub")
     from huggingface_hub import errors
 
-    from . import __version__
-
     cache = str(cache_dir) if cache_dir is not None else hf.constants.HF_HUB_CACHE
     try:
         folder = Path(hf.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
@@ -119,7 +118,7 @@ def hub_snapshot(source: str, *, revision: str | None = None, cache_dir: str | o
     return folder
 
 
-# -- writing ------------------------------------------------------------------------------------------------------------
+# -- writing -----------------------------------------------------------------------------------------------------------
 def save_for_hub(model: nn.Module, directory: str | os.PathLike, *, repo_id: str | None = None,
                  license: str | None = None, data: str | None = None, source: str | None = None) -> Path:
     """Write a ready-to-upload folder: ``config.json`` + ``model.safetensors`` (:func:`crate_mae.save_pretrained`)
@@ -144,8 +143,6 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
     hf = require("huggingface_hub", "hub", "uploading weights to the Hugging Face Hub")
     repo_id, pinned = parse_hub_id(repo_id)
     revision = revision or pinned
-    from . import __version__
-
     name = model.config.get("model") or model.config.get("architecture", "model")
     api = hf.HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="crate-mae-hub-") as tmp:
@@ -159,8 +156,6 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
                source: str | None = None, weights_sha256: str | None = None) -> str:
     """The model card (Markdown with Hub YAML metadata) of ``model``; see :func:`save_for_hub` for the fields."""
     import yaml
-
-    from . import __version__
 
     config = dict(getattr(model, "config", {}))
     recorded = config.get("weights_source") if isinstance(config.get("weights_source"), Mapping) else {}
@@ -187,7 +182,8 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
                      if k != "weights_source" and v is not None)
     origin = [f"- Source: {source}" if source else "- Source: not stated by the uploader"]
     if recorded.get("file"):
-        origin.append(f"- Converted by `crate-mae convert` from `{recorded['file']}` (sha256 `{recorded.get('sha256')}`, "
+        origin.append(f"- Converted by `crate-mae convert` from `{recorded['file']}` "
+                      f"(sha256 `{recorded.get('sha256')}`, "
                       f"{recorded.get('format', 'official')} layout)")
     if recorded.get("format") == "crate_mae_official":
         origin.append("- The official weights do not store ISTA's λ and η: the values in the table are those given at "

@@ -1,4 +1,5 @@
-"""The CRATE encoders in timm's registry: ``timm.create_model("crate_base", num_classes=10)`` after ``import crate_mae``.
+"""The CRATE encoders in timm's registry: ``timm.create_model("crate_base", num_classes=10)`` after
+``import crate_mae``.
 
 Every ``crate_{tiny,small,base,large}`` preset of :mod:`crate_mae.models.registry` becomes a timm entry point built
 with timm's ``build_model_with_cfg``, so timm's own machinery works on it: ``features_only=True`` (through

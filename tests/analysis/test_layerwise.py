@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import crate_mae
-from crate_mae.analysis import LayerRecorder, compression_rate, coding_rate, measure_layers, sparsity
+from crate_mae.analysis import LayerRecorder, coding_rate, compression_rate, measure_layers, sparsity
 from crate_mae.analysis.layerwise import _project
 from crate_mae.cli import main
 

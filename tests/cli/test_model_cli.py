@@ -1,6 +1,5 @@
 import json
 
-
 from crate_mae.cli import main
 
 

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 import crate_mae
-from crate_mae.evaluation.finetune import (FinetuneAugConfig, build_mixup, finetune, load_finetune_config,
-                                           param_groups_lrd)
+from crate_mae.evaluation.finetune import (
+    FinetuneAugConfig,
+    build_mixup,
+    finetune,
+    load_finetune_config,
+    param_groups_lrd,
+)
 
 NO_AUG = ["aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.reprob=0", "aug.hflip=0",
           "aug.scale=[1, 1]"]
@@ -64,6 +69,7 @@ def test_mixup_targets_are_soft_and_smoothed():
     assert build_mixup(FinetuneAugConfig(mixup=0.0, cutmix=0.0), 10) is None
 
 
+@pytest.mark.slow
 def test_finetune_overfits_twenty_images_and_resumes(image_folder, tmp_path):
     out = tmp_path / "ft"
     # val = the training images: a fine-tune that works must fit them

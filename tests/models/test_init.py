@@ -13,11 +13,10 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_official_fixtures import FIXTURES, official_fixture
 
 import crate_mae
 from crate_mae.checkpoint import convert_official_crate
-
-from test_official_fixtures import FIXTURES, official_fixture
 
 SMALL = 1000
 

@@ -13,9 +13,10 @@ import sys
 
 import torch
 import torch.distributed as dist
+from _pretrain_tensors import config as pretrain_config
+from _pretrain_tensors import dataset as tensor_dataset
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from _pretrain_tensors import config as pretrain_config, dataset as tensor_dataset
 from crate_mae.evaluation.finetune import finetune, load_finetune_config
 from crate_mae.training import engine, pretrain
 
@@ -37,7 +38,8 @@ real_wrap = engine.wrap_model
 
 def counting_wrap(model, info, compile=False):
     net = real_wrap(model, info, compile)
-    counts["broadcast_buffers"] = net.forward_sync_buffers if hasattr(net, "forward_sync_buffers") else net.broadcast_buffers
+    counts["broadcast_buffers"] = (net.forward_sync_buffers if hasattr(net, "forward_sync_buffers")
+                                   else net.broadcast_buffers)
 
     def hook(state, bucket):
         counts["grad_all_reduce"] += 1

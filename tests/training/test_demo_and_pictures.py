@@ -1,5 +1,6 @@
 import importlib.util
 
+import pytest
 import torch
 
 import crate_mae
@@ -37,6 +38,7 @@ def test_norm_pix_prediction_is_unnormalised_with_target_patch_stats(tiny_model_
     assert png.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_demo_quick_through_cli(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0

@@ -61,7 +61,7 @@ class LayerRecorder:
             self._store(key, name, args[0])
         return hook
 
-    def attach(self) -> "LayerRecorder":
+    def attach(self) -> LayerRecorder:
         if self._handles:
             raise RuntimeError("LayerRecorder is already attached")
         for part, blocks in self.stacks.items():
@@ -99,7 +99,7 @@ class LayerRecorder:
     def __iter__(self) -> Iterator[tuple[tuple[str, int], LayerTrace]]:
         return iter(self.collect().items())
 
-    def __enter__(self) -> "LayerRecorder":
+    def __enter__(self) -> LayerRecorder:
         return self.attach()
 
     def __exit__(self, *exc) -> None:

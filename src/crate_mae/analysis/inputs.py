@@ -58,9 +58,11 @@ def model_img_size(model: nn.Module) -> int:
 
 
 def load_model(spec: str | Path | nn.Module, device: torch.device | str | None = None, **overrides) -> nn.Module:
-    """A ready model in eval mode: an ``nn.Module`` as is (moved only when ``device`` is given), a checkpoint path (any format ``load_checkpoint`` reads),
-    or a registered preset name (randomly initialised; ``overrides`` go to ``create_model``)."""
+    """A ready model in eval mode: an ``nn.Module`` as is (moved only when ``device`` is given), a checkpoint path
+    (any format ``load_checkpoint`` reads) or a registered preset name (randomly initialised; ``overrides`` go to
+    ``create_model``)."""
     import crate_mae
+
     from ..utils.device import default_device
 
     if isinstance(spec, nn.Module):  # the caller's model stays where it is unless a device is asked for

@@ -42,7 +42,8 @@ def plot_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalizati
     """A figure with one row per image and the four panels as columns."""
     plt = pyplot()
     p = reconstruction_panels(model, imgs, norm, mask_ratio, seed)
-    normpix = " (norm-pix: un-normalised with\nthe target's patch mean/var)" if getattr(model, "norm_pix_loss", False) else ""
+    normpix = (" (norm-pix: un-normalised with\nthe target's patch mean/var)"
+               if getattr(model, "norm_pix_loss", False) else "")
     cols = [("masked", f"masked input ({mask_ratio:.0%}, seed {seed})"), ("prediction", "prediction" + normpix),
             ("pasted", "prediction + visible patches" + normpix), ("original", "original")]
     n = imgs.shape[0]

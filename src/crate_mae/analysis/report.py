@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from .._version import __version__
 from ..utils import atomic_write
 from .attention import plot_attention
 from .figures import pyplot
@@ -136,7 +136,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
         body.append(_figure(uri, "layer-wise curves",
                             f"Unmasked images, convention {stats.meta['convention_description']}; mean ± std over "
                             f"{stats.meta['num_images']} images, {stats.meta['tokens_per_image']} tokens each "
-                            "(cls + patches). Tables: layerwise.json / layerwise.csv / layerwise.png beside this page."))
+                            "(cls + patches). Tables: layerwise.json / .csv / .png beside this page."))
         header = ["part", "layer"] + [METRIC_LABELS[m] for m in METRICS]
         rows = [[r["part"], r["layer"]] + [f"{_fmt(r[m + '_mean'])} ± {_fmt(r[m + '_std'])}" for m in METRICS]
                 for r in stats.rows()]

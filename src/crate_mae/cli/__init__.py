@@ -7,13 +7,13 @@ import argparse
 import importlib
 import sys
 
+from .._version import __version__
+
 # Command-group modules, in the order they appear in --help.
 _GROUPS = ["model", "data", "train", "evaluate", "analyze"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = argparse.ArgumentParser(prog="crate-mae", description="CRATE-MAE: white-box masked autoencoders.")
     parser.add_argument("--version", action="version", version=f"crate-mae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

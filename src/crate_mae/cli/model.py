@@ -115,6 +115,7 @@ def _info(args) -> int:
 
 def _convert(args) -> int:
     import crate_mae
+
     from ..checkpoint import detect_format, read_state_dict
     from ..hub import OFFICIAL_SOURCES, save_for_hub
     from ..utils import file_sha256

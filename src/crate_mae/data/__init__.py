@@ -1,13 +1,19 @@
-"""Data: readers for ImageFolder trees, flat image folders, CIFAR pickle batches and WebDataset shards; MAE transforms; the loader;
-and the embedded scikit-image demo photos (:mod:`crate_mae.data.demo`). See docs/data.md."""
+"""Data: readers for ImageFolder trees, flat image folders, CIFAR pickle batches and WebDataset shards; MAE
+transforms; the loader; and the embedded scikit-image demo photos (:mod:`crate_mae.data.demo`). See docs/data.md."""
 
 from .build import DATA_KINDS, build_dataset, detect_kind
 from .cifar import CIFARBatches, load_cifar_pickle
 from .folder import FlatImageFolder, ImageFiles, ImageFolderDataset, UnreadableImageError, is_image_file
 from .loader import build_loader, resolve_num_workers, seed_worker
 from .shards import ShardDataset, make_shards
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, book_pretrain_transform, denormalize, eval_transform,
-                         pretrain_transform)
+from .transforms import (
+                         IMAGENET_MEAN,
+                         IMAGENET_STD,
+                         book_pretrain_transform,
+                         denormalize,
+                         eval_transform,
+                         pretrain_transform,
+)
 
 __all__ = [
     "CIFARBatches", "DATA_KINDS", "FlatImageFolder", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFiles",

@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .._version import __version__
 from ..utils import atomic_write
 from ..utils.extras import require
 from .folder import DECODE_ERRORS, UnreadableImageError, pil_rgb_loader
@@ -122,7 +123,7 @@ def read_manifest(manifest: str | os.PathLike) -> dict:
     return {**desc, "shardlist": resolved, "classes": classes}
 
 
-# -- reading ------------------------------------------------------------------------------------------------------------
+# -- reading -----------------------------------------------------------------------------------------------------------
 def _open_shard(path: str):
     from wids.wids import IndexedTarSamples
 
@@ -267,7 +268,7 @@ class ShardDataset(Dataset):
                 f"classes={len(self.classes)}, strict={self.strict})")
 
 
-# -- writing ------------------------------------------------------------------------------------------------------------
+# -- writing -----------------------------------------------------------------------------------------------------------
 def _encode_file(path: str) -> tuple[bytes, str]:
     """``(bytes, extension)`` to store for one image file, after decoding it fully the way the folder readers do."""
     data = Path(path).read_bytes()
@@ -303,7 +304,6 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int 
     """
     from .build import detect_kind
     from .folder import FlatImageFolder, ImageFolderDataset
-    from .. import __version__
 
     wds = require("webdataset", "shards", "writing WebDataset shards")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:

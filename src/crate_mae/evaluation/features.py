@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from .._version import __version__
+
 POOLS = ("cls", "mean")
 
 
@@ -73,7 +75,7 @@ class FeatureSet:
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FeatureSet":
+    def load(cls, path: str | os.PathLike) -> FeatureSet:
         from safetensors import safe_open
 
         path = Path(path)
@@ -163,7 +165,7 @@ def _layer(i: int, n: int) -> int:
     return j
 
 
-# -- checkpoint -> features ----------------------------------------------------------------------------------------------
+# -- checkpoint -> features --------------------------------------------------------------------------------------------
 def load_model(source: str | os.PathLike, seed: int = 0, **overrides) -> tuple[nn.Module, str]:
     """A model for feature extraction and its fingerprint.
 
@@ -259,8 +261,6 @@ def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathL
     dtype = autocast_dtype(device)
     raw = extract_features(model, loader, layers=layers, device=device, amp_dtype=dtype, progress=progress,
                            total=len(dataset))
-    from .. import __version__
-
     meta = {"checkpoint": ckpt_name, "checkpoint_sha256": sha, "model": getattr(model, "config", {}).get("model"),
             "architecture": getattr(model, "config", {}).get("architecture"), "dataset": str(data), "split": split,
             "num_images": len(dataset), "transform": {"img_size": img_size, "crop_pct": crop_pct, "mean": mean,

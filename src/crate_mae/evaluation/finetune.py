@@ -100,7 +100,7 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
 
-    def validate(self) -> "FinetuneConfig":
+    def validate(self) -> FinetuneConfig:
         errors = _validate(self)
         if errors:
             raise ValueError("invalid fine-tuning config:\n  " + "\n  ".join(errors))
@@ -178,7 +178,8 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
     from timm.optim import param_groups_layer_decay
 
     if not hasattr(model, "group_matcher"):
-        raise ValueError(f"{type(model).__name__} has no group_matcher; layer-wise lr decay needs an encoder classifier")
+        raise ValueError(f"{type(model).__name__} has no group_matcher; layer-wise lr decay needs an encoder "
+                         "classifier")
     return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=list(no_weight_decay_list),
                                     layer_decay=layer_decay)
 

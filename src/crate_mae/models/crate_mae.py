@@ -331,8 +331,10 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         ``mask_ratio = 0`` (default) nothing is masked; the latent then equals ``forward_features``.
         """
         n_enc, n_dec = len(self.encoder.blocks), len(self.decoder.blocks)
-        enc_keep = {_layer_index(i, n_enc, "encoder") for i in (range(n_enc) if encoder_layers is None else encoder_layers)}
-        dec_keep = {_layer_index(i, n_dec, "decoder") for i in (range(n_dec) if decoder_layers is None else decoder_layers)}
+        enc_keep = {_layer_index(i, n_enc, "encoder") for i in (range(n_enc) if encoder_layers is None
+                                                                 else encoder_layers)}
+        dec_keep = {_layer_index(i, n_dec, "decoder") for i in (range(n_dec) if decoder_layers is None
+                                                                 else decoder_layers)}
         x, mask, ids_restore = self.encoder_input(imgs, mask_ratio, noise)
         out = Intermediates(mask=mask)
         for i, blk in enumerate(self.encoder.blocks):
@@ -421,7 +423,8 @@ def _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, i
     if not ista_step_size > 0:
         raise ValueError(f"ista_step_size must be > 0, got {ista_step_size}")
     if not ista_lambda >= 0:
-        raise ValueError(f"ista_lambda must be >= 0 (a negative threshold is not a sparsity penalty), got {ista_lambda}")
+        raise ValueError(f"ista_lambda must be >= 0 (a negative threshold is not a sparsity penalty), got "
+                         f"{ista_lambda}")
 
 
 def _layer_index(layer: int, n: int, what: str) -> int:

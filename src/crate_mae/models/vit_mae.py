@@ -114,7 +114,7 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         pred = self.forward_decoder(latent, ids_restore, self.grid_size(imgs))
         return MAEOutput(loss=self.forward_loss(imgs, pred, mask), pred=pred, mask=mask, latent=latent)
 
-    # -- features --------------------------------------------------------------------------------------------------------
+    # -- features ------------------------------------------------------------------------------------------------------
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """Unmasked image -> encoder on all tokens -> final norm: (N, 1+L, D)."""
         return self.norm(run_blocks(self.blocks, self.embed(imgs), self.grad_checkpointing))

@@ -197,7 +197,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
         state = load_training_state(path)
     except ValueError as e:
         raise DamagedCheckpointError(str(e)) from None
-    missing = [k for k in ("step", "epoch", "iter_in_epoch", "optimizer") if not isinstance(state, dict) or k not in state]
+    missing = [k for k in ("step", "epoch", "iter_in_epoch", "optimizer")
+               if not isinstance(state, dict) or k not in state]
     if missing:
         raise DamagedCheckpointError(f"{path / STATE_NAME} is not a training state (missing {', '.join(missing)})")
     try:

@@ -115,7 +115,7 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
 
-    def validate(self) -> "PretrainConfig":
+    def validate(self) -> PretrainConfig:
         """Raise one ValueError naming every bad value (dotted key = value: why)."""
         errors = _validate(self)
         if errors:

@@ -66,7 +66,7 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
 
 
 def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
-                      dataset: "torch.utils.data.Dataset | None" = None, device: torch.device | str | None = None,
+                      dataset: torch.utils.data.Dataset | None = None, device: torch.device | str | None = None,
                       clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
     """Time optimizer steps of the configured model on real batches and return ``(epochs, warmup_epochs)`` that fill
     ``minutes`` on this machine, keeping the config's warm-up fraction.

@@ -37,8 +37,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.loader import resolve_num_workers
 from ..utils import NoSpaceError, amp_dtype
-from .checkpointing import (DamagedCheckpointError, RunLock, capture_rng, find_latest_checkpoint, read_checkpoint,
-                            restore_rng, resume_candidates, save_checkpoint)
+from .checkpointing import (
+    DamagedCheckpointError,
+    RunLock,
+    capture_rng,
+    find_latest_checkpoint,
+    read_checkpoint,
+    restore_rng,
+    resume_candidates,
+    save_checkpoint,
+)
 from .config import config_changes, save_config
 from .distributed import DistInfo, agree, all_reduce_sum, cleanup_distributed, init_distributed, wrap_model
 from .optim import WarmupCosine, effective_lr
@@ -82,7 +90,7 @@ class Task:
     train_set: Dataset
     extra: dict[str, Any]
 
-    def __init__(self, runner: "Runner"):
+    def __init__(self, runner: Runner):
         self.runner = runner
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
@@ -117,7 +125,7 @@ class Task:
         raise NotImplementedError
 
 
-def run(cfg: Any, make_task: Callable[["Runner"], Task], device: torch.device | str | None = None) -> dict[str, Any]:
+def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | str | None = None) -> dict[str, Any]:
     """Validate ``cfg`` (sections ``optim``, ``run``, ``data``; see :mod:`.config`), join the process group, lock
     ``cfg.run.output_dir``, train ``make_task(runner)`` and return its :meth:`Task.finish` result. A process group
     the caller created is left alone; determinism flags are restored."""
@@ -161,7 +169,7 @@ class Runner:
     """One training run: built by :func:`run`; a Task reads ``cfg``, ``info``, ``device``, ``amp_dtype``, ``out``,
     ``state``, ``lr`` and calls :meth:`say`, :meth:`on_main`, :meth:`check_weights` from its hooks."""
 
-    def __init__(self, cfg: Any, info: DistInfo, make_task: Callable[["Runner"], Task]):
+    def __init__(self, cfg: Any, info: DistInfo, make_task: Callable[[Runner], Task]):
         r, o = cfg.run, cfg.optim
         self.cfg, self.info, self.device, self.out = cfg, info, info.device, Path(r.output_dir)
         if r.deterministic:

@@ -151,8 +151,9 @@ class Pretraining(Task):
 def knn_monitor(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> dict[str, float]:
     """Weighted k-NN accuracy (%) of the encoder's cls and mean-pooled features on ``run.knn_data`` (``top1``/``top5``
     for cls, ``mean_top1``/``mean_top5`` for mean-pooled tokens, which can move differently): train split as the memory,
-    val split as queries (k = ``run.knn_k``), the pretraining normalisation and size, unmasked images. Every rank computes it (the
-    same numbers), so no rank waits in a collective meanwhile; keep the splits small (``run.knn_limit``)."""
+    val split as queries (k = ``run.knn_k``), the pretraining normalisation and size, unmasked images. Every rank
+    computes it (the same numbers), so no rank waits in a collective meanwhile; keep the splits small
+    (``run.knn_limit``)."""
     from ..data import resolve_num_workers
     from ..evaluation.features import check_same_classes, compute_features
     from ..evaluation.knn import knn_evaluate

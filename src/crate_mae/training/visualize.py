@@ -15,8 +15,8 @@ def reconstruct(model: nn.Module, imgs: torch.Tensor, mask_ratio: float, noise: 
                 ) -> dict[str, torch.Tensor]:
     """Run the autoencoder and return images in the model's input space (still normalised):
 
-    ``masked`` (masked patches set to 0, i.e. the dataset mean colour once un-normalised), ``recon`` (visible patches from the input, masked ones predicted),
-    ``pred`` (all patches predicted), ``mask`` (N, L), ``loss``.
+    ``masked`` (masked patches set to 0, i.e. the dataset mean colour once un-normalised), ``recon`` (visible
+    patches from the input, masked ones predicted), ``pred`` (all patches predicted), ``mask`` (N, L), ``loss``.
 
     With ``model.norm_pix_loss`` the network predicts per-patch standardised pixels; they are mapped back with the
     *target's own* patch mean and variance (``pred * sqrt(var + 1e-6) + mean``), the convention of the MAE demo.
