@@ -88,7 +88,7 @@ class Check:
         from crate_mae.cli import main
 
         ckpt = self.workdir / "vis_model"
-        self.model().cpu().save_pretrained(ckpt)
+        crate_mae.save_pretrained(self.model().cpu(), ckpt)
         outs = []
         for args in (["visualize", "reconstruct"], ["visualize", "attention"], ["visualize", "pca"], ["analyze"]):
             extra = ["--num-images", "2"] if args[0] == "analyze" else []

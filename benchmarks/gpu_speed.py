@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 import crate_mae  # noqa: E402
+from crate_mae.engine.optim import build_optimizer  # noqa: E402
 from crate_mae.models.official import OfficialCrateMAE, to_official  # noqa: E402
-from crate_mae.training.optim import build_optimizer  # noqa: E402
 
 # Dense (no sparsity) peak TFLOP/s by device name, first match wins: (bf16 tensor cores, fp32 without TF32), from
 # NVIDIA's datasheets.

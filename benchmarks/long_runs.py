@@ -68,7 +68,7 @@ def pretrain_config(which: str, args):
 def budget(args) -> int:
     """Time real training steps of every model one after another, under the same conditions, and fix each run's
     epochs: CRATE-MAE ``--epochs``, each ViT-MAE as many as fit in CRATE-MAE's minutes (``OUT/MODEL/budget.json``)."""
-    from crate_mae.training.demo import epochs_for_budget
+    from crate_mae.demo import epochs_for_budget
 
     per_epoch = {w: 1000.0 / epochs_for_budget(pretrain_config(w, args), 1000.0, 10_000)[0] for w in MODELS}
     minutes = args.epochs * per_epoch["crate"]

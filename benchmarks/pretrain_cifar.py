@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from crate_mae import create_model
     from crate_mae.data import build_dataset, eval_transform
+    from crate_mae.demo import epochs_for_budget
     from crate_mae.training import load_config, pretrain
-    from crate_mae.training.demo import epochs_for_budget
 
     data = Path(args.data)
     if not (data / "train").is_dir() or not (data / "val").is_dir():

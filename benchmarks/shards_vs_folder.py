@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crate_mae.data import build_dataset, make_shards, pretrain_transform
-from crate_mae.training.sampling import EpochSampler, SeededSamples
+from crate_mae.engine.sampling import EpochSampler, SeededSamples
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_SETS = [f"cifar10-dev={SHARED / 'cifar10-dev' / 'train'}@32", f"flowers12={SHARED / 'flowers12' / 'train'}@224"]

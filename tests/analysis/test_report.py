@@ -66,4 +66,4 @@ def test_report_on_vit_mae_skips_white_box_sections(tmp_path):
                                  decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
     page = write_report(vit, tmp_path / "vit", num_images=1).read_text()
     assert page.count("<img") == 2  # reconstructions and attention; no layer-wise curves or PCA
-    assert "needs a CRATE model" in page
+    assert "is not a white-box (CRATE) model" in page

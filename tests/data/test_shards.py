@@ -30,7 +30,7 @@ from crate_mae.data import (  # noqa: E402
     pretrain_transform,
 )
 from crate_mae.data.shards import MANIFEST_NAME, SOURCES_NAME  # noqa: E402
-from crate_mae.training.sampling import EpochSampler, SeededSamples  # noqa: E402
+from crate_mae.engine.sampling import EpochSampler, SeededSamples  # noqa: E402
 
 
 def _tree(root: Path, counts=(("bird", 3), ("cat", 4), ("dog", 2))) -> Path:

@@ -91,7 +91,7 @@ def test_finetune_overfits_twenty_images_and_resumes(image_folder, tmp_path):
 
 def test_finetune_from_pretrained_checkpoint_with_full_recipe(image_folder, tmp_path):
     mae = crate_mae.create_model("crate_mae_tiny", decoder_depth=1, **TINY_ENCODER)
-    mae.save_pretrained(tmp_path / "mae")
+    crate_mae.save_pretrained(mae, tmp_path / "mae")
     cfg = _cfg(image_folder, tmp_path / "ft", f"model.checkpoint={tmp_path / 'mae'}", "model.global_pool=avg",
                "model.drop_path_rate=0.1", "optim.epochs=1", "aug.rand_augment=rand-m9-mstd0.5-inc1")
     result = finetune(cfg)
@@ -121,7 +121,7 @@ def test_finetune_config_errors_are_collected(tmp_path):
 def test_vit_mae_checkpoint_fine_tunes_with_layer_decay(make_folder, tmp_path):
     mae = crate_mae.create_model("vit_mae_base", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
                                  **TINY_ENCODER)
-    mae.save_pretrained(tmp_path / "mae")
+    crate_mae.save_pretrained(mae, tmp_path / "mae")
     vit = crate_mae.load_encoder(tmp_path / "mae", num_classes=2)
     scale = _by_name(vit, param_groups_lrd(vit, 0.05, 0.5), "lr_scale")
     assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.5 ** 3
@@ -145,8 +145,8 @@ def test_shipped_finetune_config_is_valid():
 def test_loaders_are_built_once_with_persistent_workers(image_folder, tmp_path, monkeypatch):
     import torch.utils.data as tud
 
+    from crate_mae.engine import runner as engine
     from crate_mae.evaluation import finetune as ft_module
-    from crate_mae.training import engine
 
     built = []
 

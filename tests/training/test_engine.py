@@ -17,9 +17,9 @@ from _pretrain_tensors import config as pretrain_config
 from _pretrain_tensors import dataset as tensor_dataset
 from safetensors.torch import load_file
 
+from crate_mae.engine.checkpointing import STATE_NAME, RunLock
 from crate_mae.evaluation.finetune import finetune, load_finetune_config
 from crate_mae.training import NonFiniteLossError, find_latest_checkpoint, list_checkpoints, pretrain
-from crate_mae.training.checkpointing import STATE_NAME, RunLock
 
 TASKS = ["pretrain", "finetune"]
 TINY_ENCODER = "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}"
@@ -208,7 +208,7 @@ def test_same_step_saved_twice_leaves_a_complete_checkpoint_at_every_instant(tmp
     import shutil
 
     import crate_mae
-    from crate_mae.training.checkpointing import save_checkpoint
+    from crate_mae.engine.checkpointing import save_checkpoint
 
     model = crate_mae.create_model("crate_mae_tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4,
                                    decoder_depth=1)
@@ -252,7 +252,7 @@ def test_epoch_mean_loss_spans_a_mid_epoch_resume(task, tmp_path):
 # -- flags and precision --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", TASKS)
 def test_deterministic_is_honoured_while_training_and_restored_after(task, tmp_path, monkeypatch):
-    from crate_mae.training import engine
+    from crate_mae.engine import runner as engine
 
     seen = []
     step = engine.Runner._step

@@ -96,7 +96,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
     # One poisoned sample; the data order is a function of the seed, so the failing step is known in advance.
-    from crate_mae.training.sampling import EpochSampler
+    from crate_mae.engine.sampling import EpochSampler
 
     batches = list(EpochSampler(48, 8, seed=0))
     bad_step = next(i for i, b in enumerate(batches) if (0, 5) in b) + 1
@@ -115,7 +115,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_resume_auto_picks_newest_complete(tmp_path):
-    from crate_mae.training.checkpointing import STATE_NAME, resolve_resume
+    from crate_mae.engine.checkpointing import STATE_NAME, resolve_resume
 
     out = tmp_path / "run"
     run(out, "run.ckpt_every_steps=2", "run.keep_checkpoints=3", "optim.epochs=1")

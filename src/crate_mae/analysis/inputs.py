@@ -1,7 +1,6 @@
 """Models and images for the analysis tools: a checkpoint or a preset name, a folder or files of photos.
 
-Normalisation follows the checkpoint: ``model.config["data"]`` (written by pretraining) may hold ``mean``, ``std``
-and ``img_size``; otherwise ImageNet mean/std and the model's own ``img_size`` are used.
+Normalisation and size follow the checkpoint (:func:`crate_mae.data.resolve_data_config`).
 """
 
 from __future__ import annotations
@@ -16,9 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, denormalize, eval_transform
+from ..checkpoint import load_model as load_checkpoint_model
+from ..data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, denormalize, eval_transform, resolve_data_config
 from ..data.demo import demo_images as _demo_images
 from ..data.folder import DECODE_ERRORS, pil_rgb_loader, walk_images
+from ..utils.device import default_device
 
 log = logging.getLogger("crate_mae.data")
 
@@ -47,36 +48,16 @@ class Normalization:
 
 
 def model_normalization(model: nn.Module) -> Normalization:
-    data = (getattr(model, "config", {}) or {}).get("data", {}) or {}
-    return Normalization(tuple(data.get("mean", IMAGENET_MEAN)), tuple(data.get("std", IMAGENET_STD)))
-
-
-def model_img_size(model: nn.Module) -> int:
-    cfg = getattr(model, "config", {}) or {}
-    size = (cfg.get("data", {}) or {}).get("img_size") or cfg.get("img_size", 224)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+    dc = resolve_data_config(model)
+    return Normalization(tuple(dc["mean"]), tuple(dc["std"]))
 
 
 def load_model(spec: str | Path | nn.Module, device: torch.device | str | None = None, **overrides) -> nn.Module:
-    """A ready model in eval mode: an ``nn.Module`` as is (moved only when ``device`` is given), a checkpoint path
-    (any format ``load_checkpoint`` reads) or a registered preset name (randomly initialised; ``overrides`` go to
-    ``create_model``)."""
-    import crate_mae
-
-    from ..utils.device import default_device
-
+    """A ready model in eval mode: an ``nn.Module`` as is (moved only when ``device`` is given), or whatever
+    :func:`crate_mae.checkpoint.load_model` accepts (a checkpoint, a run directory, a registered name)."""
     if isinstance(spec, nn.Module):  # the caller's model stays where it is unless a device is asked for
         return (spec.to(device) if device is not None else spec).eval()
-    elif Path(spec).exists():
-        model = crate_mae.load_checkpoint(spec, **overrides)
-    elif str(spec) in crate_mae.list_models():
-        model = crate_mae.create_model(str(spec), **overrides)
-        model.config.setdefault("model", str(spec))
-        model.config["random_init"] = True
-    else:
-        raise FileNotFoundError(f"{spec!r} is neither an existing checkpoint path nor a model name "
-                                f"(known: {', '.join(crate_mae.list_models())})")
-    return model.to(device or default_device()).eval()
+    return load_checkpoint_model(spec, device=device or default_device(), **overrides)[0]
 
 
 def find_images(sources: str | Path | Sequence[str | Path], num_images: int | None = None) -> list[Path]:

@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 
 from ..models.crate_mae import CrateMAE
+from ..models.tracing import LayerRecorder
 from .attention import crop_to_patch_multiple, upsample_nearest
 from .figures import clean_axis, pyplot, save_figure, to_hwc
-from .hooks import LayerRecorder
 from .inputs import Normalization, full_precision
 
 FEATURE_KINDS = ("mssa", "output")

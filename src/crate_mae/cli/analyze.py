@@ -6,6 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from ..analysis import attention, pca, reconstruction
+from ..analysis.inputs import demo_images, find_images, load_images, load_model, model_normalization
+from ..analysis.layerwise import measure_layers
+from ..analysis.report import write_report
+from ..data import resolve_data_config
+from .model import parse_overrides
+
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
@@ -71,17 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
-    from ..analysis.inputs import load_model
-    from .model import parse_overrides
 
     return load_model(args.ckpt or args.model, args.device, **parse_overrides(args.set))
 
 
 def _images(args, model, sources, img_size=None, keep_size=False):
-    from ..analysis.inputs import demo_images, find_images, load_images, model_img_size, model_normalization
 
     norm = model_normalization(model)
-    size = img_size or model_img_size(model)
+    size = img_size or resolve_data_config(model)["img_size"]
     if sources is None:
         if keep_size:
             raise ValueError("--img-size 0 needs --images (the embedded photos come at the model's size)")
@@ -91,7 +95,6 @@ def _images(args, model, sources, img_size=None, keep_size=False):
 
 
 def _analyze(args) -> int:
-    from ..analysis.layerwise import measure_layers
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
@@ -108,7 +111,6 @@ def _analyze(args) -> int:
 
 
 def _visualize(args) -> int:
-    from ..analysis import attention, pca, reconstruction
 
     model = _load(args)
     keep = args.img_size == 0
@@ -127,11 +129,10 @@ def _visualize(args) -> int:
 
 
 def _report(args) -> int:
-    from ..analysis.report import write_report
 
     model = _load(args)
     if args.ckpt:
-        model.config.setdefault("checkpoint", args.ckpt)
+        model.provenance.setdefault("checkpoint", args.ckpt)
     path = write_report(model, args.out, images=args.images, num_images=args.num_images,
                         mask_ratio=args.mask_ratio, seed=args.seed, convention=args.convention, strict=args.strict)
     print(path)

@@ -5,6 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..evaluation import (
+    FeatureSet,
+    compare_table,
+    compute_features,
+    knn,
+    linprobe,
+    read_result,
+    summary_line,
+    write_result,
+)
+from ..evaluation.features import check_same_classes, load_model
+from ..evaluation.finetune import finetune, load_finetune_config
+from .model import parse_overrides
+from .train import _allow_change_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="cache frozen-encoder features (cls + mean-pooled) of a labelled split")
@@ -43,7 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="shortcut for data.path=")
     p.add_argument("--output-dir", help="shortcut for run.output_dir=")
     p.add_argument("--resume", help="shortcut for run.resume= ('auto' or a checkpoint)")
-    from .train import _allow_change_arg
 
     _allow_change_arg(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.epochs=50")
@@ -95,8 +109,6 @@ def _feature_pair_args(p: argparse.ArgumentParser) -> None:
 
 
 def _compute(args, split: str):
-    from ..evaluation import compute_features
-    from .model import parse_overrides
 
     return compute_features(args.ckpt, args.data, split, kind=args.kind, layers=args.layers,
                             batch_size=args.feat_batch, num_workers=args.workers, img_size=args.img_size,
@@ -106,15 +118,12 @@ def _compute(args, split: str):
 
 def _feature_pair(args):
     """(train, val) FeatureSets from cached files or extracted from --ckpt/--data (then optionally cached)."""
-    from ..evaluation import FeatureSet
 
     if args.train_features or args.val_features:
         if not (args.train_features and args.val_features):
             raise ValueError("give both --train-features and --val-features (or --ckpt and --data instead)")
         train, val = FeatureSet.load(args.train_features), FeatureSet.load(args.val_features)
         if args.ckpt:  # the user says which checkpoint these should be: hold them to it
-            from ..evaluation.features import load_model
-            from .model import parse_overrides
 
             _, sha = load_model(args.ckpt, seed=args.seed, **parse_overrides(args.override))
             if train.checkpoint_sha256 != sha:
@@ -124,7 +133,6 @@ def _feature_pair(args):
         return train, val
     if not (args.ckpt and args.data):
         raise ValueError("give --train-features and --val-features, or --ckpt and --data to extract them")
-    from ..evaluation.features import check_same_classes
 
     train = _compute(args, args.train_split)
     val = _compute(args, args.val_split)
@@ -147,7 +155,6 @@ def _result_path(args, name: str) -> Path:
 
 
 def _emit(result: dict, path: Path) -> None:
-    from ..evaluation import summary_line, write_result
 
     write_result(result, path)
     print(summary_line(result))
@@ -165,7 +172,6 @@ def _features(args) -> int:
 
 
 def _linprobe(args) -> int:
-    from ..evaluation import linprobe
 
     train, val = _feature_pair(args)
     protocols = ["sklearn", "mae"] if args.protocol == "both" else [args.protocol]
@@ -182,7 +188,6 @@ def _linprobe(args) -> int:
 
 
 def _knn(args) -> int:
-    from ..evaluation import knn
 
     train, val = _feature_pair(args)
     result = knn(train, val, ks=args.k, temperature=args.temperature, pool=args.pool, layer=args.layer,
@@ -192,7 +197,6 @@ def _knn(args) -> int:
 
 
 def _finetune(args) -> int:
-    from ..evaluation.finetune import finetune, load_finetune_config
 
     overrides = list(args.overrides)
     for flag, key in ((args.ckpt, "model.checkpoint"), (args.data, "data.path"),
@@ -208,7 +212,6 @@ def _finetune(args) -> int:
 
 
 def _compare(args) -> int:
-    from ..evaluation import compare_table, read_result
 
     table = compare_table([read_result(p) for p in args.results], metrics=args.metrics)
     print(table)

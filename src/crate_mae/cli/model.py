@@ -6,6 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+import crate_mae
+
+from ..checkpoint import detect_format, read_state_dict
+from ..hub import OFFICIAL_SOURCES, save_for_hub
+from ..utils import file_sha256, parse_key_values
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered model names")
@@ -40,14 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_overrides(items: list[str]) -> dict:
     """KEY=VALUE pairs with YAML-typed values (ints, floats, booleans, lists)."""
-    from ..utils import parse_key_values
 
     return parse_key_values(items)
 
 
 def build_or_load(name_or_path: str, overrides: dict):
     """A registered model name builds a fresh model; anything else is read as a checkpoint."""
-    import crate_mae
 
     if name_or_path in crate_mae.list_models():
         return crate_mae.create_model(name_or_path, **overrides)
@@ -72,7 +76,6 @@ def describe(model) -> dict:
 
 
 def _models(args) -> int:
-    import crate_mae
 
     for name in crate_mae.list_models(args.pattern):
         print(name)
@@ -114,11 +117,7 @@ def _info(args) -> int:
 
 
 def _convert(args) -> int:
-    import crate_mae
 
-    from ..checkpoint import detect_format, read_state_dict
-    from ..hub import OFFICIAL_SOURCES, save_for_hub
-    from ..utils import file_sha256
 
     model = crate_mae.load_checkpoint(args.src, **parse_overrides(args.overrides))
     # Provenance travels in config.json, so a later push_to_hub or model card names the original weights.
@@ -126,7 +125,7 @@ def _convert(args) -> int:
     if src.is_file():
         fmt = detect_format(read_state_dict(src))
         known = OFFICIAL_SOURCES.get(model.config["architecture"], {}) if fmt.endswith("_official") else {}
-        model.config["weights_source"] = {"file": src.name, "sha256": file_sha256(src), "format": fmt, **known,
+        model.provenance["weights_source"] = {"file": src.name, "sha256": file_sha256(src), "format": fmt, **known,
                                           **{k: v for k, v in (("upstream", args.source), ("license", args.license),
                                                                ("data", args.data)) if v}}
     if args.model_card:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..demo import run_demo
+from ..training import load_config, pretrain
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="masked-completion pretraining (works unchanged under torchrun)",
@@ -28,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from ..training import load_config, pretrain
 
     overrides = list(args.overrides)
     if args.resume is not None:
@@ -50,7 +52,6 @@ def _allow_change_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..training.demo import run_demo
 
     if args.minutes <= 0:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")

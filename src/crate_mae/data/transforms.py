@@ -18,6 +18,16 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _BICUBIC = v2.InterpolationMode.BICUBIC
 
 
+def resolve_data_config(model: torch.nn.Module) -> dict:
+    """The preprocessing a model expects, the one place it is read: ``img_size``, ``mean``, ``std`` from the
+    ``data_config`` its weights came with (written by pretraining / fine-tuning), else the model's own ``img_size``
+    and ImageNet statistics."""
+    saved = getattr(model, "data_config", None) or {}  # a foreign nn.Module has none
+    size = saved.get("img_size") or getattr(model, "config", {}).get("img_size", 224)
+    return {"img_size": int(size[0] if isinstance(size, (list, tuple)) else size),
+            "mean": list(saved.get("mean", IMAGENET_MEAN)), "std": list(saved.get("std", IMAGENET_STD))}
+
+
 def _check_size(img_size: int) -> int:
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0:
         raise ValueError(f"img_size must be a positive integer, got {img_size!r}")

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..engine.optim import WarmupCosine, effective_lr
+from ..utils import default_device
 from .lars import LARS
 from .metrics import topk_accuracy
 
@@ -112,8 +114,6 @@ def train_linear_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     """Train :class:`LinearProbeHead` on ``train`` features and report val top-1 / top-5 (%).
 
     Returns ``{"top1", "top5", "lr", "steps", "final_train_loss", "head": state_dict}``."""
-    from ..training.optim import WarmupCosine, effective_lr
-    from ..utils import default_device
 
     if optimizer not in ("lars", "sgd"):
         raise ValueError(f"optimizer must be 'lars' or 'sgd', got {optimizer!r}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .._version import __version__
+from ..utils import atomic_write
 
 FORMAT = "crate_mae.result/1"
 
@@ -34,7 +35,6 @@ def make_result(task: str, metrics: Mapping[str, float], *, checkpoint: str | No
 
 
 def write_result(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    from ..utils import atomic_write
 
     text = json.dumps(result, indent=2, default=_default) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -19,11 +19,12 @@ from timm.layers import DropPath, PatchEmbed
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from .base import Capabilities, MaskedAutoencoder
 from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
 from .layers import ISTA, MSSA, InverseISTA
 from .masking import random_masking
-from .mixins import MaskedImageModelMixin, SavePretrainedMixin
-from .outputs import Intermediates, LayerTrace, MAEOutput
+from .outputs import Intermediates, MAEOutput
+from .tracing import LayerRecorder
 
 BLOCK_LN_EPS = 1e-5  # PreNorm's nn.LayerNorm default in the official blocks
 FINAL_LN_EPS = 1e-6  # the encoder's and decoder's final norms
@@ -31,6 +32,10 @@ FINAL_LN_EPS = 1e-6  # the encoder's and decoder's final norms
 
 class CrateBlock(nn.Module):
     """One encoder layer: Z' = Z + MSSA(LN(Z)); Z_next = ISTA(LN(Z')). No residual around ISTA."""
+
+    # (submodule, hook on its "in"put or "out"put, LayerTrace field) for models/tracing.py
+    TRACE = (("", "in", "z_in"), ("norm1", "out", "mssa_in"), ("norm2", "in", "z_half"), ("norm2", "out", "ista_in"),
+             ("ista", "out", "z_out"))
 
     def __init__(self, dim: int, num_heads: int, step_size: float, lambd: float, drop_path: float = 0.0):
         super().__init__()
@@ -44,15 +49,11 @@ class CrateBlock(nn.Module):
         z = z + self.drop_path(self.attn(self.norm1(z)))
         return self.ista(self.norm2(z))
 
-    def trace(self, z: torch.Tensor) -> LayerTrace:
-        mssa_in = self.norm1(z)
-        z_half = z + self.attn(mssa_in)
-        ista_in = self.norm2(z_half)
-        return LayerTrace(z_in=z, mssa_in=mssa_in, z_half=z_half, ista_in=ista_in, z_out=self.ista(ista_in))
-
 
 class CrateDecoderBlock(nn.Module):
     """One decoder layer: Y' = W LN(Y); Y_next = Y' - MSSA(LN(Y'))."""
+
+    TRACE = (("", "in", "z_in"), ("linear", "out", "z_half"), ("norm2", "out", "mssa_in"), ("", "out", "z_out"))
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -65,11 +66,6 @@ class CrateDecoderBlock(nn.Module):
         y = self.linear(self.norm1(y))
         return y - self.attn(self.norm2(y))
 
-    def trace(self, y: torch.Tensor) -> LayerTrace:
-        y_half = self.linear(self.norm1(y))
-        mssa_in = self.norm2(y_half)
-        return LayerTrace(z_in=y, mssa_in=mssa_in, z_half=y_half, z_out=y_half - self.attn(mssa_in))
-
 
 def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
     """Apply ``blocks`` in order; with ``grad_checkpointing`` (and autograd on) each block's activations are
@@ -79,13 +75,15 @@ def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, grad_checkpointing:
     return x
 
 
-class CrateEncoder(SavePretrainedMixin, nn.Module):
+class CrateEncoder(Capabilities, nn.Module):
     """The CRATE encoder; with ``num_classes > 0`` a timm-style image classifier.
 
     forward_features(imgs) -> (N, 1+L, D) after the final norm; forward_head(x) pools ('token' = cls, 'avg' = mean of
     patch tokens) and applies the linear head. timm's model contract: ``forward_intermediates``,
     ``prune_intermediate_layers``, ``group_matcher``, ``set_grad_checkpointing``, ``feature_info``.
     """
+
+    white_box = True
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, ista_step_size: float = 0.1,
@@ -113,7 +111,7 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
         self.num_prefix_tokens = 1
         reduction = patch_size
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
-        self.config = dict(architecture="crate", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+        self.init_contract(architecture="crate", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, ista_step_size=ista_step_size,
                            ista_lambda=ista_lambda, num_classes=num_classes, global_pool=global_pool,
                            drop_path_rate=drop_path_rate, pos_embed_mode=pos_embed_mode)
@@ -164,7 +162,7 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
 
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Softmax attention (N, heads, 1+L, 1+L) of encoder layer ``layer`` on the unmasked image."""
-        layer = _layer_index(layer, len(self.blocks), "encoder")
+        layer = layer_index(layer, len(self.blocks), "encoder")
         x = self.prepare_tokens(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
@@ -239,7 +237,7 @@ class CrateDecoder(nn.Module):
         return self.norm(run_blocks(self.blocks, y, self.grad_checkpointing))
 
 
-class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
+class CrateMAE(MaskedAutoencoder):
     """CRATE-MAE for masked completion. ``model(imgs, mask_ratio, noise)`` -> :class:`MAEOutput`.
 
     ``mask_tokens_in_encoder=True`` (default) is the paper's model: the encoder sees all 1 + L tokens, masked ones
@@ -247,6 +245,8 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     cls + the kept patches; mask tokens and the position table enter before the decoder). It trains faster but is
     not the model of the paper.
     """
+
+    white_box = True
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, decoder_depth: int = 12,
@@ -257,7 +257,7 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         decoder_num_heads = decoder_num_heads or num_heads
         if decoder_depth < 1:
             raise ValueError(f"decoder_depth must be >= 1, got {decoder_depth}")
-        self.config = dict(architecture="crate_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+        self.init_contract(architecture="crate_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, decoder_depth=decoder_depth,
                            decoder_num_heads=decoder_num_heads, ista_step_size=ista_step_size,
                            ista_lambda=ista_lambda, norm_pix_loss=norm_pix_loss, pos_embed_mode=pos_embed_mode,
@@ -325,34 +325,20 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
 
     def trace_layers(self, imgs: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None,
                      encoder_layers: list[int] | None = None, decoder_layers: list[int] | None = None) -> Intermediates:
-        """Run the whole autoencoder and keep the tensors of the chosen layers (default: all).
-
-        Each kept layer gives a :class:`LayerTrace` (input, MSSA input, half step, ISTA input, output). With
+        """Run the whole autoencoder under a :class:`LayerRecorder` and keep the (detached) tensors of the chosen
+        layers (default: all): a :class:`LayerTrace` each (input, MSSA input, half step, ISTA input, output). With
         ``mask_ratio = 0`` (default) nothing is masked; the latent then equals ``forward_features``.
         """
-        n_enc, n_dec = len(self.encoder.blocks), len(self.decoder.blocks)
-        enc_keep = {_layer_index(i, n_enc, "encoder") for i in (range(n_enc) if encoder_layers is None
-                                                                 else encoder_layers)}
-        dec_keep = {_layer_index(i, n_dec, "decoder") for i in (range(n_dec) if decoder_layers is None
-                                                                 else decoder_layers)}
-        x, mask, ids_restore = self.encoder_input(imgs, mask_ratio, noise)
-        out = Intermediates(mask=mask)
-        for i, blk in enumerate(self.encoder.blocks):
-            if i in enc_keep:
-                out.encoder[i] = blk.trace(x)
-                x = out.encoder[i].z_out
-            else:
-                x = blk(x)
-        out.latent = self.encoder.norm(x)
-        x = self.decoder_input(out.latent, ids_restore, self.grid_size(imgs))
-        for i, blk in enumerate(self.decoder.blocks):
-            if i in dec_keep:
-                out.decoder[i] = blk.trace(x)
-                x = out.decoder[i].z_out
-            else:
-                x = blk(x)
-        out.pred = self.decoder_pred(self.decoder.norm(x))[:, 1:]
-        return out
+        keep = {}
+        for part, chosen in (("encoder", encoder_layers), ("decoder", decoder_layers)):
+            n = len(getattr(self, part).blocks)
+            keep[part] = {layer_index(i, n, part) for i in (range(n) if chosen is None else chosen)}
+        with LayerRecorder(self) as rec:
+            out = self(imgs, mask_ratio=mask_ratio, noise=noise)
+        traces = {part: {i: t for (p, i), t in rec.collect().items() if p == part and i in keep[part]}
+                  for part in keep}
+        return Intermediates(encoder=traces["encoder"], decoder=traces["decoder"], latent=out.latent,
+                             mask=out.mask, pred=out.pred)
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -427,7 +413,8 @@ def _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, i
                          f"{ista_lambda}")
 
 
-def _layer_index(layer: int, n: int, what: str) -> int:
+def layer_index(layer: int, n: int, what: str = "encoder") -> int:
+    """``layer`` (negative counts from the end) as an index into ``n`` layers, or a ValueError naming it."""
     if not -n <= layer < n:
         raise ValueError(f"{what} layer {layer} out of range for {n} layers")
     return layer % n

@@ -19,16 +19,16 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .crate_mae import _check_config, _layer_index, check_images, init_weights, run_blocks
+from .base import Capabilities, MaskedAutoencoder
+from .crate_mae import _check_config, check_images, init_weights, layer_index, run_blocks
 from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
 from .masking import random_masking
-from .mixins import MaskedImageModelMixin, SavePretrainedMixin
 from .outputs import MAEOutput
 
 LN_EPS = 1e-6
 
 
-class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
+class ViTMAE(MaskedAutoencoder):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
@@ -41,7 +41,7 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         if mask_tokens_in_encoder and decoder_embed_dim != embed_dim:
             raise ValueError(f"with mask_tokens_in_encoder=True the encoder output feeds the decoder directly, so "
                              f"decoder_embed_dim ({decoder_embed_dim}) must equal embed_dim ({embed_dim})")
-        self.config = dict(architecture="vit_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+        self.init_contract(architecture="vit_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                            decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
                            decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
@@ -121,7 +121,7 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
 
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Softmax attention (N, heads, 1+L, 1+L) of encoder block ``layer`` on the unmasked image."""
-        layer = _layer_index(layer, len(self.blocks), "encoder")
+        layer = layer_index(layer, len(self.blocks), "encoder")
         x = self.embed(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
@@ -149,7 +149,7 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         return {"cls_token", "mask_token"}
 
 
-class MAEViTClassifier(VisionTransformer):
+class MAEViTClassifier(Capabilities, VisionTransformer):
     """timm's VisionTransformer grouped for layer-wise lr decay as facebookresearch/mae's ``get_layer_id_for_vit``:
     the final norm and head form the last group (timm's own matcher merges the norm into the last block)."""
 
@@ -168,7 +168,7 @@ def vit_classifier(img_size: int | tuple[int, int] = 224, patch_size: int = 16, 
                             depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                             num_classes=num_classes, global_pool=global_pool, fc_norm=False,
                             drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
-    vit.config = dict(architecture="vit", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+    vit.init_contract(architecture="vit", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                       embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                       num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
     return vit

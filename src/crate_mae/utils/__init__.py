@@ -11,10 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .device import amp_dtype, autocast_dtype, default_device
+import torch
 
-__all__ = ["NoSpaceError", "amp_dtype", "atomic_write", "autocast_dtype", "default_device", "file_sha256",
-           "parse_key_values", "torch_load", "writing"]
+from .device import amp_dtype, default_device
+
+__all__ = ["NoSpaceError", "amp_dtype", "atomic_write", "default_device", "file_sha256", "parse_key_values",
+           "state_sha256", "torch_load", "writing"]
 
 
 class NoSpaceError(RuntimeError):
@@ -26,6 +28,16 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the names and raw bytes of a model's state dict: the fingerprint of unsaved weights (equal on
+    every rank of a healthy DDP run, across reruns of deterministic training, and for the same name + seed)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

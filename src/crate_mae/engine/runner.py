@@ -35,8 +35,10 @@ import torch.nn as nn
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 
+from ..checkpoint import _load_exact
 from ..data.loader import resolve_num_workers
-from ..utils import NoSpaceError, amp_dtype
+from ..utils import NoSpaceError, amp_dtype, atomic_write, writing
+from ..utils.progress import Progress
 from .checkpointing import (
     DamagedCheckpointError,
     RunLock,
@@ -245,7 +247,6 @@ class Runner:
         accum = o.accum_iter
         self.sampler.set_epoch(st.epoch, st.iter_in_epoch)
         self.net.train()
-        from ..utils.progress import Progress
 
         bar = Progress(self.steps_per_epoch - st.iter_in_epoch // accum, f"epoch {st.epoch + 1}/{o.epochs}", "step",
                        enabled=info.is_main and self.cfg.run.progress)
@@ -408,7 +409,6 @@ class Runner:
     def _resume(self, resume: str | None) -> None:
         """Load the newest readable checkpoint ``resume`` names; with ``auto``, damaged ones are skipped with a
         warning. Refuse (ValueError naming the keys) a config that changes guarded keys, unless allowed."""
-        from ..checkpoint import _load_exact
 
         candidates = resume_candidates(resume, self.out)
         problems = []
@@ -470,7 +470,6 @@ class Runner:
 
         from torch.utils.tensorboard import SummaryWriter
 
-        from ..utils import atomic_write
 
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out / "config.yaml")
@@ -501,7 +500,6 @@ class Runner:
             return
         import json
 
-        from ..utils import writing
 
         path = self.out / "metrics.jsonl"
         with writing(path), open(path, "a") as f:
@@ -530,15 +528,3 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def state_sha256(model: nn.Module) -> str:
-    """Fingerprint of this process's weights (equal on every rank of a healthy DDP run; equal across reruns when
-    training is deterministic)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..utils import default_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -35,7 +37,6 @@ def init_distributed(device: torch.device | str | None = None) -> DistInfo:
     Each process uses ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU with the gloo backend. More
     processes per node than visible GPUs is refused with a ValueError (CUDA would say "invalid device ordinal").
     """
-    from ..utils import default_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
-from ..utils import fsync_dir, writing
+from ..utils import fsync_dir, torch_load, writing
 
 STATE_NAME = "training_state.pt"
 CKPT_DIR = "checkpoints"
@@ -182,7 +182,6 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     """``training_state.pt`` of a checkpoint folder, read with ``weights_only=True``."""
-    from ..utils import torch_load
 
     return torch_load(Path(path) / STATE_NAME)
 
