@@ -158,8 +158,8 @@ def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device
                **overrides) -> tuple[nn.Module, str]:
     """The one way a command line names a model: ``(model in eval mode, fingerprint)`` from
 
-    - a checkpoint in any format :func:`load_checkpoint` reads, or a run directory (its final ``model/``, else its
-      ``best/``); fingerprint = sha256 of the weights file;
+    - a checkpoint in any format :func:`load_checkpoint` reads, or a run directory (:func:`resolve_run_dir`);
+      fingerprint = sha256 of the weights file;
     - ``"hf-hub:ORG/NAME"`` from the local cache; fingerprint = sha256 of the state dict;
     - a registered model name at random init with ``seed`` (fingerprint = sha256 of its state dict, so the same
       name + seed + overrides always gives the same fingerprint).
@@ -177,10 +177,7 @@ def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {source} (nor is it a registered model name; see "
                                     "`crate-mae models`)")
-        path = next((path / d for d in ("model", "best") if (path / d / CONFIG_NAME).is_file()
-                     and not (path / CONFIG_NAME).is_file()), path)
-        model = load_checkpoint(path, **overrides)
-        sha = checkpoint_sha256(path)
+        model, sha = load_checkpoint(path, **overrides), checkpoint_sha256(path)
     model.provenance["checkpoint"] = str(source)
     return (model.to(device) if device is not None else model).eval(), sha
 
@@ -193,7 +190,7 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
     if isinstance(source, str) and source.startswith("hf-hub:"):
         return from_pretrained(source, **overrides).eval()
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = resolve_run_dir(source)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         ours_file = path.is_file() and path.suffix == ".safetensors" and (path.parent / CONFIG_NAME).is_file()
@@ -336,7 +333,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """sha256 of a checkpoint's weights file (``model.safetensors`` for a directory in our format)."""
-    return file_sha256(weights_file(path))
+    return file_sha256(weights_file(resolve_run_dir(path)))
+
+
+def resolve_run_dir(path: str | os.PathLike) -> Path:
+    """A run directory stands for the model it produced: its final ``model/`` (pretraining), else its ``best/``
+    (fine-tuning); any other path is returned as it is."""
+    path = Path(path)
+    if path.is_dir() and not (path / CONFIG_NAME).is_file():
+        return next((path / d for d in ("model", "best") if (path / d / CONFIG_NAME).is_file()), path)
+    return path
 
 
 def weights_file(path: str | os.PathLike) -> Path:

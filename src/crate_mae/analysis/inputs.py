@@ -52,12 +52,13 @@ def model_normalization(model: nn.Module) -> Normalization:
     return Normalization(tuple(dc["mean"]), tuple(dc["std"]))
 
 
-def load_model(spec: str | Path | nn.Module, device: torch.device | str | None = None, **overrides) -> nn.Module:
+def load_model(spec: str | Path | nn.Module, device: torch.device | str | None = None, seed: int = 0,
+               **overrides) -> nn.Module:
     """A ready model in eval mode: an ``nn.Module`` as is (moved only when ``device`` is given), or whatever
     :func:`crate_mae.checkpoint.load_model` accepts (a checkpoint, a run directory, a registered name)."""
     if isinstance(spec, nn.Module):  # the caller's model stays where it is unless a device is asked for
         return (spec.to(device) if device is not None else spec).eval()
-    return load_checkpoint_model(spec, device=device or default_device(), **overrides)[0]
+    return load_checkpoint_model(spec, seed=seed, device=device or default_device(), **overrides)[0]
 
 
 def find_images(sources: str | Path | Sequence[str | Path], num_images: int | None = None) -> list[Path]:
