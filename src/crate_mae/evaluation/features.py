@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from .._version import __version__
 from ..checkpoint import load_model
 from ..data import build_dataset, eval_transform, resolve_data_config
-from ..models.crate_mae import layer_index
+from ..models.base import layer_index
 from ..utils import amp_dtype, atomic_write, default_device, state_sha256
 from ..utils.progress import Progress
 

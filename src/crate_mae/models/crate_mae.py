@@ -17,10 +17,9 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, PatchEmbed
 from timm.models._features import feature_take_indices
-from torch.utils.checkpoint import checkpoint
 
-from .base import Capabilities, MaskedAutoencoder
-from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
+from .base import Capabilities, MaskedAutoencoder, PatchTokens, check_config, init_weights, layer_index, run_blocks
+from .embedding import PositionTable, restore_with_mask_tokens
 from .layers import ISTA, MSSA, InverseISTA
 from .masking import random_masking
 from .outputs import Intermediates, MAEOutput
@@ -67,15 +66,7 @@ class CrateDecoderBlock(nn.Module):
         return y - self.attn(self.norm2(y))
 
 
-def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    """Apply ``blocks`` in order; with ``grad_checkpointing`` (and autograd on) each block's activations are
-    recomputed in backward instead of stored."""
-    for blk in blocks:
-        x = checkpoint(blk, x, use_reentrant=False) if grad_checkpointing and torch.is_grad_enabled() else blk(x)
-    return x
-
-
-class CrateEncoder(Capabilities, nn.Module):
+class CrateEncoder(PatchTokens, Capabilities, nn.Module):
     """The CRATE encoder; with ``num_classes > 0`` a timm-style image classifier.
 
     forward_features(imgs) -> (N, 1+L, D) after the final norm; forward_head(x) pools ('token' = cls, 'avg' = mean of
@@ -90,7 +81,7 @@ class CrateEncoder(Capabilities, nn.Module):
                  ista_lambda: float = 0.5, num_classes: int = 0, global_pool: str = "token",
                  drop_path_rate: float = 0.0, pos_embed_mode: str = "interpolate"):
         super().__init__()
-        _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda)
+        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         self.patch_size = patch_size
@@ -116,22 +107,6 @@ class CrateEncoder(Capabilities, nn.Module):
                            ista_lambda=ista_lambda, num_classes=num_classes, global_pool=global_pool,
                            drop_path_rate=drop_path_rate, pos_embed_mode=pos_embed_mode)
         init_weights(self, self.patch_embed, [self.cls_token])
-
-    # -- tokens ---------------------------------------------------------------------------------------------
-    def grid_size(self, imgs: torch.Tensor) -> tuple[int, int]:
-        check_images(imgs, self.patch_size, self.in_chans)
-        return imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
-
-    def prepare_tokens(self, imgs: torch.Tensor, mask: torch.Tensor | None = None,
-                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch-embed, replace masked patches by ``mask_token``, prepend cls, add the sin-cos table to all."""
-        grid = self.grid_size(imgs)
-        return tokens_with_mask_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), mask, mask_token)
-
-    def prepare_visible_tokens(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """The visible-only frame: table added to the patch embeddings, kept patches only, cls prepended."""
-        grid = self.grid_size(imgs)
-        return visible_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), ids_keep)
 
     # -- encoder ----------------------------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -359,62 +334,3 @@ class CrateMAE(MaskedAutoencoder):
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder.cls_token", "mask_token"}
-
-
-# -- helpers ------------------------------------------------------------------------------------------------------
-def init_weights(model: nn.Module, patch_embed: nn.Module, tokens: list[nn.Parameter]) -> None:
-    """The official MAE / CRATE-MAE ``initialize_weights``: xavier-uniform patch-embedding weight (as a Linear) and
-    Linear weights, zero Linear biases, N(0, 0.02) tokens, unit LayerNorms. The patch-embedding bias keeps Conv2d's
-    default; raw square parameters (ISTA dictionaries, decoder linears) keep the kaiming-uniform init their
-    modules give them (see layers.py)."""
-    w = patch_embed.proj.weight
-    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-    for t in tokens:
-        nn.init.normal_(t, std=0.02)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def check_images(imgs: torch.Tensor, patch_size: int, in_chans: int) -> None:
-    """Clear errors for inputs the model cannot take."""
-    if not isinstance(imgs, torch.Tensor) or imgs.ndim != 4:
-        shape = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
-        raise ValueError(f"expected images of shape (N, C, H, W), got {shape}")
-    if imgs.shape[1] != in_chans:
-        raise ValueError(f"expected {in_chans} input channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
-    H, W = imgs.shape[-2:]
-    if H % patch_size or W % patch_size or H == 0 or W == 0:
-        raise ValueError(f"image size {H}x{W} is not a positive multiple of the patch size {patch_size}")
-
-
-def _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size=0.1,
-                  ista_lambda=0.0) -> None:
-    sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if patch_size < 1 or any(s % patch_size or s < patch_size for s in sizes):
-        raise ValueError(f"img_size={img_size} is not a positive multiple of patch_size={patch_size}")
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-    if num_heads < 1 or embed_dim % num_heads:
-        raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
-    if embed_dim % 4:
-        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 (2-D sin-cos position table)")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    if not ista_step_size > 0:
-        raise ValueError(f"ista_step_size must be > 0, got {ista_step_size}")
-    if not ista_lambda >= 0:
-        raise ValueError(f"ista_lambda must be >= 0 (a negative threshold is not a sparsity penalty), got "
-                         f"{ista_lambda}")
-
-
-def layer_index(layer: int, n: int, what: str = "encoder") -> int:
-    """``layer`` (negative counts from the end) as an index into ``n`` layers, or a ValueError naming it."""
-    if not -n <= layer < n:
-        raise ValueError(f"{what} layer {layer} out of range for {n} layers")
-    return layer % n

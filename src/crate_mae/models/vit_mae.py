@@ -19,24 +19,23 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .base import Capabilities, MaskedAutoencoder
-from .crate_mae import _check_config, check_images, init_weights, layer_index, run_blocks
-from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
+from .base import Capabilities, MaskedAutoencoder, PatchTokens, check_config, init_weights, layer_index, run_blocks
+from .embedding import PositionTable, restore_with_mask_tokens
 from .masking import random_masking
 from .outputs import MAEOutput
 
 LN_EPS = 1e-6
 
 
-class ViTMAE(MaskedAutoencoder):
+class ViTMAE(PatchTokens, MaskedAutoencoder):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, norm_pix_loss: bool = False, mask_tokens_in_encoder: bool = False,
                  pos_embed_mode: str = "interpolate"):
         super().__init__()
-        _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth)
-        _check_config(img_size, patch_size, in_chans, decoder_embed_dim, decoder_num_heads, decoder_depth)
+        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth)
+        check_config(img_size, patch_size, in_chans, decoder_embed_dim, decoder_num_heads, decoder_depth)
         mask_tokens_in_encoder = bool(mask_tokens_in_encoder)
         if mask_tokens_in_encoder and decoder_embed_dim != embed_dim:
             raise ValueError(f"with mask_tokens_in_encoder=True the encoder output feeds the decoder directly, so "
@@ -79,26 +78,14 @@ class ViTMAE(MaskedAutoencoder):
         """Recompute each encoder and decoder block in backward instead of storing its activations."""
         self.grad_checkpointing = enable
 
-    # -- shapes -----------------------------------------------------------------------------------------------------
-    def grid_size(self, imgs: torch.Tensor) -> tuple[int, int]:
-        check_images(imgs, self.patch_size, self.in_chans)
-        return imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
-
-    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Unmasked encoder input: cls + every patch, position table added: (N, 1+L, D)."""
-        return tokens_with_mask_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(self.grid_size(imgs)))
-
     # -- masked autoencoding ------------------------------------------------------------------------------------------
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(latent, mask, ids_restore)``: latent (N, 1+L_keep, D) visible-only, (N, 1+L, D) with mask tokens."""
-        grid = self.grid_size(imgs)
-        x = self.patch_embed(imgs)
-        mask, ids_keep, ids_restore = random_masking(x.shape[0], x.shape[1], mask_ratio, noise, imgs.device)
-        if self.mask_tokens_in_encoder:
-            x = tokens_with_mask_tokens(x, self.cls_token, self.pos_embed(grid), mask, self.mask_token)
-        else:
-            x = visible_tokens(x, self.cls_token, self.pos_embed(grid), ids_keep)
+        h, w = self.grid_size(imgs)
+        mask, ids_keep, ids_restore = random_masking(imgs.shape[0], h * w, mask_ratio, noise, imgs.device)
+        x = (self.prepare_tokens(imgs, mask, self.mask_token) if self.mask_tokens_in_encoder
+             else self.prepare_visible_tokens(imgs, ids_keep))
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing)), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -117,12 +104,12 @@ class ViTMAE(MaskedAutoencoder):
     # -- features ------------------------------------------------------------------------------------------------------
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """Unmasked image -> encoder on all tokens -> final norm: (N, 1+L, D)."""
-        return self.norm(run_blocks(self.blocks, self.embed(imgs), self.grad_checkpointing))
+        return self.norm(run_blocks(self.blocks, self.prepare_tokens(imgs), self.grad_checkpointing))
 
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Softmax attention (N, heads, 1+L, 1+L) of encoder block ``layer`` on the unmasked image."""
         layer = layer_index(layer, len(self.blocks), "encoder")
-        x = self.embed(imgs)
+        x = self.prepare_tokens(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
         attn = self.blocks[layer].attn
