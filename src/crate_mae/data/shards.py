@@ -13,7 +13,7 @@ Layout of a shard folder (one per split)::
 Samples keep the source folder's order (:class:`ImageFolderDataset` / :class:`FlatImageFolder`: sorted classes, then
 sorted paths), so sample ``k`` of the shards is sample ``k`` of the folder unless make-shards skipped unreadable
 files. Because :class:`ShardDataset` is indexed (``ds[k]`` decodes exactly one stored sample), the per-sample
-seeding of pretraining (``training.sampling``: EpochSampler + SeededSamples) works unchanged: data order,
+seeding of pretraining (``engine.sampling``: EpochSampler + SeededSamples) works unchanged: data order,
 augmentation and masks are functions of (seed, epoch, index), whichever rank, worker or restart reads them.
 
 Unreadable data never crashes an epoch (the policy of :mod:`crate_mae.data.folder`): an undecodable sample is

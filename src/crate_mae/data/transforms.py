@@ -2,7 +2,7 @@
 
 All transforms take a PIL image (or a uint8 CHW tensor) and return a float32 ``(C, H, W)`` tensor normalised as
 ``(x / 255 - mean) / std``. Random choices use the *torch* global generator (torchvision v2), so a caller that seeds
-torch before each sample (``training.sampling.SeededSamples``) gets reproducible augmentation in any worker.
+torch before each sample (``engine.sampling.SeededSamples``) gets reproducible augmentation in any worker.
 """
 
 from __future__ import annotations
