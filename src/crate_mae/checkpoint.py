@@ -29,8 +29,10 @@ from ._version import __version__
 from .models.crate_mae import CrateEncoder, CrateMAE
 from .models.layers import sincos_pos_embed
 from .models.official import from_official
+from .models.official import kwargs_from_official as crate_kwargs_from_official
 from .models.registry import find_preset, list_models, model_defaults
 from .models.vit_mae import ViTMAE, vit_classifier
+from .models.vit_mae import kwargs_from_official as vit_kwargs_from_official
 from .utils import atomic_write, file_sha256, state_sha256, torch_load
 from .utils.extras import require
 
@@ -203,7 +205,7 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
     fmt = detect_format(state)
     if fmt == "crate_mae_official":
         model = _build_crate_official(state, overrides)
-        _load_exact(model, convert_official_crate(state), where)
+        _load_exact(model, from_official(state), where)
     elif fmt == "vit_mae_official":
         model = _build_vit_official(state, overrides, where)
         has_decoder = any(k.startswith("decoder_blocks.") for k in state)
@@ -394,13 +396,8 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
 
 
 # -- official CRATE-MAE ----------------------------------------------------------------------------------------------
-def convert_official_crate(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official CRATE-MAE state dict to our module tree (see :mod:`crate_mae.models.official`)."""
-    return from_official(state)
-
-
 def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) -> CrateMAE:
-    cfg = _shape_config(state, "blocks.{}.layers.0.0.fn.qkv.weight", "decoder_blocks.{}.layers.0.0.fn.weight")
+    cfg = crate_kwargs_from_official(state)
     d = cfg["embed_dim"]
     if "num_heads" not in overrides:
         cfg["num_heads"] = _preset_heads(CrateMAE, d)
@@ -420,15 +417,8 @@ def _preset_heads(factory: type, width: int) -> int:
 def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict, where: str) -> ViTMAE:
     """facebookresearch/mae and the CRATE repo's ``mae_vit_*`` share key names; ``mask_tokens_in_encoder`` says which
     frame the weights were trained in (default: facebookresearch/mae's visible-only encoder)."""
-    cfg = _shape_config(state, "blocks.{}.attn.qkv.weight", "decoder_blocks.{}.attn.qkv.weight")
+    cfg = vit_kwargs_from_official(state)
     d = cfg["embed_dim"]
-    if "decoder_blocks.0.attn.qkv.weight" in state:
-        cfg["decoder_embed_dim"] = state["decoder_blocks.0.attn.qkv.weight"].shape[1]
-    elif "decoder_embed.weight" in state:
-        cfg["decoder_embed_dim"] = state["decoder_embed.weight"].shape[0]
-    cfg.pop("decoder_depth") if cfg.get("decoder_depth") == 0 else None
-    cfg["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / d
-    cfg["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
     if "num_heads" not in overrides:
         cfg["num_heads"] = _preset_heads(ViTMAE, d)
     dd = cfg.get("decoder_embed_dim", 512)
@@ -442,28 +432,6 @@ def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict, wher
                       "encoder); it is loaded in facebookresearch/mae's visible-only frame. If it was trained by the "
                       "CRATE repo, pass mask_tokens_in_encoder=True", stacklevel=3)
     return ViTMAE(**{**cfg, **overrides})
-
-
-def _shape_config(state: Mapping[str, torch.Tensor], enc_key: str, dec_key: str) -> dict:
-    if "patch_embed.proj.weight" not in state:
-        raise CheckpointError("checkpoint has no patch_embed.proj.weight; cannot infer the architecture")
-    d, c, p, _ = state["patch_embed.proj.weight"].shape
-    depth = _count(state, enc_key)
-    cfg = dict(embed_dim=d, in_chans=c, patch_size=p, depth=depth, decoder_depth=_count(state, dec_key))
-    if "pos_embed" in state:
-        n = state["pos_embed"].shape[1] - 1
-        side = int(round(n**0.5))
-        if side * side != n:
-            raise CheckpointError(f"pos_embed holds {n} patches, not a square grid; pass img_size=")
-        cfg["img_size"] = side * p
-    return cfg
-
-
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
-    n = 0
-    while pattern.format(n) in state:
-        n += 1
-    return n
 
 
 def _check_pos_tables(state: Mapping[str, torch.Tensor], model: nn.Module, where: str) -> None:

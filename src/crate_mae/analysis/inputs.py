@@ -15,11 +15,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_model as load_checkpoint_model
 from ..data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, denormalize, eval_transform, resolve_data_config
 from ..data.demo import demo_images as _demo_images
 from ..data.folder import DECODE_ERRORS, pil_rgb_loader, walk_images
-from ..utils.device import default_device
 
 log = logging.getLogger("crate_mae.data")
 
@@ -50,15 +48,6 @@ class Normalization:
 def model_normalization(model: nn.Module) -> Normalization:
     dc = resolve_data_config(model)
     return Normalization(tuple(dc["mean"]), tuple(dc["std"]))
-
-
-def load_model(spec: str | Path | nn.Module, device: torch.device | str | None = None, seed: int = 0,
-               **overrides) -> nn.Module:
-    """A ready model in eval mode: an ``nn.Module`` as is (moved only when ``device`` is given), or whatever
-    :func:`crate_mae.checkpoint.load_model` accepts (a checkpoint, a run directory, a registered name)."""
-    if isinstance(spec, nn.Module):  # the caller's model stays where it is unless a device is asked for
-        return (spec.to(device) if device is not None else spec).eval()
-    return load_checkpoint_model(spec, seed=seed, device=device or default_device(), **overrides)[0]
 
 
 def find_images(sources: str | Path | Sequence[str | Path], num_images: int | None = None) -> list[Path]:

@@ -20,11 +20,12 @@ import torch
 import torch.nn as nn
 
 from .._version import __version__
+from ..checkpoint import load_model
 from ..data import resolve_data_config
-from ..utils import atomic_write
+from ..utils import atomic_write, default_device
 from .attention import plot_attention
 from .figures import pyplot
-from .inputs import demo_images, find_images, load_images, load_model, model_normalization
+from .inputs import demo_images, find_images, load_images, model_normalization
 from .layerwise import METRIC_LABELS, METRICS, measure_layers
 from .pca import plot_pca
 from .reconstruction import plot_reconstructions
@@ -81,7 +82,10 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_or_ckpt, device)
+    if isinstance(model_or_ckpt, nn.Module):  # the caller's model stays where it is unless a device is asked for
+        model = (model_or_ckpt.to(device) if device is not None else model_or_ckpt).eval()
+    else:
+        model = load_model(model_or_ckpt, device=device or default_device())[0]
     source = str(model.provenance.get("checkpoint", "in-memory model"))
     device = next(model.parameters()).device
     norm = model_normalization(model)

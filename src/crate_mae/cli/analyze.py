@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 from ..analysis import attention, pca, reconstruction
-from ..analysis.inputs import demo_images, find_images, load_images, load_model, model_normalization
+from ..analysis.inputs import demo_images, find_images, load_images, model_normalization
 from ..analysis.layerwise import measure_layers
 from ..analysis.report import write_report
+from ..checkpoint import load_model
 from ..data import resolve_data_config
-from ..utils import parse_key_values
+from ..utils import default_device, parse_key_values
 from .model import add_model_args
 
 
@@ -73,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(args):
 
-    return load_model(args.ckpt, args.device, seed=args.seed, **parse_key_values(args.overrides))
+    return load_model(args.ckpt, seed=args.seed, device=args.device or default_device(),
+                      **parse_key_values(args.overrides))[0]
 
 
 def _images(args, model, sources, img_size=None, keep_size=False):

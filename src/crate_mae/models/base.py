@@ -162,3 +162,20 @@ def layer_index(layer: int, n: int, what: str = "encoder") -> int:
     if not -n <= layer < n:
         raise ValueError(f"{what} layer {layer} out of range for {n} layers")
     return layer % n
+
+
+def official_shape_kwargs(state: dict[str, torch.Tensor], enc_key: str, dec_key: str) -> dict:
+    """Constructor keywords read off an official state dict's shapes: width, channels, patch, depths (keys
+    ``enc_key`` / ``dec_key`` formatted with a block index), image size from the stored position table."""
+    if "patch_embed.proj.weight" not in state:
+        raise ValueError("checkpoint has no patch_embed.proj.weight; cannot infer the architecture")
+    d, c, p, _ = state["patch_embed.proj.weight"].shape
+    count = lambda key: next(i for i in range(len(state) + 1) if key.format(i) not in state)
+    cfg = dict(embed_dim=d, in_chans=c, patch_size=p, depth=count(enc_key), decoder_depth=count(dec_key))
+    if "pos_embed" in state:
+        n = state["pos_embed"].shape[1] - 1
+        side = int(round(n**0.5))
+        if side * side != n:
+            raise ValueError(f"pos_embed holds {n} patches, not a square grid; pass img_size=")
+        cfg["img_size"] = side * p
+    return cfg

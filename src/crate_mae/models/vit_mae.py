@@ -19,7 +19,16 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .base import Capabilities, MaskedAutoencoder, PatchTokens, check_config, init_weights, layer_index, run_blocks
+from .base import (
+    Capabilities,
+    MaskedAutoencoder,
+    PatchTokens,
+    check_config,
+    init_weights,
+    layer_index,
+    official_shape_kwargs,
+    run_blocks,
+)
 from .embedding import PositionTable, restore_with_mask_tokens
 from .masking import random_masking
 from .outputs import MAEOutput
@@ -159,3 +168,18 @@ def vit_classifier(img_size: int | tuple[int, int] = 224, patch_size: int = 16, 
                       embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                       num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
     return vit
+
+
+def kwargs_from_official(state: dict[str, torch.Tensor]) -> dict:
+    """ViTMAE keywords read off a facebookresearch/mae (or CRATE-repo ``mae_vit_*``) state dict; heads and the
+    masking frame are not stored."""
+    cfg = official_shape_kwargs(state, "blocks.{}.attn.qkv.weight", "decoder_blocks.{}.attn.qkv.weight")
+    if "decoder_blocks.0.attn.qkv.weight" in state:
+        cfg["decoder_embed_dim"] = state["decoder_blocks.0.attn.qkv.weight"].shape[1]
+    elif "decoder_embed.weight" in state:
+        cfg["decoder_embed_dim"] = state["decoder_embed.weight"].shape[0]
+    if cfg["decoder_depth"] == 0:  # an encoder-only file: the decoder keeps its default depth
+        del cfg["decoder_depth"]
+    cfg["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / cfg["embed_dim"]
+    cfg["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
+    return cfg
