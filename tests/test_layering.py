@@ -25,6 +25,9 @@ LAYERS = [
     ("apps", ["crate_mae.cli", "crate_mae.demo", "crate_mae.timm_models", "crate_mae.__main__", "crate_mae"]),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
+# Imported where they are needed: slow to import, optional, or platform-specific.
+HEAVY = ("sklearn", "skimage", "matplotlib", "scipy", "huggingface_hub", "wids", "webdataset", "threadpoolctl",
+         "torch.utils.tensorboard", "fcntl")
 PEERS = {frozenset({"analysis", "evaluation"})}
 
 
@@ -99,7 +102,21 @@ def test_no_package_import_hides_inside_a_function():
     assert not bad, "move these imports to the top of the module:\n" + "\n".join(bad)
 
 
-def test_the_checker_names_an_upward_import(tmp_path):
+def test_only_heavy_optional_dependencies_are_imported_inside_functions():
+    bad = []
+    for path in sorted((SRC / "crate_mae").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for n in ast.walk(fn):
+                    if isinstance(n, (ast.Import, ast.ImportFrom)) and not getattr(n, "level", 0):
+                        m = n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
+                        if not any(m == h or m.startswith(h + ".") for h in HEAVY):
+                            bad.append(f"{path.relative_to(SRC)}:{n.lineno}: {m}")
+    assert not bad, "import these at the top of the module (or add a heavy dependency to HEAVY):\n" + "\n".join(bad)
+
+
+def test_the_checker_names_an_upward_import():
     assert not allowed("crate_mae.models.registry", "crate_mae.checkpoint")
     assert not allowed("crate_mae.analysis.report", "crate_mae.evaluation.features")
     assert not allowed("crate_mae.data.shards", "crate_mae")

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torchvision.transforms.functional as TF
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, denormalize, eval_transform, resolve_data_config
 from ..data.demo import demo_images as _demo_images
@@ -85,7 +86,6 @@ def load_images(files: Sequence[str | Path], img_size: int | None, norm: Normali
 
     The corrupt-file policy of training and ``features``: an unreadable file is skipped with one warning naming it,
     or with ``strict`` raises :class:`~crate_mae.data.UnreadableImageError`; none readable is a ValueError."""
-    import torchvision.transforms.functional as TF
 
     tf = eval_transform(img_size, crop_pct=1.0, mean=norm.mean, std=norm.std) if img_size is not None else None
     out = []

@@ -73,13 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
-
     return load_model(args.ckpt, seed=args.seed, device=args.device or default_device(),
                       **parse_key_values(args.overrides))[0]
 
 
 def _images(args, model, sources, img_size=None, keep_size=False):
-
     norm = model_normalization(model)
     size = img_size or resolve_data_config(model)["img_size"]
     if sources is None:
@@ -91,7 +89,6 @@ def _images(args, model, sources, img_size=None, keep_size=False):
 
 
 def _analyze(args) -> int:
-
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     model = _load(args)
@@ -107,7 +104,6 @@ def _analyze(args) -> int:
 
 
 def _visualize(args) -> int:
-
     model = _load(args)
     keep = args.img_size == 0
     imgs, norm = _images(args, model, args.images, args.img_size or None, keep)
@@ -125,7 +121,6 @@ def _visualize(args) -> int:
 
 
 def _report(args) -> int:
-
     model = _load(args)
     path = write_report(model, args.out, images=args.images, num_images=args.num_images,
                         mask_ratio=args.mask_ratio, seed=args.seed, convention=args.convention, strict=args.strict)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..data.__main__ import main
 from ..data.shard_writer import make_shards
@@ -15,7 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="check a dataset: format, counts, unreadable files, loading speed (see --help)")
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=_check)
-
 
     p = sub.add_parser("make-shards", help="write an ImageFolder tree or flat image folder as WebDataset tar shards "
                                            "(needs pip install 'crate-mae[shards]')")
@@ -33,14 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args) -> int:
-
     return main(args.argv)
 
 
 def _make_shards(args) -> int:
-    from pathlib import Path
-
-
     jobs = [(Path(args.src) / s, Path(args.out) / s) for s in args.split] if args.split else [(args.src, args.out)]
     for src, out in jobs:
         desc = make_shards(src, out, shard_size=args.shard_size, kind=args.kind, strict=args.strict,

@@ -106,7 +106,6 @@ def _feature_pair_args(p: argparse.ArgumentParser) -> None:
 
 
 def _compute(args, split: str):
-
     return compute_features(args.ckpt, args.data, split, kind=args.kind, layers=args.layers,
                             batch_size=args.feat_batch, num_workers=args.workers, img_size=args.img_size,
                             crop_pct=args.crop_pct, mean=args.mean, std=args.std, device=args.device,
@@ -152,7 +151,6 @@ def _result_path(args, name: str) -> Path:
 
 
 def _emit(result: dict, path: Path) -> None:
-
     write_result(result, path)
     print(summary_line(result))
     print(f"result: {path}")
@@ -169,7 +167,6 @@ def _features(args) -> int:
 
 
 def _linprobe(args) -> int:
-
     train, val = _feature_pair(args)
     protocols = ["sklearn", "mae"] if args.protocol == "both" else [args.protocol]
     for protocol in protocols:
@@ -185,7 +182,6 @@ def _linprobe(args) -> int:
 
 
 def _knn(args) -> int:
-
     train, val = _feature_pair(args)
     result = knn(train, val, ks=args.k, temperature=args.temperature, pool=args.pool, layer=args.layer,
                  label=args.label)
@@ -194,7 +190,6 @@ def _knn(args) -> int:
 
 
 def _finetune(args) -> int:
-
     overrides = list(args.overrides)
     ckpt_key = "model.name" if args.ckpt in list_models() else "model.checkpoint"
     for flag, key in ((args.ckpt, ckpt_key), (args.data, "data.path"),
@@ -210,7 +205,6 @@ def _finetune(args) -> int:
 
 
 def _compare(args) -> int:
-
     table = compare_table([read_result(p) for p in args.results], metrics=args.metrics)
     print(table)
     if args.out:

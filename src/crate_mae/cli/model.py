@@ -70,7 +70,6 @@ def describe(model) -> dict:
 
 
 def _models(args) -> int:
-
     for name in list_models(args.pattern):
         print(name)
     return 0
@@ -109,8 +108,6 @@ def _info(args) -> int:
 
 
 def _convert(args) -> int:
-
-
     model = load_checkpoint(args.src, **parse_key_values(args.overrides))
     # Provenance travels in config.json, so a later push_to_hub or model card names the original weights.
     src = Path(args.src)

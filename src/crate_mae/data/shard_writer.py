@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 from pathlib import Path
 from typing import Callable, Iterator
 
 from PIL import Image
+from tqdm import tqdm
 
 from .._version import __version__
 from ..utils import atomic_write
@@ -69,7 +71,6 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int 
     out.mkdir(parents=True, exist_ok=True)
 
     items = _encoded(ds.samples, workers)
-    from tqdm import tqdm
 
     bar = tqdm(total=len(ds.samples), desc=f"make-shards {src.name}", unit="img",
                disable=None if progress is None else not progress)  # None: only on a terminal
@@ -155,7 +156,6 @@ def _encoded(samples: list[tuple[str, int]], workers: int) -> Iterator[tuple[str
     if workers == 0:
         yield from map(_encode_safe, samples)
         return
-    import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap(_encode_safe, samples, chunksize=16)

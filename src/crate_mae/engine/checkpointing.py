@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 from ..utils import fsync_dir, torch_load, writing
@@ -189,7 +190,6 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(training state, weights) of a checkpoint folder; :class:`DamagedCheckpointError` naming the file when
     either cannot be read or the weights are not finite."""
-    from safetensors.torch import load_file
 
     path = Path(path)
     try:

@@ -5,6 +5,7 @@ A plain ``python`` launch is a world of one; nothing here needs torchrun to be p
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +94,6 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, compile: bool = False) ->
 
     No buffer sync before each forward (``broadcast_buffers=False``): the only buffers are the fixed sin-cos tables,
     identical on every rank, which DDP would otherwise re-send before every forward."""
-    import inspect
 
     net = model
     if info.enabled:

@@ -21,6 +21,7 @@ are the two tasks.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -31,9 +32,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from ..checkpoint import _load_exact
 from ..data.loader import resolve_num_workers
@@ -131,7 +134,6 @@ def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | st
     """Validate ``cfg`` (sections ``optim``, ``run``, ``data``; see :mod:`.config`), join the process group, lock
     ``cfg.run.output_dir``, train ``make_task(runner)`` and return its :meth:`Task.finish` result. A process group
     the caller created is left alone; determinism flags are restored."""
-    import torch.distributed as dist
 
     cfg.validate()
     out = Path(cfg.run.output_dir)
@@ -366,7 +368,6 @@ class Runner:
 
     def save(self) -> Path | None:
         """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
-        import torch.distributed as dist
 
         self.check_weights()
         rngs = [capture_rng(self.device)]
@@ -466,10 +467,8 @@ class Runner:
         the file reads as this run), and TensorBoard purged past it."""
         if not self.info.is_main:
             return
-        import json
 
         from torch.utils.tensorboard import SummaryWriter
-
 
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out / "config.yaml")
@@ -498,8 +497,6 @@ class Runner:
         """Rank 0: append ``row`` to metrics.jsonl and ``scalars`` to TensorBoard at ``step``."""
         if not self.info.is_main:
             return
-        import json
-
 
         path = self.out / "metrics.jsonl"
         with writing(path), open(path, "a") as f:
@@ -514,7 +511,6 @@ class Runner:
 
     def say(self, msg: str) -> None:
         if self.info.is_main:
-            from tqdm import tqdm
 
             tqdm.write(msg)
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
@@ -80,8 +81,6 @@ class FeatureSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureSet:
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"feature file not found: {path}")

@@ -26,6 +26,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader, Dataset
 
 from .. import data as D
@@ -182,7 +185,6 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
     Our encoders group as facebookresearch/mae ``util/lr_decay.param_groups_lrd`` (``get_layer_id_for_vit``): with
     ``L = depth + 1``, tokens and patch embedding get ``layer_decay ** L``, block ``i`` ``layer_decay ** (depth - i)``,
     the final norm and head 1. 1-D parameters (norms, biases) and ``no_weight_decay_list`` get no weight decay."""
-    from timm.optim import param_groups_layer_decay
 
     if not hasattr(model, "group_matcher"):
         raise ValueError(f"{type(model).__name__} has no group_matcher; layer-wise lr decay needs an encoder "
@@ -195,7 +197,6 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
 def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], aug: FinetuneAugConfig):
     """timm's ImageNet training pipeline: RandomResizedCrop(scale, bicubic), flip, RandAugment, ToTensor,
     Normalize, random erasing (pixel mode)."""
-    from timm.data import create_transform
 
     return create_transform(img_size, is_training=True, scale=tuple(aug.scale), hflip=aug.hflip, vflip=0.0,
                             color_jitter=None, auto_augment=aug.rand_augment, interpolation="bicubic",
@@ -207,7 +208,6 @@ def build_mixup(aug: FinetuneAugConfig, num_classes: int):
     cutmix is on, else None."""
     if aug.mixup <= 0 and aug.cutmix <= 0:
         return None
-    from timm.data import Mixup
 
     return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
                  switch_prob=aug.mixup_switch_prob, mode="batch", label_smoothing=aug.smoothing,
@@ -216,7 +216,6 @@ def build_mixup(aug: FinetuneAugConfig, num_classes: int):
 
 def build_criterion(aug: FinetuneAugConfig, mixup) -> nn.Module:
     """Soft-target cross-entropy after mixup; label-smoothing cross-entropy or plain cross-entropy otherwise."""
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     if mixup is not None:
         return SoftTargetCrossEntropy()
@@ -357,7 +356,6 @@ class Finetuning(Task):
             self.best, self.history = dict(state["best"]), [dict(h) for h in state["history"]]
 
     def finish(self, stopped: str) -> dict[str, Any]:
-
         cfg, runner = self.cfg, self.runner
         last = self.history[-1] if self.history and stopped == "completed" else self.evaluate()
         best = self.best if self.best["top1"] >= 0 else {"top1": last["top1"], "top5": last["top5"],

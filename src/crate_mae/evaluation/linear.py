@@ -17,6 +17,7 @@ Two protocols, both on cached features (:mod:`.features`):
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -49,7 +50,6 @@ def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     C, report top-1 / top-5 (%) on val. With a single C the sweep is skipped.
 
     Returns ``{"top1", "top5", "C", "sweep": {C: holdout top-1}}``."""
-    import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split

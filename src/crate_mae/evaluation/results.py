@@ -35,7 +35,6 @@ def make_result(task: str, metrics: Mapping[str, float], *, checkpoint: str | No
 
 
 def write_result(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
-
     text = json.dumps(result, indent=2, default=_default) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

@@ -80,7 +80,6 @@ class Pretraining(Task):
         self.knn: dict[str, float] | None = None
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
-
         o = self.cfg.optim
         return build_optimizer(self.model, lr, o.weight_decay, o.betas, o.param_groups)
 

@@ -6,12 +6,14 @@ import contextlib
 import errno
 import hashlib
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import yaml
 
 from .device import amp_dtype, default_device
 
@@ -114,9 +116,6 @@ def torch_load(path: str | os.PathLike) -> Any:
 
     A file holding Python objects is refused without torch's advice to pass ``weights_only=False``: for a file of
     unknown origin that advice is how code gets run."""
-    import pickle
-
-    import torch
 
     path = Path(path)
     if not path.is_file():
@@ -138,7 +137,6 @@ def torch_load(path: str | os.PathLike) -> Any:
 def parse_key_values(items: list[str], form: str = "KEY=VALUE") -> dict:
     """``KEY=VALUE`` strings -> dict, values parsed as YAML (ints, floats, booleans, lists, null).
     ``form`` names the expected shape in the error message."""
-    import yaml
 
     out = {}
     for item in items:
