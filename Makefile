@@ -1,9 +1,10 @@
-# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+# Entry points (see README): `make demo`, `make test` (everything), `make test-fast` (skips the slow integration
+# tests), `make lint` (ruff, configured in pyproject.toml). All create .venv on first use.
 PY ?= python3
 VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-fast lint bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -17,6 +18,12 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: setup
 	$(VENV)/bin/python benchmarks/model_speed.py

@@ -76,8 +76,8 @@ def loader_alone(cfg, batches: int, skip: int) -> float:
     """img/s of the engine's loader by itself: the pretraining dataset, per-sample seeding, the epoch sampler."""
     from torch.utils.data import DataLoader
 
+    from crate_mae.engine.sampling import EpochSampler, SeededSamples
     from crate_mae.training.pretrain import build_pretrain_dataset
-    from crate_mae.training.sampling import EpochSampler, SeededSamples
 
     d, size = cfg.data, cfg.data.img_size
     patches = (size // create_model(cfg.model.name, img_size=size, **cfg.model.overrides).patch_size) ** 2

@@ -26,13 +26,12 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
-
-import os
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS: set before the first handle
 
@@ -89,7 +88,7 @@ class Check:
         from crate_mae.cli import main
 
         ckpt = self.workdir / "vis_model"
-        self.model().cpu().save_pretrained(ckpt)
+        crate_mae.save_pretrained(self.model().cpu(), ckpt)
         outs = []
         for args in (["visualize", "reconstruct"], ["visualize", "attention"], ["visualize", "pca"], ["analyze"]):
             extra = ["--num-images", "2"] if args[0] == "analyze" else []

@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 import crate_mae  # noqa: E402
+from crate_mae.engine.optim import build_optimizer  # noqa: E402
 from crate_mae.models.official import OfficialCrateMAE, to_official  # noqa: E402
-from crate_mae.training.optim import build_optimizer  # noqa: E402
 
 # Dense (no sparsity) peak TFLOP/s by device name, first match wins: (bf16 tensor cores, fp32 without TF32), from
 # NVIDIA's datasheets.
@@ -62,7 +62,8 @@ def peak_tflops(device: torch.device, bf16: float | None, fp32: float | None) ->
         return bf16, fp32, "given" if bf16 or fp32 else "none (not a GPU)"
     name = torch.cuda.get_device_name(device)
     known = next((v for k, v in PEAK_TFLOPS.items() if k in name), (None, None))
-    source = "given" if bf16 or fp32 else ("built-in table" if known[0] else f"unknown GPU {name!r}: give --peak-tflops")
+    source = ("given" if bf16 or fp32
+              else ("built-in table" if known[0] else f"unknown GPU {name!r}: give --peak-tflops"))
     return bf16 or known[0], fp32 or known[1], source
 
 

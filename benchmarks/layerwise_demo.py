@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from crate_mae.analysis import measure_layers
     from crate_mae.analysis.inputs import find_images, load_images, model_normalization
     from crate_mae.data import build_dataset
+    from crate_mae.demo import epochs_for_budget
     from crate_mae.training import load_config, pretrain
-    from crate_mae.training.demo import epochs_for_budget
 
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         seed = int(cfg.run.seed)
     torch.manual_seed(seed)  # the initialisation pretrain() starts from
     init = create_model("crate_mae_tiny", **model_cfg)
-    init.config["data"] = trained.config.get("data", {})
+    init.data_config = trained.data_config
 
     norm = model_normalization(trained)
     files = find_images(data / "val", args.num_images)

@@ -44,8 +44,8 @@ CONFIG = REPO / "src" / "crate_mae" / "configs" / "pretrain_cifar.yaml"
 def pretrain_model(name: str, overrides: dict, out: Path, args: argparse.Namespace) -> Path:
     """Pretrain with the CIFAR config (model swapped for ViT-MAE when asked) under the pretraining benchmark's
     budget rule: epochs fitted to ``--minutes`` by timing a few steps, hard stop at 1.2x. Returns the model folder."""
+    from crate_mae.demo import epochs_for_budget
     from crate_mae.training import load_config, pretrain
-    from crate_mae.training.demo import epochs_for_budget
 
     model_dir = out / "model"
     if (model_dir / "config.json").is_file() and not args.retrain:
@@ -97,7 +97,8 @@ def evaluate(label: str, source, args: argparse.Namespace, out: Path, overrides:
 
 
 def _depth(source) -> int:
-    from crate_mae.evaluation.features import encoder_blocks, load_model
+    from crate_mae.checkpoint import load_model
+    from crate_mae.evaluation.features import encoder_blocks
 
     return len(encoder_blocks(load_model(source)[0]))
 

@@ -69,7 +69,7 @@ def pretrain_config(which: str, args):
 def budget(args) -> int:
     """Time real training steps of every model one after another, under the same conditions, and fix each run's
     epochs: CRATE-MAE ``--epochs``, each ViT-MAE as many as fit in CRATE-MAE's minutes (``OUT/MODEL/budget.json``)."""
-    from crate_mae.training.demo import epochs_for_budget
+    from crate_mae.demo import epochs_for_budget
 
     per_epoch = {w: 1000.0 / epochs_for_budget(pretrain_config(w, args), 1000.0, 10_000)[0] for w in MODELS}
     minutes = args.epochs * per_epoch["crate"]
@@ -146,13 +146,13 @@ def score(label: str, model, args, mean, std) -> dict:
     return row
 
 
-def cached_row(label: str, args, compute) -> dict:
+def cached_row(label: str, args, model, mean, std) -> dict:
     """A table row, computed once: ``OUT/rows/<label>.json`` holds it, so ``evaluate`` resumes and the random-init
     rows can be scored while the pretraining runs still train (``--part init``)."""
     path = args.out / "rows" / f"{stem(label)}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    row = compute()
+    row = score(label, model, args, mean, std)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=2))
     return row
@@ -182,15 +182,11 @@ def evaluate(args) -> int:
                 trained[which] = crate_mae.from_pretrained(run / "model").eval()
                 budget = json.loads((run / "budget.json").read_text())
                 summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-                row = cached_row(f"{title} pretrained", args,
-                                 lambda: score(f"{title} pretrained", trained[which], args, mean, std))
+                row = cached_row(f"{title} pretrained", args, trained[which], mean, std)
                 row.update(epochs=summary.get("epochs", budget["epochs"]), minutes=round(budget["minutes"]))
                 rows.append(row)
         if args.part != "trained":
-            init = inits[which]
-            rows.append({**cached_row(f"{title} random init", args,
-                                      lambda: score(f"{title} random init", init, args, mean, std)),
-                         "epochs": 0, "minutes": 0})
+            rows.append({**cached_row(f"{title} random init", args, inits[which], mean, std), "epochs": 0, "minutes": 0})
     if args.part == "init":
         return 0
     (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
@@ -255,7 +251,8 @@ def markdown(rows: list[dict]) -> str:
 def finetune(args) -> int:
     """Fine-tune the pretrained CRATE-MAE encoder and the same architecture from scratch, same recipe and epochs
     (``--start`` runs one of them, so the two can run side by side); ``finetune.json`` collects both."""
-    from crate_mae.evaluation.finetune import finetune as run_finetune, load_finetune_config
+    from crate_mae.evaluation.finetune import finetune as run_finetune
+    from crate_mae.evaluation.finetune import load_finetune_config
 
     name, over = model_spec("crate")
     enc_over = {k: over[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if k in over}

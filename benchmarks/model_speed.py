@@ -38,13 +38,12 @@ import statistics
 import time
 
 import torch
-
 from timm.optim import param_groups_weight_decay
 from torch.utils.flop_counter import FlopCounterMode
 
 import crate_mae
+from crate_mae.engine.optim import build_optimizer
 from crate_mae.models.official import OfficialCrateMAE, to_official
-from crate_mae.training.optim import build_optimizer
 from crate_mae.utils import default_device
 
 

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from crate_mae import create_model
     from crate_mae.data import build_dataset, eval_transform
+    from crate_mae.demo import epochs_for_budget
     from crate_mae.training import load_config, pretrain
-    from crate_mae.training.demo import epochs_for_budget
 
     data = Path(args.data)
     if not (data / "train").is_dir() or not (data / "val").is_dir():
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     mse_zero = init.patchify(imgs).pow(2).mean().item() if not init.norm_pix_loss else 1.0
     print(f"{cfg.model.name} {cfg.model.overrides}: {init.num_params() / 1e6:.2f}M params; "
           f"{train_n} train images, {cfg.optim.epochs} epochs fitted to {args.minutes} min; "
-          f"val masked MSE at init {mse_start:.4f}, predict-the-mean baseline {mse_zero:.4f} ({n} images, fixed masks)", flush=True)
+          f"val masked MSE at init {mse_start:.4f}, predict-the-mean baseline {mse_zero:.4f} ({n} images, fixed masks)",
+          flush=True)
 
     t = time.perf_counter()
     summary = pretrain(cfg)

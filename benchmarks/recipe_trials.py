@@ -46,7 +46,7 @@ def legacy_init():
     for the default a = 0 (the ISTA dictionaries and decoder linears); calls that pass ``a`` are unchanged."""
     original = torch.nn.init.kaiming_uniform_
 
-    def old(tensor, a=math.sqrt(5), *args, **kwargs):
+    def old(tensor, a=math.sqrt(5), *args, **kwargs):  # noqa: B008 -- the torch default being restored
         return original(tensor, a, *args, **kwargs)
 
     torch.nn.init.kaiming_uniform_ = old
@@ -114,7 +114,8 @@ def run_trial(args: argparse.Namespace) -> dict:
         with legacy_init() if args.legacy_init else contextlib.nullcontext():
             summary = pretrain(cfg)
         model = crate_mae.from_pretrained(summary["model_dir"])
-        line.update(train_s=round(time.perf_counter() - t), steps=summary["steps"], img_per_s=round(summary["img_per_s"]),
+        line.update(train_s=round(time.perf_counter() - t), steps=summary["steps"],
+                    img_per_s=round(summary["img_per_s"]),
                     fixed_loss=[round(summary["fixed_loss_before"], 4), round(summary["fixed_loss_after"], 4)])
     line["params"] = sum(p.numel() for p in model.parameters())
     mean, std, size = cfg.data.mean, cfg.data.std, cfg.data.img_size

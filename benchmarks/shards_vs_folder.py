@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crate_mae.data import build_dataset, make_shards, pretrain_transform
-from crate_mae.training.sampling import EpochSampler, SeededSamples
+from crate_mae.engine.sampling import EpochSampler, SeededSamples
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_SETS = [f"cifar10-dev={SHARED / 'cifar10-dev' / 'train'}@32", f"flowers12={SHARED / 'flowers12' / 'train'}@224"]
@@ -80,7 +80,8 @@ def main() -> None:
                 med = {k: statistics.median(v) for k, v in rates.items()}
                 rows.append((name, size, n_img, w, med["folder"], med["shards"]))
                 print(f"  workers={w}: folder {med['folder']:.0f} img/s, shards {med['shards']:.0f} img/s "
-                      f"(x{med['shards'] / med['folder']:.2f}); per epoch folder {[round(v) for v in rates['folder']]}, "
+                      f"(x{med['shards'] / med['folder']:.2f}); "
+                      f"per epoch folder {[round(v) for v in rates['folder']]}, "
                       f"shards {[round(v) for v in rates['shards']]}", flush=True)
                 del loaders
     print("\n| data set | px | images | workers | ImageFolder img/s | shards img/s | shards / folder |")

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import crate_mae
-from crate_mae.checkpoint import CheckpointError, convert_official_crate
+from crate_mae.checkpoint import CheckpointError
+from crate_mae.models.official import from_official as convert_official_crate
 
 KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_depth=2)
 
@@ -37,19 +38,20 @@ def _to_official(model):
         k2 = k2.replace("encoder.patch_embed", "patch_embed").replace("encoder.norm", "norm")
         out[k2] = v
     d = model.encoder.embed_dim
-    out["pos_embed"], out["decoder_pos_embed"] = model.encoder.pos_embed.table.clone(), model.encoder.pos_embed.table.clone()
+    table = model.encoder.pos_embed.table
+    out["pos_embed"], out["decoder_pos_embed"] = table.clone(), table.clone()
     out["decoder_embed.weight"], out["decoder_embed.bias"] = torch.zeros(d, d), torch.zeros(d)
     return out
 
 
 def test_save_and_load_our_format(tmp_path):
     model = crate_mae.create_model("crate_mae_tiny", **KW, ista_lambda=0.3)
-    model.save_pretrained(tmp_path / "m", extra={"data": {"mean": [0.5] * 3}})
+    crate_mae.save_pretrained(model, tmp_path / "m", extra={"data": {"mean": [0.5] * 3}})
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["ista_lambda"] == 0.3 and cfg["crate_mae_version"] == crate_mae.__version__
     assert cfg["architecture"] == "crate_mae" and cfg["model"] == "crate_mae_tiny"
     loaded = crate_mae.load_checkpoint(tmp_path / "m")
-    assert loaded.encoder.blocks[0].ista.lambd == 0.3 and loaded.config["data"]["mean"] == [0.5] * 3
+    assert loaded.encoder.blocks[0].ista.lambd == 0.3 and loaded.data_config["mean"] == [0.5] * 3
     assert _same_outputs(model, loaded)
     assert _same_outputs(model, crate_mae.load_checkpoint(tmp_path / "m" / "model.safetensors"))
     assert not list((tmp_path / "m").glob("*.tmp"))  # atomic writes leave no temp files
@@ -141,7 +143,7 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
 def test_bad_config_json_is_one_line_naming_the_file(tmp_path, text, why):
     model = crate_mae.create_model("crate_mae_tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4,
                                    decoder_depth=1)
-    model.save_pretrained(tmp_path / "m")
+    crate_mae.save_pretrained(model, tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(text)
     with pytest.raises(CheckpointError, match=why) as e:
         crate_mae.load_checkpoint(tmp_path / "m")
@@ -181,13 +183,13 @@ def test_learned_position_table_is_reported():
 
 def test_load_encoder_from_crate_mae_and_vit(tmp_path):
     model = crate_mae.create_model("crate_mae_tiny", **KW)
-    model.save_pretrained(tmp_path / "m")
+    crate_mae.save_pretrained(model, tmp_path / "m")
     clf = crate_mae.load_encoder(tmp_path / "m", num_classes=10, global_pool="avg")
     imgs = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(clf.forward_features(imgs), model.forward_features(imgs))
     assert clf(imgs).shape == (2, 10)
-    clf.save_pretrained(tmp_path / "clf")
+    crate_mae.save_pretrained(clf, tmp_path / "clf")
     again = crate_mae.load_checkpoint(tmp_path / "clf")
     with torch.no_grad():
         assert torch.equal(again(imgs), clf(imgs))

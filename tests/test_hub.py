@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import crate_mae
+from crate_mae.checkpoint import CARD_NAME, hub_snapshot, parse_hub_id
 from crate_mae.cli import main
-from crate_mae.hub import CARD_NAME, hub_snapshot, model_card, parse_hub_id, save_for_hub
+from crate_mae.hub import model_card, push_to_hub, save_for_hub
 
 hf = pytest.importorskip("huggingface_hub", reason="the [hub] extra (huggingface_hub) is not installed")
 
@@ -118,7 +119,7 @@ def test_bad_hub_ids_are_named(bad):
 
 
 def test_hub_options_on_a_local_folder_are_refused(model, tmp_path: Path):
-    model.save_pretrained(tmp_path / "m")
+    crate_mae.save_pretrained(model, tmp_path / "m")
     with pytest.raises(ValueError, match="apply to 'hf-hub:ORG/NAME' sources"):
         crate_mae.from_pretrained(tmp_path / "m", download=True)
 
@@ -145,7 +146,7 @@ class FakeApi:
 def test_push_to_hub_uploads_what_from_pretrained_reads(model, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(hf, "HfApi", FakeApi)
     FakeApi.repos, FakeApi.log = {"me/tiny": tmp_path / "remote"}, []
-    out = model.push_to_hub("me/tiny", private=True, token="t0k", license="mit", data="48 random test images")
+    out = push_to_hub(model, "me/tiny", private=True, token="t0k", license="mit", data="48 random test images")
     assert out == "commit of me/tiny"
     assert FakeApi.log[0] == ("create_repo", "me/tiny", True, True, "t0k")
     assert FakeApi.log[1][:2] == ("upload_folder", "me/tiny") and "crate-mae" in FakeApi.log[1][3]
@@ -173,7 +174,7 @@ def test_missing_extra_is_one_clear_line(model, tmp_path: Path, monkeypatch, cap
     with pytest.raises(ImportError, match=r"pip install 'crate-mae\[hub\]'"):
         crate_mae.from_pretrained("hf-hub:org/tiny")
     with pytest.raises(RuntimeError, match=r"crate-mae\[hub\]"):   # the command line prints it as one line
-        model.push_to_hub("org/tiny")
+        push_to_hub(model, "org/tiny")
     save_for_hub(model, tmp_path / "ready")                   # writing an upload folder needs no extra
     assert (tmp_path / "ready" / CARD_NAME).is_file()
     assert main(["info", "hf-hub:org/tiny"]) == 1
@@ -193,8 +194,8 @@ def test_convert_writes_a_ready_to_upload_folder(shared_dir: Path, tmp_path: Pat
     assert "Licence of the weights: mit (the licence of the repository that publishes them)" in card
     assert f"from `{src.name}`" in card and "nothing (a test fixture)" in card and "λ and η" in card
     model = crate_mae.from_pretrained(out)
-    assert model.config["weights_source"]["license"] == "mit"
-    assert model.config["weights_source"]["format"] == "crate_mae_official"
+    assert model.provenance["weights_source"]["license"] == "mit"
+    assert model.provenance["weights_source"]["format"] == "crate_mae_official"
     # Pushing the converted model later carries the provenance into the new card.
     assert "Source: Ma-Lab-Berkeley/CRATE" in model_card(model)
     # Without --model-card: weights and config only (provenance still recorded).

@@ -93,7 +93,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_local_pretrained_files(tmp_path):
     """Our CRATE-MAE checkpoint and an official state dict both load as timm encoders (the head stays fresh)."""
     mae = crate_mae.create_model("crate_mae_tiny", **SMALL)
-    mae.save_pretrained(tmp_path / "mae")
+    crate_mae.save_pretrained(mae, tmp_path / "mae")
     enc = timm.create_model("crate_tiny", pretrained=True, num_classes=4, **SMALL,
                             pretrained_cfg_overlay=dict(file=str(tmp_path / "mae" / "model.safetensors")))
     x = torch.randn(2, 3, 32, 32)

@@ -24,21 +24,26 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from . import models
+from ._version import __version__
 from .models.crate_mae import CrateEncoder, CrateMAE
 from .models.layers import sincos_pos_embed
 from .models.official import from_official
+from .models.official import kwargs_from_official as crate_kwargs_from_official
+from .models.registry import find_preset, list_models, model_defaults
 from .models.vit_mae import ViTMAE, vit_classifier
-from .utils import atomic_write, torch_load
+from .models.vit_mae import kwargs_from_official as vit_kwargs_from_official
+from .utils import atomic_write, file_sha256, state_sha256, torch_load
+from .utils.extras import require
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"crate_mae": CrateMAE, "crate": CrateEncoder, "vit_mae": ViTMAE,
                                                        "vit": vit_classifier}
-# Heads per width in the official presets (heads cannot be read off square weight matrices).
-CRATE_HEADS = {384: 6, 576: 12, 768: 12, 1024: 16}
-VIT_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16, 512: 16}
 POS_TABLES = ("pos_embed", "decoder_pos_embed")
+HUB_PREFIX = "hf-hub:"
+CARD_NAME = "README.md"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 class CheckpointError(ValueError):
@@ -47,10 +52,12 @@ class CheckpointError(ValueError):
 
 # -- our format -------------------------------------------------------------------------------------------------------
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``config.json`` (architecture, constructor kwargs, library version, ``extra``) and
-    ``model.safetensors`` into ``directory``, each atomically. Returns the directory."""
+    """Write ``config.json`` (architecture, constructor kwargs, ``data``: the model's data_config, its provenance,
+    ``extra``, library version) and ``model.safetensors`` into ``directory``, each atomically. Returns it."""
     directory = Path(directory)
-    config = {**getattr(model, "config", {}), **(extra or {}), "crate_mae_version": __version__}
+    data = {"data": model.data_config} if getattr(model, "data_config", None) else {}
+    config = {**getattr(model, "provenance", {}), **getattr(model, "config", {}), **data, **(extra or {}),
+              "crate_mae_version": __version__}
     if "architecture" not in config:
         raise ValueError(f"{type(model).__name__} has no config['architecture']; cannot save it in our format")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -64,9 +71,7 @@ def from_pretrained(directory: str | os.PathLike, *, revision: str | None = None
                     cache_dir: str | os.PathLike | None = None, download: bool = False, **overrides) -> nn.Module:
     """Build a model from a directory written by :func:`save_pretrained`, or from ``"hf-hub:ORG/NAME[@REV]"``: that
     Hub repository read from the local Hugging Face cache, or fetched into it only with ``download=True``
-    (``revision``, ``cache_dir``: see :func:`crate_mae.hub.hub_snapshot`; needs ``crate-mae[hub]``)."""
-    from .hub import hub_snapshot, is_hub_id
-
+    (``revision``, ``cache_dir``: see :func:`hub_snapshot`; needs ``crate-mae[hub]``)."""
     if is_hub_id(directory):
         directory = hub_snapshot(directory, revision=revision, cache_dir=cache_dir, download=download)
     elif revision is not None or cache_dir is not None or download:
@@ -120,8 +125,9 @@ def _type_problem(name: str, value: Any, default: Any) -> str | None:
 
 
 def build_from_config(config: Mapping[str, Any], where: str = "config") -> nn.Module:
-    """Instantiate the architecture named in ``config``; unknown keys (e.g. saved data settings) stay in
-    ``model.config``. A wrongly typed or impossible value is one :class:`CheckpointError` naming ``where``."""
+    """Instantiate the architecture named in ``config``: constructor keys become ``model.config``, ``data`` its
+    ``data_config``, the rest (what a run recorded) its ``provenance``. A wrongly typed or impossible value is one
+    :class:`CheckpointError` naming ``where``."""
     arch = config.get("architecture")
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{where}: unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
@@ -135,11 +141,50 @@ def build_from_config(config: Mapping[str, Any], where: str = "config") -> nn.Mo
         model = factory(**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
-    model.config = {**{k: v for k, v in config.items() if k != "crate_mae_version"}, **getattr(model, "config", {})}
+    if config.get("model"):
+        model.config["model"] = config["model"]
+    model.data_config = dict(config.get("data") or {})
+    model.provenance = {k: v for k, v in config.items()
+                        if k not in model.config and k not in ("data", "crate_mae_version", "model")}
     return model
 
 
-# -- any format ----------------------------------------------------------------------------------------------------------
+def create_model(name: str, pretrained: str | os.PathLike | None = None, **overrides) -> nn.Module:
+    """:func:`crate_mae.models.create_model`, then, with ``pretrained`` (a checkpoint in any format
+    :func:`load_checkpoint` reads), that checkpoint's weights loaded into the new model."""
+    model = models.create_model(name, **overrides)
+    return load_weights_into(model, pretrained) if pretrained is not None else model
+
+
+def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device | str | None = None,
+               **overrides) -> tuple[nn.Module, str]:
+    """The one way a command line names a model: ``(model in eval mode, fingerprint)`` from
+
+    - a checkpoint in any format :func:`load_checkpoint` reads, or a run directory (:func:`resolve_run_dir`);
+      fingerprint = sha256 of the weights file;
+    - ``"hf-hub:ORG/NAME"`` from the local cache; fingerprint = sha256 of the state dict;
+    - a registered model name at random init with ``seed`` (fingerprint = sha256 of its state dict, so the same
+      name + seed + overrides always gives the same fingerprint).
+    """
+    path = Path(source)
+    if str(source) in list_models() and not path.exists():
+        torch.manual_seed(seed)
+        model = models.create_model(str(source), **overrides)
+        model.provenance.update(random_init=True, seed=seed)
+        sha = state_sha256(model)
+    elif is_hub_id(source):
+        model = load_checkpoint(source, **overrides)
+        sha = state_sha256(model)
+    else:
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {source} (nor is it a registered model name; see "
+                                    "`crate-mae models`)")
+        model, sha = load_checkpoint(path, **overrides), checkpoint_sha256(path)
+    model.provenance["checkpoint"] = str(source)
+    return (model.to(device) if device is not None else model).eval(), sha
+
+
+# -- any format --------------------------------------------------------------------------------------------------------
 def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **overrides) -> nn.Module:
     """Return a ready model (eval mode) from a checkpoint in any supported format; keyword arguments override the
     inferred configuration (``num_heads``, ``ista_lambda``, ``ista_step_size``, ``norm_pix_loss``, ...).
@@ -147,11 +192,11 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
     if isinstance(source, str) and source.startswith("hf-hub:"):
         return from_pretrained(source, **overrides).eval()
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = resolve_run_dir(source)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        if (path.is_dir() and (path / CONFIG_NAME).is_file()) or (path.is_file() and (path.parent / CONFIG_NAME).is_file()
-                                                                   and path.suffix == ".safetensors"):
+        ours_file = path.is_file() and path.suffix == ".safetensors" and (path.parent / CONFIG_NAME).is_file()
+        if (path.is_dir() and (path / CONFIG_NAME).is_file()) or ours_file:
             return from_pretrained(path, **overrides).eval()
         state = read_state_dict(path)
         where = str(path)
@@ -160,7 +205,7 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
     fmt = detect_format(state)
     if fmt == "crate_mae_official":
         model = _build_crate_official(state, overrides)
-        _load_exact(model, convert_official_crate(state), where)
+        _load_exact(model, from_official(state), where)
     elif fmt == "vit_mae_official":
         model = _build_vit_official(state, overrides, where)
         has_decoder = any(k.startswith("decoder_blocks.") for k in state)
@@ -170,7 +215,7 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
         if not has_decoder:
             warnings.warn(f"{where} has no decoder: encoder weights loaded, decoder randomly initialised "
                           "(fine for features, probing and fine-tuning; not for reconstruction)", stacklevel=2)
-        model.config["decoder_loaded"] = has_decoder
+        model.provenance["decoder_loaded"] = has_decoder
     elif fmt == "ours":
         raise CheckpointError(f"{where} uses our key names but comes without {CONFIG_NAME}; load the directory "
                               "written by save_pretrained instead")
@@ -200,8 +245,7 @@ def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Mod
         missing, unexpected = enc.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
         enc.config["model"] = c.get("model")
-        if "data" in c:
-            enc.config["data"] = c["data"]
+        enc.data_config, enc.provenance = dict(model.data_config), dict(model.provenance)
         return enc
     if isinstance(model, ViTMAE):
         return _vit_classifier(model, num_classes, global_pool, drop_path_rate)
@@ -221,7 +265,62 @@ def load_weights_into(model: nn.Module, source: str | os.PathLike | Mapping[str,
     return model
 
 
-# -- reading -------------------------------------------------------------------------------------------------------------
+# -- a Hub model from the local Hugging Face cache (the [hub] extra) ----------------------------------------------
+def is_hub_id(source: Any) -> bool:
+    """Whether ``source`` names a Hub repository (``"hf-hub:ORG/NAME[@REVISION]"``)."""
+    return isinstance(source, str) and source.startswith(HUB_PREFIX)
+
+
+def parse_hub_id(source: str) -> tuple[str, str | None]:
+    """``"hf-hub:ORG/NAME[@REVISION]"`` (or ``"ORG/NAME"``) -> ``(repo_id, revision or None)``."""
+    rest = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
+    repo_id, _, revision = rest.partition("@")
+    if not _REPO_ID.match(repo_id) or (_ and not revision):
+        raise ValueError(f"{source!r} is not a Hub model id; expected {HUB_PREFIX}ORG/NAME or {HUB_PREFIX}ORG/NAME@REV")
+    return repo_id, revision or None
+
+
+def hub_snapshot(source: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                 download: bool = False) -> Path:
+    """The local folder of a Hub model (``config.json`` + ``model.safetensors``).
+
+    Reads the Hugging Face cache (``cache_dir``, default ``HF_HUB_CACHE``) only, unless ``download=True``, which
+    fetches the repository's ``config.json``, ``model.safetensors`` and ``README.md`` into it. ``revision`` (or
+    ``@REV`` in ``source``) pins a branch, tag or commit. FileNotFoundError when it is not cached (or lacks our
+    files), ValueError for a bad id or a repository / revision the Hub does not have.
+    """
+    repo_id, pinned = parse_hub_id(source)
+    if pinned and revision and pinned != revision:
+        raise ValueError(f"{source!r} pins revision {pinned!r} but revision={revision!r} was passed too")
+    revision = revision or pinned
+    hf = require("huggingface_hub", "hub", "reading weights from the Hugging Face Hub")
+    from huggingface_hub import errors
+
+    cache = str(cache_dir) if cache_dir is not None else hf.constants.HF_HUB_CACHE
+    try:
+        folder = Path(hf.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                           local_files_only=not download,
+                                           allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+                                           library_name="crate-mae", library_version=__version__))
+    except errors.LocalEntryNotFoundError:
+        at = f" at revision {revision!r}" if revision else ""
+        if not download:
+            raise FileNotFoundError(
+                f"{source}{at} is not in the local Hugging Face cache ({cache}); nothing is downloaded unless asked: "
+                "pass download=True, or fetch it first with `hf download " + repo_id + "`") from None
+        offline = "HF_HUB_OFFLINE is set" if hf.constants.HF_HUB_OFFLINE else "no connection to the Hub?"
+        raise FileNotFoundError(f"{source}{at} is not cached and could not be downloaded ({offline}); "
+                                f"cache: {cache}") from None
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as e:
+        raise ValueError(f"{source}: {str(e).splitlines()[0]}") from None
+    missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{source} ({folder}) has no {' or '.join(missing)}: not a crate-mae model repository"
+                                + ("" if download else ", or only partly cached (pass download=True)"))
+    return folder
+
+
+# -- reading -----------------------------------------------------------------------------------------------------------
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file, unwrapped, ``module.`` stripped."""
     path = weights_file(path)
@@ -232,6 +331,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     return unwrap_state_dict(obj)
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint's weights file (``model.safetensors`` for a directory in our format)."""
+    return file_sha256(weights_file(resolve_run_dir(path)))
+
+
+def resolve_run_dir(path: str | os.PathLike) -> Path:
+    """A run directory stands for the model it produced: its final ``model/`` (pretraining), else its ``best/``
+    (fine-tuning); any other path is returned as it is."""
+    path = Path(path)
+    if path.is_dir() and not (path / CONFIG_NAME).is_file():
+        return next((path / d for d in ("model", "best") if (path / d / CONFIG_NAME).is_file()), path)
+    return path
 
 
 def weights_file(path: str | os.PathLike) -> Path:
@@ -283,40 +396,31 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
 
 
 # -- official CRATE-MAE ----------------------------------------------------------------------------------------------
-def convert_official_crate(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official CRATE-MAE state dict to our module tree (see :mod:`crate_mae.models.official`)."""
-    return from_official(state)
-
-
 def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) -> CrateMAE:
-    cfg = _shape_config(state, "blocks.{}.layers.0.0.fn.qkv.weight", "decoder_blocks.{}.layers.0.0.fn.weight")
+    cfg = crate_kwargs_from_official(state)
     d = cfg["embed_dim"]
     if "num_heads" not in overrides:
-        if d not in CRATE_HEADS:
-            raise CheckpointError(f"cannot infer num_heads for width {d} (not an official preset); pass num_heads=")
-        cfg["num_heads"] = CRATE_HEADS[d]
+        cfg["num_heads"] = _preset_heads(CrateMAE, d)
     cfg = {**cfg, **overrides}
     model = CrateMAE(**cfg)
-    model.config["model"] = _preset_name("crate_mae", d, cfg)
+    model.config["model"] = find_preset(CrateMAE, embed_dim=d, patch_size=cfg["patch_size"])
     return model
+
+
+def _preset_heads(factory: type, width: int) -> int:
+    name = find_preset(factory, embed_dim=width)
+    if name is None:
+        raise CheckpointError(f"cannot infer num_heads for width {width} (not an official preset); pass num_heads=")
+    return model_defaults(name)["num_heads"]
 
 
 def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict, where: str) -> ViTMAE:
     """facebookresearch/mae and the CRATE repo's ``mae_vit_*`` share key names; ``mask_tokens_in_encoder`` says which
     frame the weights were trained in (default: facebookresearch/mae's visible-only encoder)."""
-    cfg = _shape_config(state, "blocks.{}.attn.qkv.weight", "decoder_blocks.{}.attn.qkv.weight")
+    cfg = vit_kwargs_from_official(state)
     d = cfg["embed_dim"]
-    if "decoder_blocks.0.attn.qkv.weight" in state:
-        cfg["decoder_embed_dim"] = state["decoder_blocks.0.attn.qkv.weight"].shape[1]
-    elif "decoder_embed.weight" in state:
-        cfg["decoder_embed_dim"] = state["decoder_embed.weight"].shape[0]
-    cfg.pop("decoder_depth") if cfg.get("decoder_depth") == 0 else None
-    cfg["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / d
-    cfg["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
     if "num_heads" not in overrides:
-        if d not in VIT_HEADS:
-            raise CheckpointError(f"cannot infer num_heads for width {d} (not an official preset); pass num_heads=")
-        cfg["num_heads"] = VIT_HEADS[d]
+        cfg["num_heads"] = _preset_heads(ViTMAE, d)
     dd = cfg.get("decoder_embed_dim", 512)
     if "decoder_num_heads" not in overrides:
         if dd % 16:
@@ -328,35 +432,6 @@ def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict, wher
                       "encoder); it is loaded in facebookresearch/mae's visible-only frame. If it was trained by the "
                       "CRATE repo, pass mask_tokens_in_encoder=True", stacklevel=3)
     return ViTMAE(**{**cfg, **overrides})
-
-
-def _shape_config(state: Mapping[str, torch.Tensor], enc_key: str, dec_key: str) -> dict:
-    if "patch_embed.proj.weight" not in state:
-        raise CheckpointError("checkpoint has no patch_embed.proj.weight; cannot infer the architecture")
-    d, c, p, _ = state["patch_embed.proj.weight"].shape
-    depth = _count(state, enc_key)
-    cfg = dict(embed_dim=d, in_chans=c, patch_size=p, depth=depth, decoder_depth=_count(state, dec_key))
-    if "pos_embed" in state:
-        n = state["pos_embed"].shape[1] - 1
-        side = int(round(n**0.5))
-        if side * side != n:
-            raise CheckpointError(f"pos_embed holds {n} patches, not a square grid; pass img_size=")
-        cfg["img_size"] = side * p
-    return cfg
-
-
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
-    n = 0
-    while pattern.format(n) in state:
-        n += 1
-    return n
-
-
-def _preset_name(prefix: str, d: int, cfg: dict) -> str | None:
-    for size, width in (("tiny", 384), ("small", 576), ("base", 768), ("large", 1024)):
-        if d == width and cfg.get("patch_size") == 16:
-            return f"{prefix}_{size}"
-    return None
 
 
 def _check_pos_tables(state: Mapping[str, torch.Tensor], model: nn.Module, where: str) -> None:
@@ -404,7 +479,8 @@ def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_r
     state["pos_embed"] = mae.pos_embed.table.clone()
     state.update({k: v for k, v in vit.state_dict().items() if k.startswith("head.")})
     vit.load_state_dict(state, strict=True)
-    vit.config.update({k: c[k] for k in ("model", "data") if k in c})
+    vit.config["model"] = c.get("model")
+    vit.data_config, vit.provenance = dict(mae.data_config), dict(mae.provenance)
     return vit
 
 

@@ -6,7 +6,7 @@ source and licence of the weights). Nothing here touches the network unless aske
 
 - :func:`hub_snapshot` / ``crate_mae.from_pretrained("hf-hub:ORG/NAME")`` read the local Hugging Face cache only;
   ``download=True`` fetches into that cache (``HF_HUB_OFFLINE=1`` still forbids it);
-- :func:`push_to_hub` / ``model.push_to_hub(...)`` upload, and are never called implicitly;
+- :func:`push_to_hub` uploads, and are never called implicitly;
 - :func:`save_for_hub` (and ``crate-mae convert --model-card``) writes a ready-to-upload folder, offline, and needs
   no extra package.
 """
@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch.nn as nn
+import yaml
 
+from ._version import __version__
+from .checkpoint import CARD_NAME, WEIGHTS_NAME, parse_hub_id, save_pretrained
 from .utils import atomic_write, file_sha256
 from .utils.extras import require
-
-HUB_PREFIX = "hf-hub:"
-CARD_NAME = "README.md"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 # Where the official weights that `crate-mae convert` reads come from, and under which licence they are published.
 OFFICIAL_SOURCES = {
@@ -61,73 +59,13 @@ _MAE_CITATION = """@inproceedings{he2022masked,
 }"""
 
 
-def is_hub_id(source: Any) -> bool:
-    """Whether ``source`` names a Hub repository (``"hf-hub:ORG/NAME[@REVISION]"``)."""
-    return isinstance(source, str) and source.startswith(HUB_PREFIX)
-
-
-def parse_hub_id(source: str) -> tuple[str, str | None]:
-    """``"hf-hub:ORG/NAME[@REVISION]"`` (or ``"ORG/NAME"``) -> ``(repo_id, revision or None)``."""
-    rest = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
-    repo_id, _, revision = rest.partition("@")
-    if not _REPO_ID.match(repo_id) or (_ and not revision):
-        raise ValueError(f"{source!r} is not a Hub model id; expected {HUB_PREFIX}ORG/NAME or {HUB_PREFIX}ORG/NAME@REV")
-    return repo_id, revision or None
-
-
-def hub_snapshot(source: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 download: bool = False) -> Path:
-    """The local folder of a Hub model (``config.json`` + ``model.safetensors``).
-
-    Reads the Hugging Face cache (``cache_dir``, default ``HF_HUB_CACHE``) only, unless ``download=True``, which
-    fetches the repository's ``config.json``, ``model.safetensors`` and ``README.md`` into it. ``revision`` (or
-    ``@REV`` in ``source``) pins a branch, tag or commit. FileNotFoundError when it is not cached (or lacks our
-    files), ValueError for a bad id or a repository / revision the Hub does not have.
-    """
-    from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
-
-    repo_id, pinned = parse_hub_id(source)
-    if pinned and revision and pinned != revision:
-        raise ValueError(f"{source!r} pins revision {pinned!r} but revision={revision!r} was passed too")
-    revision = revision or pinned
-    hf = require("huggingface_hub", "hub", "reading weights from the Hugging Face Hub")
-    from huggingface_hub import errors
-
-    from . import __version__
-
-    cache = str(cache_dir) if cache_dir is not None else hf.constants.HF_HUB_CACHE
-    try:
-        folder = Path(hf.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                           local_files_only=not download,
-                                           allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
-                                           library_name="crate-mae", library_version=__version__))
-    except errors.LocalEntryNotFoundError:
-        at = f" at revision {revision!r}" if revision else ""
-        if not download:
-            raise FileNotFoundError(
-                f"{source}{at} is not in the local Hugging Face cache ({cache}); nothing is downloaded unless asked: "
-                "pass download=True, or fetch it first with `hf download " + repo_id + "`") from None
-        offline = "HF_HUB_OFFLINE is set" if hf.constants.HF_HUB_OFFLINE else "no connection to the Hub?"
-        raise FileNotFoundError(f"{source}{at} is not cached and could not be downloaded ({offline}); "
-                                f"cache: {cache}") from None
-    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as e:
-        raise ValueError(f"{source}: {str(e).splitlines()[0]}") from None
-    missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{source} ({folder}) has no {' or '.join(missing)}: not a crate-mae model repository"
-                                + ("" if download else ", or only partly cached (pass download=True)"))
-    return folder
-
-
-# -- writing ------------------------------------------------------------------------------------------------------------
+# -- writing -----------------------------------------------------------------------------------------------------------
 def save_for_hub(model: nn.Module, directory: str | os.PathLike, *, repo_id: str | None = None,
                  license: str | None = None, data: str | None = None, source: str | None = None) -> Path:
     """Write a ready-to-upload folder: ``config.json`` + ``model.safetensors`` (:func:`crate_mae.save_pretrained`)
     and the model card ``README.md``. ``license`` (a Hub licence id such as ``mit``), ``data`` (what the weights
-    were trained on) and ``source`` (where they come from) default to what ``model.config["weights_source"]`` records
-    (set by ``crate-mae convert``); without them the card says they are not stated. Offline; files are atomic."""
-    from .checkpoint import WEIGHTS_NAME, save_pretrained
-
+    were trained on) and ``source`` (where they come from) default to what ``model.provenance["weights_source"]``
+    records (set by ``crate-mae convert``); without them the card says they are not stated. Offline, atomic."""
     directory = save_pretrained(model, directory)
     card = model_card(model, repo_id=repo_id, license=license, data=data, source=source,
                       weights_sha256=file_sha256(directory / WEIGHTS_NAME))
@@ -144,8 +82,6 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
     hf = require("huggingface_hub", "hub", "uploading weights to the Hugging Face Hub")
     repo_id, pinned = parse_hub_id(repo_id)
     revision = revision or pinned
-    from . import __version__
-
     name = model.config.get("model") or model.config.get("architecture", "model")
     api = hf.HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="crate-mae-hub-") as tmp:
@@ -158,12 +94,9 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
 def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | None = None, data: str | None = None,
                source: str | None = None, weights_sha256: str | None = None) -> str:
     """The model card (Markdown with Hub YAML metadata) of ``model``; see :func:`save_for_hub` for the fields."""
-    import yaml
-
-    from . import __version__
-
-    config = dict(getattr(model, "config", {}))
-    recorded = config.get("weights_source") if isinstance(config.get("weights_source"), Mapping) else {}
+    config = dict(model.config)
+    recorded = model.provenance.get("weights_source")
+    recorded = recorded if isinstance(recorded, Mapping) else {}
     license = license or recorded.get("license")
     data = data or recorded.get("data") or recorded.get("data_note")
     source = source or recorded.get("upstream")
@@ -178,16 +111,15 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
     repo = repo_id or "ORG/NAME"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     official = None
-    if hasattr(model, "num_params"):
-        try:
-            official = model.num_params("official")
-        except (ValueError, TypeError):
-            pass
-    rows = "\n".join(f"| `{k}` | `{_cell(v)}` |" for k, v in sorted(config.items())
-                     if k != "weights_source" and v is not None)
+    try:
+        official = model.num_params("official")
+    except (AttributeError, ValueError, TypeError):  # a timm classifier has no official count
+        pass
+    rows = "\n".join(f"| `{k}` | `{_cell(v)}` |" for k, v in sorted(config.items()) if v is not None)
     origin = [f"- Source: {source}" if source else "- Source: not stated by the uploader"]
     if recorded.get("file"):
-        origin.append(f"- Converted by `crate-mae convert` from `{recorded['file']}` (sha256 `{recorded.get('sha256')}`, "
+        origin.append(f"- Converted by `crate-mae convert` from `{recorded['file']}` "
+                      f"(sha256 `{recorded.get('sha256')}`, "
                       f"{recorded.get('format', 'official')} layout)")
     if recorded.get("format") == "crate_mae_official":
         origin.append("- The official weights do not store ISTA's λ and η: the values in the table are those given at "

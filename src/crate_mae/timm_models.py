@@ -1,4 +1,5 @@
-"""The CRATE encoders in timm's registry: ``timm.create_model("crate_base", num_classes=10)`` after ``import crate_mae``.
+"""The CRATE encoders in timm's registry: ``timm.create_model("crate_base", num_classes=10)`` after
+``import crate_mae``.
 
 Every ``crate_{tiny,small,base,large}`` preset of :mod:`crate_mae.models.registry` becomes a timm entry point built
 with timm's ``build_model_with_cfg``, so timm's own machinery works on it: ``features_only=True`` (through
@@ -20,9 +21,10 @@ import timm
 import torch
 from timm.models import build_model_with_cfg
 
-from .checkpoint import convert_official_crate, detect_format
+from .checkpoint import detect_format
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .models.crate_mae import CrateEncoder
+from .models.official import from_official
 from .models.registry import list_models, model_defaults
 
 NO_WEIGHTS = ("crate-mae publishes no pretrained weights for {name} (the CRATE authors' CRATE-MAE-Base is a Google "
@@ -45,7 +47,7 @@ def encoder_weights(state_dict: dict[str, torch.Tensor], model: CrateEncoder) ->
     dict, in ``model``'s key names; a head of another shape is replaced by ``model``'s own."""
     state = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}
     if detect_format(state) == "crate_mae_official":
-        state = convert_official_crate(state)
+        state = from_official(state)
     if any(k.startswith("encoder.") for k in state):
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     own = model.state_dict()

@@ -55,7 +55,7 @@ def test_visualize_puts_the_images_on_the_models_device(kind, tmp_path, image_di
     for module, name in ((reconstruction, "save_reconstructions"), (attention, "save_attention"),
                          (pca, "save_pca")):
         monkeypatch.setattr(module, name, spy)
-    assert main(["visualize", kind, "--model", "crate_mae_tiny", "--set", "img_size=32", "patch_size=8",
+    assert main(["visualize", kind, "--ckpt", "crate_mae_tiny", "img_size=32", "patch_size=8",
                  "embed_dim=32", "depth=2", "num_heads=4", "decoder_depth=1", "--images", image_dir,
                  "--device", "meta", "--out", str(tmp_path)]) == 0
     assert seen == [("meta", "meta")]

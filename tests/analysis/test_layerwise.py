@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import crate_mae
-from crate_mae.analysis import LayerRecorder, compression_rate, coding_rate, measure_layers, sparsity
+from crate_mae.analysis import LayerRecorder, coding_rate, compression_rate, measure_layers, sparsity
 from crate_mae.analysis.layerwise import _project
 from crate_mae.cli import main
 
@@ -91,7 +91,7 @@ def test_masked_measurement_is_seeded(model):
 
 def test_analyze_command_writes_tables_and_plot(tmp_path, image_dir, capsys):
     out = tmp_path / "an"
-    rc = main(["analyze", "--model", "crate_mae_tiny", "--set", "img_size=32", "patch_size=8", "embed_dim=32",
+    rc = main(["analyze", "--ckpt", "crate_mae_tiny", "img_size=32", "patch_size=8", "embed_dim=32",
                "depth=2", "num_heads=4", "decoder_depth=2", "--data", image_dir, "--num-images", "3",
                "--convention", "raw", "--eps", "0.5", "--mask-ratio", "0.5", "--out", str(out), "--device", "cpu"])
     assert rc == 0 and "encoder" in capsys.readouterr().out

@@ -98,7 +98,7 @@ def test_visualize_commands_write_pngs(kind, extra, tiny_ckpt, image_dir, tmp_pa
 
 def test_visualize_errors(tiny_ckpt, tmp_path, capsys):
     assert main(["visualize", "pca", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
-    assert "neither an existing checkpoint" in capsys.readouterr().err
+    assert "nor is it a registered model name" in capsys.readouterr().err
     assert main(["visualize", "reconstruct", "--ckpt", tiny_ckpt, "--images", str(tmp_path / "nope"),
                  "--out", str(tmp_path)]) == 1
     assert "not found" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import tempfile
 
 import pytest
 
-from crate_mae.analysis.inputs import load_model
 from crate_mae.analysis.report import write_report
+from crate_mae.checkpoint import load_model
 from crate_mae.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -19,7 +19,7 @@ def _embedded_pngs(page: str) -> list[bytes]:
 
 
 def test_report_on_random_init_model(tmp_path, tiny_model_kwargs):
-    model = load_model("crate_mae_tiny", device="cpu", **tiny_model_kwargs)
+    model = load_model("crate_mae_tiny", device="cpu", **tiny_model_kwargs)[0]
     path = write_report(model, tmp_path / "rep", num_images=2)
     page = path.read_text()
     assert page.count("<img") == FIGURES
@@ -66,4 +66,4 @@ def test_report_on_vit_mae_skips_white_box_sections(tmp_path):
                                  decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
     page = write_report(vit, tmp_path / "vit", num_images=1).read_text()
     assert page.count("<img") == 2  # reconstructions and attention; no layer-wise curves or PCA
-    assert "needs a CRATE model" in page
+    assert "is not a white-box (CRATE) model" in page

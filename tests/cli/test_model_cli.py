@@ -1,5 +1,6 @@
 import json
 
+import pytest
 
 from crate_mae.cli import main
 
@@ -32,7 +33,28 @@ def test_convert_official_fixture(shared_dir, tmp_path, capsys):
 
 def test_errors_are_reported_not_raised(capsys, tmp_path):
     assert main(["info", "no_such_model"]) == 1
-    assert "neither a registered model name" in capsys.readouterr().err
+    assert "nor is it a registered model name" in capsys.readouterr().err
     assert main(["info", "crate_mae_tiny", "embed_dim=36", "num_heads=8"]) == 1
     assert "embed_dim=36 is not divisible by num_heads=8" in capsys.readouterr().err
     assert main(["info", "crate_mae_tiny", "oops"]) == 1
+
+
+def test_every_command_names_a_model_the_same_way(tmp_path, capsys):
+    """--ckpt takes a run directory, a checkpoint or a registered name (--seed for its init); KEY=VALUE overrides
+    are positional anywhere on the line, in every command."""
+    import crate_mae
+
+    small = ["img_size=32", "patch_size=8", "embed_dim=32", "depth=1", "num_heads=4", "decoder_depth=1"]
+    run = tmp_path / "run"
+    kwargs = {k: int(v) for k, v in (s.split("=") for s in small)}
+    crate_mae.save_pretrained(crate_mae.create_model("crate_mae_tiny", **kwargs), run / "model")
+    for ckpt in (str(run), str(run / "model"), str(run / "model" / "model.safetensors")):
+        assert main(["visualize", "reconstruct", "--ckpt", ckpt, "--out", str(tmp_path / "v"), "--num-images",
+                     "1", "--device", "cpu"]) == 0
+    assert main(["visualize", "reconstruct", "--ckpt", "crate_mae_tiny", "--seed", "3", "--out",
+                 str(tmp_path / "v"), *small, "--num-images", "1", "--device", "cpu"]) == 0
+    assert main(["info", str(run), "--json"]) == 0 and '"embed_dim": 32' in capsys.readouterr().out
+    for argv in (["analyze", "--model", "crate_mae_tiny"], ["visualize", "pca", "--set", "a=1"],
+                 ["features", "--override", "a=1"]):
+        with pytest.raises(SystemExit):
+            main(argv)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _data_files import write_image, write_truncated_jpeg
+
 from crate_mae.data import book_pretrain_transform, build_dataset, pretrain_transform, resolve_num_workers
 from crate_mae.data import build as build_module
-from crate_mae.training.sampling import SeededSamples
+from crate_mae.engine.sampling import SeededSamples
 
 
 def _samples(ds, n_epochs: int = 2, torch_only: bool = False) -> list[torch.Tensor]:

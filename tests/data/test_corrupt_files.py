@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _data_files import write_image, write_truncated_jpeg
+
 from crate_mae.data import UnreadableImageError, build_dataset, build_loader, eval_transform
 
 

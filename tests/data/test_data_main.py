@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from _data_files import write_truncated_jpeg
+
 from crate_mae.data.__main__ import main
 
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from crate_mae.data import denormalize, pretrain_transform
-from crate_mae.data import demo
+from crate_mae.data import demo, denormalize, pretrain_transform
 from crate_mae.data.demo import PHOTO_NAMES, DemoPhotos, demo_images, demo_photos
 
 
@@ -52,9 +51,9 @@ def test_crops_are_a_function_of_seed_and_index():
     assert not torch.equal(a[3][0], c[3][0])
     assert a.classes == list(PHOTO_NAMES) and a.targets == [i % P for i in range(40)]
     for i in range(40):
-        label, (l, t, r, btm) = a.crop_box(i)
+        label, (left, t, r, btm) = a.crop_box(i)
         w, h = a._images[label].size
-        assert 0 <= l < r <= w and 0 <= t < btm <= h and r - l == btm - t
+        assert 0 <= left < r <= w and 0 <= t < btm <= h and r - left == btm - t
 
 
 def test_random_transform_on_top_follows_torch_seed():

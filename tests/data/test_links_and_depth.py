@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from _data_files import write_image
 from PIL import Image
 
-from _data_files import write_image
 from crate_mae.data import build_dataset
 from crate_mae.data.folder import pil_rgb_loader
 

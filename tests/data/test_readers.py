@@ -6,10 +6,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _data_files import write_cifar10, write_cifar100, write_image
-from crate_mae.data import (CIFARBatches, FlatImageFolder, ImageFolderDataset, build_dataset, detect_kind,
-                            eval_transform, load_cifar_pickle)
+
+from crate_mae.data import (
+    CIFARBatches,
+    FlatImageFolder,
+    ImageFolderDataset,
+    build_dataset,
+    detect_kind,
+    eval_transform,
+    load_cifar_pickle,
+)
 
 
 # ----------------------------------------------------------------------------------------------- ImageFolder trees

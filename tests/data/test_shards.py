@@ -19,11 +19,18 @@ pytest.importorskip("wids", reason="the [shards] extra (webdataset, wids) is not
 pytest.importorskip("webdataset", reason="the [shards] extra (webdataset, wids) is not installed")
 
 from _data_files import write_image, write_truncated_jpeg  # noqa: E402
+
 from crate_mae.cli import main  # noqa: E402
-from crate_mae.data import (ShardDataset, UnreadableImageError, build_dataset, build_loader,  # noqa: E402
-                            detect_kind, make_shards, pretrain_transform)
+from crate_mae.data import (  # noqa: E402
+    ShardDataset,
+    UnreadableImageError,
+    build_dataset,
+    detect_kind,
+    make_shards,
+    pretrain_transform,
+)
 from crate_mae.data.shards import MANIFEST_NAME, SOURCES_NAME  # noqa: E402
-from crate_mae.training.sampling import EpochSampler, SeededSamples  # noqa: E402
+from crate_mae.engine.sampling import EpochSampler, SeededSamples  # noqa: E402
 
 
 def _tree(root: Path, counts=(("bird", 3), ("cat", 4), ("dog", 2))) -> Path:
@@ -47,7 +54,7 @@ def _same(a, b) -> bool:
 
 def test_shards_reproduce_the_folder_sample_by_sample(tree: Path, tmp_path: Path):
     # Odd formats are stored as the folder reader decodes them (lossless PNG), plain JPEG/PNG as their own bytes.
-    Image.fromarray((np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 100)).save(tree / "cat" / "deep.png")
+    Image.fromarray(np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 100).save(tree / "cat" / "deep.png")
     Image.new("RGBA", (24, 24), (10, 200, 30, 128)).save(tree / "dog" / "alpha.png")
     Image.new("RGB", (24, 24), (1, 2, 3)).convert("P").save(tree / "dog" / "palette.png")
     out = tmp_path / "shards"
@@ -156,7 +163,7 @@ def test_pretraining_on_shards_equals_pretraining_on_the_folder(tree: Path, tmp_
     assert a["weights_sha256"] == b["weights_sha256"]
 
 
-# -- corrupt data -------------------------------------------------------------------------------------------------------
+# -- corrupt data ------------------------------------------------------------------------------------------------------
 def test_make_shards_skips_and_records_unreadable_files(tree: Path, tmp_path: Path, caplog):
     write_truncated_jpeg(tree / "cat" / "1b.jpg")
     (tree / "dog" / "empty.png").write_bytes(b"")
@@ -237,7 +244,7 @@ def test_missing_shard_fails_at_start(tree: Path, tmp_path: Path):
         build_dataset(out)
 
 
-# -- bad input ----------------------------------------------------------------------------------------------------------
+# -- bad input ---------------------------------------------------------------------------------------------------------
 def test_bad_manifests_are_named(tree: Path, tmp_path: Path):
     out = tmp_path / "shards"
     make_shards(tree, out, shard_size=4)
@@ -293,7 +300,7 @@ def test_missing_extra_is_one_clear_line(tree: Path, tmp_path: Path, monkeypatch
     assert err.count("\n") == 0 and "crate-mae[shards]" in err
 
 
-# -- command line -------------------------------------------------------------------------------------------------------
+# -- command line ------------------------------------------------------------------------------------------------------
 def test_cli_make_shards_splits_and_check_data(tmp_path: Path, capsys):
     src = tmp_path / "data"
     _tree(src / "train")

@@ -32,7 +32,7 @@ def test_read_result_rejects_other_json(tmp_path):
 
 
 def test_cli_features_probe_compare(image_folder, tmp_path, capsys):
-    over = ["--override", "img_size=32", "patch_size=8", "embed_dim=32", "depth=2", "num_heads=4",
+    over = ["img_size=32", "patch_size=8", "embed_dim=32", "depth=2", "num_heads=4",
             "decoder_depth=1"]
     common = ["--ckpt", "crate_mae_tiny", "--data", str(image_folder), "--workers", "0", *over]
     for split in ("train", "val"):

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 import crate_mae
-from crate_mae.evaluation.finetune import (FinetuneAugConfig, build_mixup, finetune, load_finetune_config,
-                                           param_groups_lrd)
+from crate_mae.evaluation.finetune import (
+    FinetuneAugConfig,
+    build_mixup,
+    finetune,
+    load_finetune_config,
+    param_groups_lrd,
+)
 
 NO_AUG = ["aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.reprob=0", "aug.hflip=0",
           "aug.scale=[1, 1]"]
@@ -64,6 +69,7 @@ def test_mixup_targets_are_soft_and_smoothed():
     assert build_mixup(FinetuneAugConfig(mixup=0.0, cutmix=0.0), 10) is None
 
 
+@pytest.mark.slow
 def test_finetune_overfits_twenty_images_and_resumes(image_folder, tmp_path):
     out = tmp_path / "ft"
     # val = the training images: a fine-tune that works must fit them
@@ -85,7 +91,7 @@ def test_finetune_overfits_twenty_images_and_resumes(image_folder, tmp_path):
 
 def test_finetune_from_pretrained_checkpoint_with_full_recipe(image_folder, tmp_path):
     mae = crate_mae.create_model("crate_mae_tiny", decoder_depth=1, **TINY_ENCODER)
-    mae.save_pretrained(tmp_path / "mae")
+    crate_mae.save_pretrained(mae, tmp_path / "mae")
     cfg = _cfg(image_folder, tmp_path / "ft", f"model.checkpoint={tmp_path / 'mae'}", "model.global_pool=avg",
                "model.drop_path_rate=0.1", "optim.epochs=1", "aug.rand_augment=rand-m9-mstd0.5-inc1")
     result = finetune(cfg)
@@ -115,7 +121,7 @@ def test_finetune_config_errors_are_collected(tmp_path):
 def test_vit_mae_checkpoint_fine_tunes_with_layer_decay(make_folder, tmp_path):
     mae = crate_mae.create_model("vit_mae_base", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
                                  **TINY_ENCODER)
-    mae.save_pretrained(tmp_path / "mae")
+    crate_mae.save_pretrained(mae, tmp_path / "mae")
     vit = crate_mae.load_encoder(tmp_path / "mae", num_classes=2)
     scale = _by_name(vit, param_groups_lrd(vit, 0.05, 0.5), "lr_scale")
     assert scale["pos_embed"] == scale["patch_embed.proj.weight"] == 0.5 ** 3
@@ -139,8 +145,8 @@ def test_shipped_finetune_config_is_valid():
 def test_loaders_are_built_once_with_persistent_workers(image_folder, tmp_path, monkeypatch):
     import torch.utils.data as tud
 
+    from crate_mae.engine import runner as engine
     from crate_mae.evaluation import finetune as ft_module
-    from crate_mae.training import engine
 
     built = []
 

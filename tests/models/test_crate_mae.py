@@ -197,7 +197,7 @@ def test_both_masking_frames(name, tiny_model_kwargs):
 
 def test_frame_round_trip_and_override(tmp_path, tiny_model_kwargs):
     model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs, mask_tokens_in_encoder=False)
-    model.save_pretrained(tmp_path / "m")
+    crate_mae.save_pretrained(model, tmp_path / "m")
     assert crate_mae.load_checkpoint(tmp_path / "m").mask_tokens_in_encoder is False
     assert crate_mae.load_checkpoint(tmp_path / "m", mask_tokens_in_encoder=True).mask_tokens_in_encoder is True
     imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)

@@ -13,11 +13,10 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_official_fixtures import FIXTURES, official_fixture
 
 import crate_mae
-from crate_mae.checkpoint import convert_official_crate
-
-from test_official_fixtures import FIXTURES, official_fixture
+from crate_mae.models.official import from_official as convert_official_crate
 
 SMALL = 1000
 

@@ -18,7 +18,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 def official_fixture(name):
     meta = json.loads((FIXTURES / f"{name}.json").read_text())
-    return FIXTURES / f"{name}.official_state_dict.safetensors", load_file(str(FIXTURES / f"{name}.io.safetensors")), meta
+    io = load_file(str(FIXTURES / f"{name}.io.safetensors"))
+    return FIXTURES / f"{name}.official_state_dict.safetensors", io, meta
 
 
 def test_transcription_of_the_official_code_reproduces_the_fixture_exactly():

@@ -13,11 +13,13 @@ import sys
 
 import torch
 import torch.distributed as dist
+from _pretrain_tensors import config as pretrain_config
+from _pretrain_tensors import dataset as tensor_dataset
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from _pretrain_tensors import config as pretrain_config, dataset as tensor_dataset
+from crate_mae.engine import runner as engine
 from crate_mae.evaluation.finetune import finetune, load_finetune_config
-from crate_mae.training import engine, pretrain
+from crate_mae.training import pretrain
 
 OUT = sys.argv[1]
 RANK = int(os.environ["RANK"])
@@ -37,7 +39,8 @@ real_wrap = engine.wrap_model
 
 def counting_wrap(model, info, compile=False):
     net = real_wrap(model, info, compile)
-    counts["broadcast_buffers"] = net.forward_sync_buffers if hasattr(net, "forward_sync_buffers") else net.broadcast_buffers
+    counts["broadcast_buffers"] = (net.forward_sync_buffers if hasattr(net, "forward_sync_buffers")
+                                   else net.broadcast_buffers)
 
     def hook(state, bucket):
         counts["grad_all_reduce"] += 1
@@ -113,7 +116,7 @@ if __name__ == "__main__":
     engine.clock = RacingClock(10_000.0 if RANK == 0 else 0.0)
     scenario("rank0_late_clock", run_pretrain, "run.max_minutes=60", "run.ckpt_every_steps=0")
     engine.clock = real_clock
-    from crate_mae.training.sampling import EpochSampler
+    from crate_mae.engine.sampling import EpochSampler
 
     first_on_rank1 = next(iter(EpochSampler(48, 4, seed=0, rank=1, world_size=2)))[0][1]
     scenario("finetune_nan_on_rank1", lambda out, o: run_finetune(out, o, nan_at=first_on_rank1), "run.max_steps=2")

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from _pretrain_tensors import config, dataset
 from safetensors.torch import load_file
 
 import crate_mae
-from _pretrain_tensors import config, dataset
 from crate_mae.training import list_checkpoints, pretrain
 
 MICRO = dict(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_depth=1)
@@ -63,7 +63,6 @@ def test_compiled_training_step_equals_eager(tmp_path):
 
 def _tiny() -> dict:
     import yaml
-
     from _pretrain_tensors import TINY
 
     torch.manual_seed(0)  # the engine seeds with run.seed = 0 before building the model

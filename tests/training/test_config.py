@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
+from crate_mae.engine.config import save_config
 from crate_mae.training import load_config
-from crate_mae.training.config import save_config
 
 
 def test_defaults_and_dotted_overrides(tmp_path):

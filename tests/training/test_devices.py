@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from crate_mae.training.checkpointing import capture_rng, restore_rng
-from crate_mae.training.distributed import init_distributed
+from crate_mae.engine.checkpointing import capture_rng, restore_rng
+from crate_mae.engine.distributed import init_distributed
 from crate_mae.utils import amp_dtype
 
 
@@ -73,7 +73,7 @@ def test_per_sample_seeding_leaves_cuda_generators_alone(monkeypatch):
     """torch.manual_seed would reseed every CUDA generator from the data order (drop path on GPU would follow)."""
     from torch.utils.data import TensorDataset
 
-    from crate_mae.training.sampling import SeededSamples
+    from crate_mae.engine.sampling import SeededSamples
 
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: pytest.fail("CUDA generators reseeded"))
     monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: pytest.fail("CUDA generator reseeded"))

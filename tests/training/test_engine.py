@@ -12,12 +12,14 @@ import subprocess
 
 import pytest
 import torch
+from _pretrain_tensors import TINY
+from _pretrain_tensors import config as pretrain_config
+from _pretrain_tensors import dataset as tensor_dataset
 from safetensors.torch import load_file
 
-from _pretrain_tensors import TINY, config as pretrain_config, dataset as tensor_dataset
+from crate_mae.engine.checkpointing import STATE_NAME, RunLock
 from crate_mae.evaluation.finetune import finetune, load_finetune_config
 from crate_mae.training import NonFiniteLossError, find_latest_checkpoint, list_checkpoints, pretrain
-from crate_mae.training.checkpointing import RunLock, STATE_NAME
 
 TASKS = ["pretrain", "finetune"]
 TINY_ENCODER = "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}"
@@ -115,7 +117,8 @@ def test_resume_with_another_width_names_the_mismatch(tmp_path):
     wide = TINY.replace("embed_dim: 32", "embed_dim: 64")
     with pytest.raises(ValueError, match=r"model.overrides.embed_dim: 32 -> 64"):
         train("pretrain", out, "run.resume=auto", f"model.overrides={wide}")
-    with pytest.raises(ValueError, match=r"does not fit CrateMAE: shape mismatches \(\d+\): .*checkpoint \(32,\) vs model \(64,\)"):
+    mismatch = r"does not fit CrateMAE: shape mismatches \(\d+\): .*checkpoint \(32,\) vs model \(64,\)"
+    with pytest.raises(ValueError, match=mismatch):
         train("pretrain", out, "run.resume=auto", f"model.overrides={wide}", "run.allow_config_change=true")
 
 
@@ -205,7 +208,7 @@ def test_same_step_saved_twice_leaves_a_complete_checkpoint_at_every_instant(tmp
     import shutil
 
     import crate_mae
-    from crate_mae.training.checkpointing import save_checkpoint
+    from crate_mae.engine.checkpointing import save_checkpoint
 
     model = crate_mae.create_model("crate_mae_tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4,
                                    decoder_depth=1)
@@ -249,7 +252,7 @@ def test_epoch_mean_loss_spans_a_mid_epoch_resume(task, tmp_path):
 # -- flags and precision --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", TASKS)
 def test_deterministic_is_honoured_while_training_and_restored_after(task, tmp_path, monkeypatch):
-    from crate_mae.training import engine
+    from crate_mae.engine import runner as engine
 
     seen = []
     step = engine.Runner._step
@@ -268,7 +271,7 @@ def test_deterministic_is_honoured_while_training_and_restored_after(task, tmp_p
 def test_grad_checkpointing_trains_to_the_same_weights(task, tmp_path, monkeypatch):
     """run.grad_checkpointing recomputes every block in backward (drop path included: fine-tuning runs with
     drop_path_rate 0.1, whose RNG checkpointing replays) and ends two steps with the very same weights."""
-    import crate_mae.models.crate_mae as crate
+    import crate_mae.models.base as crate  # run_blocks lives there
 
     calls = []
     real = crate.checkpoint
@@ -307,6 +310,7 @@ def test_run_files_are_as_readable_as_plain_files(tmp_path):
 
 
 # -- collectives under torchrun -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_collectives_under_torchrun(tmp_path):
     """2 processes, gloo: gradient sync once per optimizer step, one all-reduce per step, rank 0's clock decides,
     a NaN on one rank stops every rank (the others would otherwise wait in the next collective forever)."""

@@ -54,7 +54,8 @@ def test_mae_weight_decay_groups(tiny_model_kwargs):
     assert all(dict(model.named_parameters())[n].ndim == 1 for n in no_decay)
     assert {"encoder.cls_token", "mask_token", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.ista.dictionary",
             "decoder_pred.weight", "encoder.patch_embed.proj.weight"} <= decay
-    assert {"encoder.norm.weight", "encoder.norm.bias", "decoder_pred.bias", "encoder.blocks.0.norm1.weight"} <= no_decay
+    assert {"encoder.norm.weight", "encoder.norm.bias", "decoder_pred.bias",
+            "encoder.blocks.0.norm1.weight"} <= no_decay
 
 
 def test_timm_weight_decay_groups_exempt_tokens(tiny_model_kwargs):

@@ -36,7 +36,7 @@ class RateConvention:
     eps: float = 0.1  # only used by "raw"
 
     @staticmethod
-    def make(name: str = "official", eps: float = 0.1) -> "RateConvention":
+    def make(name: str = "official", eps: float = 0.1) -> RateConvention:
         if name not in CONVENTIONS:
             raise ValueError(f"convention must be one of {CONVENTIONS}, got {name!r}")
         if not eps > 0:

@@ -1,7 +1,6 @@
 """Models and images for the analysis tools: a checkpoint or a preset name, a folder or files of photos.
 
-Normalisation follows the checkpoint: ``model.config["data"]`` (written by pretraining) may hold ``mean``, ``std``
-and ``img_size``; otherwise ImageNet mean/std and the model's own ``img_size`` are used.
+Normalisation and size follow the checkpoint (:func:`crate_mae.data.resolve_data_config`).
 """
 
 from __future__ import annotations
@@ -15,8 +14,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torchvision.transforms.functional as TF
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, denormalize, eval_transform
+from ..data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, denormalize, eval_transform, resolve_data_config
 from ..data.demo import demo_images as _demo_images
 from ..data.folder import DECODE_ERRORS, pil_rgb_loader, walk_images
 
@@ -47,34 +47,8 @@ class Normalization:
 
 
 def model_normalization(model: nn.Module) -> Normalization:
-    data = (getattr(model, "config", {}) or {}).get("data", {}) or {}
-    return Normalization(tuple(data.get("mean", IMAGENET_MEAN)), tuple(data.get("std", IMAGENET_STD)))
-
-
-def model_img_size(model: nn.Module) -> int:
-    cfg = getattr(model, "config", {}) or {}
-    size = (cfg.get("data", {}) or {}).get("img_size") or cfg.get("img_size", 224)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
-
-
-def load_model(spec: str | Path | nn.Module, device: torch.device | str | None = None, **overrides) -> nn.Module:
-    """A ready model in eval mode: an ``nn.Module`` as is (moved only when ``device`` is given), a checkpoint path (any format ``load_checkpoint`` reads),
-    or a registered preset name (randomly initialised; ``overrides`` go to ``create_model``)."""
-    import crate_mae
-    from ..utils.device import default_device
-
-    if isinstance(spec, nn.Module):  # the caller's model stays where it is unless a device is asked for
-        return (spec.to(device) if device is not None else spec).eval()
-    elif Path(spec).exists():
-        model = crate_mae.load_checkpoint(spec, **overrides)
-    elif str(spec) in crate_mae.list_models():
-        model = crate_mae.create_model(str(spec), **overrides)
-        model.config.setdefault("model", str(spec))
-        model.config["random_init"] = True
-    else:
-        raise FileNotFoundError(f"{spec!r} is neither an existing checkpoint path nor a model name "
-                                f"(known: {', '.join(crate_mae.list_models())})")
-    return model.to(device or default_device()).eval()
+    dc = resolve_data_config(model)
+    return Normalization(tuple(dc["mean"]), tuple(dc["std"]))
 
 
 def find_images(sources: str | Path | Sequence[str | Path], num_images: int | None = None) -> list[Path]:
@@ -112,7 +86,6 @@ def load_images(files: Sequence[str | Path], img_size: int | None, norm: Normali
 
     The corrupt-file policy of training and ``features``: an unreadable file is skipped with one warning naming it,
     or with ``strict`` raises :class:`~crate_mae.data.UnreadableImageError`; none readable is a ValueError."""
-    import torchvision.transforms.functional as TF
 
     tf = eval_transform(img_size, crop_pct=1.0, mean=norm.mean, std=norm.std) if img_size is not None else None
     out = []

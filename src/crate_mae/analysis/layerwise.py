@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.tracing import LayerRecorder, crate_blocks
 from .coding_rate import RateConvention, coding_rate, compression_rate, sparsity
 from .figures import pyplot, save_figure
-from .hooks import LayerRecorder, crate_blocks
 from .inputs import full_precision
 
 METRICS = ("rc_mssa_in", "rc_z_half", "rate_out", "sparsity", "l0")

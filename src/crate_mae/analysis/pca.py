@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..models.crate_mae import CrateMAE
+from ..models.tracing import LayerRecorder
 from .attention import crop_to_patch_multiple, upsample_nearest
 from .figures import clean_axis, pyplot, save_figure, to_hwc
-from .hooks import LayerRecorder
 from .inputs import Normalization, full_precision
-from ..models.crate_mae import CrateMAE
 
 FEATURE_KINDS = ("mssa", "output")
 PCA_STYLES = ("two_stage", "official")

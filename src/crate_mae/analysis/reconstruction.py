@@ -2,8 +2,8 @@
 
 The mask is drawn from a ``seed``-ed generator, so the same command gives the same picture. With a norm-pix-loss
 checkpoint the network predicts per-patch standardised pixels; they are mapped back to pixels with the *target's*
-patch mean and variance (the MAE demo's convention, implemented in ``crate_mae.training.visualize.reconstruct``), and
-the figure says so: that step uses information the model did not see.
+patch mean and variance (the MAE demo's convention, ``MaskedAutoencoder.reconstruct``), and the figure says so:
+that step uses information the model did not see. Pretraining draws its per-epoch pictures with this module too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..training.visualize import reconstruct
 from .figures import clean_axis, pyplot, save_figure, to_hwc
 from .inputs import Normalization
 
@@ -26,11 +25,12 @@ def mask_noise(model: nn.Module, imgs: torch.Tensor, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruction_panels(model: nn.Module, imgs: torch.Tensor, norm: Normalization, mask_ratio: float = 0.75,
-                          seed: int = 0) -> dict[str, torch.Tensor]:
-    """Pixel-space (N, C, H, W) panels ``masked``, ``prediction``, ``pasted``, ``original`` and the scalar ``loss``."""
+                          seed: int = 0, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Pixel-space (N, C, H, W) panels ``masked``, ``prediction``, ``pasted``, ``original`` and the scalar ``loss``;
+    the mask comes from ``noise`` when given, else from ``seed``."""
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in (0, 1) for a reconstruction, got {mask_ratio}")
-    r = reconstruct(model, imgs, mask_ratio, mask_noise(model, imgs, seed))
+    r = model.reconstruct(imgs, mask_ratio, noise if noise is not None else mask_noise(model, imgs, seed))
     pix = norm.denormalize
     # masked patches are 0 in the normalised space, so they show as the dataset mean colour
     return {"masked": pix(r["masked"]), "prediction": pix(r["pred"]), "pasted": pix(r["recon"]),
@@ -38,12 +38,13 @@ def reconstruction_panels(model: nn.Module, imgs: torch.Tensor, norm: Normalizat
 
 
 def plot_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, mask_ratio: float = 0.75,
-                         seed: int = 0, title: str | None = None):
+                         seed: int = 0, title: str | None = None, noise: torch.Tensor | None = None):
     """A figure with one row per image and the four panels as columns."""
     plt = pyplot()
-    p = reconstruction_panels(model, imgs, norm, mask_ratio, seed)
-    normpix = " (norm-pix: un-normalised with\nthe target's patch mean/var)" if getattr(model, "norm_pix_loss", False) else ""
-    cols = [("masked", f"masked input ({mask_ratio:.0%}, seed {seed})"), ("prediction", "prediction" + normpix),
+    p = reconstruction_panels(model, imgs, norm, mask_ratio, seed, noise)
+    normpix = " (norm-pix: un-normalised with\nthe target's patch mean/var)" if model.norm_pix_loss else ""
+    masking = "fixed masks" if noise is not None else f"seed {seed}"
+    cols = [("masked", f"masked input ({mask_ratio:.0%}, {masking})"), ("prediction", "prediction" + normpix),
             ("pasted", "prediction + visible patches" + normpix), ("original", "original")]
     n = imgs.shape[0]
     fig, axes = plt.subplots(n, 4, figsize=(9, 2.25 * n + 0.5), squeeze=False)
@@ -61,5 +62,6 @@ def plot_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalizati
 
 
 def save_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path,
-                         mask_ratio: float = 0.75, seed: int = 0, title: str | None = None) -> Path:
-    return save_figure(plot_reconstructions(model, imgs, norm, mask_ratio, seed, title), path)
+                         mask_ratio: float = 0.75, seed: int = 0, title: str | None = None,
+                         noise: torch.Tensor | None = None) -> Path:
+    return save_figure(plot_reconstructions(model, imgs, norm, mask_ratio, seed, title, noise), path)

@@ -19,12 +19,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .. import __version__
-from ..utils import atomic_write
+from .._version import __version__
+from ..checkpoint import load_model
+from ..data import resolve_data_config
+from ..utils import atomic_write, default_device
 from .attention import plot_attention
 from .figures import pyplot
-from .hooks import crate_blocks
-from .inputs import demo_images, find_images, load_images, load_model, model_img_size, model_normalization
+from .inputs import demo_images, find_images, load_images, model_normalization
 from .layerwise import METRIC_LABELS, METRICS, measure_layers
 from .pca import plot_pca
 from .reconstruction import plot_reconstructions
@@ -81,14 +82,14 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_or_ckpt, device)
-    if isinstance(model_or_ckpt, nn.Module):
-        source = str((getattr(model, "config", {}) or {}).get("checkpoint", "in-memory model"))
+    if isinstance(model_or_ckpt, nn.Module):  # the caller's model stays where it is unless a device is asked for
+        model = (model_or_ckpt.to(device) if device is not None else model_or_ckpt).eval()
     else:
-        source = str(model_or_ckpt)
+        model = load_model(model_or_ckpt, device=device or default_device())[0]
+    source = str(model.provenance.get("checkpoint", "in-memory model"))
     device = next(model.parameters()).device
     norm = model_normalization(model)
-    size = model_img_size(model)
+    size = resolve_data_config(model)["img_size"]
     if images is None:
         imgs, img_source = demo_images(size, num_images, norm), "the embedded scikit-image photos"
     elif isinstance(images, torch.Tensor):
@@ -97,14 +98,14 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
         files = find_images(images, num_images)
         imgs, img_source = load_images(files, size, norm, strict=strict), ", ".join(f.name for f in files)
     imgs = imgs.to(device)
-    cfg = dict(getattr(model, "config", {}) or {})
+    cfg = dict(model.config)
     name = cfg.get("model") or cfg.get("architecture") or type(model).__name__
 
     body = [f"<h1>crate-mae report: {html.escape(str(name))}</h1>",
             f'<p class="note">checkpoint: {html.escape(source)} &middot; images: {html.escape(img_source)} '
             f"({imgs.shape[0]} at {imgs.shape[-2]}x{imgs.shape[-1]}) &middot; crate-mae {__version__} &middot; "
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
-    if cfg.get("random_init"):
+    if model.provenance.get("random_init"):
         body.append('<p class="warn">This model is <b>randomly initialised</b> (no checkpoint was loaded): the '
                     "pictures show what an untrained network does, useful as a baseline, not as a result.</p>")
 
@@ -123,20 +124,17 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
 
     # -- layer-wise measurements
     body.append("<h2>Layer-wise compression and sparsity</h2>")
-    try:
-        crate_blocks(model)
-        is_crate = True
-    except ValueError as e:
-        is_crate = False
-        body.append(f'<p class="note">{html.escape(str(e))}</p>')
-    if is_crate:
+    if not model.white_box:
+        body.append(f'<p class="note">{type(model).__name__} is not a white-box (CRATE) model: its layers have no '
+                    "coding-rate or ISTA sparsity to measure.</p>")
+    else:
         stats = measure_layers(model, imgs, mask_ratio=0.0, convention=convention, eps=eps, seed=seed)
         curves = stats.save(out, "layerwise")["png"]  # drawn once: embedded below and kept beside the page
         uri = "data:image/png;base64," + base64.b64encode(curves.read_bytes()).decode("ascii")
         body.append(_figure(uri, "layer-wise curves",
                             f"Unmasked images, convention {stats.meta['convention_description']}; mean ± std over "
                             f"{stats.meta['num_images']} images, {stats.meta['tokens_per_image']} tokens each "
-                            "(cls + patches). Tables: layerwise.json / layerwise.csv / layerwise.png beside this page."))
+                            "(cls + patches). Tables: layerwise.json / .csv / .png beside this page."))
         header = ["part", "layer"] + [METRIC_LABELS[m] for m in METRICS]
         rows = [[r["part"], r["layer"]] + [f"{_fmt(r[m + '_mean'])} ± {_fmt(r[m + '_std'])}" for m in METRICS]
                 for r in stats.rows()]
@@ -147,7 +145,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
 
     # -- reconstructions
     body.append("<h2>Masked completion</h2>")
-    if hasattr(model, "decoder_pred") or hasattr(model, "forward_decoder"):
+    if model.has_decoder:
         body.append(_figure(_png(plot_reconstructions(model, imgs, norm, mask_ratio, seed)), "reconstructions",
                             f"{mask_ratio:.0%} of patches masked (mask seed {seed}). Columns: masked input, "
                             "prediction of every patch, prediction with the visible patches pasted back, original."))
@@ -162,7 +160,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
 
     # -- PCA
     body.append("<h2>PCA of patch features</h2>")
-    if is_crate:
+    if model.white_box:
         body.append(_figure(_png(plot_pca(model, imgs, norm, pca_layer)), "pca",
                             "Two-stage PCA of U^T LN(Z) (the MSSA projection) fitted jointly over the images: the "
                             "first component thresholded at 0.5 gives the foreground; a second PCA on foreground "

@@ -6,13 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
+from ..analysis import attention, pca, reconstruction
+from ..analysis.inputs import demo_images, find_images, load_images, model_normalization
+from ..analysis.layerwise import measure_layers
+from ..analysis.report import write_report
+from ..checkpoint import load_model
+from ..data import resolve_data_config
+from ..utils import default_device, parse_key_values
+from .model import add_model_args
+
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--ckpt", help="checkpoint (our directory / .safetensors, official .pth) or a model name")
-    g.add_argument("--model", help="registered model name: a randomly initialised model (a baseline)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="constructor overrides, e.g. --set img_size=32 patch_size=8 (presets) or num_heads=12")
+    add_model_args(p, seed_help="seed of the random masks, and of the random init when --ckpt is a model name")
     p.add_argument("--device", default=None, help="cpu / cuda / cuda:1 (default: cuda when available)")
     p.add_argument("--strict", action="store_true",
                    help="fail on an unreadable image file (default: skip it with a warning naming it)")
@@ -30,7 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="official: per-head l2-normalised tokens, 0.01 for eps^2 (CRATE script); raw: formula as is")
     p.add_argument("--eps", type=float, default=0.1, help="eps of the raw convention")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("visualize", help="reconstruction, attention or PCA pictures (PNG)")
@@ -44,7 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="resize+centre-crop to this size (default: the model's); 0 keeps each photo's size, cropped "
                         "to a multiple of the patch size (the sin-cos position table is recomputed for the grid)")
     p.add_argument("--mask-ratio", type=float, default=0.75, help="reconstruct: fraction of patches masked")
-    p.add_argument("--seed", type=int, default=0, help="reconstruct: seed of the mask")
     p.add_argument("--layer", type=int, default=-1,
                    help="attention / pca: encoder layer (0-based, -1 = last; the official attention script's default "
                         "is 10 of 12, i.e. -2)")
@@ -65,23 +68,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="report", help="output folder (index.html + layerwise tables)")
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--convention", choices=["official", "raw"], default="official")
     p.set_defaults(func=_report)
 
 
 def _load(args):
-    from ..analysis.inputs import load_model
-    from .model import parse_overrides
-
-    return load_model(args.ckpt or args.model, args.device, **parse_overrides(args.set))
+    return load_model(args.ckpt, seed=args.seed, device=args.device or default_device(),
+                      **parse_key_values(args.overrides))[0]
 
 
 def _images(args, model, sources, img_size=None, keep_size=False):
-    from ..analysis.inputs import demo_images, find_images, load_images, model_img_size, model_normalization
-
     norm = model_normalization(model)
-    size = img_size or model_img_size(model)
+    size = img_size or resolve_data_config(model)["img_size"]
     if sources is None:
         if keep_size:
             raise ValueError("--img-size 0 needs --images (the embedded photos come at the model's size)")
@@ -91,15 +89,13 @@ def _images(args, model, sources, img_size=None, keep_size=False):
 
 
 def _analyze(args) -> int:
-    from ..analysis.layerwise import measure_layers
-
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     model = _load(args)
     imgs, _ = _images(args, model, args.data)
     stats = measure_layers(model, imgs, mask_ratio=args.mask_ratio, convention=args.convention, eps=args.eps,
                            batch_size=args.batch_size, seed=args.seed)
-    stats.meta["checkpoint"] = args.ckpt or args.model
+    stats.meta["checkpoint"] = args.ckpt
     stats.meta["data"] = args.data or "embedded photos"
     paths = stats.save(args.out)
     print(stats.format_table())
@@ -108,8 +104,6 @@ def _analyze(args) -> int:
 
 
 def _visualize(args) -> int:
-    from ..analysis import attention, pca, reconstruction
-
     model = _load(args)
     keep = args.img_size == 0
     imgs, norm = _images(args, model, args.images, args.img_size or None, keep)
@@ -127,11 +121,7 @@ def _visualize(args) -> int:
 
 
 def _report(args) -> int:
-    from ..analysis.report import write_report
-
     model = _load(args)
-    if args.ckpt:
-        model.config.setdefault("checkpoint", args.ckpt)
     path = write_report(model, args.out, images=args.images, num_images=args.num_images,
                         mask_ratio=args.mask_ratio, seed=args.seed, convention=args.convention, strict=args.strict)
     print(path)

@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ..data.__main__ import main
+from ..data.shard_writer import make_shards
+from ..data.shards import DEFAULT_SHARD_SIZE, MANIFEST_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -11,8 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="check a dataset: format, counts, unreadable files, loading speed (see --help)")
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=_check)
-
-    from ..data.shards import DEFAULT_SHARD_SIZE
 
     p = sub.add_parser("make-shards", help="write an ImageFolder tree or flat image folder as WebDataset tar shards "
                                            "(needs pip install 'crate-mae[shards]')")
@@ -30,16 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args) -> int:
-    from ..data.__main__ import main
-
     return main(args.argv)
 
 
 def _make_shards(args) -> int:
-    from pathlib import Path
-
-    from ..data.shards import MANIFEST_NAME, make_shards
-
     jobs = [(Path(args.src) / s, Path(args.out) / s) for s in args.split] if args.split else [(args.src, args.out)]
     for src, out in jobs:
         desc = make_shards(src, out, shard_size=args.shard_size, kind=args.kind, strict=args.strict,

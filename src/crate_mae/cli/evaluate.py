@@ -5,6 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checkpoint import load_model
+from ..evaluation import (
+    FeatureSet,
+    compare_table,
+    compute_features,
+    knn,
+    linprobe,
+    read_result,
+    summary_line,
+    write_result,
+)
+from ..evaluation.features import check_same_classes
+from ..evaluation.finetune import finetune, load_finetune_config
+from ..models import list_models
+from ..utils import parse_key_values
+from .model import CKPT_HELP, add_model_args
+from .train import _allow_change_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="cache frozen-encoder features (cls + mean-pooled) of a labelled split")
@@ -39,11 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("finetune", help="fine-tune an encoder as a classifier (layer decay, mixup, RandAugment)")
     p.add_argument("--config", help="YAML config (sections model, data, aug, optim, run)")
-    p.add_argument("--ckpt", help="shortcut for model.checkpoint=")
+    p.add_argument("--ckpt", help=CKPT_HELP + "; shortcut for model.checkpoint= (model.name= for a model name)")
     p.add_argument("--data", help="shortcut for data.path=")
     p.add_argument("--output-dir", help="shortcut for run.output_dir=")
     p.add_argument("--resume", help="shortcut for run.resume= ('auto' or a checkpoint)")
-    from .train import _allow_change_arg
 
     _allow_change_arg(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.epochs=50")
@@ -58,10 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -- arguments --------------------------------------------------------------------------------------------------------
 def _source_args(p: argparse.ArgumentParser, required: bool) -> None:
+    add_model_args(p, required)
     g = p.add_argument_group("feature extraction")
-    g.add_argument("--ckpt", required=required,
-                   help="checkpoint (ours, official CRATE-MAE / MAE, .pth or .safetensors) or a registered model "
-                        "name for a random-init baseline")
     g.add_argument("--data", required=required, help="ImageFolder root / CIFAR directory")
     g.add_argument("--kind", default="auto", choices=["auto", "imagefolder", "folder", "cifar10", "cifar100"])
     g.add_argument("--layers", type=int, nargs="*", default=None,
@@ -73,11 +88,8 @@ def _source_args(p: argparse.ArgumentParser, required: bool) -> None:
                                                   "at >= 96 px, 1.0 below)")
     g.add_argument("--mean", type=float, nargs=3, help="default: the checkpoint's pretraining statistics")
     g.add_argument("--std", type=float, nargs=3)
-    g.add_argument("--seed", type=int, default=0, help="init seed when --ckpt is a model name")
     g.add_argument("--device", help="cpu / cuda / cuda:1 (default: cuda if available)")
     g.add_argument("--limit", type=int, help="use N evenly spaced images per split (smoke tests)")
-    g.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="load_checkpoint / constructor overrides, e.g. num_heads=4 img_size=32")
 
 
 def _feature_pair_args(p: argparse.ArgumentParser) -> None:
@@ -91,32 +103,25 @@ def _feature_pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, help="a stored intermediate layer instead of the final output")
     p.add_argument("--label", help="row label for `crate-mae compare`")
     p.add_argument("--out", help="result JSON (default: next to the train features, or ./<command>_result.json)")
-    p.set_defaults(seed=0)
 
 
 def _compute(args, split: str):
-    from ..evaluation import compute_features
-    from .model import parse_overrides
-
     return compute_features(args.ckpt, args.data, split, kind=args.kind, layers=args.layers,
                             batch_size=args.feat_batch, num_workers=args.workers, img_size=args.img_size,
                             crop_pct=args.crop_pct, mean=args.mean, std=args.std, device=args.device,
-                            seed=args.seed, model_overrides=parse_overrides(args.override), limit=args.limit)
+                            seed=args.seed, model_overrides=parse_key_values(args.overrides), limit=args.limit)
 
 
 def _feature_pair(args):
     """(train, val) FeatureSets from cached files or extracted from --ckpt/--data (then optionally cached)."""
-    from ..evaluation import FeatureSet
 
     if args.train_features or args.val_features:
         if not (args.train_features and args.val_features):
             raise ValueError("give both --train-features and --val-features (or --ckpt and --data instead)")
         train, val = FeatureSet.load(args.train_features), FeatureSet.load(args.val_features)
         if args.ckpt:  # the user says which checkpoint these should be: hold them to it
-            from ..evaluation.features import load_model
-            from .model import parse_overrides
 
-            _, sha = load_model(args.ckpt, seed=args.seed, **parse_overrides(args.override))
+            _, sha = load_model(args.ckpt, seed=args.seed, **parse_key_values(args.overrides))
             if train.checkpoint_sha256 != sha:
                 raise ValueError(f"{args.train_features} was extracted from another checkpoint "
                                  f"({train.meta.get('checkpoint')}, sha256 {str(train.checkpoint_sha256)[:12]}) "
@@ -124,7 +129,6 @@ def _feature_pair(args):
         return train, val
     if not (args.ckpt and args.data):
         raise ValueError("give --train-features and --val-features, or --ckpt and --data to extract them")
-    from ..evaluation.features import check_same_classes
 
     train = _compute(args, args.train_split)
     val = _compute(args, args.val_split)
@@ -147,8 +151,6 @@ def _result_path(args, name: str) -> Path:
 
 
 def _emit(result: dict, path: Path) -> None:
-    from ..evaluation import summary_line, write_result
-
     write_result(result, path)
     print(summary_line(result))
     print(f"result: {path}")
@@ -165,8 +167,6 @@ def _features(args) -> int:
 
 
 def _linprobe(args) -> int:
-    from ..evaluation import linprobe
-
     train, val = _feature_pair(args)
     protocols = ["sklearn", "mae"] if args.protocol == "both" else [args.protocol]
     for protocol in protocols:
@@ -182,8 +182,6 @@ def _linprobe(args) -> int:
 
 
 def _knn(args) -> int:
-    from ..evaluation import knn
-
     train, val = _feature_pair(args)
     result = knn(train, val, ks=args.k, temperature=args.temperature, pool=args.pool, layer=args.layer,
                  label=args.label)
@@ -192,10 +190,9 @@ def _knn(args) -> int:
 
 
 def _finetune(args) -> int:
-    from ..evaluation.finetune import finetune, load_finetune_config
-
     overrides = list(args.overrides)
-    for flag, key in ((args.ckpt, "model.checkpoint"), (args.data, "data.path"),
+    ckpt_key = "model.name" if args.ckpt in list_models() else "model.checkpoint"
+    for flag, key in ((args.ckpt, ckpt_key), (args.data, "data.path"),
                       (args.output_dir, "run.output_dir"), (args.resume, "run.resume")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
@@ -208,8 +205,6 @@ def _finetune(args) -> int:
 
 
 def _compare(args) -> int:
-    from ..evaluation import compare_table, read_result
-
     table = compare_table([read_result(p) for p in args.results], metrics=args.metrics)
     print(table)
     if args.out:

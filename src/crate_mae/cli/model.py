@@ -6,6 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
+from ..checkpoint import detect_format, load_checkpoint, load_model, read_state_dict, save_pretrained
+from ..hub import OFFICIAL_SOURCES, save_for_hub
+from ..models import list_models
+from ..utils import file_sha256, parse_key_values
+
+CKPT_HELP = ("a run directory (its model/), a checkpoint (our folder or model.safetensors, an official CRATE-MAE / MAE "
+             ".pth or .safetensors), hf-hub:ORG/NAME from the local cache, or a registered model name (random init)")
+OVERRIDES_HELP = "constructor overrides, e.g. img_size=32 patch_size=8 (presets) or num_heads=12 (official files)"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered model names")
@@ -13,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_models)
 
     p = sub.add_parser("info", help="architecture and parameter counts of a model name or checkpoint")
-    p.add_argument("model", help="registered name (see `crate-mae models`) or checkpoint path")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="constructor overrides, e.g. img_size=32")
+    p.add_argument("ckpt", metavar="CKPT", help=CKPT_HELP)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     p.add_argument("--forward", action="store_true", help="also run one masked forward pass on random images")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_info)
@@ -38,25 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_convert)
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """KEY=VALUE pairs with YAML-typed values (ints, floats, booleans, lists)."""
-    from ..utils import parse_key_values
-
-    return parse_key_values(items)
-
-
-def build_or_load(name_or_path: str, overrides: dict):
-    """A registered model name builds a fresh model; anything else is read as a checkpoint."""
-    import crate_mae
-
-    if name_or_path in crate_mae.list_models():
-        return crate_mae.create_model(name_or_path, **overrides)
-    if name_or_path.startswith("hf-hub:"):  # from the local Hugging Face cache only
-        return crate_mae.load_checkpoint(name_or_path, **overrides)
-    if not Path(name_or_path).exists():
-        raise FileNotFoundError(f"{name_or_path!r} is neither a registered model name nor an existing checkpoint "
-                                f"path; known names: {', '.join(crate_mae.list_models())}")
-    return crate_mae.load_checkpoint(name_or_path, **overrides)
+def add_model_args(p: argparse.ArgumentParser, required: bool = True,
+                   seed_help: str = "seed of the random init when --ckpt is a model name") -> None:
+    """The words every command uses to name a model: --ckpt, --seed, positional KEY=VALUE constructor overrides."""
+    p.add_argument("--ckpt", required=required, help=CKPT_HELP)
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
 
 
 def describe(model) -> dict:
@@ -72,25 +70,21 @@ def describe(model) -> dict:
 
 
 def _models(args) -> int:
-    import crate_mae
-
-    for name in crate_mae.list_models(args.pattern):
+    for name in list_models(args.pattern):
         print(name)
     return 0
 
 
 def _info(args) -> int:
-    import torch
-
-    model = build_or_load(args.model, parse_overrides(args.overrides))
+    model = load_model(args.ckpt, **parse_key_values(args.overrides))[0]
     info = describe(model)
     if args.forward:
         c = model.config
         size = c["img_size"] if isinstance(c["img_size"], (list, tuple)) else (c["img_size"], c["img_size"])
         imgs = torch.randn(2, c.get("in_chans", 3), *size)
         with torch.no_grad():
-            out = model(imgs) if c["architecture"] != "crate" else model.forward_features(imgs)
-        if hasattr(out, "loss"):
+            out = model(imgs) if model.has_decoder else model.forward_features(imgs)
+        if model.has_decoder:
             info["forward"] = dict(loss=round(float(out.loss), 4), pred=list(out.pred.shape),
                                    masked=int(out.mask[0].sum()), latent=list(out.latent.shape))
         else:
@@ -98,7 +92,7 @@ def _info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"{info.get('model') or args.model}  ({info['architecture']})")
+    print(f"{info.get('model') or args.ckpt}  ({info['architecture']})")
     for k, v in info.items():
         if k in ("params_trainable", "params_official", "forward", "model", "architecture"):
             continue
@@ -114,25 +108,20 @@ def _info(args) -> int:
 
 
 def _convert(args) -> int:
-    import crate_mae
-    from ..checkpoint import detect_format, read_state_dict
-    from ..hub import OFFICIAL_SOURCES, save_for_hub
-    from ..utils import file_sha256
-
-    model = crate_mae.load_checkpoint(args.src, **parse_overrides(args.overrides))
+    model = load_checkpoint(args.src, **parse_key_values(args.overrides))
     # Provenance travels in config.json, so a later push_to_hub or model card names the original weights.
     src = Path(args.src)
     if src.is_file():
         fmt = detect_format(read_state_dict(src))
         known = OFFICIAL_SOURCES.get(model.config["architecture"], {}) if fmt.endswith("_official") else {}
-        model.config["weights_source"] = {"file": src.name, "sha256": file_sha256(src), "format": fmt, **known,
+        model.provenance["weights_source"] = {"file": src.name, "sha256": file_sha256(src), "format": fmt, **known,
                                           **{k: v for k, v in (("upstream", args.source), ("license", args.license),
                                                                ("data", args.data)) if v}}
     if args.model_card:
         out = save_for_hub(model, args.out_dir, repo_id=args.repo_id, license=args.license, data=args.data,
                            source=args.source)
     else:
-        out = crate_mae.save_pretrained(model, args.out_dir)
+        out = save_pretrained(model, args.out_dir)
     card = f" and {out / 'README.md'}" if args.model_card else ""
     print(f"wrote {out / 'config.json'}, {out / 'model.safetensors'}{card} "
           f"({model.config['architecture']}, {model.num_params('trainable'):,} trainable parameters)")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+
+from ..demo import run_demo
+from ..training import load_config, pretrain
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from ..training import load_config, pretrain
-
     overrides = list(args.overrides)
     if args.resume is not None:
         overrides.append(f"run.resume={args.resume}")
@@ -50,8 +52,6 @@ def _allow_change_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..training.demo import run_demo
-
     if args.minutes <= 0:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
     run_demo(args.out, minutes=args.minutes, quick=args.quick, overrides=args.overrides)
@@ -59,6 +59,4 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _rank() -> int:
-    import os
-
     return int(os.environ.get("RANK", "0"))

@@ -21,11 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-
 from torchvision.transforms import v2
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, _check_size, _check_stats, _to_normalized_tensor
-
 
 # Our name -> the skimage.data function; every one reads a file inside the scikit-image wheel (no download).
 _PHOTOS: dict[str, str] = {

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
@@ -51,7 +52,6 @@ def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     pixels in [0, 1] to 0 or 1 (a float TIFF turns black), so those modes are rescaled first: 16-bit integers by
     1/257, floats in [0, 1] by 255. Integers above 16 bits or floats outside [0, 1] have no agreed scale and are
     refused (ValueError naming the file; a dataset skips it like any unreadable file)."""
-    import numpy as np
 
     if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
         return img.convert("RGB")
@@ -168,7 +168,6 @@ class ImageFiles(Dataset):
         access nor decoding (about a third of the per-sample cost of 32-px JPEG pretraining, docs/data.md). Samples
         are the same pixels as before; unreadable files fail again, and are skipped or reported, when read. Forked
         DataLoader workers share the decoded images. Returns the bytes held."""
-        import numpy as np
 
         decoded: dict[str, object] = {}
         for path, _ in self.samples:

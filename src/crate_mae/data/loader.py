@@ -48,8 +48,8 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_wo
     - Order: a ``torch.Generator`` seeded with ``seed`` drives shuffling and the worker seeds, so two loaders built
       with the same arguments yield the same batches.
     - ``distributed=True`` (``torch.distributed`` initialised, e.g. under torchrun): a ``DistributedSampler`` over
-      ``world_size`` ranks with the same ``seed``/``shuffle``/``drop_last``; each rank sees ``1/world_size`` of the data.
-      **The caller must call** ``loader.sampler.set_epoch(epoch)`` at the start of every epoch, otherwise every
+      ``world_size`` ranks with the same ``seed``/``shuffle``/``drop_last``; each rank sees ``1/world_size`` of the
+      data. **The caller must call** ``loader.sampler.set_epoch(epoch)`` at the start of every epoch, otherwise every
       epoch repeats the same order.
     - ``num_workers > 0``: persistent workers (no re-fork per epoch); ``pin_memory`` when CUDA is available.
     """

@@ -2,7 +2,7 @@
 
 All transforms take a PIL image (or a uint8 CHW tensor) and return a float32 ``(C, H, W)`` tensor normalised as
 ``(x / 255 - mean) / std``. Random choices use the *torch* global generator (torchvision v2), so a caller that seeds
-torch before each sample (``training.sampling.SeededSamples``) gets reproducible augmentation in any worker.
+torch before each sample (``engine.sampling.SeededSamples``) gets reproducible augmentation in any worker.
 """
 
 from __future__ import annotations
@@ -16,6 +16,16 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _BICUBIC = v2.InterpolationMode.BICUBIC
+
+
+def resolve_data_config(model: torch.nn.Module) -> dict:
+    """The preprocessing a model expects, the one place it is read: ``img_size``, ``mean``, ``std`` from the
+    ``data_config`` its weights came with (written by pretraining / fine-tuning), else the model's own ``img_size``
+    and ImageNet statistics."""
+    saved = getattr(model, "data_config", None) or {}  # a foreign nn.Module has none
+    size = saved.get("img_size") or getattr(model, "config", {}).get("img_size", 224)
+    return {"img_size": int(size[0] if isinstance(size, (list, tuple)) else size),
+            "mean": list(saved.get("mean", IMAGENET_MEAN)), "std": list(saved.get("std", IMAGENET_STD))}
 
 
 def _check_size(img_size: int) -> int:

@@ -21,7 +21,16 @@ from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Subset
+
+from .._version import __version__
+from ..checkpoint import load_model
+from ..data import build_dataset, eval_transform, resolve_data_config
+from ..models.base import layer_index
+from ..utils import amp_dtype, atomic_write, default_device, state_sha256
+from ..utils.progress import Progress
 
 POOLS = ("cls", "mean")
 
@@ -61,8 +70,6 @@ class FeatureSet:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically as safetensors; class names and provenance go into the header metadata."""
-        from ..utils import atomic_write
-
         tensors = {"cls": self.cls, "mean": self.mean, "labels": self.labels}
         for layer, pools in self.layers.items():
             for pool, t in pools.items():
@@ -73,9 +80,7 @@ class FeatureSet:
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FeatureSet":
-        from safetensors import safe_open
-
+    def load(cls, path: str | os.PathLike) -> FeatureSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"feature file not found: {path}")
@@ -117,18 +122,14 @@ def extract_features(model: nn.Module, batches: Iterable, layers: Sequence[int] 
     Intermediate layers (negative indices count from the end) are read with forward hooks on the encoder blocks,
     so the output of block ``l`` is ``Z^{l+1}`` before the final norm. The model is put in eval mode.
     """
-    from ..utils import default_device
-
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device).eval()
     blocks = encoder_blocks(model) if layers else None
-    wanted = sorted({_layer(i, len(blocks)) for i in layers}) if layers else []
+    wanted = sorted({layer_index(i, len(blocks)) for i in layers}) if layers else []
     captured: dict[int, torch.Tensor] = {}
     hooks = [blocks[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out)) for i in wanted]
     out: dict[str, list] = {"cls": [], "mean": [], "labels": []}
     per_layer: dict[int, dict[str, list]] = {i: {"cls": [], "mean": []} for i in wanted}
-    from ..utils.progress import Progress
-
     bar = Progress(total, "features", "img", enabled=progress)
     try:
         for imgs, labels in batches:
@@ -156,67 +157,9 @@ def _pool_into(store: dict[str, list], z: torch.Tensor) -> None:
     store["mean"].append(z[:, 1:].mean(dim=1).cpu())
 
 
-def _layer(i: int, n: int) -> int:
-    j = i + n if i < 0 else i
-    if not 0 <= j < n:
-        raise ValueError(f"layer {i} out of range for an encoder of depth {n}")
-    return j
 
 
-# -- checkpoint -> features ----------------------------------------------------------------------------------------------
-def load_model(source: str | os.PathLike, seed: int = 0, **overrides) -> tuple[nn.Module, str]:
-    """A model for feature extraction and its fingerprint.
-
-    ``source`` is a checkpoint (any format :func:`crate_mae.load_checkpoint` reads; fingerprint = sha256 of the
-    weights file) or a registered model name, built at random init with ``seed`` (fingerprint = sha256 of its state
-    dict, so the same name + seed + overrides always gives the same fingerprint).
-    """
-    import crate_mae
-
-    if str(source) in crate_mae.list_models() and not Path(source).exists():
-        torch.manual_seed(seed)
-        model = crate_mae.create_model(str(source), **overrides)
-        return model.eval(), state_dict_sha256(model)
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {source} (nor is it a registered model name; see "
-                                "`crate-mae models`)")
-    return crate_mae.load_checkpoint(path, **overrides), checkpoint_sha256(path)
-
-
-def checkpoint_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a checkpoint's weights file (``model.safetensors`` for a directory in our format)."""
-    from ..checkpoint import weights_file
-    from ..utils import file_sha256
-
-    return file_sha256(weights_file(path))
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """sha256 over the names, shapes and bytes of a model's state dict (a fingerprint for unsaved models)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def model_data_config(model: nn.Module) -> dict[str, Any]:
-    """img_size, mean and std the model was trained with (saved by pretraining in ``config['data']``), falling back
-    to the model's img_size and ImageNet statistics."""
-    from ..data import IMAGENET_MEAN, IMAGENET_STD
-
-    cfg = getattr(model, "config", {}) or {}
-    data = cfg.get("data") or {}
-    img = data.get("img_size", cfg.get("img_size", 224))
-    img = img[0] if isinstance(img, (list, tuple)) else img
-    return {"img_size": int(img), "mean": list(data.get("mean", IMAGENET_MEAN)),
-            "std": list(data.get("std", IMAGENET_STD))}
-
-
+# -- checkpoint -> features --------------------------------------------------------------------------------------------
 def default_crop_pct(img_size: int) -> float:
     """MAE's eval crop (resize to img/0.875, centre crop) for ImageNet-scale images; no crop for CIFAR-scale ones,
     where a 0.875 crop would throw away an eighth of a 32-pixel image."""
@@ -234,35 +177,29 @@ def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathL
     crop + normalise; defaults from the checkpoint's pretraining data config). ``source`` is a checkpoint path, a
     registered model name (random init with ``seed``) or a model (then pass ``fingerprint`` to identify it).
     ``limit`` keeps N evenly spaced images (smoke tests)."""
-    from torch.utils.data import DataLoader, Subset
-
-    from .. import data as D
-    from ..utils import autocast_dtype, default_device
-
     if isinstance(source, nn.Module):
-        model, sha, ckpt_name = source.eval(), fingerprint or state_dict_sha256(source), fingerprint or "<module>"
+        model, sha, ckpt_name = source.eval(), fingerprint or state_sha256(source), fingerprint or "<module>"
     else:
         model, sha = load_model(source, seed=seed, **(model_overrides or {}))
         ckpt_name = str(source)
-    dc = model_data_config(model)
+    dc = resolve_data_config(model)
     img_size = img_size or dc["img_size"]
     crop_pct = crop_pct if crop_pct is not None else default_crop_pct(img_size)
     mean, std = list(mean or dc["mean"]), list(std or dc["std"])
-    transform = D.eval_transform(img_size, crop_pct=crop_pct, mean=mean, std=std)
-    dataset = D.build_dataset(data, split=split, transform=transform, kind=kind)
+    transform = eval_transform(img_size, crop_pct=crop_pct, mean=mean, std=std)
+    dataset = build_dataset(data, split=split, transform=transform, kind=kind)
     classes = list(dataset.classes)
     if limit is not None and limit < len(dataset):  # evenly spaced, so sorted class folders all contribute
         dataset = Subset(dataset, torch.linspace(0, len(dataset) - 1, limit).round().long().tolist())
     device = torch.device(device) if device is not None else default_device()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    dtype = autocast_dtype(device)
+    dtype = amp_dtype("auto", device)
     raw = extract_features(model, loader, layers=layers, device=device, amp_dtype=dtype, progress=progress,
                            total=len(dataset))
-    from .. import __version__
-
-    meta = {"checkpoint": ckpt_name, "checkpoint_sha256": sha, "model": getattr(model, "config", {}).get("model"),
-            "architecture": getattr(model, "config", {}).get("architecture"), "dataset": str(data), "split": split,
+    config = getattr(model, "config", {})  # a foreign nn.Module has none
+    meta = {"checkpoint": ckpt_name, "checkpoint_sha256": sha, "model": config.get("model"),
+            "architecture": config.get("architecture"), "dataset": str(data), "split": split,
             "num_images": len(dataset), "transform": {"img_size": img_size, "crop_pct": crop_pct, "mean": mean,
                                                       "std": std},
             "layers": sorted(raw["layers"]), "crate_mae_version": __version__,

@@ -10,7 +10,7 @@
 - loss: mixup / cutmix (``timm.data.Mixup``) with label smoothing and ``SoftTargetCrossEntropy``;
 - optimiser: AdamW on :func:`param_groups_lrd` (timm's layer-wise lr decay, no weight decay on 1-D parameters and
   tokens), per-step warm-up + half-cosine schedule (``crate_mae.training.WarmupCosine``), lr = blr * batch / 256;
-- the run itself is the engine shared with pretraining (:mod:`crate_mae.training.engine`): torchrun DDP,
+- the run itself is the engine shared with pretraining (:mod:`crate_mae.engine.runner`): torchrun DDP,
   determinism, atomic step checkpoints with optimizer + RNG state, ``run.resume`` with a config check, the
   output-folder lock, metrics.jsonl + TensorBoard, stop conditions and the NaN guard; the best val top-1 model is
   saved to ``<output_dir>/best`` and a result JSON to ``<output_dir>/result.json``.
@@ -26,10 +26,21 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader, Dataset
 
-from ..training.config import Checks, RunConfig, build_sections, flatten, plain, read_raw_config
-from ..training.engine import Runner, Task, run
+from .. import data as D
+from ..checkpoint import checkpoint_sha256, create_model, load_encoder, save_pretrained
+from ..data import IMAGENET_MEAN, IMAGENET_STD, resolve_data_config
+from ..engine.config import Checks, RunConfig, build_sections, flatten, plain, read_raw_config
+from ..engine.distributed import all_reduce_sum
+from ..engine.runner import Runner, Task, run
+from ..engine.sampling import SeededSamples
+from ..models.registry import _MODELS, model_defaults
+from .features import check_same_classes, default_crop_pct
+from .results import make_result, summary_line, write_result
 
 # -- configuration -------------------------------------------------------------------------------------------------
 
@@ -100,7 +111,7 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
 
-    def validate(self) -> "FinetuneConfig":
+    def validate(self) -> FinetuneConfig:
         errors = _validate(self)
         if errors:
             raise ValueError("invalid fine-tuning config:\n  " + "\n  ".join(errors))
@@ -134,7 +145,6 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
           "must be in [0, 1)")
     check(isinstance(m.overrides, dict), "model.overrides", m.overrides, "must be a mapping")
     if m.checkpoint is None:
-        from ..models.registry import _MODELS
 
         check(m.name in _MODELS and not m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
               "must be a registered encoder classifier (crate_*) when model.checkpoint is null")
@@ -175,10 +185,10 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
     Our encoders group as facebookresearch/mae ``util/lr_decay.param_groups_lrd`` (``get_layer_id_for_vit``): with
     ``L = depth + 1``, tokens and patch embedding get ``layer_decay ** L``, block ``i`` ``layer_decay ** (depth - i)``,
     the final norm and head 1. 1-D parameters (norms, biases) and ``no_weight_decay_list`` get no weight decay."""
-    from timm.optim import param_groups_layer_decay
 
     if not hasattr(model, "group_matcher"):
-        raise ValueError(f"{type(model).__name__} has no group_matcher; layer-wise lr decay needs an encoder classifier")
+        raise ValueError(f"{type(model).__name__} has no group_matcher; layer-wise lr decay needs an encoder "
+                         "classifier")
     return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=list(no_weight_decay_list),
                                     layer_decay=layer_decay)
 
@@ -187,7 +197,6 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
 def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], aug: FinetuneAugConfig):
     """timm's ImageNet training pipeline: RandomResizedCrop(scale, bicubic), flip, RandAugment, ToTensor,
     Normalize, random erasing (pixel mode)."""
-    from timm.data import create_transform
 
     return create_transform(img_size, is_training=True, scale=tuple(aug.scale), hflip=aug.hflip, vflip=0.0,
                             color_jitter=None, auto_augment=aug.rand_augment, interpolation="bicubic",
@@ -199,7 +208,6 @@ def build_mixup(aug: FinetuneAugConfig, num_classes: int):
     cutmix is on, else None."""
     if aug.mixup <= 0 and aug.cutmix <= 0:
         return None
-    from timm.data import Mixup
 
     return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
                  switch_prob=aug.mixup_switch_prob, mode="batch", label_smoothing=aug.smoothing,
@@ -208,7 +216,6 @@ def build_mixup(aug: FinetuneAugConfig, num_classes: int):
 
 def build_criterion(aug: FinetuneAugConfig, mixup) -> nn.Module:
     """Soft-target cross-entropy after mixup; label-smoothing cross-entropy or plain cross-entropy otherwise."""
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     if mixup is not None:
         return SoftTargetCrossEntropy()
@@ -219,17 +226,15 @@ def build_criterion(aug: FinetuneAugConfig, mixup) -> nn.Module:
 
 # -- the run -----------------------------------------------------------------------------------------------------------
 def build_classifier(cfg: FinetuneConfig, num_classes: int, img_size: int | None) -> nn.Module:
-    import crate_mae
-
     m = cfg.model
     if m.checkpoint is not None:
-        return crate_mae.load_encoder(m.checkpoint, num_classes=num_classes, global_pool=m.global_pool,
-                                      drop_path_rate=m.drop_path_rate, **m.overrides)
+        return load_encoder(m.checkpoint, num_classes=num_classes, global_pool=m.global_pool,
+                            drop_path_rate=m.drop_path_rate, **m.overrides)
     kw = dict(m.overrides)
     if img_size is not None:
         kw.setdefault("img_size", img_size)
-    return crate_mae.create_model(m.name, num_classes=num_classes, global_pool=m.global_pool,
-                                  drop_path_rate=m.drop_path_rate, **kw)
+    return create_model(m.name, num_classes=num_classes, global_pool=m.global_pool,
+                        drop_path_rate=m.drop_path_rate, **kw)
 
 
 def finetune(cfg: FinetuneConfig, train_dataset: Dataset | None = None, val_dataset: Dataset | None = None,
@@ -249,18 +254,14 @@ class Finetuning(Task):
 
     def __init__(self, runner: Runner, train_dataset: Dataset | None, val_dataset: Dataset | None):
         super().__init__(runner)
-        from ..data import IMAGENET_MEAN, IMAGENET_STD
-        from ..training.sampling import SeededSamples
-        from .features import check_same_classes, default_crop_pct, model_data_config
 
         cfg = self.cfg = runner.cfg
         d, r = cfg.data, cfg.run
         self.title = cfg.model.checkpoint or cfg.model.name
         # The checkpoint decides size and normalisation unless the config does.
         if cfg.model.checkpoint is not None:
-            dc = model_data_config(build_classifier(cfg, 0, None))
+            dc = resolve_data_config(build_classifier(cfg, 0, None))
         else:
-            from ..models.registry import model_defaults
 
             dc = {"img_size": cfg.model.overrides.get("img_size", model_defaults(cfg.model.name).get("img_size")),
                   "mean": None, "std": None}
@@ -269,7 +270,6 @@ class Finetuning(Task):
         self.data_info = {"img_size": img_size, "mean": mean, "std": std,
                           "crop_pct": d.crop_pct if d.crop_pct is not None else default_crop_pct(img_size)}
         if train_dataset is None or val_dataset is None:
-            from .. import data as D
 
             train_dataset = D.build_dataset(d.path, split=d.train_split, kind=d.kind, strict=d.strict,
                                             transform=train_transform(img_size, mean, std, cfg.aug))
@@ -320,7 +320,6 @@ class Finetuning(Task):
         self.history.append({"epoch": epoch, "step": self.runner.state.step, "train_loss": train_loss, **ev})
         if ev["top1"] > self.best["top1"]:
             self.best = {"top1": ev["top1"], "top5": ev["top5"], "epoch": epoch}
-            from ..checkpoint import save_pretrained
 
             self.runner.check_weights()
             self.runner.on_main(lambda: save_pretrained(self.model, self.runner.out / "best",
@@ -330,7 +329,6 @@ class Finetuning(Task):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Val loss / top-1 / top-5 (%) of the current model; each rank scores a shard, counts are summed."""
-        from ..training.distributed import all_reduce_sum
 
         runner = self.runner
         device, dtype = runner.device, runner.amp_dtype
@@ -358,9 +356,6 @@ class Finetuning(Task):
             self.best, self.history = dict(state["best"]), [dict(h) for h in state["history"]]
 
     def finish(self, stopped: str) -> dict[str, Any]:
-        from .features import checkpoint_sha256
-        from .results import make_result, summary_line, write_result
-
         cfg, runner = self.cfg, self.runner
         last = self.history[-1] if self.history and stopped == "completed" else self.evaluate()
         best = self.best if self.best["top1"] >= 0 else {"top1": last["top1"], "top5": last["top5"],

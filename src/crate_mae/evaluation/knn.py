@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..utils import default_device
 from .metrics import topk_accuracy
 
 DEFAULT_KS = (10, 20, 100, 200)
@@ -28,7 +29,6 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tens
     With a list of ``k`` the similarities and the top-k are computed once, for the largest k, and each smaller k
     reads the first columns (top-k is sorted): returns ``{k: scores}``. ``device`` (default: CUDA when available)
     runs the matrix products and top-k there, ``chunk`` queries at a time to bound the (chunk, N_train) memory."""
-    from ..utils import default_device
 
     ks = [k] if isinstance(k, int) else [int(x) for x in k]
     if temperature <= 0:

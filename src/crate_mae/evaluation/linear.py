@@ -17,6 +17,7 @@ Two protocols, both on cached features (:mod:`.features`):
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..engine.optim import WarmupCosine, effective_lr
+from ..utils import default_device
 from .lars import LARS
 from .metrics import topk_accuracy
 
@@ -47,7 +50,6 @@ def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     C, report top-1 / top-5 (%) on val. With a single C the sweep is skipped.
 
     Returns ``{"top1", "top5", "C", "sweep": {C: holdout top-1}}``."""
-    import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
@@ -112,8 +114,6 @@ def train_linear_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     """Train :class:`LinearProbeHead` on ``train`` features and report val top-1 / top-5 (%).
 
     Returns ``{"top1", "top5", "lr", "steps", "final_train_loss", "head": state_dict}``."""
-    from ..training.optim import WarmupCosine, effective_lr
-    from ..utils import default_device
 
     if optimizer not in ("lars", "sgd"):
         raise ValueError(f"optimizer must be 'lars' or 'sgd', got {optimizer!r}")

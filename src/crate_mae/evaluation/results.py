@@ -19,14 +19,15 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .._version import __version__
+from ..utils import atomic_write
+
 FORMAT = "crate_mae.result/1"
 
 
 def make_result(task: str, metrics: Mapping[str, float], *, checkpoint: str | None, checkpoint_sha256: str | None,
                 dataset: Mapping[str, Any], config: Mapping[str, Any], details: Mapping[str, Any] | None = None
                 ) -> dict[str, Any]:
-    from .. import __version__
-
     return {"format": FORMAT, "task": task, "metrics": {k: float(v) for k, v in metrics.items()},
             "checkpoint": checkpoint, "checkpoint_sha256": checkpoint_sha256, "dataset": dict(dataset),
             "config": dict(config), "details": dict(details or {}), "crate_mae_version": __version__,
@@ -34,8 +35,6 @@ def make_result(task: str, metrics: Mapping[str, float], *, checkpoint: str | No
 
 
 def write_result(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    from ..utils import atomic_write
-
     text = json.dumps(result, indent=2, default=_default) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

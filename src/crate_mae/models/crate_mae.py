@@ -17,13 +17,13 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, PatchEmbed
 from timm.models._features import feature_take_indices
-from torch.utils.checkpoint import checkpoint
 
-from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
+from .base import Capabilities, MaskedAutoencoder, PatchTokens, check_config, init_weights, layer_index, run_blocks
+from .embedding import PositionTable, restore_with_mask_tokens
 from .layers import ISTA, MSSA, InverseISTA
 from .masking import random_masking
-from .mixins import MaskedImageModelMixin, SavePretrainedMixin
-from .outputs import Intermediates, LayerTrace, MAEOutput
+from .outputs import Intermediates, MAEOutput
+from .tracing import LayerRecorder
 
 BLOCK_LN_EPS = 1e-5  # PreNorm's nn.LayerNorm default in the official blocks
 FINAL_LN_EPS = 1e-6  # the encoder's and decoder's final norms
@@ -31,6 +31,10 @@ FINAL_LN_EPS = 1e-6  # the encoder's and decoder's final norms
 
 class CrateBlock(nn.Module):
     """One encoder layer: Z' = Z + MSSA(LN(Z)); Z_next = ISTA(LN(Z')). No residual around ISTA."""
+
+    # (submodule, hook on its "in"put or "out"put, LayerTrace field) for models/tracing.py
+    TRACE = (("", "in", "z_in"), ("norm1", "out", "mssa_in"), ("norm2", "in", "z_half"), ("norm2", "out", "ista_in"),
+             ("ista", "out", "z_out"))
 
     def __init__(self, dim: int, num_heads: int, step_size: float, lambd: float, drop_path: float = 0.0):
         super().__init__()
@@ -44,15 +48,11 @@ class CrateBlock(nn.Module):
         z = z + self.drop_path(self.attn(self.norm1(z)))
         return self.ista(self.norm2(z))
 
-    def trace(self, z: torch.Tensor) -> LayerTrace:
-        mssa_in = self.norm1(z)
-        z_half = z + self.attn(mssa_in)
-        ista_in = self.norm2(z_half)
-        return LayerTrace(z_in=z, mssa_in=mssa_in, z_half=z_half, ista_in=ista_in, z_out=self.ista(ista_in))
-
 
 class CrateDecoderBlock(nn.Module):
     """One decoder layer: Y' = W LN(Y); Y_next = Y' - MSSA(LN(Y'))."""
+
+    TRACE = (("", "in", "z_in"), ("linear", "out", "z_half"), ("norm2", "out", "mssa_in"), ("", "out", "z_out"))
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -65,21 +65,8 @@ class CrateDecoderBlock(nn.Module):
         y = self.linear(self.norm1(y))
         return y - self.attn(self.norm2(y))
 
-    def trace(self, y: torch.Tensor) -> LayerTrace:
-        y_half = self.linear(self.norm1(y))
-        mssa_in = self.norm2(y_half)
-        return LayerTrace(z_in=y, mssa_in=mssa_in, z_half=y_half, z_out=y_half - self.attn(mssa_in))
 
-
-def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    """Apply ``blocks`` in order; with ``grad_checkpointing`` (and autograd on) each block's activations are
-    recomputed in backward instead of stored."""
-    for blk in blocks:
-        x = checkpoint(blk, x, use_reentrant=False) if grad_checkpointing and torch.is_grad_enabled() else blk(x)
-    return x
-
-
-class CrateEncoder(SavePretrainedMixin, nn.Module):
+class CrateEncoder(PatchTokens, Capabilities, nn.Module):
     """The CRATE encoder; with ``num_classes > 0`` a timm-style image classifier.
 
     forward_features(imgs) -> (N, 1+L, D) after the final norm; forward_head(x) pools ('token' = cls, 'avg' = mean of
@@ -87,12 +74,14 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
     ``prune_intermediate_layers``, ``group_matcher``, ``set_grad_checkpointing``, ``feature_info``.
     """
 
+    white_box = True
+
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, ista_step_size: float = 0.1,
                  ista_lambda: float = 0.5, num_classes: int = 0, global_pool: str = "token",
                  drop_path_rate: float = 0.0, pos_embed_mode: str = "interpolate"):
         super().__init__()
-        _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda)
+        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         self.patch_size = patch_size
@@ -113,27 +102,11 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
         self.num_prefix_tokens = 1
         reduction = patch_size
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
-        self.config = dict(architecture="crate", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+        self.init_contract(architecture="crate", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, ista_step_size=ista_step_size,
                            ista_lambda=ista_lambda, num_classes=num_classes, global_pool=global_pool,
                            drop_path_rate=drop_path_rate, pos_embed_mode=pos_embed_mode)
         init_weights(self, self.patch_embed, [self.cls_token])
-
-    # -- tokens ---------------------------------------------------------------------------------------------
-    def grid_size(self, imgs: torch.Tensor) -> tuple[int, int]:
-        check_images(imgs, self.patch_size, self.in_chans)
-        return imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
-
-    def prepare_tokens(self, imgs: torch.Tensor, mask: torch.Tensor | None = None,
-                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch-embed, replace masked patches by ``mask_token``, prepend cls, add the sin-cos table to all."""
-        grid = self.grid_size(imgs)
-        return tokens_with_mask_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), mask, mask_token)
-
-    def prepare_visible_tokens(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """The visible-only frame: table added to the patch embeddings, kept patches only, cls prepended."""
-        grid = self.grid_size(imgs)
-        return visible_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), ids_keep)
 
     # -- encoder ----------------------------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +137,7 @@ class CrateEncoder(SavePretrainedMixin, nn.Module):
 
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Softmax attention (N, heads, 1+L, 1+L) of encoder layer ``layer`` on the unmasked image."""
-        layer = _layer_index(layer, len(self.blocks), "encoder")
+        layer = layer_index(layer, len(self.blocks), "encoder")
         x = self.prepare_tokens(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
@@ -239,7 +212,7 @@ class CrateDecoder(nn.Module):
         return self.norm(run_blocks(self.blocks, y, self.grad_checkpointing))
 
 
-class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
+class CrateMAE(MaskedAutoencoder):
     """CRATE-MAE for masked completion. ``model(imgs, mask_ratio, noise)`` -> :class:`MAEOutput`.
 
     ``mask_tokens_in_encoder=True`` (default) is the paper's model: the encoder sees all 1 + L tokens, masked ones
@@ -247,6 +220,8 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
     cls + the kept patches; mask tokens and the position table enter before the decoder). It trains faster but is
     not the model of the paper.
     """
+
+    white_box = True
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, decoder_depth: int = 12,
@@ -257,7 +232,7 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         decoder_num_heads = decoder_num_heads or num_heads
         if decoder_depth < 1:
             raise ValueError(f"decoder_depth must be >= 1, got {decoder_depth}")
-        self.config = dict(architecture="crate_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+        self.init_contract(architecture="crate_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, decoder_depth=decoder_depth,
                            decoder_num_heads=decoder_num_heads, ista_step_size=ista_step_size,
                            ista_lambda=ista_lambda, norm_pix_loss=norm_pix_loss, pos_embed_mode=pos_embed_mode,
@@ -325,32 +300,20 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
 
     def trace_layers(self, imgs: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None,
                      encoder_layers: list[int] | None = None, decoder_layers: list[int] | None = None) -> Intermediates:
-        """Run the whole autoencoder and keep the tensors of the chosen layers (default: all).
-
-        Each kept layer gives a :class:`LayerTrace` (input, MSSA input, half step, ISTA input, output). With
+        """Run the whole autoencoder under a :class:`LayerRecorder` and keep the (detached) tensors of the chosen
+        layers (default: all): a :class:`LayerTrace` each (input, MSSA input, half step, ISTA input, output). With
         ``mask_ratio = 0`` (default) nothing is masked; the latent then equals ``forward_features``.
         """
-        n_enc, n_dec = len(self.encoder.blocks), len(self.decoder.blocks)
-        enc_keep = {_layer_index(i, n_enc, "encoder") for i in (range(n_enc) if encoder_layers is None else encoder_layers)}
-        dec_keep = {_layer_index(i, n_dec, "decoder") for i in (range(n_dec) if decoder_layers is None else decoder_layers)}
-        x, mask, ids_restore = self.encoder_input(imgs, mask_ratio, noise)
-        out = Intermediates(mask=mask)
-        for i, blk in enumerate(self.encoder.blocks):
-            if i in enc_keep:
-                out.encoder[i] = blk.trace(x)
-                x = out.encoder[i].z_out
-            else:
-                x = blk(x)
-        out.latent = self.encoder.norm(x)
-        x = self.decoder_input(out.latent, ids_restore, self.grid_size(imgs))
-        for i, blk in enumerate(self.decoder.blocks):
-            if i in dec_keep:
-                out.decoder[i] = blk.trace(x)
-                x = out.decoder[i].z_out
-            else:
-                x = blk(x)
-        out.pred = self.decoder_pred(self.decoder.norm(x))[:, 1:]
-        return out
+        keep = {}
+        for part, chosen in (("encoder", encoder_layers), ("decoder", decoder_layers)):
+            n = len(getattr(self, part).blocks)
+            keep[part] = {layer_index(i, n, part) for i in (range(n) if chosen is None else chosen)}
+        with LayerRecorder(self) as rec:
+            out = self(imgs, mask_ratio=mask_ratio, noise=noise)
+        traces = {part: {i: t for (p, i), t in rec.collect().items() if p == part and i in keep[part]}
+                  for part in keep}
+        return Intermediates(encoder=traces["encoder"], decoder=traces["decoder"], latent=out.latent,
+                             mask=out.mask, pred=out.pred)
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -371,60 +334,3 @@ class CrateMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder.cls_token", "mask_token"}
-
-
-# -- helpers ------------------------------------------------------------------------------------------------------
-def init_weights(model: nn.Module, patch_embed: nn.Module, tokens: list[nn.Parameter]) -> None:
-    """The official MAE / CRATE-MAE ``initialize_weights``: xavier-uniform patch-embedding weight (as a Linear) and
-    Linear weights, zero Linear biases, N(0, 0.02) tokens, unit LayerNorms. The patch-embedding bias keeps Conv2d's
-    default; raw square parameters (ISTA dictionaries, decoder linears) keep the kaiming-uniform init their
-    modules give them (see layers.py)."""
-    w = patch_embed.proj.weight
-    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-    for t in tokens:
-        nn.init.normal_(t, std=0.02)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def check_images(imgs: torch.Tensor, patch_size: int, in_chans: int) -> None:
-    """Clear errors for inputs the model cannot take."""
-    if not isinstance(imgs, torch.Tensor) or imgs.ndim != 4:
-        shape = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
-        raise ValueError(f"expected images of shape (N, C, H, W), got {shape}")
-    if imgs.shape[1] != in_chans:
-        raise ValueError(f"expected {in_chans} input channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
-    H, W = imgs.shape[-2:]
-    if H % patch_size or W % patch_size or H == 0 or W == 0:
-        raise ValueError(f"image size {H}x{W} is not a positive multiple of the patch size {patch_size}")
-
-
-def _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size=0.1,
-                  ista_lambda=0.0) -> None:
-    sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if patch_size < 1 or any(s % patch_size or s < patch_size for s in sizes):
-        raise ValueError(f"img_size={img_size} is not a positive multiple of patch_size={patch_size}")
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-    if num_heads < 1 or embed_dim % num_heads:
-        raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
-    if embed_dim % 4:
-        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 (2-D sin-cos position table)")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    if not ista_step_size > 0:
-        raise ValueError(f"ista_step_size must be > 0, got {ista_step_size}")
-    if not ista_lambda >= 0:
-        raise ValueError(f"ista_lambda must be >= 0 (a negative threshold is not a sparsity penalty), got {ista_lambda}")
-
-
-def _layer_index(layer: int, n: int, what: str) -> int:
-    if not -n <= layer < n:
-        raise ValueError(f"{what} layer {layer} out of range for {n} layers")
-    return layer % n

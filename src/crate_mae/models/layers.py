@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
 class MSSA(nn.Module):
     """Multi-head subspace self-attention, the compression step (a gradient step on R^c(Z | U_[K])).
 

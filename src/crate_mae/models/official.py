@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import PatchEmbed
 
+from .base import official_shape_kwargs
 from .layers import sincos_pos_embed
 from .masking import masked_mse, patchify
 
@@ -229,3 +230,8 @@ def to_official(model: nn.Module) -> dict[str, torch.Tensor]:
     out.update(pos_embed=table.clone(), decoder_pos_embed=table.clone(),
                **{"decoder_embed.weight": torch.zeros(d, d), "decoder_embed.bias": torch.zeros(d)})
     return out
+
+
+def kwargs_from_official(state: Mapping[str, torch.Tensor]) -> dict:
+    """CrateMAE keywords read off an official state dict (heads and ISTA's eta / lambda are not stored)."""
+    return official_shape_kwargs(state, "blocks.{}.layers.0.0.fn.qkv.weight", "decoder_blocks.{}.layers.0.0.fn.weight")

@@ -1,10 +1,15 @@
-"""A timm-style model registry: ``create_model("crate_mae_base", **overrides)``."""
+"""A timm-style model registry: ``create_model("crate_mae_base", **overrides)``. The one preset table: checkpoint
+conversion reads heads and preset names off it too (heads cannot be read off square weight matrices)."""
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Callable
 
 import torch.nn as nn
+
+from .crate_mae import CrateEncoder, CrateMAE
+from .vit_mae import ViTMAE
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict] = {}
@@ -17,8 +22,6 @@ def register_model(name: str, factory: Callable[..., nn.Module], **defaults) -> 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern."""
-    import fnmatch
-
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
@@ -28,20 +31,21 @@ def model_defaults(name: str) -> dict:
     return dict(_DEFAULTS[name])
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides) -> nn.Module:
-    """Build a registered model; keyword arguments override the preset. ``pretrained`` is a checkpoint path
-    (any format :func:`crate_mae.load_checkpoint` reads) whose weights are loaded into the new model."""
+def find_preset(factory: Callable[..., nn.Module], **match) -> str | None:
+    """The first preset built by ``factory`` whose keywords include ``match`` (e.g. ``embed_dim=768``), or None."""
+    return next((n for n in _MODELS if _MODELS[n] is factory and match.items() <= _DEFAULTS[n].items()), None)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model at random init; keyword arguments override the preset (weights:
+    :func:`crate_mae.create_model` with ``pretrained=``)."""
     _check_name(name)
     kwargs = {**_DEFAULTS[name], **overrides}
     try:
         model = _MODELS[name](**kwargs)
     except TypeError as e:
         raise ValueError(f"bad argument for model {name!r}: {e}") from None
-    model.config = {**getattr(model, "config", {}), "model": name}
-    if pretrained is not None:
-        from ..checkpoint import load_weights_into
-
-        load_weights_into(model, pretrained)
+    model.config["model"] = name
     return model
 
 
@@ -51,9 +55,6 @@ def _check_name(name: str) -> None:
 
 
 def _register_presets() -> None:
-    from .crate_mae import CrateEncoder, CrateMAE
-    from .vit_mae import ViTMAE
-
     crate_sizes = {  # width, heads, encoder depth = decoder depth (Ma-Lab-Berkeley/CRATE mae_crate_*)
         "tiny": (384, 6, 12),
         "small": (576, 12, 12),

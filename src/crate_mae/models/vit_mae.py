@@ -19,29 +19,37 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .crate_mae import _check_config, _layer_index, check_images, init_weights, run_blocks
-from .embedding import PositionTable, restore_with_mask_tokens, tokens_with_mask_tokens, visible_tokens
+from .base import (
+    Capabilities,
+    MaskedAutoencoder,
+    PatchTokens,
+    check_config,
+    init_weights,
+    layer_index,
+    official_shape_kwargs,
+    run_blocks,
+)
+from .embedding import PositionTable, restore_with_mask_tokens
 from .masking import random_masking
-from .mixins import MaskedImageModelMixin, SavePretrainedMixin
 from .outputs import MAEOutput
 
 LN_EPS = 1e-6
 
 
-class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
+class ViTMAE(PatchTokens, MaskedAutoencoder):
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, norm_pix_loss: bool = False, mask_tokens_in_encoder: bool = False,
                  pos_embed_mode: str = "interpolate"):
         super().__init__()
-        _check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth)
-        _check_config(img_size, patch_size, in_chans, decoder_embed_dim, decoder_num_heads, decoder_depth)
+        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth)
+        check_config(img_size, patch_size, in_chans, decoder_embed_dim, decoder_num_heads, decoder_depth)
         mask_tokens_in_encoder = bool(mask_tokens_in_encoder)
         if mask_tokens_in_encoder and decoder_embed_dim != embed_dim:
             raise ValueError(f"with mask_tokens_in_encoder=True the encoder output feeds the decoder directly, so "
                              f"decoder_embed_dim ({decoder_embed_dim}) must equal embed_dim ({embed_dim})")
-        self.config = dict(architecture="vit_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+        self.init_contract(architecture="vit_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                            decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
                            decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
@@ -79,26 +87,14 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         """Recompute each encoder and decoder block in backward instead of storing its activations."""
         self.grad_checkpointing = enable
 
-    # -- shapes -----------------------------------------------------------------------------------------------------
-    def grid_size(self, imgs: torch.Tensor) -> tuple[int, int]:
-        check_images(imgs, self.patch_size, self.in_chans)
-        return imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
-
-    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Unmasked encoder input: cls + every patch, position table added: (N, 1+L, D)."""
-        return tokens_with_mask_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(self.grid_size(imgs)))
-
     # -- masked autoencoding ------------------------------------------------------------------------------------------
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(latent, mask, ids_restore)``: latent (N, 1+L_keep, D) visible-only, (N, 1+L, D) with mask tokens."""
-        grid = self.grid_size(imgs)
-        x = self.patch_embed(imgs)
-        mask, ids_keep, ids_restore = random_masking(x.shape[0], x.shape[1], mask_ratio, noise, imgs.device)
-        if self.mask_tokens_in_encoder:
-            x = tokens_with_mask_tokens(x, self.cls_token, self.pos_embed(grid), mask, self.mask_token)
-        else:
-            x = visible_tokens(x, self.cls_token, self.pos_embed(grid), ids_keep)
+        h, w = self.grid_size(imgs)
+        mask, ids_keep, ids_restore = random_masking(imgs.shape[0], h * w, mask_ratio, noise, imgs.device)
+        x = (self.prepare_tokens(imgs, mask, self.mask_token) if self.mask_tokens_in_encoder
+             else self.prepare_visible_tokens(imgs, ids_keep))
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing)), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -114,15 +110,15 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         pred = self.forward_decoder(latent, ids_restore, self.grid_size(imgs))
         return MAEOutput(loss=self.forward_loss(imgs, pred, mask), pred=pred, mask=mask, latent=latent)
 
-    # -- features --------------------------------------------------------------------------------------------------------
+    # -- features ------------------------------------------------------------------------------------------------------
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """Unmasked image -> encoder on all tokens -> final norm: (N, 1+L, D)."""
-        return self.norm(run_blocks(self.blocks, self.embed(imgs), self.grad_checkpointing))
+        return self.norm(run_blocks(self.blocks, self.prepare_tokens(imgs), self.grad_checkpointing))
 
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Softmax attention (N, heads, 1+L, 1+L) of encoder block ``layer`` on the unmasked image."""
-        layer = _layer_index(layer, len(self.blocks), "encoder")
-        x = self.embed(imgs)
+        layer = layer_index(layer, len(self.blocks), "encoder")
+        x = self.prepare_tokens(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
         attn = self.blocks[layer].attn
@@ -149,7 +145,7 @@ class ViTMAE(MaskedImageModelMixin, SavePretrainedMixin, nn.Module):
         return {"cls_token", "mask_token"}
 
 
-class MAEViTClassifier(VisionTransformer):
+class MAEViTClassifier(Capabilities, VisionTransformer):
     """timm's VisionTransformer grouped for layer-wise lr decay as facebookresearch/mae's ``get_layer_id_for_vit``:
     the final norm and head form the last group (timm's own matcher merges the norm into the last block)."""
 
@@ -168,7 +164,22 @@ def vit_classifier(img_size: int | tuple[int, int] = 224, patch_size: int = 16, 
                             depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                             num_classes=num_classes, global_pool=global_pool, fc_norm=False,
                             drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
-    vit.config = dict(architecture="vit", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+    vit.init_contract(architecture="vit", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                       embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                       num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
     return vit
+
+
+def kwargs_from_official(state: dict[str, torch.Tensor]) -> dict:
+    """ViTMAE keywords read off a facebookresearch/mae (or CRATE-repo ``mae_vit_*``) state dict; heads and the
+    masking frame are not stored."""
+    cfg = official_shape_kwargs(state, "blocks.{}.attn.qkv.weight", "decoder_blocks.{}.attn.qkv.weight")
+    if "decoder_blocks.0.attn.qkv.weight" in state:
+        cfg["decoder_embed_dim"] = state["decoder_blocks.0.attn.qkv.weight"].shape[1]
+    elif "decoder_embed.weight" in state:
+        cfg["decoder_embed_dim"] = state["decoder_embed.weight"].shape[0]
+    if cfg["decoder_depth"] == 0:  # an encoder-only file: the decoder keeps its default depth
+        del cfg["decoder_depth"]
+    cfg["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / cfg["embed_dim"]
+    cfg["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
+    return cfg

@@ -1,18 +1,11 @@
-"""Masked-completion pretraining: config, optimiser/schedule, the run engine shared with fine-tuning, checkpoints,
-torchrun DDP.
+"""Masked-completion pretraining, a Task of the run engine (:mod:`crate_mae.engine`, whose names are re-exported).
 
     from crate_mae.training import load_config, pretrain
     summary = pretrain(load_config("configs/demo.yaml", ["optim.epochs=2"]))
 """
 
-from .checkpointing import find_latest_checkpoint, list_checkpoints, load_training_state
-from .config import DataConfig, ModelConfig, OptimConfig, PretrainConfig, RunConfig, load_config
-from .engine import NonFiniteLossError, Runner, Task, TrainState, run
-from .optim import WarmupCosine, build_optimizer, effective_lr
+from ..engine import *  # noqa: F403  (the engine's names, for one import line in scripts)
+from ..engine import __all__ as _engine_all
 from .pretrain import build_pretrain_dataset, pretrain
-from .visualize import reconstruct, save_reconstruction_grid
 
-__all__ = ["DataConfig", "ModelConfig", "NonFiniteLossError", "OptimConfig", "PretrainConfig", "RunConfig", "Runner",
-           "Task", "TrainState", "WarmupCosine", "build_optimizer", "build_pretrain_dataset", "effective_lr",
-           "find_latest_checkpoint", "list_checkpoints", "load_config", "load_training_state", "pretrain",
-           "reconstruct", "run", "save_reconstruction_grid"]
+__all__ = [*_engine_all, "build_pretrain_dataset", "pretrain"]

@@ -24,11 +24,21 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ..analysis.inputs import Normalization
+from ..analysis.reconstruction import save_reconstructions
 from ..checkpoint import save_pretrained
-from .checkpointing import find_latest_checkpoint
-from .config import PretrainConfig, flatten
-from .engine import Runner, Task, run, state_sha256
-from .sampling import SeededSamples
+from ..data import book_pretrain_transform, build_dataset, pretrain_transform, resolve_num_workers
+from ..data.demo import DemoPhotos
+from ..engine.checkpointing import find_latest_checkpoint
+from ..engine.config import PretrainConfig, flatten
+from ..engine.optim import build_optimizer
+from ..engine.runner import Runner, Task, run
+from ..engine.sampling import SeededSamples
+from ..evaluation.features import check_same_classes, compute_features
+from ..evaluation.knn import knn_evaluate
+from ..models import create_model
+from ..models.registry import _MODELS, model_defaults
+from ..utils import state_sha256
 
 
 def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None, device: torch.device | str | None = None
@@ -50,7 +60,6 @@ class Pretraining(Task):
 
     def __init__(self, runner: Runner, dataset: Dataset | None):
         super().__init__(runner)
-        from ..models import create_model
 
         cfg = self.cfg = runner.cfg
         self.title = cfg.model.name
@@ -71,8 +80,6 @@ class Pretraining(Task):
         self.knn: dict[str, float] | None = None
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        from .optim import build_optimizer
-
         o = self.cfg.optim
         return build_optimizer(self.model, lr, o.weight_decay, o.betas, o.param_groups)
 
@@ -84,7 +91,6 @@ class Pretraining(Task):
 
     def config_defaults(self) -> dict[str, Any]:
         """Defaults of the config sections and of the model constructor, for keys an older config lacks."""
-        from ..models.registry import _MODELS, model_defaults
 
         name = self.cfg.model.name
         ctor = {k: p.default for k, p in inspect.signature(_MODELS[name]).parameters.items()
@@ -140,22 +146,18 @@ class Pretraining(Task):
         return loss
 
     def visualize(self, path: Path, title: str) -> None:
-        from .visualize import save_reconstruction_grid
-
         imgs, noise = self.fixed
-        device = self.runner.device
-        save_reconstruction_grid(self.model, imgs.to(device), path, self.cfg.data.mean, self.cfg.data.std,
-                                 self.cfg.model.mask_ratio, noise.to(device), title=title)
+        device, norm = self.runner.device, Normalization(tuple(self.cfg.data.mean), tuple(self.cfg.data.std))
+        save_reconstructions(self.model, imgs.to(device), norm, path, self.cfg.model.mask_ratio, title=title,
+                             noise=noise.to(device))
 
 
 def knn_monitor(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> dict[str, float]:
     """Weighted k-NN accuracy (%) of the encoder's cls and mean-pooled features on ``run.knn_data`` (``top1``/``top5``
     for cls, ``mean_top1``/``mean_top5`` for mean-pooled tokens, which can move differently): train split as the memory,
-    val split as queries (k = ``run.knn_k``), the pretraining normalisation and size, unmasked images. Every rank computes it (the
-    same numbers), so no rank waits in a collective meanwhile; keep the splits small (``run.knn_limit``)."""
-    from ..data import resolve_num_workers
-    from ..evaluation.features import check_same_classes, compute_features
-    from ..evaluation.knn import knn_evaluate
+    val split as queries (k = ``run.knn_k``), the pretraining normalisation and size, unmasked images. Every rank
+    computes it (the same numbers), so no rank waits in a collective meanwhile; keep the splits small
+    (``run.knn_limit``)."""
 
     r, d = cfg.run, cfg.data
     was = model.training
@@ -178,7 +180,6 @@ def knn_monitor(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> 
 
 def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
     """The dataset ``cfg.data`` describes, with MAE pretraining augmentation (via :mod:`crate_mae.data`)."""
-    from ..data import book_pretrain_transform, build_dataset, pretrain_transform
 
     d = cfg.data
     if d.augment == "book":
@@ -186,7 +187,6 @@ def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
     else:
         transform = pretrain_transform(d.img_size, mean=d.mean, std=d.std, scale=d.scale, hflip=d.hflip)
     if d.demo:
-        from ..data.demo import DemoPhotos
 
         return DemoPhotos(num_samples=d.demo_samples, img_size=d.img_size, transform=transform, seed=cfg.run.seed)
     return build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict, cache=d.cache)

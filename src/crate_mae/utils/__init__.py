@@ -6,15 +6,19 @@ import contextlib
 import errno
 import hashlib
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .device import amp_dtype, autocast_dtype, default_device
+import torch
+import yaml
 
-__all__ = ["NoSpaceError", "amp_dtype", "atomic_write", "autocast_dtype", "default_device", "file_sha256",
-           "parse_key_values", "torch_load", "writing"]
+from .device import amp_dtype, default_device
+
+__all__ = ["NoSpaceError", "amp_dtype", "atomic_write", "default_device", "file_sha256", "parse_key_values",
+           "state_sha256", "torch_load", "writing"]
 
 
 class NoSpaceError(RuntimeError):
@@ -26,6 +30,16 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the names and raw bytes of a model's state dict: the fingerprint of unsaved weights (equal on
+    every rank of a healthy DDP run, across reruns of deterministic training, and for the same name + seed)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -102,9 +116,6 @@ def torch_load(path: str | os.PathLike) -> Any:
 
     A file holding Python objects is refused without torch's advice to pass ``weights_only=False``: for a file of
     unknown origin that advice is how code gets run."""
-    import pickle
-
-    import torch
 
     path = Path(path)
     if not path.is_file():
@@ -126,7 +137,6 @@ def torch_load(path: str | os.PathLike) -> Any:
 def parse_key_values(items: list[str], form: str = "KEY=VALUE") -> dict:
     """``KEY=VALUE`` strings -> dict, values parsed as YAML (ints, floats, booleans, lists, null).
     ``form`` names the expected shape in the error message."""
-    import yaml
 
     out = {}
     for item in items:

@@ -33,8 +33,3 @@ def amp_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:
     if mode == "off":
         return None
     raise ValueError(f"amp mode must be one of {AMP_MODES}, got {mode!r}")
-
-
-def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
-    """Inference precision: :func:`amp_dtype` ``('auto', device)``."""
-    return amp_dtype("auto", device)

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
+from tqdm import tqdm
+
 
 class Progress:
     """A tqdm bar on a terminal; off a terminal (batch scheduler, ``> log``) a plain line every ``every_s``
@@ -24,7 +26,6 @@ class Progress:
             return
         isatty = getattr(self.stream, "isatty", None)
         if isatty is not None and isatty():
-            from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, leave=False, dynamic_ncols=True)
         self.t0 = self.t_last = clock()

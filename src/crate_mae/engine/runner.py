@@ -21,6 +21,7 @@ are the two tasks.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -31,14 +32,26 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from ..checkpoint import _load_exact
 from ..data.loader import resolve_num_workers
-from ..utils import NoSpaceError, amp_dtype
-from .checkpointing import (DamagedCheckpointError, RunLock, capture_rng, find_latest_checkpoint, read_checkpoint,
-                            restore_rng, resume_candidates, save_checkpoint)
+from ..utils import NoSpaceError, amp_dtype, atomic_write, writing
+from ..utils.progress import Progress
+from .checkpointing import (
+    DamagedCheckpointError,
+    RunLock,
+    capture_rng,
+    find_latest_checkpoint,
+    read_checkpoint,
+    restore_rng,
+    resume_candidates,
+    save_checkpoint,
+)
 from .config import config_changes, save_config
 from .distributed import DistInfo, agree, all_reduce_sum, cleanup_distributed, init_distributed, wrap_model
 from .optim import WarmupCosine, effective_lr
@@ -82,7 +95,7 @@ class Task:
     train_set: Dataset
     extra: dict[str, Any]
 
-    def __init__(self, runner: "Runner"):
+    def __init__(self, runner: Runner):
         self.runner = runner
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
@@ -117,11 +130,10 @@ class Task:
         raise NotImplementedError
 
 
-def run(cfg: Any, make_task: Callable[["Runner"], Task], device: torch.device | str | None = None) -> dict[str, Any]:
+def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | str | None = None) -> dict[str, Any]:
     """Validate ``cfg`` (sections ``optim``, ``run``, ``data``; see :mod:`.config`), join the process group, lock
     ``cfg.run.output_dir``, train ``make_task(runner)`` and return its :meth:`Task.finish` result. A process group
     the caller created is left alone; determinism flags are restored."""
-    import torch.distributed as dist
 
     cfg.validate()
     out = Path(cfg.run.output_dir)
@@ -161,7 +173,7 @@ class Runner:
     """One training run: built by :func:`run`; a Task reads ``cfg``, ``info``, ``device``, ``amp_dtype``, ``out``,
     ``state``, ``lr`` and calls :meth:`say`, :meth:`on_main`, :meth:`check_weights` from its hooks."""
 
-    def __init__(self, cfg: Any, info: DistInfo, make_task: Callable[["Runner"], Task]):
+    def __init__(self, cfg: Any, info: DistInfo, make_task: Callable[[Runner], Task]):
         r, o = cfg.run, cfg.optim
         self.cfg, self.info, self.device, self.out = cfg, info, info.device, Path(r.output_dir)
         if r.deterministic:
@@ -237,7 +249,6 @@ class Runner:
         accum = o.accum_iter
         self.sampler.set_epoch(st.epoch, st.iter_in_epoch)
         self.net.train()
-        from ..utils.progress import Progress
 
         bar = Progress(self.steps_per_epoch - st.iter_in_epoch // accum, f"epoch {st.epoch + 1}/{o.epochs}", "step",
                        enabled=info.is_main and self.cfg.run.progress)
@@ -357,7 +368,6 @@ class Runner:
 
     def save(self) -> Path | None:
         """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
-        import torch.distributed as dist
 
         self.check_weights()
         rngs = [capture_rng(self.device)]
@@ -400,7 +410,6 @@ class Runner:
     def _resume(self, resume: str | None) -> None:
         """Load the newest readable checkpoint ``resume`` names; with ``auto``, damaged ones are skipped with a
         warning. Refuse (ValueError naming the keys) a config that changes guarded keys, unless allowed."""
-        from ..checkpoint import _load_exact
 
         candidates = resume_candidates(resume, self.out)
         problems = []
@@ -458,11 +467,8 @@ class Runner:
         the file reads as this run), and TensorBoard purged past it."""
         if not self.info.is_main:
             return
-        import json
 
         from torch.utils.tensorboard import SummaryWriter
-
-        from ..utils import atomic_write
 
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out / "config.yaml")
@@ -491,9 +497,6 @@ class Runner:
         """Rank 0: append ``row`` to metrics.jsonl and ``scalars`` to TensorBoard at ``step``."""
         if not self.info.is_main:
             return
-        import json
-
-        from ..utils import writing
 
         path = self.out / "metrics.jsonl"
         with writing(path), open(path, "a") as f:
@@ -508,7 +511,6 @@ class Runner:
 
     def say(self, msg: str) -> None:
         if self.info.is_main:
-            from tqdm import tqdm
 
             tqdm.write(msg)
 
@@ -522,15 +524,3 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def state_sha256(model: nn.Module) -> str:
-    """Fingerprint of this process's weights (equal on every rank of a healthy DDP run; equal across reruns when
-    training is deterministic)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

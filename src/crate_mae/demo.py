@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils.data import DataLoader
 
-from .config import PretrainConfig, load_config
+from .analysis.inputs import Normalization
+from .analysis.reconstruction import save_reconstructions
+from .analysis.report import write_report
+from .checkpoint import from_pretrained
+from .data import resolve_num_workers
+from .engine.config import PretrainConfig, load_config
+from .engine.optim import adamw
+from .engine.sampling import SeededSamples
+from .models import create_model
+from .training.pretrain import build_pretrain_dataset, pretrain
+from .utils import amp_dtype, default_device
 
 
 def demo_config_path() -> Path:
@@ -23,13 +34,11 @@ def demo_config_path() -> Path:
 def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: bool = False,
              overrides: list[str] | None = None) -> dict[str, Any]:
     """Pretrain the demo model for about ``minutes`` on this machine (``quick``: a few steps, for tests), write the
-    reconstruction grid and (when :mod:`crate_mae.analysis.report` is installed) the white-box report.
+    reconstruction grid and the white-box report.
 
     The number of epochs is fitted to ``minutes`` by timing a few training steps of the demo model first, so the
     cosine schedule completes; ``run.max_minutes`` is a hard stop at 1.5x the budget.
     """
-    from .pretrain import pretrain
-
     base = [f"run.output_dir={out_dir}"]
     if quick:
         base += ["data.demo_samples=32", "optim.batch_size=8", "optim.epochs=1", "optim.warmup_epochs=0",
@@ -46,27 +55,20 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
     grid = out / "reconstruction.png"
     _final_grid(out, grid, cfg)
     summary["reconstruction"] = str(grid)
-    report = None
-    try:
-        from ..analysis.report import write_report
-    except ImportError:
-        write_report = None
-    if write_report is not None:
-        report = write_report(summary["model_dir"], out / "report")
-    summary["report"] = str(report) if report else None
+    report = write_report(summary["model_dir"], out / "report")
+    summary["report"] = str(report)
     b, a = summary["fixed_loss_before"], summary["fixed_loss_after"]
     print(f"\nmasked-patch loss on fixed demo images: {b:.4f} before -> {a:.4f} after "
           f"({summary['steps']} steps, {summary['elapsed_s']:.0f}s, {summary['img_per_s']:.0f} img/s)")
     print(f"  model:           {summary['model_dir']}")
     print(f"  reconstructions: {grid}  (per-epoch grids in {out / 'recon'})")
     print(f"  metrics:         {out / 'metrics.jsonl'}  (tensorboard --logdir {out / 'tb'})")
-    if report:
-        print(f"  white-box report: {report}")
+    print(f"  white-box report: {report}")
     return summary
 
 
 def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
-                      dataset: "torch.utils.data.Dataset | None" = None, device: torch.device | str | None = None,
+                      dataset: torch.utils.data.Dataset | None = None, device: torch.device | str | None = None,
                       clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
     """Time optimizer steps of the configured model on real batches and return ``(epochs, warmup_epochs)`` that fill
     ``minutes`` on this machine, keeping the config's warm-up fraction.
@@ -78,14 +80,6 @@ def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
     slower than the steady state (worker start-up, kernel selection, allocator warm-up), so 3 steps are discarded
     and the median of the following ones (at least 3 s of them by ``clock``, at most 20) is used.
     """
-    from torch.utils.data import DataLoader
-
-    from ..data import resolve_num_workers
-    from ..models import create_model
-    from ..utils import amp_dtype, default_device
-    from .optim import adamw
-    from .pretrain import build_pretrain_dataset
-
     device = torch.device(device) if device is not None else default_device()
     dtype = amp_dtype(cfg.run.amp, device)
     torch.manual_seed(0)
@@ -125,15 +119,10 @@ def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
 
 
 def _final_grid(out: Path, path: Path, cfg: PretrainConfig) -> None:
-    from ..checkpoint import from_pretrained
-    from .pretrain import build_pretrain_dataset
-    from .sampling import SeededSamples
-    from .visualize import save_reconstruction_grid
-
     model = from_pretrained(out / "model").eval()
     h, w = model.grid_size(torch.empty(1, 3, cfg.data.img_size, cfg.data.img_size))
     ds = SeededSamples(build_pretrain_dataset(cfg), cfg.run.seed, num_patches=h * w)
     items = [ds[(0, i)] for i in range(min(8, len(ds)))]
     imgs, noise = torch.stack([x for x, _ in items]), torch.stack([z for _, z in items])
-    save_reconstruction_grid(model, imgs, path, cfg.data.mean, cfg.data.std, cfg.model.mask_ratio, noise,
-                             title="CRATE-MAE demo: masked input | reconstruction | original")
+    save_reconstructions(model, imgs, Normalization(tuple(cfg.data.mean), tuple(cfg.data.std)), path,
+                         cfg.model.mask_ratio, noise=noise, title="CRATE-MAE demo: masked completion")

@@ -1,4 +1,4 @@
-"""Forward hooks that record what every CRATE layer computes, without changing what it computes.
+"""The one tracing mechanism: forward hooks that record what every CRATE layer computes, without changing it.
 
 ``with LayerRecorder(model) as rec: model(imgs)`` fills ``rec.traces[("encoder", i)]`` (and ``("decoder", i)`` for a
 CRATE-MAE) with :class:`~crate_mae.models.outputs.LayerTrace` objects. Hooks only read (they return ``None``), so the
@@ -8,8 +8,8 @@ Encoder layer (``CrateBlock``):   z_in = block input, mssa_in = norm1 output, z_
                                   ista_in = norm2 output, z_out = ista output.
 Decoder layer (``CrateDecoderBlock``): z_in = block input, z_half = linear output (Y' = W LN(Y)),
                                   mssa_in = norm2 output, z_out = block output.
-This matches ``CrateMAE.trace_layers`` (tested), but works on any forward pass and on the encoder-only
-``crate_*`` classifiers too.
+``CrateMAE.trace_layers`` is one forward pass under a recorder; the recorder also works on any other forward pass
+and on the encoder-only ``crate_*`` classifiers.
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ import torch
 import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
 
-from ..models.crate_mae import CrateBlock, CrateDecoderBlock, CrateEncoder, CrateMAE
-from ..models.outputs import LayerTrace
+from .outputs import LayerTrace
 
 
 def crate_blocks(model: nn.Module) -> dict[str, nn.ModuleList]:
     """The CRATE layer stacks of a model: {"encoder": blocks} or {"encoder": ..., "decoder": ...}."""
-    if isinstance(model, CrateMAE):
-        return {"encoder": model.encoder.blocks, "decoder": model.decoder.blocks}
-    if isinstance(model, CrateEncoder):
-        return {"encoder": model.blocks}
+    if getattr(model, "white_box", False):  # CrateMAE or CrateEncoder
+        return ({"encoder": model.encoder.blocks, "decoder": model.decoder.blocks} if model.has_decoder
+                else {"encoder": model.blocks})
     raise ValueError(f"layer-wise analysis needs a CRATE model (CrateMAE or CrateEncoder), got "
                      f"{type(model).__name__}; ViT-MAE layers have no subspaces or sparse codes to measure")
 
@@ -61,25 +59,16 @@ class LayerRecorder:
             self._store(key, name, args[0])
         return hook
 
-    def attach(self) -> "LayerRecorder":
+    def attach(self) -> LayerRecorder:
         if self._handles:
             raise RuntimeError("LayerRecorder is already attached")
         for part, blocks in self.stacks.items():
             for i, blk in enumerate(blocks):
                 key = (part, i)
-                h = self._handles
-                h.append(blk.register_forward_pre_hook(self._in(key, "z_in")))
-                if isinstance(blk, CrateBlock):
-                    h.append(blk.norm1.register_forward_hook(self._out(key, "mssa_in")))
-                    h.append(blk.norm2.register_forward_pre_hook(self._in(key, "z_half")))
-                    h.append(blk.norm2.register_forward_hook(self._out(key, "ista_in")))
-                    h.append(blk.ista.register_forward_hook(self._out(key, "z_out")))
-                elif isinstance(blk, CrateDecoderBlock):
-                    h.append(blk.linear.register_forward_hook(self._out(key, "z_half")))
-                    h.append(blk.norm2.register_forward_hook(self._out(key, "mssa_in")))
-                    h.append(blk.register_forward_hook(self._out(key, "z_out")))
-                else:
-                    raise ValueError(f"unexpected block type {type(blk).__name__} in {part}")
+                for sub, kind, name in blk.TRACE:  # each block declares where its LayerTrace fields are
+                    m = blk.get_submodule(sub)
+                    self._handles.append(m.register_forward_pre_hook(self._in(key, name)) if kind == "in"
+                                         else m.register_forward_hook(self._out(key, name)))
         return self
 
     def detach(self) -> None:
@@ -99,7 +88,7 @@ class LayerRecorder:
     def __iter__(self) -> Iterator[tuple[tuple[str, int], LayerTrace]]:
         return iter(self.collect().items())
 
-    def __enter__(self) -> "LayerRecorder":
+    def __enter__(self) -> LayerRecorder:
         return self.attach()
 
     def __exit__(self, *exc) -> None:

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
-from ..utils import fsync_dir, writing
+from ..utils import fsync_dir, torch_load, writing
 
 STATE_NAME = "training_state.pt"
 CKPT_DIR = "checkpoints"
@@ -182,7 +183,6 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     """``training_state.pt`` of a checkpoint folder, read with ``weights_only=True``."""
-    from ..utils import torch_load
 
     return torch_load(Path(path) / STATE_NAME)
 
@@ -190,14 +190,14 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(training state, weights) of a checkpoint folder; :class:`DamagedCheckpointError` naming the file when
     either cannot be read or the weights are not finite."""
-    from safetensors.torch import load_file
 
     path = Path(path)
     try:
         state = load_training_state(path)
     except ValueError as e:
         raise DamagedCheckpointError(str(e)) from None
-    missing = [k for k in ("step", "epoch", "iter_in_epoch", "optimizer") if not isinstance(state, dict) or k not in state]
+    missing = [k for k in ("step", "epoch", "iter_in_epoch", "optimizer")
+               if not isinstance(state, dict) or k not in state]
     if missing:
         raise DamagedCheckpointError(f"{path / STATE_NAME} is not a training state (missing {', '.join(missing)})")
     try:

@@ -13,8 +13,10 @@ Two ideas make a run reproducible bit for bit across ``torchrun`` world sizes an
 
 from __future__ import annotations
 
+import random
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -51,10 +53,6 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]):
-        import random
-
-        import numpy as np
-
         epoch, index = key
         s = sample_seed(self.seed, epoch, index)
         if not self.torch_only:

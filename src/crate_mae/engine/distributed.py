@@ -5,12 +5,15 @@ A plain ``python`` launch is a world of one; nothing here needs torchrun to be p
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..utils import default_device
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,6 @@ def init_distributed(device: torch.device | str | None = None) -> DistInfo:
     Each process uses ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU with the gloo backend. More
     processes per node than visible GPUs is refused with a ValueError (CUDA would say "invalid device ordinal").
     """
-    from ..utils import default_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -92,7 +94,6 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, compile: bool = False) ->
 
     No buffer sync before each forward (``broadcast_buffers=False``): the only buffers are the fixed sin-cos tables,
     identical on every rank, which DDP would otherwise re-send before every forward."""
-    import inspect
 
     net = model
     if info.enabled:

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import yaml
 
 from ..data import DATA_KINDS, IMAGENET_MEAN, IMAGENET_STD
-from ..utils import parse_key_values, yaml_problem
+from ..models.registry import _MODELS, list_models, model_defaults
+from ..utils import atomic_write, parse_key_values, yaml_problem
 from ..utils.device import AMP_MODES
 from .optim import PARAM_GROUPS
 
@@ -115,7 +116,7 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
 
-    def validate(self) -> "PretrainConfig":
+    def validate(self) -> PretrainConfig:
         """Raise one ValueError naming every bad value (dotted key = value: why)."""
         errors = _validate(self)
         if errors:
@@ -178,7 +179,6 @@ def build_sections(raw: dict[str, Any], sections: dict[str, type], what: str) ->
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write a config dataclass (anything with ``to_dict``) as YAML, atomically."""
-    from ..utils import atomic_write
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
@@ -334,7 +334,6 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     errors, number, integer = check.errors, check.number, check.integer
     m, d = cfg.model, cfg.data
     # model
-    from ..models.registry import _MODELS, list_models
 
     if m.name not in _MODELS:
         errors.append(f"model.name = {m.name!r}: unknown model; available: {', '.join(list_models())}")
@@ -360,7 +359,6 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     check(integer(d.img_size) and d.img_size > 0, "data.img_size", d.img_size, "must be a positive integer")
     patch = m.overrides.get("patch_size") if isinstance(m.overrides, dict) else None
     if patch is None and m.name in _MODELS:
-        from ..models.registry import model_defaults
 
         patch = model_defaults(m.name).get("patch_size")
     if integer(d.img_size) and integer(patch) and patch > 0:

@@ -1,0 +1,181 @@
+"""The contract every network here keeps, so that other layers branch on stated facts instead of probing attributes.
+
+- ``has_decoder`` / ``white_box``: class-level capabilities (a masked autoencoder that reconstructs; CRATE's
+  MSSA + ISTA layers, whose coding rates and sparsity the analysis tools measure).
+- ``config``: the constructor keywords (+ ``architecture``, and ``model`` for a registry preset), enough to rebuild it.
+- ``data_config``: the preprocessing it was trained with (``img_size``, ``mean``, ``std``), filled in when weights are
+  loaded and read through :func:`crate_mae.data.resolve_data_config`, never from ``config``.
+- ``provenance``: where the weights came from (checkpoint path, random init, what a run recorded); reports only.
+Models do not read or write files: that is :mod:`crate_mae.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .embedding import tokens_with_mask_tokens, visible_tokens
+from .masking import masked_mse, normalize_patches, patchify, unpatchify
+
+
+class Capabilities:
+    has_decoder = False
+    white_box = False
+
+    def init_contract(self, **config: Any) -> None:
+        self.config = config
+        self.data_config: dict[str, Any] = {}
+        self.provenance: dict[str, Any] = {}
+
+
+class PatchTokens:
+    """The encoder input of both architectures, in either masking frame (see embedding.py). Needs ``patch_embed``,
+    ``cls_token``, ``pos_embed`` (a PositionTable), ``patch_size``, ``in_chans``."""
+
+    def grid_size(self, imgs: torch.Tensor) -> tuple[int, int]:
+        check_images(imgs, self.patch_size, self.in_chans)
+        return imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
+
+    def prepare_tokens(self, imgs: torch.Tensor, mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch-embed, replace masked patches by ``mask_token``, prepend cls, add the sin-cos table to all."""
+        grid = self.grid_size(imgs)
+        return tokens_with_mask_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), mask, mask_token)
+
+    def prepare_visible_tokens(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """The visible-only frame: table added to the patch embeddings, kept patches only, cls prepended."""
+        grid = self.grid_size(imgs)
+        return visible_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), ids_keep)
+
+
+class MaskedAutoencoder(Capabilities, nn.Module):
+    """``forward(imgs, mask_ratio, noise) -> MAEOutput``, with the patch (un)folding and masked-patch loss shared by
+    CRATE-MAE and ViT-MAE. Needs ``patch_size``, ``in_chans``, ``norm_pix_loss`` and ``grid_size(imgs)``."""
+
+    has_decoder = True
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        self.grid_size(imgs)
+        return patchify(imgs, self.patch_size)
+
+    def unpatchify(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(N, L, p*p*C) -> images; ``grid_size`` (h, w) defaults to a square grid."""
+        if grid_size is None:
+            side = int(round(x.shape[1] ** 0.5))
+            grid_size = (side, side)
+        return unpatchify(x, self.patch_size, grid_size, self.in_chans)
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE on masked patches against the (optionally per-patch normalised) pixels, in fp32."""
+        target = patchify(imgs, self.patch_size)
+        if self.norm_pix_loss:
+            target = normalize_patches(target)
+        return masked_mse(pred.float(), target.float(), mask)
+
+    @torch.no_grad()
+    def reconstruct(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """Images in the input's (normalised) space: ``masked`` (masked patches 0, the dataset mean colour once
+        un-normalised), ``recon`` (visible patches from the input, masked ones predicted), ``pred`` (all
+        predicted), and ``mask`` (N, L), ``loss``. With ``norm_pix_loss`` the predictions are per-patch standardised
+        pixels, mapped back with the *target's own* patch mean and variance (the MAE demo's convention)."""
+        was_training = self.training
+        self.eval()
+        out = self(imgs, mask_ratio=mask_ratio, noise=noise)
+        self.train(was_training)
+        target = self.patchify(imgs)
+        pred = out.pred.float()
+        if self.norm_pix_loss:
+            pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+        m = out.mask.unsqueeze(-1)
+        grid = self.grid_size(imgs)
+        return {"masked": self.unpatchify(target * (1 - m), grid),
+                "recon": self.unpatchify(target * (1 - m) + pred * m, grid), "pred": self.unpatchify(pred, grid),
+                "mask": out.mask, "loss": out.loss.detach()}
+
+
+def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """Apply ``blocks`` in order; with ``grad_checkpointing`` (and autograd on) each block's activations are
+    recomputed in backward instead of stored."""
+    for blk in blocks:
+        x = checkpoint(blk, x, use_reentrant=False) if grad_checkpointing and torch.is_grad_enabled() else blk(x)
+    return x
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+def init_weights(model: nn.Module, patch_embed: nn.Module, tokens: list[nn.Parameter]) -> None:
+    """The official MAE / CRATE-MAE ``initialize_weights``: xavier-uniform patch-embedding weight (as a Linear) and
+    Linear weights, zero Linear biases, N(0, 0.02) tokens, unit LayerNorms. The patch-embedding bias keeps Conv2d's
+    default; raw square parameters (ISTA dictionaries, decoder linears) keep the kaiming-uniform init their
+    modules give them (see layers.py)."""
+    w = patch_embed.proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    for t in tokens:
+        nn.init.normal_(t, std=0.02)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def check_images(imgs: torch.Tensor, patch_size: int, in_chans: int) -> None:
+    """Clear errors for inputs the model cannot take."""
+    if not isinstance(imgs, torch.Tensor) or imgs.ndim != 4:
+        shape = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
+        raise ValueError(f"expected images of shape (N, C, H, W), got {shape}")
+    if imgs.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {imgs.shape[1]} (shape {tuple(imgs.shape)})")
+    H, W = imgs.shape[-2:]
+    if H % patch_size or W % patch_size or H == 0 or W == 0:
+        raise ValueError(f"image size {H}x{W} is not a positive multiple of the patch size {patch_size}")
+
+
+def check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size=0.1,
+                 ista_lambda=0.0) -> None:
+    sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if patch_size < 1 or any(s % patch_size or s < patch_size for s in sizes):
+        raise ValueError(f"img_size={img_size} is not a positive multiple of patch_size={patch_size}")
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    if num_heads < 1 or embed_dim % num_heads:
+        raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 (2-D sin-cos position table)")
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if not ista_step_size > 0:
+        raise ValueError(f"ista_step_size must be > 0, got {ista_step_size}")
+    if not ista_lambda >= 0:
+        raise ValueError(f"ista_lambda must be >= 0 (a negative threshold is not a sparsity penalty), got "
+                         f"{ista_lambda}")
+
+
+def layer_index(layer: int, n: int, what: str = "encoder") -> int:
+    """``layer`` (negative counts from the end) as an index into ``n`` layers, or a ValueError naming it."""
+    if not -n <= layer < n:
+        raise ValueError(f"{what} layer {layer} out of range for {n} layers")
+    return layer % n
+
+
+def official_shape_kwargs(state: dict[str, torch.Tensor], enc_key: str, dec_key: str) -> dict:
+    """Constructor keywords read off an official state dict's shapes: width, channels, patch, depths (keys
+    ``enc_key`` / ``dec_key`` formatted with a block index), image size from the stored position table."""
+    if "patch_embed.proj.weight" not in state:
+        raise ValueError("checkpoint has no patch_embed.proj.weight; cannot infer the architecture")
+    d, c, p, _ = state["patch_embed.proj.weight"].shape
+    count = lambda key: next(i for i in range(len(state) + 1) if key.format(i) not in state)
+    cfg = dict(embed_dim=d, in_chans=c, patch_size=p, depth=count(enc_key), decoder_depth=count(dec_key))
+    if "pos_embed" in state:
+        n = state["pos_embed"].shape[1] - 1
+        side = int(round(n**0.5))
+        if side * side != n:
+            raise ValueError(f"pos_embed holds {n} patches, not a square grid; pass img_size=")
+        cfg["img_size"] = side * p
+    return cfg
