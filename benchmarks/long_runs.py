@@ -186,7 +186,8 @@ def evaluate(args) -> int:
                 row.update(epochs=summary.get("epochs", budget["epochs"]), minutes=round(budget["minutes"]))
                 rows.append(row)
         if args.part != "trained":
-            rows.append({**cached_row(f"{title} random init", args, inits[which], mean, std), "epochs": 0, "minutes": 0})
+            row = cached_row(f"{title} random init", args, inits[which], mean, std)
+            rows.append({**row, "epochs": 0, "minutes": 0})
     if args.part == "init":
         return 0
     (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
