@@ -198,9 +198,26 @@ def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
     """timm's ImageNet training pipeline: RandomResizedCrop(scale, bicubic), flip, RandAugment, ToTensor,
     Normalize, random erasing (pixel mode)."""
 
-    return create_transform(img_size, is_training=True, scale=tuple(aug.scale), hflip=aug.hflip, vflip=0.0,
-                            color_jitter=None, auto_augment=aug.rand_augment, interpolation="bicubic",
-                            mean=tuple(mean), std=tuple(std), re_prob=aug.reprob, re_mode="pixel", re_count=1)
+    transform = create_transform(img_size, is_training=True, scale=tuple(aug.scale), hflip=aug.hflip, vflip=0.0,
+                                 color_jitter=None, auto_augment=aug.rand_augment, interpolation="bicubic",
+                                 mean=tuple(mean), std=tuple(std), re_prob=aug.reprob, re_mode="pixel", re_count=1)
+    for t in transform.transforms:
+        for op in getattr(t, "ops", ()):
+            if getattr(op.aug_fn, "__name__", "") == "posterize":
+                op.aug_fn = _posterize
+    return transform
+
+
+def _posterize(img, bits_to_keep, **_):
+    """timm's posterize for Pillow >= 13, which rejects 0 bits: RandAugment's increasing posterize reaches 0 bits at
+    magnitude 10 (m9 + mstd noise), and older Pillow turned that into a black image, which is kept here."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
 
 
 def build_mixup(aug: FinetuneAugConfig, num_classes: int):
