@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
@@ -211,8 +212,6 @@ def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
 def _posterize(img, bits_to_keep, **_):
     """timm's posterize for Pillow >= 13, which rejects 0 bits: RandAugment's increasing posterize reaches 0 bits at
     magnitude 10 (m9 + mstd noise), and older Pillow turned that into a black image, which is kept here."""
-    from PIL import Image, ImageOps
-
     if bits_to_keep >= 8:
         return img
     if bits_to_keep <= 0:
