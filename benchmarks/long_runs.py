@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "cifar10-dev"
@@ -42,8 +43,6 @@ MODELS = {"crate": "CRATE-MAE", "vit_paper": "ViT-MAE (paper's baseline)", "vit_
 
 def model_spec(which: str) -> tuple[str, dict]:
     """Registry name and constructor overrides: the CIFAR config's CRATE-MAE, or a ViT-MAE of its width/depth."""
-    import yaml
-
     raw = yaml.safe_load(CONFIG.read_text())
     over = dict(raw["model"]["overrides"])
     if which == "crate":
@@ -159,8 +158,6 @@ def cached_row(label: str, args, model, mean, std) -> dict:
 
 
 def evaluate(args) -> int:
-    import yaml
-
     import crate_mae
     from crate_mae.analysis.inputs import Normalization
     from crate_mae.analysis.layerwise import measure_layers
@@ -257,10 +254,11 @@ def finetune(args) -> int:
 
     name, over = model_spec("crate")
     enc_over = {k: over[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if k in over}
+    data = yaml.safe_load(CONFIG.read_text())["data"]  # scratch has no checkpoint to read them from
     starts = {"pretrained": {"model.checkpoint": str(args.out / "crate" / "model")},
               "scratch": {"model.checkpoint": None, "model.name": name.replace("crate_mae_", "crate_"),
-                          "model.overrides": enc_over, "data.img_size": 32, "data.mean": [0.4914, 0.4822, 0.4465],
-                          "data.std": [0.2470, 0.2435, 0.2616]}}
+                          "model.overrides": enc_over, "data.img_size": data["img_size"], "data.mean": data["mean"],
+                          "data.std": data["std"]}}
     for label in [args.start] if args.start != "both" else list(starts):
         cfg = load_finetune_config(REPO / "src" / "crate_mae" / "configs" / "finetune_cifar.yaml", {
             **starts[label], "data.path": str(args.data), "data.num_workers": 0, "optim.epochs": args.epochs,
