@@ -35,7 +35,12 @@ def test_sincos_table_matches_mae_construction(d, h, w):
 
 def test_full_base_preset_at_224_equals_the_official_computation():
     """The full crate_mae_base (12+12 layers, 768 wide, 196 patches) against the transcription of the official code
-    with the same weights: forward outputs and every gradient."""
+    with the same weights: forward outputs and every gradient.
+
+    Gradients pass 24 layers of different kernels (SDPA and one ISTA product against explicit attention and three
+    products), so they are compared by relative error over the whole tensor, ||ours - official|| <= 1e-3 ||official||:
+    the largest seen is 3.6e-6 with AVX-512 kernels and 1.9e-4 with ``ATEN_CPU_CAPABILITY=default``. Element-wise
+    tolerances fail on the tiny entries of a tensor under the default kernels."""
     torch.manual_seed(0)
     model = crate_mae.create_model("crate_mae_base")
     official = OfficialCrateMAE(224, 16, 3, 768, 12, 12, 12)
@@ -52,7 +57,7 @@ def test_full_base_preset_at_224_equals_the_official_computation():
     theirs = {k: p.grad for k, p in official.named_parameters() if p.grad is not None}
     assert sorted(mine) == sorted(theirs)
     for k, g in theirs.items():
-        torch.testing.assert_close(mine[k], g, rtol=1e-3, atol=1e-6, msg=k)
+        assert torch.linalg.vector_norm(mine[k] - g) <= 1e-3 * torch.linalg.vector_norm(g), k
 
 
 def test_bf16_autocast_forward_backward(tiny_model_kwargs):

@@ -1,6 +1,9 @@
 """Faithfulness: official state dicts reproduce every output the official code produced (fp32, rtol 1e-4, atol 1e-5).
 
-The fixtures (tests/fixtures, provenance in each NAME.json) were built and run by the official code."""
+The fixtures (tests/fixtures, provenance in each NAME.json) were built and run by the official code on another
+machine. Float results are therefore compared within TOL, never bit for bit: the same fp32 program differs by a few
+1e-6 between CPU kernels (``ATEN_CPU_CAPABILITY=default`` / ``avx2`` / ``avx512``) and thread counts. Masks are
+integer decisions and must match exactly."""
 
 import json
 from pathlib import Path
@@ -22,9 +25,9 @@ def official_fixture(name):
     return FIXTURES / f"{name}.official_state_dict.safetensors", io, meta
 
 
-def test_transcription_of_the_official_code_reproduces_the_fixture_exactly():
+def test_transcription_of_the_official_code_reproduces_the_fixture():
     """models/official.py, the baseline of every speed ratio, takes the official state dict as is and computes what
-    the official code computed, bit for bit."""
+    the official code computed (same mask, floats within TOL on any CPU)."""
     path, io, meta = official_fixture("crate_mae_micro")
     model = OfficialCrateMAE(meta["img_size"], meta["patch_size"], meta["in_chans"], meta["embed_dim"], meta["depth"],
                              meta["num_heads"], meta["decoder_depth"])
@@ -32,9 +35,11 @@ def test_transcription_of_the_official_code_reproduces_the_fixture_exactly():
     assert sum(p.numel() for p in model.parameters()) == meta["n_parameters"]
     with torch.no_grad():
         loss, pred, mask, latent = model(io["imgs"], meta["mask_ratio"], io["noise"])
-        assert torch.equal(mask, io["mask"]) and torch.equal(latent, io["latent"]) and torch.equal(pred, io["pred"])
-        assert torch.equal(loss.reshape(1), io["loss"])
-        assert torch.equal(model.forward_features(io["imgs"]), io["features"])
+        assert torch.equal(mask, io["mask"])
+        torch.testing.assert_close(latent, io["latent"], **TOL)
+        torch.testing.assert_close(pred, io["pred"], **TOL)
+        torch.testing.assert_close(loss.reshape(1), io["loss"], **TOL)
+        torch.testing.assert_close(model.forward_features(io["imgs"]), io["features"], **TOL)
 
 
 def test_crate_mae_micro_reproduces_official_outputs():
