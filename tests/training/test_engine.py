@@ -75,6 +75,23 @@ def test_nan_weights_are_never_checkpointed(task, tmp_path):
     assert "non-finite" in str(e.value) or "is nan" in str(e.value) or "is inf" in str(e.value)
 
 
+# -- models kept at chosen epochs ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", TASKS)
+def test_keep_epochs_keeps_the_model_of_those_epochs(task, tmp_path):
+    """run.keep_epochs leaves the model of each listed epoch in our format (the budget-trend study probes them),
+    equal to that epoch's end-of-epoch checkpoint, and nothing for other epochs."""
+    import crate_mae
+
+    out = tmp_path / "run"
+    train(task, out, "run.keep_epochs=[1]", "run.keep_checkpoints=3")
+    kept = out / "epochs" / "epoch_0001"
+    assert sorted(p.name for p in (out / "epochs").iterdir()) == ["epoch_0001"]
+    first_epoch_end = list_checkpoints(out)[0]  # checkpoints at the end of epochs 1 and 2
+    a, b = load_file(str(kept / "model.safetensors")), load_file(str(first_epoch_end / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert crate_mae.from_pretrained(kept) is not None
+
+
 # -- resuming with another config -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", TASKS)
 def test_resume_refuses_a_changed_config_unless_allowed(task, tmp_path, capsys):

@@ -81,6 +81,7 @@ class RunConfig:
     log_every: int = 20            # optimizer steps between metrics.jsonl / TensorBoard rows
     ckpt_every_steps: int = 1000   # optimizer steps between checkpoints (0 = epoch ends only)
     keep_checkpoints: int = 2      # newest complete checkpoints kept on disk
+    keep_epochs: tuple[int, ...] = ()  # epochs whose model is also kept as epochs/epoch_NNNN/ (budget-trend studies)
     vis_every_epochs: int = 20     # epochs between reconstruction grids (0 = never)
     vis_images: int = 8
     amp: str = "auto"              # auto = bf16 autocast on CUDA, fp32 on CPU
@@ -304,6 +305,8 @@ class Checks:
             self(integer(v) and v >= 0, f"run.{key}", v, "must be an integer >= 0")
         self(integer(r.keep_checkpoints) and r.keep_checkpoints >= 1, "run.keep_checkpoints", r.keep_checkpoints,
              "must be an integer >= 1")
+        self(isinstance(r.keep_epochs, tuple) and all(integer(e) and e >= 1 for e in r.keep_epochs),
+             "run.keep_epochs", r.keep_epochs, "must be a list of epoch numbers >= 1")
         self(r.amp in AMP_MODES, "run.amp", r.amp, f"must be one of {AMP_MODES}")
         self(r.max_steps is None or (integer(r.max_steps) and r.max_steps >= 1), "run.max_steps", r.max_steps,
              "must be an integer >= 1 or null")

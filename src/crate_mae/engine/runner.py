@@ -38,7 +38,7 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..checkpoint import _load_exact
+from ..checkpoint import _load_exact, save_pretrained
 from ..data.loader import resolve_num_workers
 from ..utils import NoSpaceError, amp_dtype, atomic_write, writing
 from ..utils.progress import Progress
@@ -354,6 +354,9 @@ class Runner:
             parts.append(f"{group} " + " ".join(f"{k} {v:.4g}" for k, v in values.items()))
         self.say("  |  ".join(parts))
         self.save()
+        if epoch in self.cfg.run.keep_epochs:
+            self.on_main(lambda: save_pretrained(self.task.model, self.out / "epochs" / f"epoch_{epoch:04d}",
+                                                 extra=self.task.extra))
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def check_weights(self) -> None:
