@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from crate_mae.evaluation import knn_evaluate, knn_scores, logistic_probe, topk_accuracy, train_linear_head
+from crate_mae.evaluation import (
+    knn_evaluate,
+    knn_scores,
+    logistic_probe,
+    top1_interval,
+    topk_accuracy,
+    train_linear_head,
+)
 
 
 def clustered(n_per_class: int, num_classes: int = 4, dim: int = 8, spread: float = 0.05, seed: int = 0):
@@ -117,3 +124,30 @@ def test_knn_computes_similarities_and_top_k_once_for_all_k(monkeypatch):
     assert calls == [(40, 100)]  # one (queries, train) similarity matrix, one top-k for the largest k
     for k, scores in together.items():
         torch.testing.assert_close(scores, separate[k], rtol=1e-6, atol=0)
+
+
+def test_top1_interval_matches_the_binomial_spread():
+    """Half of 400 rows right: the bootstrap interval sits around 50 % with the binomial width (±1.96 · 2.5 %);
+    all right: no spread at all."""
+    labels = torch.zeros(400, dtype=torch.long)
+    scores = torch.zeros(400, 2)
+    scores[::2, 0] = 1.0  # every other row predicts the label
+    scores[1::2, 1] = 1.0
+    lo, hi = top1_interval(scores, labels)
+    assert lo < 50.0 < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * 2.5, rel=0.15)
+    scores[:, 0] = 2.0
+    assert top1_interval(scores, labels) == (100.0, 100.0)
+    with pytest.raises(ValueError, match="level"):
+        top1_interval(scores, labels, level=1.5)
+
+
+def test_probe_results_carry_the_interval():
+    from crate_mae.evaluation import FeatureSet, knn, linprobe
+
+    x, y = clustered(30)
+    y = with_wrong_labels(y, 12, 4)
+    sets = [FeatureSet(x, x, y, ["a", "b", "c", "d"], meta={"split": s}) for s in ("train", "val")]
+    for result in (linprobe(*sets), linprobe(*sets, protocol="mae", epochs=5), knn(*sets, ks=(5,))):
+        lo, hi = result["details"]["top1_ci95"]
+        assert lo <= result["metrics"]["top1"] <= hi and hi - lo > 0

@@ -10,11 +10,11 @@ from .features import FeatureSet, check_compatible, check_same_classes, compute_
 from .knn import knn_evaluate, knn_scores
 from .lars import LARS
 from .linear import LinearProbeHead, logistic_probe, train_linear_head
-from .metrics import topk_accuracy
+from .metrics import top1_interval, topk_accuracy
 from .probe import knn, linprobe
 from .results import compare_table, make_result, read_result, summary_line, write_result
 
 __all__ = ["FeatureSet", "LARS", "LinearProbeHead", "check_compatible", "check_same_classes", "compare_table",
            "compute_features", "extract_features", "knn", "knn_evaluate", "knn_scores", "linprobe",
-           "logistic_probe", "make_result", "read_result", "summary_line", "topk_accuracy", "train_linear_head",
-           "write_result"]
+           "logistic_probe", "make_result", "read_result", "summary_line", "top1_interval", "topk_accuracy",
+           "train_linear_head", "write_result"]

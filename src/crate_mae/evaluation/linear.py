@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..engine.optim import WarmupCosine, effective_lr
 from ..utils import default_device
 from .lars import LARS
-from .metrics import topk_accuracy
+from .metrics import top1_interval, topk_accuracy
 
 DEFAULT_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 MAE_PROBE_LR = 6.4  # facebookresearch/mae main_linprobe: blr 0.1 x batch 16384 / 256
@@ -49,7 +49,8 @@ def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     """Sweep ``Cs`` on a stratified ``holdout`` fraction of train (top-1 there), refit on all of train with the best
     C, report top-1 / top-5 (%) on val. With a single C the sweep is skipped.
 
-    Returns ``{"top1", "top5", "C", "sweep": {C: holdout top-1}}``."""
+    Returns ``{"top1", "top5", "top1_ci95", "C", "sweep": {C: holdout top-1}}`` (``top1_ci95``:
+    :func:`.metrics.top1_interval` over the val images)."""
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
@@ -86,8 +87,9 @@ def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     proba = np.full((len(yv), num_classes), -1.0)
     proba[:, clf.classes_] = clf.predict_proba(Xv)
     acc = topk_accuracy(torch.from_numpy(proba), torch.from_numpy(yv))
+    ci = top1_interval(torch.from_numpy(proba), torch.from_numpy(yv))
     n_iter = int(np.max(clf[-1].n_iter_))
-    return {**acc, "C": best, "sweep": sweep, "n_iter": n_iter, "converged": n_iter < max_iter}
+    return {**acc, "top1_ci95": ci, "C": best, "sweep": sweep, "n_iter": n_iter, "converged": n_iter < max_iter}
 
 
 # -- (b) MAE protocol: BatchNorm + linear head, LARS ----------------------------------------------------------------
@@ -113,7 +115,7 @@ def train_linear_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
                       ) -> dict[str, Any]:
     """Train :class:`LinearProbeHead` on ``train`` features and report val top-1 / top-5 (%).
 
-    Returns ``{"top1", "top5", "lr", "steps", "final_train_loss", "head": state_dict}``."""
+    Returns ``{"top1", "top5", "top1_ci95", "lr", "steps", "final_train_loss", "head": state_dict}``."""
 
     if optimizer not in ("lars", "sgd"):
         raise ValueError(f"optimizer must be 'lars' or 'sgd', got {optimizer!r}")
@@ -151,5 +153,5 @@ def train_linear_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     head.eval()
     with torch.no_grad():
         scores = head(val_x.float().to(device)).cpu()
-    return {**topk_accuracy(scores, val_y), "lr": base_lr, "steps": step, "final_train_loss": last,
-            "head": {k: v.cpu() for k, v in head.state_dict().items()}}
+    return {**topk_accuracy(scores, val_y), "top1_ci95": top1_interval(scores, val_y), "lr": base_lr, "steps": step,
+            "final_train_loss": last, "head": {k: v.cpu() for k, v in head.state_dict().items()}}

@@ -1,4 +1,4 @@
-"""Top-k accuracy."""
+"""Top-k accuracy and its bootstrap interval."""
 
 from __future__ import annotations
 
@@ -20,3 +20,19 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     top = scores.topk(maxk, dim=1).indices
     hit = top == labels[:, None]
     return {f"top{k}": 100.0 * hit[:, :min(k, maxk)].any(dim=1).float().mean().item() for k in ks}
+
+
+def top1_interval(scores: torch.Tensor, labels: torch.Tensor, level: float = 0.95, samples: int = 2000,
+                  seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval (%) of top-1 accuracy over the evaluated images: the images are resampled with
+    replacement ``samples`` times and the central ``level`` of the resampled accuracies is returned. It measures how
+    much the score depends on which val images were drawn (a single run's sampling noise), not run-to-run noise."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    scores, labels = torch.as_tensor(scores), torch.as_tensor(labels).long()
+    correct = (scores.argmax(dim=1) == labels).double()
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(correct), (samples, len(correct)), generator=gen)
+    acc = 100.0 * correct[idx].mean(dim=1)
+    lo, hi = torch.quantile(acc, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return lo, hi

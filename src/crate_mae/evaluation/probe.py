@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .features import FeatureSet, check_compatible
-from .knn import DEFAULT_KS, knn_evaluate
+from .knn import DEFAULT_KS, knn_scores
 from .linear import DEFAULT_CS, logistic_probe, train_linear_head
+from .metrics import top1_interval, topk_accuracy
 from .results import make_result
 
 PROTOCOLS = ("sklearn", "mae")
@@ -45,7 +46,8 @@ def linprobe(train: FeatureSet, val: FeatureSet, protocol: str = "sklearn", pool
     if protocol == "sklearn":
         config.update(Cs=list(Cs), holdout=holdout, max_iter=max_iter)
         out = logistic_probe(xt, train.labels, xv, val.labels, Cs=Cs, holdout=holdout, max_iter=max_iter, seed=seed)
-        details = {"C": out["C"], "sweep_holdout_top1": {str(c): a for c, a in out["sweep"].items()},
+        details = {"top1_ci95": list(out["top1_ci95"]), "C": out["C"],
+                   "sweep_holdout_top1": {str(c): a for c, a in out["sweep"].items()},
                    "n_iter": out["n_iter"], "converged": out["converged"]}
     else:
         config.update(epochs=epochs, batch_size=batch_size, blr=blr, lr=lr, weight_decay=weight_decay,
@@ -53,7 +55,8 @@ def linprobe(train: FeatureSet, val: FeatureSet, protocol: str = "sklearn", pool
         out = train_linear_head(xt, train.labels, xv, val.labels, len(train.classes), epochs=epochs,
                                 batch_size=batch_size, blr=blr, lr=lr, weight_decay=weight_decay,
                                 warmup_epochs=warmup_epochs, optimizer=optimizer, seed=seed, device=device)
-        details = {"lr": out["lr"], "steps": out["steps"], "final_train_loss": out["final_train_loss"]}
+        details = {"top1_ci95": list(out["top1_ci95"]), "lr": out["lr"], "steps": out["steps"],
+                   "final_train_loss": out["final_train_loss"]}
     return make_result("linprobe", {"top1": out["top1"], "top5": out["top5"]}, checkpoint=train.meta.get("checkpoint"),
                        checkpoint_sha256=train.checkpoint_sha256, dataset=_dataset_info(train, val), config=config,
                        details=details)
@@ -66,8 +69,9 @@ def knn(train: FeatureSet, val: FeatureSet, ks: Sequence[int] = DEFAULT_KS, temp
     check_compatible(train, val)
     if not ks:
         raise ValueError("ks must name at least one k")
-    per_k = knn_evaluate(train.get(pool, layer), train.labels, val.get(pool, layer), val.labels,
-                         len(train.classes), ks=ks, temperature=temperature)
+    scores = knn_scores(train.get(pool, layer), train.labels, val.get(pool, layer), list(ks), len(train.classes),
+                        temperature)
+    per_k = {int(k): topk_accuracy(s, val.labels) for k, s in scores.items()}
     best = max(per_k, key=lambda k: (per_k[k]["top1"], -k))
     metrics = {"top1": per_k[best]["top1"], "top5": per_k[best]["top5"]}
     for k, acc in per_k.items():
@@ -75,4 +79,4 @@ def knn(train: FeatureSet, val: FeatureSet, ks: Sequence[int] = DEFAULT_KS, temp
     config = {"ks": list(ks), "temperature": temperature, "pool": pool, "layer": layer, "label": label}
     return make_result("knn", metrics, checkpoint=train.meta.get("checkpoint"),
                        checkpoint_sha256=train.checkpoint_sha256, dataset=_dataset_info(train, val), config=config,
-                       details={"best_k": best})
+                       details={"best_k": best, "top1_ci95": list(top1_interval(scores[best], val.labels))})
