@@ -201,11 +201,11 @@ def pack(args) -> int:
     out, dest = args.out, Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
     items: list[Path] = [p for p in (out / "budget.json", *out.glob("*.log")) if p.is_file()]
-    for name in RUNS:
-        run = out / name
+    for run in [out / name for name in RUNS] + sorted(out.glob("finetune_*")):
         if not run.is_dir():
             continue
-        items += [p for p in (run / "metrics.jsonl", run / "config.yaml", run / "summary.json") if p.is_file()]
+        items += [p for p in (run / "metrics.jsonl", run / "config.yaml", run / "summary.json", run / "result.json")
+                  if p.is_file()]
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
         items += sorted((run / "epochs").glob("*/*"))
         if summary.get("stopped") == "completed":
@@ -342,8 +342,8 @@ def cls_study(args) -> int:
 
     mean, std = data_stats()
     val = build_dataset(args.data, split="val", transform=eval_transform(32, 1.0, mean, std))
-    imgs = torch.stack([x for x, _ in DataLoader(Subset(val, range(0, len(val), len(val) // 512)), batch_size=512)])
-    imgs = imgs[:512]
+    imgs = next(iter(DataLoader(Subset(val, torch.linspace(0, len(val) - 1, 512).round().long().tolist()),
+                                batch_size=512)))[0]
     results = {}
     for name in args.runs or [n for n in RUNS if RUNS[n].base == "crate"]:
         models = {"init": init_model(name)}
@@ -357,37 +357,49 @@ def cls_study(args) -> int:
 
 
 def cls_measures(model, imgs: torch.Tensor) -> dict:
+    """The measures of :func:`cls_study` for one model (a CrateMAE), per encoder layer."""
     enc = model.encoder
-    gen = torch.Generator().manual_seed(0)
     h, w = model.grid_size(imgs)
-    noise = torch.rand(len(imgs), h * w, generator=gen)
-    outs = []
-    hooks = [blk.register_forward_hook(lambda m, a, o: (o.retain_grad(), outs.append(o))) for blk in enc.blocks]
+    noise = torch.rand(len(imgs), h * w, generator=torch.Generator().manual_seed(0))
+    ins, outs = [], []
+
+    def keep_output(module, args, output):  # returns None: a hook's return value would replace the output
+        output.retain_grad()
+        outs.append(output)
+
+    hooks = [blk.register_forward_pre_hook(lambda m, a: ins.append(a[0].detach())) for blk in enc.blocks]
+    hooks += [blk.register_forward_hook(keep_output) for blk in enc.blocks]
     try:
-        loss = model(imgs, mask_ratio=0.75, noise=noise).loss
-        loss.backward()
+        out = model(imgs, mask_ratio=0.75, noise=noise)  # the pretraining forward: masked, as the loss sees it
+        out.loss.backward()
     finally:
         for hk in hooks:
             hk.remove()
+    masked = out.mask.bool()
     layers = []
     with torch.no_grad():
-        x = model.encoder.prepare_tokens(imgs)  # unmasked, as the probes see it
+        x = enc.prepare_tokens(imgs)  # unmasked, as the probes see it
         for i, blk in enumerate(enc.blocks):
             attn = blk.attn.attention(blk.norm1(x))  # (N, heads, T, T)
-            ent = -(attn * attn.clamp_min(1e-12).log()).sum(-1)  # (N, heads, T)
-            x = blk(x)
-            z = outs[i]
-            g = z.grad
-            layers.append({
+            ent = -(attn * attn.clamp_min(1e-12).log()).sum(-1)
+            g = outs[i].grad
+            row = {
                 "cls_self_attention": attn[:, :, 0, 0].mean().item(),
                 "patch_to_cls_attention": attn[:, :, 1:, 0].mean().item(),
                 "cls_attention_entropy": ent[:, :, 0].mean().item(),
                 "patch_attention_entropy": ent[:, :, 1:].mean().item(),
-                "cls_norm": x[:, 0].norm(dim=-1).mean().item(),
-                "patch_norm": x[:, 1:].norm(dim=-1).mean().item(),
+                "cls_norm": 0.0, "patch_norm": 0.0,
                 "cls_grad_share": (g[:, 0].norm() / g.norm()).item(),
-                "cls_grad_share_uniform": 1 / z.shape[1] ** 0.5,
-            })
+                "cls_grad_share_uniform": 1 / g.shape[1] ** 0.5,
+            }
+            if model.mask_tokens_in_encoder:  # where the cls query looks during training: visible or mask tokens
+                a = blk.attn.attention(blk.norm1(ins[i]))[:, :, 0, 1:].mean(1)  # (N, L) over heads
+                row["train_cls_to_masked"] = (a * masked).sum(1).mean().item()
+                row["train_cls_to_visible"] = (a * ~masked).sum(1).mean().item()
+            x = blk(x)
+            row["cls_norm"] = x[:, 0].norm(dim=-1).mean().item()
+            row["patch_norm"] = x[:, 1:].norm(dim=-1).mean().item()
+            layers.append(row)
     model.zero_grad(set_to_none=True)
     summary = {k: [round(layer[k], 4) for layer in layers] for k in layers[0]}
     return {"layers": layers, "summary": summary}
@@ -415,7 +427,7 @@ def finetune(args) -> int:
             **starts[label], "data.path": str(args.data), "data.num_workers": args.workers,
             "optim.epochs": args.epochs, "optim.warmup_epochs": max(1, args.epochs // 20),
             "run.output_dir": str(args.out / f"finetune_{args.source}_{label}"), "run.resume": "auto",
-            "run.progress": False, "run.seed": run.seed})
+            "run.progress": False, "run.seed": run.seed, "run.amp": "off", "run.max_minutes": args.max_minutes})
         r = run_finetune(cfg)
         result = {"epochs": args.epochs, **{k: round(v, 2) for k, v in r["metrics"].items()}}
         (args.out / f"finetune_{args.source}_{label}.json").write_text(json.dumps(result, indent=2))
@@ -595,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--epochs", type=int, default=100, help="CRATE-MAE's epochs (sets everyone's minutes)")
         if cmd == "pretrain":
             s.add_argument("run", choices=list(RUNS))
-        if cmd in ("pretrain", "parallel"):
+        if cmd in ("pretrain", "parallel", "finetune"):
             s.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
         if cmd == "parallel":
             s.add_argument("runs", nargs="*", metavar="RUN", help=f"any of {', '.join(RUNS)}")
