@@ -119,9 +119,10 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
     meta: dict[str, Any] = {"library_name": "crate-mae"}
     if license:
         meta["license"] = license
-    meta["tags"] = ["crate-mae", "white-box-transformer", "masked-autoencoder", "image-feature-extraction",
-                    "pytorch", "safetensors"]
-    meta["pipeline_tag"] = "image-feature-extraction"
+    task = "image-classification" if arch == "crate_supervised" else "image-feature-extraction"
+    kind = "image-classifier" if arch == "crate_supervised" else "masked-autoencoder"
+    meta["tags"] = ["crate-mae", "white-box-transformer", kind, task, "pytorch", "safetensors"]
+    meta["pipeline_tag"] = task
     repo = repo_id or "ORG/NAME"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     official = None

@@ -75,7 +75,8 @@ def test_convert_official_supervised_crate(tmp_path, capsys):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["architecture"] == "crate_supervised" and config["ista_lambda"] == 0.1
     assert config["weights_source"]["format"] == "crate_supervised_official"
-    assert "White-Box Transformers via Sparse Rate Reduction" in (tmp_path / "out" / "README.md").read_text()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "White-Box Transformers via Sparse Rate Reduction" in card and "pipeline_tag: image-classification" in card
     io = load_file(str(src.with_name("crate_micro.io.safetensors")))
     with torch.no_grad():
         torch.testing.assert_close(crate_mae.load_checkpoint(tmp_path / "out")(io["imgs"]), io["logits"],
