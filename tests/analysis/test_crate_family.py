@@ -114,12 +114,16 @@ def test_report_of_a_classifier_shows_its_top5_predictions(tmp_path):
     assert f"<td class=\"\">{best} ({probs[0, 0].item():.1%})</td>" in page
 
 
-def test_report_command_on_official_weights(tmp_path):
+def test_report_command_on_official_weights(tmp_path, image_dir):
     assert main(["report", "--ckpt", str(OFFICIAL), "num_heads=4", "--out", str(tmp_path / "rep"), "--num-images",
                  "2", "--device", "cpu"]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "<h2>Predictions</h2>" in page and "class names: none recorded with the weights" in page
     assert "46,186" in page  # the official parameter count on the model card
+    assert main(["report", "--ckpt", str(OFFICIAL), "num_heads=4", "--images", image_dir, "--out",
+                 str(tmp_path / "rep2"), "--device", "cpu"]) == 0
+    page = (tmp_path / "rep2" / "index.html").read_text()
+    assert all(f'<td class="k">class_a/{i}.png</td>' in page for i in range(3))  # rows named by file and folder
 
 
 def test_imagenet_names_for_a_1000_way_head_without_recorded_classes():

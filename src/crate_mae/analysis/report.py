@@ -92,6 +92,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     device = next(model.parameters()).device
     norm = model_normalization(model)
     size = resolve_data_config(model)["img_size"]
+    labels: list[str] | None = None  # what each image row is called (its file, when there is one)
     if images is None:
         imgs, img_source = demo_images(size, num_images, norm), "the embedded scikit-image photos"
     elif isinstance(images, torch.Tensor):
@@ -99,7 +100,10 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     else:
         files = find_images(images, num_images)
         imgs, img_source = load_images(files, size, norm, strict=strict), ", ".join(f.name for f in files)
+        if len(files) == imgs.shape[0]:  # none skipped: rows can name their file (and its class folder)
+            labels = [f"{f.parent.name}/{f.name}" for f in files]
     imgs = imgs.to(device)
+    labels = labels or [f"image {i + 1}" for i in range(imgs.shape[0])]
     cfg = dict(model.config)
     name = cfg.get("model") or cfg.get("architecture") or type(model).__name__
 
@@ -153,7 +157,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
                             "Top-5 classes of each image with their softmax probabilities; class names: "
                             f"{names_from}."))
         probs, idx = top_predictions(model, imgs, k=5)
-        rows = [[f"image {i + 1}"] + [f"{names[j]} ({p:.1%})" for p, j in zip(probs[i].tolist(), idx[i].tolist())]
+        rows = [[labels[i]] + [f"{names[j]} ({p:.1%})" for p, j in zip(probs[i].tolist(), idx[i].tolist())]
                 for i in range(imgs.shape[0])]
         body.append(_table(rows, ["image"] + [f"#{r + 1}" for r in range(probs.shape[1])]))
     elif model.has_decoder:
