@@ -3,8 +3,9 @@
     # 1. train (one CPU thread, about 15-25 minutes on the development machine); the exact command is TRAIN below:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/crate_supervised_cifar.py train
     # 2. the network it started from (rebuilt with the run's seed by the fine-tuning code itself, saved with the run's
-    #    normalisation), layer-wise R^c / R / sparsity at init vs trained on 512 val images (figure + JSON), and the
-    #    report of the trained model on 8 val images:
+    #    normalisation, as OUT/init), layer-wise R^c / R / sparsity at init vs trained on 512 val images (figure +
+    #    JSON, the numbers `crate-mae analyze` gives for OUT and OUT/init), and the report of the trained model on 8
+    #    val images:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/crate_supervised_cifar.py evaluate
 
 Model: ``crate_supervised_tiny`` at CIFAR scale (32 px, patch 4, width 128, depth 4, 4 heads, 10 classes; 0.22M
@@ -90,8 +91,8 @@ def evaluate(args) -> int:
                   for m in ("rc_mssa_in", "rc_z_half", "rate_out", "l0")} for k, st in stats.items()}
     (figures / "layerwise_init_vs_trained.json").write_text(json.dumps(curves, indent=2))
     print(json.dumps(curves, indent=2))
-    sample = [val[i][0] for i in torch.linspace(0, len(val) - 1, 8).round().long().tolist()]
-    print(write_report(trained, args.out / "report", images=torch.stack(sample), num_images=8, device="cpu"))
+    # = crate-mae report --ckpt OUT --images DATA/val --num-images 8 --out OUT/report
+    print(write_report(trained, args.out / "report", images=args.data / "val", num_images=8, device="cpu"))
     result = json.loads((args.out / "result.json").read_text())
     print({k: round(v, 2) for k, v in result["metrics"].items()}, "epochs", result["details"]["epochs"],
           "minutes", round(result["details"]["elapsed_s"] / 60, 1))

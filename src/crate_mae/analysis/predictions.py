@@ -56,8 +56,10 @@ def top_predictions(model: nn.Module, imgs: torch.Tensor, k: int = 5) -> tuple[t
     return probs.topk(min(k, probs.shape[-1]), dim=-1)
 
 
-def plot_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, k: int = 5):
-    """One row per image: the photo and a bar chart of its top-k classes with their probabilities."""
+def plot_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, k: int = 5,
+                     labels: list[str] | None = None):
+    """One row per image: the photo (captioned with ``labels``, e.g. its file) and a bar chart of its top-k classes
+    with their probabilities."""
     plt = pyplot()
     probs, idx = top_predictions(model, imgs, k)
     names, source = class_names(model)
@@ -68,6 +70,8 @@ def plot_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, 
     for i in range(n):
         axes[i][0].imshow(photos[i], interpolation="nearest")
         clean_axis(axes[i][0])
+        if labels is not None:
+            axes[i][0].set_xlabel(labels[i], fontsize=7)
         ax = axes[i][1]
         p = probs[i].cpu().numpy()
         ax.barh(np.arange(k), p, color="tab:blue")
@@ -83,5 +87,5 @@ def plot_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, 
 
 
 def save_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path,
-                     k: int = 5) -> Path:
-    return save_figure(plot_predictions(model, imgs, norm, k), path)
+                     k: int = 5, labels: list[str] | None = None) -> Path:
+    return save_figure(plot_predictions(model, imgs, norm, k, labels), path)

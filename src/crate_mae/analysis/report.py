@@ -153,7 +153,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     if is_classifier(model):
         body.append("<h2>Predictions</h2>")
         names, names_from = class_names(model)
-        body.append(_figure(_png(plot_predictions(model, imgs, norm, k=5)), "top-5 predictions",
+        body.append(_figure(_png(plot_predictions(model, imgs, norm, k=5, labels=labels)), "top-5 predictions",
                             "Top-5 classes of each image with their softmax probabilities; class names: "
                             f"{names_from}."))
         probs, idx = top_predictions(model, imgs, k=5)
