@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.data import ImageNetInfo
 
 from .figures import clean_axis, pyplot, save_figure, to_hwc
 from .inputs import Normalization, full_precision
@@ -31,8 +32,6 @@ def class_names(model: nn.Module) -> tuple[list[str], str]:
     if isinstance(recorded, list) and len(recorded) == n:
         return [str(c) for c in recorded], "recorded with the weights"
     if n == 1000:
-        from timm.data import ImageNetInfo
-
         info = ImageNetInfo()
         return [info.index_to_description(i).split(",")[0] for i in range(n)], \
             "ImageNet-1K (none recorded with the weights; the head has 1000 outputs)"
