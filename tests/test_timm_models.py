@@ -7,13 +7,16 @@ import torch
 from timm.optim import param_groups_layer_decay
 
 import crate_mae
-from crate_mae.models import CrateEncoder
+from crate_mae.models import CrateEncoder, SupervisedCrate
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4)
 
 
 def test_registered_with_timm():
-    assert timm.list_models("crate*") == ["crate_base", "crate_large", "crate_small", "crate_tiny"]
+    assert timm.list_models("crate*") == ["crate_base", "crate_large", "crate_small", "crate_supervised_base",
+                                          "crate_supervised_large", "crate_supervised_small", "crate_supervised_tiny",
+                                          "crate_tiny"]
+    assert isinstance(timm.create_model("crate_supervised_tiny", depth=1), SupervisedCrate)
     model = timm.create_model("crate_base", num_classes=10)
     assert isinstance(model, CrateEncoder) and model.num_classes == 10 and model.embed_dim == 768
     assert model.pretrained_cfg["first_conv"] == "patch_embed.proj" and model.pretrained_cfg["classifier"] == "head"
@@ -107,3 +110,46 @@ def test_local_pretrained_files(tmp_path):
     ref = crate_mae.load_checkpoint(official, num_heads=4)
     with torch.no_grad():
         torch.testing.assert_close(enc.eval().forward_features(x), ref.forward_features(x))
+
+
+def test_supervised_crate_in_timm():
+    """timm's contract on supervised CRATE: default cfg (1000 classes, ImageNet normalisation), classifier, head
+    reset, intermediates, features_only, layer decay (the head's LayerNorm goes with the head)."""
+    model = timm.create_model("crate_supervised_tiny", num_classes=7, **SMALL).eval()
+    cfg = model.pretrained_cfg
+    assert cfg["num_classes"] == 1000 and cfg["first_conv"] is None and cfg["classifier"] == "head"
+    assert dict(model.named_modules())[cfg["classifier"]].out_features == 7
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    final, inter = model.forward_intermediates(x)
+    torch.testing.assert_close(final, feats)
+    assert [t.shape for t in inter] == [(2, 32, 4, 4)] * 3
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 32)
+    net = timm.create_model("crate_supervised_tiny", features_only=True, out_indices=(-1,), **SMALL)
+    assert [tuple(o.shape) for o in net(x)] == [(2, 32, 4, 4)]
+    model = timm.create_model("crate_supervised_tiny", num_classes=5, **SMALL)
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5,
+                                      no_weight_decay_list=model.no_weight_decay())
+    scale = {n: g["lr_scale"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    assert scale["pos_embed.table"] == scale["patch_embed.proj.weight"] == scale["cls_token"] == 0.5 ** 4
+    assert scale["blocks.2.ista.dictionary"] == 0.5
+    assert scale["fc_norm.weight"] == scale["head.weight"] == 1.0
+
+
+def test_supervised_crate_official_file_as_timm_pretrained():
+    """An official model/crate.py file loads through timm's pretrained path; a head of another size stays fresh."""
+    from pathlib import Path
+
+    official = Path(__file__).parent / "fixtures" / "crate_micro.official_state_dict.safetensors"
+    micro = dict(img_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4)
+    ref = crate_mae.load_checkpoint(official, num_heads=4)
+    same = timm.create_model("crate_supervised_tiny", pretrained=True, num_classes=10, **micro,
+                             pretrained_cfg_overlay=dict(file=str(official))).eval()
+    other = timm.create_model("crate_supervised_tiny", pretrained=True, num_classes=3, **micro,
+                              pretrained_cfg_overlay=dict(file=str(official))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), ref(x))
+        torch.testing.assert_close(other.forward_features(x), ref.forward_features(x))
+    assert other.head.out_features == 3

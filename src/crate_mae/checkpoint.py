@@ -3,11 +3,13 @@
 Formats read by :func:`load_checkpoint`:
 - ours: a directory (or its ``model.safetensors``) with ``config.json`` (architecture, kwargs, version);
 - official CRATE-MAE (github Ma-Lab-Berkeley/CRATE ``model/crate_ae``): keys ``blocks.i.layers.0.0.fn.qkv.weight`` ...;
+- official supervised CRATE (the same repository's ``model/crate.py``): ``transformer.layers.i.0.fn.qkv.weight`` ...;
 - facebookresearch/mae (``models_mae.py``), with or without the decoder;
 each as ``.safetensors`` or ``.pth`` (``torch.load(weights_only=True)``), raw or wrapped in ``{'model': ...}`` /
 ``{'state_dict': ...}``, keys with or without a ``module.`` prefix, or an in-memory state dict.
 Architecture is inferred from tensor shapes; heads cannot be, so they come from the official preset for the width
-unless ``num_heads=`` is given. ISTA's eta / lambda are not stored in official weights: 0.1 / 0.5 unless overridden.
+unless ``num_heads=`` is given. ISTA's eta / lambda are not stored in official weights: 0.1 / 0.5 unless overridden
+(supervised CRATE: 0.1 / 0.1, its code's fixed values).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from safetensors.torch import load_file, save_file
 from . import models
 from ._version import __version__
 from .models.crate_mae import CrateEncoder, CrateMAE
+from .models.crate_supervised import SupervisedCrate
+from .models.crate_supervised import from_official as crate_supervised_from_official
+from .models.crate_supervised import is_official as is_crate_supervised_official
+from .models.crate_supervised import kwargs_from_official as crate_supervised_kwargs_from_official
 from .models.layers import sincos_pos_embed
 from .models.official import from_official
 from .models.official import kwargs_from_official as crate_kwargs_from_official
@@ -39,7 +45,8 @@ from .utils.extras import require
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"crate_mae": CrateMAE, "crate": CrateEncoder, "vit_mae": ViTMAE,
-                                                       "vit": vit_classifier}
+                                                       "vit": vit_classifier, "crate_supervised": SupervisedCrate}
+CRATE_CLASSIFIERS = (CrateEncoder, SupervisedCrate)  # timm-style classifiers built of CRATE layers
 POS_TABLES = ("pos_embed", "decoder_pos_embed")
 HUB_PREFIX = "hf-hub:"
 CARD_NAME = "README.md"
@@ -206,6 +213,9 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
     if fmt == "crate_mae_official":
         model = _build_crate_official(state, overrides)
         _load_exact(model, from_official(state), where)
+    elif fmt == "crate_supervised_official":
+        model = _build_crate_supervised_official(state, overrides, where)
+        _load_exact(model, crate_supervised_from_official(state), where)
     elif fmt == "vit_mae_official":
         model = _build_vit_official(state, overrides, where)
         has_decoder = any(k.startswith("decoder_blocks.") for k in state)
@@ -228,13 +238,16 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], **ov
 def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module, num_classes: int = 0,
                  global_pool: str = "token", **overrides) -> nn.Module:
     """The encoder of a masked autoencoder as a timm-style classifier (``forward_features``, ``forward_head``,
-    ``reset_classifier``): a :class:`CrateEncoder` for CRATE-MAE, a timm ``VisionTransformer`` for ViT-MAE.
-    ``overrides`` may set ``drop_path_rate`` and anything :func:`load_checkpoint` accepts."""
+    ``reset_classifier``): a :class:`CrateEncoder` for CRATE-MAE, a timm ``VisionTransformer`` for ViT-MAE; a
+    classifier (``crate_*``, supervised CRATE) gets a new head. ``overrides`` may set ``drop_path_rate`` and anything
+    :func:`load_checkpoint` accepts."""
     drop_path_rate = overrides.pop("drop_path_rate", 0.0)
     model = source if isinstance(source, nn.Module) else load_checkpoint(source, **overrides)
-    if isinstance(model, CrateEncoder) or getattr(model, "config", {}).get("architecture") == "vit":
+    if isinstance(model, CRATE_CLASSIFIERS) or getattr(model, "config", {}).get("architecture") == "vit":
         model.reset_classifier(num_classes, global_pool)
         model.config.update(num_classes=num_classes, global_pool=global_pool)
+        if isinstance(model, CRATE_CLASSIFIERS):
+            model.set_drop_path(drop_path_rate)
         return model
     if isinstance(model, CrateMAE):
         c = model.config
@@ -258,7 +271,7 @@ def load_weights_into(model: nn.Module, source: str | os.PathLike | Mapping[str,
     if isinstance(model, CrateEncoder) and isinstance(loaded, CrateMAE):
         loaded = load_encoder(loaded, num_classes=model.num_classes, global_pool=model.global_pool)
     state = {k: v for k, v in loaded.state_dict().items()}
-    if isinstance(model, CrateEncoder):  # the classifier head is the user's, not the checkpoint's
+    if isinstance(model, CRATE_CLASSIFIERS):  # the classifier head is the user's, not the checkpoint's
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
     _load_exact(model, state, str(source) if not isinstance(source, Mapping) else "state dict")
@@ -388,6 +401,8 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 def detect_format(state: Mapping[str, torch.Tensor]) -> str:
     if any(re.match(r"blocks\.\d+\.layers\.0\.0\.fn\.qkv\.weight$", k) for k in state):
         return "crate_mae_official"
+    if is_crate_supervised_official(state):
+        return "crate_supervised_official"
     if any(k.startswith("encoder.blocks.") or re.match(r"blocks\.\d+\.ista\.", k) for k in state):
         return "ours"
     if any(re.match(r"blocks\.\d+\.mlp\.fc1\.weight$", k) for k in state):
@@ -404,6 +419,28 @@ def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) ->
     cfg = {**cfg, **overrides}
     model = CrateMAE(**cfg)
     model.config["model"] = find_preset(CrateMAE, embed_dim=d, patch_size=cfg["patch_size"])
+    return model
+
+
+# -- official supervised CRATE ------------------------------------------------------------------------------------
+def _build_crate_supervised_official(state: Mapping[str, torch.Tensor], overrides: dict, where: str
+                                     ) -> SupervisedCrate:
+    """Shapes give width, patch, depth, classes and image size (``in_chans`` / ``patch_size`` / ``img_size`` may be
+    given where the shapes are ambiguous); heads come from the preset of that width unless ``num_heads=``."""
+    shape_keys = {k: overrides[k] for k in ("in_chans", "patch_size", "img_size") if k in overrides}
+    try:
+        cfg = crate_supervised_kwargs_from_official(state, **shape_keys)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    d = cfg["embed_dim"]
+    if "num_heads" not in overrides:
+        cfg["num_heads"] = _preset_heads(SupervisedCrate, d)
+    cfg = {**cfg, **overrides}
+    try:
+        model = SupervisedCrate(**cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    model.config["model"] = find_preset(SupervisedCrate, embed_dim=d, patch_size=cfg["patch_size"])
     return model
 
 

@@ -32,6 +32,10 @@ OFFICIAL_SOURCES = {
     "crate_mae": {"upstream": "Ma-Lab-Berkeley/CRATE (https://github.com/Ma-Lab-Berkeley/CRATE)", "license": "mit",
                   "data_note": "Not recorded in the weights file. The CRATE-MAE-Base checkpoint released by the CRATE "
                                "authors was pretrained on ImageNet-1K (masked completion)."},
+    "crate_supervised": {"upstream": "Ma-Lab-Berkeley/CRATE (https://github.com/Ma-Lab-Berkeley/CRATE), model/crate.py",
+                         "license": "mit",
+                         "data_note": "Not recorded in the weights file. The supervised CRATE checkpoints linked from "
+                                      "the CRATE README were trained on ImageNet-1K classification."},
     "vit_mae": {"upstream": "facebookresearch/mae (https://github.com/facebookresearch/mae)",
                 "license": "cc-by-nc-4.0",
                 "data_note": "Not recorded in the weights file. The checkpoints released by the MAE authors were "
@@ -42,6 +46,9 @@ _DESCRIPTIONS = {
                  "Structured Diffusion with White-Box Transformers*, ICLR 2024): every encoder layer is an MSSA "
                  "compression step and an ISTA sparsification step; the decoder runs the reverse process",
     "crate": "the CRATE encoder of a white-box masked autoencoder, as a timm-style classifier",
+    "crate_supervised": "supervised CRATE, a white-box image classifier (Yu et al.: *White-Box Transformers via Sparse "
+                        "Rate Reduction*, NeurIPS 2023): every layer is an MSSA compression step and an ISTA "
+                        "sparsification step",
     "vit_mae": "a ViT masked autoencoder in the facebookresearch/mae layout (the baseline of CRATE-MAE)",
     "vit": "a ViT encoder (from a masked autoencoder) as a timm VisionTransformer classifier",
 }
@@ -50,6 +57,13 @@ _CITATION = """@inproceedings{pai2024masked,
   author    = {Pai, Druv and Wu, Ziyang and Buchanan, Sam and Yu, Yaodong and Ma, Yi},
   booktitle = {International Conference on Learning Representations (ICLR)},
   year      = {2024}
+}"""
+_CRATE_CITATION = """@inproceedings{yu2023whitebox,
+  title     = {White-Box Transformers via Sparse Rate Reduction},
+  author    = {Yu, Yaodong and Buchanan, Sam and Pai, Druv and Chu, Tianzhe and Wu, Ziyang and Tong, Shengbang and
+               Haeffele, Benjamin D. and Ma, Yi},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2023}
 }"""
 _MAE_CITATION = """@inproceedings{he2022masked,
   title     = {Masked Autoencoders Are Scalable Vision Learners},
@@ -105,9 +119,10 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
     meta: dict[str, Any] = {"library_name": "crate-mae"}
     if license:
         meta["license"] = license
-    meta["tags"] = ["crate-mae", "white-box-transformer", "masked-autoencoder", "image-feature-extraction",
-                    "pytorch", "safetensors"]
-    meta["pipeline_tag"] = "image-feature-extraction"
+    task = "image-classification" if arch == "crate_supervised" else "image-feature-extraction"
+    kind = "image-classifier" if arch == "crate_supervised" else "masked-autoencoder"
+    meta["tags"] = ["crate-mae", "white-box-transformer", kind, task, "pytorch", "safetensors"]
+    meta["pipeline_tag"] = task
     repo = repo_id or "ORG/NAME"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     official = None
@@ -124,6 +139,9 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
     if recorded.get("format") == "crate_mae_official":
         origin.append("- The official weights do not store ISTA's λ and η: the values in the table are those given at "
                       "conversion (0.5 / 0.1 unless overridden).")
+    if recorded.get("format") == "crate_supervised_official":
+        origin.append("- The official weights do not store ISTA's λ and η: the official code fixes λ = 0.1 and "
+                      "defaults η to 0.1; the table shows the values given at conversion.")
     if not license:
         origin.append("- Licence of the weights: not stated by the uploader")
     elif license == recorded.get("license") and source == recorded.get("upstream"):
@@ -175,9 +193,15 @@ model = crate_mae.from_pretrained("hf-hub:{repo}", download=True)   # later runs
 ## Citation
 
 ```bibtex
-{_CITATION if arch.startswith("crate") else _MAE_CITATION + chr(10) + chr(10) + _CITATION}
+{_citation(arch)}
 ```
 """
+
+
+def _citation(arch: str) -> str:
+    if arch == "crate_supervised":
+        return _CRATE_CITATION
+    return _CITATION if arch.startswith("crate") else _MAE_CITATION + "\n\n" + _CITATION
 
 
 def _cell(value: Any) -> str:

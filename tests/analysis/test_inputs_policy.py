@@ -53,12 +53,12 @@ def test_visualize_puts_the_images_on_the_models_device(kind, tmp_path, image_di
         seen.append((imgs.device.type, next(model.parameters()).device.type))
 
     for module, name in ((reconstruction, "save_reconstructions"), (attention, "save_attention"),
-                         (pca, "save_pca")):
+                         (attention, "save_segmentation"), (pca, "save_pca")):
         monkeypatch.setattr(module, name, spy)
     assert main(["visualize", kind, "--ckpt", "crate_mae_tiny", "img_size=32", "patch_size=8",
                  "embed_dim=32", "depth=2", "num_heads=4", "decoder_depth=1", "--images", image_dir,
                  "--device", "meta", "--out", str(tmp_path)]) == 0
-    assert seen == [("meta", "meta")]
+    assert seen == [("meta", "meta")] * (2 if kind == "attention" else 1)  # attention: + segmentation.png
 
 
 def test_layerwise_measurements_run_without_tf32(tiny_model_kwargs):

@@ -58,3 +58,28 @@ def test_every_command_names_a_model_the_same_way(tmp_path, capsys):
                  ["features", "--override", "a=1"]):
         with pytest.raises(SystemExit):
             main(argv)
+
+
+def test_convert_official_supervised_crate(tmp_path, capsys):
+    """`crate-mae convert` writes model/crate.py weights in our format; info and load_checkpoint read them back."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    import crate_mae
+
+    src = Path(__file__).resolve().parents[1] / "fixtures" / "crate_micro.official_state_dict.safetensors"
+    assert main(["convert", str(src), str(tmp_path / "out"), "num_heads=4", "--model-card"]) == 0
+    assert "crate_supervised, 46,186 trainable parameters" in capsys.readouterr().out
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architecture"] == "crate_supervised" and config["ista_lambda"] == 0.1
+    assert config["weights_source"]["format"] == "crate_supervised_official"
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "White-Box Transformers via Sparse Rate Reduction" in card and "pipeline_tag: image-classification" in card
+    io = load_file(str(src.with_name("crate_micro.io.safetensors")))
+    with torch.no_grad():
+        torch.testing.assert_close(crate_mae.load_checkpoint(tmp_path / "out")(io["imgs"]), io["logits"],
+                                   rtol=1e-4, atol=1e-5)
+    assert main(["info", str(tmp_path / "out"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params_official"] == 46_186

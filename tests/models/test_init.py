@@ -3,7 +3,8 @@ models at initialisation (tests/fixtures/*.official_state_dict.safetensors).
 
 Per tensor: constant tensors (LayerNorm 1 / 0, zero biases) are equal; otherwise the standard deviation agrees within
 10 % and max |.| within 20 %. For tensors under 1,000 entries the sample statistics are noisy, so the std tolerance
-widens to three standard errors (3 / sqrt(2n)) and max |.| is not compared (the tokens are N(0, 0.02): their maximum
+widens to three standard errors of the ratio of two independent sample stds (each has relative error 1 / sqrt(2n),
+their ratio sqrt(2) times that: 3 / sqrt(n)) and max |.| is not compared (the tokens are N(0, 0.02): their maximum
 over 64 draws varies by tens of percent). The bug this guards against, kaiming a = sqrt(5) instead of a = 0, is a
 2.45x difference on 4,096-entry matrices.
 """
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from test_official_fixtures import FIXTURES, official_fixture
 
 import crate_mae
+from crate_mae.models.crate_supervised import from_official as convert_official_supervised_crate
 from crate_mae.models.official import from_official as convert_official_crate
 
 SMALL = 1000
@@ -29,7 +31,7 @@ def compare(name: str, ours: torch.Tensor, official: torch.Tensor) -> str | None
     if official.numel() == 1 or torch.all(official == official.flatten()[0]):
         return None if torch.equal(ours, official) else f"{name}: official is constant {official.flatten()[0]:.3g}"
     n = official.numel()
-    tol = 0.10 if n >= SMALL else max(0.10, 3 / math.sqrt(2 * n))
+    tol = 0.10 if n >= SMALL else max(0.10, 3 / math.sqrt(n))
     s_ours, s_off = ours.std().item(), official.std().item()
     if abs(s_ours / s_off - 1) > tol:
         return f"{name}: std {s_ours:.4f} vs official {s_off:.4f} (tolerance {tol:.0%})"
@@ -43,6 +45,11 @@ def fresh_like(name: str):
     """Our freshly initialised model with the fixture's configuration, and the official state dict in our names."""
     path, _, meta = official_fixture(name)
     official = load_file(str(path))
+    if name == "crate_micro":  # supervised CRATE: default PyTorch inits, N(0, 1) tokens and position table
+        model = crate_mae.create_model("crate_supervised_tiny", img_size=meta["img_size"],
+                                       patch_size=meta["patch_size"], embed_dim=meta["embed_dim"], depth=meta["depth"],
+                                       num_heads=meta["num_heads"], num_classes=meta["num_classes"])
+        return model, convert_official_supervised_crate(official)
     common = dict(img_size=meta["img_size"], patch_size=meta["patch_size"], embed_dim=meta["embed_dim"],
                   depth=meta["depth"], num_heads=meta["num_heads"], decoder_depth=meta["decoder_depth"])
     if name == "crate_mae_micro":
@@ -57,7 +64,7 @@ def fresh_like(name: str):
     return model, {k: v for k, v in official.items() if k not in unused}
 
 
-@pytest.mark.parametrize("name", ["crate_mae_micro", "vit_mae_micro", "paper_vit_mae_micro"])
+@pytest.mark.parametrize("name", ["crate_mae_micro", "vit_mae_micro", "paper_vit_mae_micro", "crate_micro"])
 def test_fresh_model_is_initialised_like_the_official_code(name):
     torch.manual_seed(0)
     model, official = fresh_like(name)
@@ -77,5 +84,15 @@ def test_the_comparison_catches_the_old_dictionary_init():
     assert why is not None and "encoder.blocks.0.ista.dictionary: std" in why
 
 
+def test_the_comparison_catches_a_wrong_position_table_init():
+    """Supervised CRATE's table is N(0, 1), not CRATE-MAE's fixed sin-cos or MAE's N(0, 0.02): the check says so."""
+    torch.manual_seed(0)
+    model, official = fresh_like("crate_micro")
+    table = model.pos_embed.table
+    torch.nn.init.normal_(table.data, std=0.02)
+    why = compare("pos_embed.table", table.detach(), official["pos_embed.table"])
+    assert why is not None and "pos_embed.table: std" in why
+
+
 def test_fixtures_are_present():
-    assert len(list(FIXTURES.glob("*.official_state_dict.safetensors"))) == 3
+    assert len(list(FIXTURES.glob("*.official_state_dict.safetensors"))) == 4

@@ -7,10 +7,17 @@ patch, nothing invented between patches).
 
 Masks follow DINO's ``visualize_attention.py``: per head keep the smallest set of patches that holds ``threshold``
 (default 0.6) of the cls attention mass; the figure draws their contours over the photo.
+
+Emergent segmentation (Yu et al., *Emergence of Segmentation with Minimalistic White-Box Transformers*, arXiv
+2308.16271, which follows DINO's pictures): the last layer's per-head cls attention, each head's thresholded mask, and
+the **union over heads** of those masks, a coarse foreground segmentation read off the attention alone
+(:func:`segmentation_views`). ``segmentation.png`` (:func:`plot_segmentation`) shows the union and which head claims
+each patch. The paper's own threshold is not given in the material available here; we use DINO's mass threshold.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,29 +65,82 @@ def mass_threshold_masks(attn: torch.Tensor, threshold: float = 0.6) -> torch.Te
     return keep.view_as(attn)
 
 
+@dataclass
+class SegmentationViews:
+    """What the attention of one layer says about the layout of an image, on the patch grid.
+
+    attn:  (N, K, h, w) cls-row attention of each head over the patches;
+    masks: (N, K, h, w) bool, per head the smallest patch set holding ``threshold`` of its attention mass;
+    union: (N, h, w) bool, patches kept by at least one head (the coarse segmentation);
+    owner: (N, h, w) int, the head whose max-normalised attention is largest on each patch of the union, -1 outside.
+    """
+
+    attn: torch.Tensor
+    masks: torch.Tensor
+    union: torch.Tensor
+    owner: torch.Tensor
+
+
+@torch.no_grad()
+def segmentation_views(model: nn.Module, imgs: torch.Tensor, layer: int = -1, threshold: float = 0.6
+                       ) -> SegmentationViews:
+    """The emergent-segmentation views of layer ``layer`` (default the last) for any model with ``attention_maps``."""
+    attn = cls_attention(model, imgs, layer)
+    return views_from_attention(attn, threshold)
+
+
+def views_from_attention(attn: torch.Tensor, threshold: float = 0.6) -> SegmentationViews:
+    """:class:`SegmentationViews` from per-head cls attention maps (N, K, h, w)."""
+    masks = mass_threshold_masks(attn, threshold)
+    union = masks.any(dim=1)
+    scaled = attn / attn.flatten(-2).amax(-1).clamp_min(1e-12)[..., None, None]  # heads on a common 0..1 scale
+    owner = torch.where(masks, scaled, torch.full_like(scaled, -1.0)).argmax(dim=1)
+    return SegmentationViews(attn=attn, masks=masks, union=union, owner=torch.where(union, owner, -1))
+
+
 def upsample_nearest(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(N, K, h, w) -> (N, K, h*p, w*p), each patch value repeated over its pixels."""
     return F.interpolate(maps.float(), scale_factor=patch_size, mode="nearest")
 
 
-def plot_attention(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: int = -1,
-                   threshold: float = 0.6, max_heads: int | None = None):
-    """Two rows per image: the photo then each head's map (nearest-upsampled, per-head colour scale); the photo then
-    each head's mass-threshold mask as contours over the photo."""
+def _shade_outside(ax, photo: np.ndarray, mask: np.ndarray, color: str = "yellow") -> None:
+    """The photo with the patches outside ``mask`` darkened and the mask's contour drawn."""
     from skimage.measure import find_contours
 
+    ax.imshow(photo)
+    shade = np.zeros(mask.shape + (4,))
+    shade[..., 3] = np.where(mask, 0.0, 0.55)
+    ax.imshow(shade)
+    for c in find_contours(mask.astype(float), 0.5):
+        ax.plot(c[:, 1], c[:, 0], color=color, lw=0.8)
+    clean_axis(ax)
+
+
+def _layer_number(model: nn.Module, layer: int) -> tuple[int, int]:
+    """(1-based layer number, number of encoder layers) for titles; every model's config holds its depth."""
+    n_layers = model.config["depth"]
+    return layer % n_layers + 1, n_layers
+
+
+def plot_attention(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: int = -1,
+                   threshold: float = 0.6, max_heads: int | None = None):
+    """Two rows per image: the photo, each head's map (nearest-upsampled, per-head colour scale) and the mean over
+    heads; the photo, each head's mass-threshold mask as contours over the photo and the union of all heads'
+    masks (the emergent segmentation)."""
     plt = pyplot()
     imgs = crop_to_patch_multiple(imgs, model.patch_size)
-    attn = cls_attention(model, imgs, layer)
-    heads = attn.shape[1] if max_heads is None else min(max_heads, attn.shape[1])
-    attn = attn[:, :heads]
-    masks = upsample_nearest(mass_threshold_masks(attn, threshold), model.patch_size).cpu().numpy() > 0.5
-    maps = upsample_nearest(attn, model.patch_size).cpu().numpy()
+    views = segmentation_views(model, imgs, layer, threshold)
+    heads = views.attn.shape[1] if max_heads is None else min(max_heads, views.attn.shape[1])
+    attn = views.attn[:, :heads]
+    p = model.patch_size
+    masks = upsample_nearest(views.masks[:, :heads], p).cpu().numpy() > 0.5
+    union = upsample_nearest(views.union[:, None], p)[:, 0].cpu().numpy() > 0.5
+    maps = upsample_nearest(attn, p).cpu().numpy()
+    mean_map = upsample_nearest(views.attn.mean(1, keepdim=True), p)[:, 0].cpu().numpy()
     photos = to_hwc(norm.denormalize(imgs))
     n = imgs.shape[0]
-    n_layers = len(model.encoder.blocks) if hasattr(model, "encoder") else len(model.blocks)
-    layer_no = layer % n_layers + 1
-    fig, axes = plt.subplots(2 * n, heads + 1, figsize=(1.6 * (heads + 1), 3.3 * n + 0.4), squeeze=False)
+    layer_no, n_layers = _layer_number(model, layer)
+    fig, axes = plt.subplots(2 * n, heads + 2, figsize=(1.6 * (heads + 2), 3.3 * n + 0.4), squeeze=False)
     for i in range(n):
         for r in (0, 1):
             ax = axes[2 * i + r][0]
@@ -93,18 +153,62 @@ def plot_attention(model: nn.Module, imgs: torch.Tensor, norm: Normalization, la
             clean_axis(ax)
             if i == 0:
                 ax.set_title(f"head {k}", fontsize=7)
-            ax = axes[2 * i + 1][k + 1]
-            ax.imshow(photos[i])
-            shade = np.zeros(masks[i, k].shape + (4,))
-            shade[..., 3] = np.where(masks[i, k], 0.0, 0.55)  # darken the patches outside the mask
-            ax.imshow(shade)
-            for c in find_contours(masks[i, k].astype(float), 0.5):
-                ax.plot(c[:, 1], c[:, 0], color="yellow", lw=0.8)
-            clean_axis(ax)
-    fig.suptitle(f"encoder layer {layer_no}/{n_layers}: cls-token attention per head (nearest-upsampled) and "
-                 f"DINO masks keeping {threshold:.0%} of the attention mass", fontsize=9)
+            _shade_outside(axes[2 * i + 1][k + 1], photos[i], masks[i, k])
+        ax = axes[2 * i][heads + 1]
+        ax.imshow(mean_map[i], cmap="inferno", interpolation="nearest")
+        clean_axis(ax)
+        _shade_outside(axes[2 * i + 1][heads + 1], photos[i], union[i], color="cyan")
+        if i == 0:
+            ax.set_title("mean of heads", fontsize=7)
+            axes[1][heads + 1].set_title(f"union of {views.attn.shape[1]} heads", fontsize=7)
+    fig.suptitle(f"encoder layer {layer_no}/{n_layers}: cls-token attention per head (nearest-upsampled), "
+                 f"DINO masks keeping {threshold:.0%} of the attention mass, and their union over heads",
+                 fontsize=9)
     fig.subplots_adjust(wspace=0.04, hspace=0.08, top=0.94)  # tight_layout is slow on big grids
     return fig
+
+
+def plot_segmentation(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: int = -1,
+                      threshold: float = 0.6):
+    """One row per image: photo | union of the heads' masks over the photo | the union coloured by the head that
+    claims each patch (largest max-normalised attention among the heads whose mask holds it)."""
+    plt = pyplot()
+    import matplotlib
+
+    imgs = crop_to_patch_multiple(imgs, model.patch_size)
+    views = segmentation_views(model, imgs, layer, threshold)
+    p = model.patch_size
+    union = upsample_nearest(views.union[:, None], p)[:, 0].cpu().numpy() > 0.5
+    owner = upsample_nearest(views.owner[:, None].float(), p)[:, 0].cpu().numpy().astype(int)
+    photos = to_hwc(norm.denormalize(imgs))
+    K = views.attn.shape[1]
+    palette = matplotlib.colormaps["tab20" if K > 10 else "tab10"]
+    n = imgs.shape[0]
+    layer_no, n_layers = _layer_number(model, layer)
+    fig, axes = plt.subplots(n, 3, figsize=(7, 2.4 * n + 0.5), squeeze=False)
+    for i in range(n):
+        axes[i][0].imshow(photos[i])
+        clean_axis(axes[i][0])
+        _shade_outside(axes[i][1], photos[i], union[i], color="cyan")
+        colours = np.zeros(owner[i].shape + (4,))
+        inside = owner[i] >= 0
+        colours[inside] = [palette(k % palette.N) for k in owner[i][inside]]
+        axes[i][2].imshow(photos[i])
+        axes[i][2].imshow(colours, alpha=0.65, interpolation="nearest")
+        clean_axis(axes[i][2])
+        kept = views.union[i].float().mean().item()
+        axes[i][1].set_xlabel(f"{kept:.0%} of patches", fontsize=7)
+    for j, title in enumerate(("photo", "union of the heads' masks", f"which head (of {K}) claims each patch")):
+        axes[0][j].set_title(title, fontsize=8)
+    fig.suptitle(f"emergent segmentation, encoder layer {layer_no}/{n_layers}: per-head cls attention thresholded "
+                 f"at {threshold:.0%} of its mass (DINO), union over heads", fontsize=8)
+    fig.subplots_adjust(wspace=0.04, hspace=0.12, top=1 - 0.7 / (2.4 * n + 0.5))  # title just above the grid
+    return fig
+
+
+def save_segmentation(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path, layer: int = -1,
+                      threshold: float = 0.6) -> Path:
+    return save_figure(plot_segmentation(model, imgs, norm, layer, threshold), path)
 
 
 def save_attention(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path, layer: int = -1,

@@ -1,5 +1,6 @@
-"""One self-contained HTML page about a checkpoint: model card, layer-wise curves, reconstructions, attention heads
-and PCA, every figure embedded as a base64 PNG (the page is a single file that can be mailed or archived).
+"""One self-contained HTML page about a checkpoint: model card, layer-wise curves, reconstructions (for a classifier:
+its top-5 predictions), attention heads and PCA, every figure embedded as a base64 PNG (the page is a single file
+that can be mailed or archived).
 
 ``write_report(model_or_ckpt, out_dir)`` is what ``crate-mae report`` and the end of ``crate-mae demo`` call. It
 works on a randomly initialised model too (the page then says so), so it doubles as a smoke test of every picture.
@@ -28,6 +29,7 @@ from .figures import pyplot
 from .inputs import demo_images, find_images, load_images, model_normalization
 from .layerwise import METRIC_LABELS, METRICS, measure_layers
 from .pca import plot_pca
+from .predictions import class_names, is_classifier, plot_predictions, top_predictions
 from .reconstruction import plot_reconstructions
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -90,6 +92,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     device = next(model.parameters()).device
     norm = model_normalization(model)
     size = resolve_data_config(model)["img_size"]
+    labels: list[str] | None = None  # what each image row is called (its file, when there is one)
     if images is None:
         imgs, img_source = demo_images(size, num_images, norm), "the embedded scikit-image photos"
     elif isinstance(images, torch.Tensor):
@@ -97,7 +100,10 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     else:
         files = find_images(images, num_images)
         imgs, img_source = load_images(files, size, norm, strict=strict), ", ".join(f.name for f in files)
+        if len(files) == imgs.shape[0]:  # none skipped: rows can name their file (and its class folder)
+            labels = [f"{f.parent.name}/{f.name}" for f in files]
     imgs = imgs.to(device)
+    labels = labels or [f"image {i + 1}" for i in range(imgs.shape[0])]
     cfg = dict(model.config)
     name = cfg.get("model") or cfg.get("architecture") or type(model).__name__
 
@@ -143,20 +149,34 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
                     "against each layer's subspaces) and ||Z||_0/(Nd) falls (codes become sparser). The decoder has "
                     "no ReLU, so its outputs are dense by construction.</p>")
 
-    # -- reconstructions
-    body.append("<h2>Masked completion</h2>")
-    if model.has_decoder:
+    # -- reconstructions, or what a classifier predicts
+    if is_classifier(model):
+        body.append("<h2>Predictions</h2>")
+        names, names_from = class_names(model)
+        body.append(_figure(_png(plot_predictions(model, imgs, norm, k=5, labels=labels)), "top-5 predictions",
+                            "Top-5 classes of each image with their softmax probabilities; class names: "
+                            f"{names_from}."))
+        probs, idx = top_predictions(model, imgs, k=5)
+        rows = [[labels[i]] + [f"{names[j]} ({p:.1%})" for p, j in zip(probs[i].tolist(), idx[i].tolist())]
+                for i in range(imgs.shape[0])]
+        body.append(_table(rows, ["image"] + [f"#{r + 1}" for r in range(probs.shape[1])]))
+    elif model.has_decoder:
+        body.append("<h2>Masked completion</h2>")
         body.append(_figure(_png(plot_reconstructions(model, imgs, norm, mask_ratio, seed)), "reconstructions",
                             f"{mask_ratio:.0%} of patches masked (mask seed {seed}). Columns: masked input, "
                             "prediction of every patch, prediction with the visible patches pasted back, original."))
     else:
-        body.append('<p class="note">encoder-only model: no decoder, no reconstructions.</p>')
+        body.append("<h2>Masked completion</h2>")
+        body.append('<p class="note">encoder-only model without classes: no decoder, no reconstructions, no '
+                    "predictions.</p>")
 
     # -- attention
     body.append("<h2>Attention heads</h2>")
     body.append(_figure(_png(plot_attention(model, imgs, norm, attention_layer, attention_threshold)), "attention",
-                        "cls-token attention of each head over the patches (upper rows, nearest-upsampled) and the "
-                        f"smallest patch set holding {attention_threshold:.0%} of it (lower rows, DINO's recipe)."))
+                        "cls-token attention of each head over the patches (upper rows, nearest-upsampled; last "
+                        f"column their mean), the smallest patch set holding {attention_threshold:.0%} of it (lower "
+                        "rows, DINO's recipe) and the union of those sets over heads (last column: the emergent "
+                        "segmentation)."))
 
     # -- PCA
     body.append("<h2>PCA of patch features</h2>")

@@ -37,12 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_analyze)
 
-    p = sub.add_parser("visualize", help="reconstruction, attention or PCA pictures (PNG)")
+    p = sub.add_parser("visualize", help="reconstruction, attention (+ emergent segmentation) or PCA pictures (PNG)")
     p.add_argument("kind", choices=["reconstruct", "attention", "pca"])
     _model_args(p)
     p.add_argument("--images", nargs="*", default=None,
                    help="image folder(s) or files; default: the embedded photos")
-    p.add_argument("--out", required=True, help="output folder; writes KIND.png")
+    p.add_argument("--out", required=True, help="output folder; writes KIND.png (attention: also segmentation.png, "
+                                                "the union of the heads' masks)")
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--img-size", type=int, default=None,
                    help="resize+centre-crop to this size (default: the model's); 0 keeps each photo's size, cropped "
@@ -113,6 +114,8 @@ def _visualize(args) -> int:
         reconstruction.save_reconstructions(model, imgs, norm, path, args.mask_ratio, args.seed)
     elif args.kind == "attention":
         attention.save_attention(model, imgs, norm, path, args.layer, args.threshold)
+        print(attention.save_segmentation(model, imgs, norm, path.with_name("segmentation.png"), args.layer,
+                                          args.threshold))
     else:
         pca.save_pca(model, imgs, norm, path, args.layer, args.features, args.fg_threshold, not args.no_foreground,
                      args.pca_style)

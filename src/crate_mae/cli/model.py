@@ -13,8 +13,9 @@ from ..hub import OFFICIAL_SOURCES, save_for_hub
 from ..models import list_models
 from ..utils import file_sha256, parse_key_values
 
-CKPT_HELP = ("a run directory (its model/), a checkpoint (our folder or model.safetensors, an official CRATE-MAE / MAE "
-             ".pth or .safetensors), hf-hub:ORG/NAME from the local cache, or a registered model name (random init)")
+CKPT_HELP = ("a run directory (its model/), a checkpoint (our folder or model.safetensors, an official CRATE-MAE, "
+             "supervised CRATE or MAE .pth or .safetensors), hf-hub:ORG/NAME from the local cache, or a registered "
+             "model name (random init)")
 OVERRIDES_HELP = "constructor overrides, e.g. img_size=32 patch_size=8 (presets) or num_heads=12 (official files)"
 
 
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("convert", help="convert an official CRATE-MAE / MAE checkpoint to our safetensors format")
+    p = sub.add_parser("convert", help="convert an official CRATE-MAE / supervised CRATE / MAE checkpoint to our "
+                                       "safetensors format")
     p.add_argument("src", help="official .pth / .safetensors file")
     p.add_argument("out_dir", help="output directory (config.json + model.safetensors)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "OUT_DIR can be uploaded as it is (`hf upload ORG/NAME OUT_DIR`)")
     hub.add_argument("--repo-id", default=None, metavar="ORG/NAME", help="the Hub repository named in the card")
     hub.add_argument("--source", default=None, help="where the weights come from (default for official CRATE-MAE / "
-                                                     "MAE weights: their GitHub repository)")
+                                                     "supervised CRATE / MAE weights: their GitHub repository)")
     hub.add_argument("--license", default=None, help="Hub licence id of the weights (default for official weights: "
                                                       "mit for CRATE, cc-by-nc-4.0 for facebookresearch/mae)")
     hub.add_argument("--data", default=None, help="what the weights were trained on, e.g. 'ImageNet-1K' (official "
@@ -99,9 +101,12 @@ def _info(args) -> int:
         print(f"  {k:<20} {v}")
     print(f"  {'params (trainable)':<20} {info['params_trainable']:,} ({info['params_trainable'] / 1e6:.2f}M)")
     if "params_official" in info:
-        print(f"  {'params (official)':<20} {info['params_official']:,} ({info['params_official'] / 1e6:.2f}M)"
-              "  [counts the frozen sin-cos tables" + (" and the unused decoder_embed]"
-                                                        if info.get("mask_tokens_in_encoder") else "]"))
+        if info["architecture"] == "crate_supervised":
+            note = "[the official code trains every tensor it has: the same count]"
+        else:
+            note = "[counts the frozen sin-cos tables" + (" and the unused decoder_embed]"
+                                                         if info.get("mask_tokens_in_encoder") else "]")
+        print(f"  {'params (official)':<20} {info['params_official']:,} ({info['params_official'] / 1e6:.2f}M)  {note}")
     if "forward" in info:
         print(f"  {'forward (random)':<20} {info['forward']}")
     return 0

@@ -138,7 +138,7 @@ def check_images(imgs: torch.Tensor, patch_size: int, in_chans: int) -> None:
 
 
 def check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size=0.1,
-                 ista_lambda=0.0) -> None:
+                 ista_lambda=0.0, sincos: bool = True) -> None:
     sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if patch_size < 1 or any(s % patch_size or s < patch_size for s in sizes):
         raise ValueError(f"img_size={img_size} is not a positive multiple of patch_size={patch_size}")
@@ -146,7 +146,7 @@ def check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, is
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     if num_heads < 1 or embed_dim % num_heads:
         raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
-    if embed_dim % 4:
+    if sincos and embed_dim % 4:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 (2-D sin-cos position table)")
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")

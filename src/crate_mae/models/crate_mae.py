@@ -66,59 +66,23 @@ class CrateDecoderBlock(nn.Module):
         return y - self.attn(self.norm2(y))
 
 
-class CrateEncoder(PatchTokens, Capabilities, nn.Module):
-    """The CRATE encoder; with ``num_classes > 0`` a timm-style image classifier.
-
-    forward_features(imgs) -> (N, 1+L, D) after the final norm; forward_head(x) pools ('token' = cls, 'avg' = mean of
-    patch tokens) and applies the linear head. timm's model contract: ``forward_intermediates``,
-    ``prune_intermediate_layers``, ``group_matcher``, ``set_grad_checkpointing``, ``feature_info``.
+class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
+    """What the two CRATE classifiers share (CRATE-MAE's encoder ``crate_*`` and supervised CRATE
+    ``crate_supervised_*``): a stack of :class:`CrateBlock` over cls + patch tokens, then ``norm`` (an Identity where
+    the architecture has no final norm), read out by ``forward_head``. timm's model contract: ``forward_intermediates``,
+    ``prune_intermediate_layers``, ``group_matcher``, ``set_grad_checkpointing``; and ours: ``attention_maps``,
+    ``trace_layers``. Subclasses build ``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks``, ``norm``, ``head``
+    and define ``forward_head`` / ``reset_classifier``.
     """
 
     white_box = True
 
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, ista_step_size: float = 0.1,
-                 ista_lambda: float = 0.5, num_classes: int = 0, global_pool: str = "token",
-                 drop_path_rate: float = 0.0, pos_embed_mode: str = "interpolate"):
-        super().__init__()
-        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda)
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.embed_dim = self.num_features = embed_dim
-        self.num_heads = num_heads
-        self.global_pool = global_pool
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = PositionTable(embed_dim, self.patch_embed.grid_size, pos_embed_mode)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(
-            CrateBlock(embed_dim, num_heads, ista_step_size, ista_lambda, dpr[i]) for i in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=FINAL_LN_EPS)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.num_classes = num_classes
-        self.grad_checkpointing = False
-        self.num_prefix_tokens = 1
-        reduction = patch_size
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
-        self.init_contract(architecture="crate", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                           embed_dim=embed_dim, depth=depth, num_heads=num_heads, ista_step_size=ista_step_size,
-                           ista_lambda=ista_lambda, num_classes=num_classes, global_pool=global_pool,
-                           drop_path_rate=drop_path_rate, pos_embed_mode=pos_embed_mode)
-        init_weights(self, self.patch_embed, [self.cls_token])
-
-    # -- encoder ----------------------------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Unmasked image -> encoder -> final norm: (N, 1+L, D). Deterministic, never masks."""
+        """Unmasked image -> blocks -> final norm (if any): (N, 1+L, D). Deterministic, never masks."""
         return self.forward_tokens(self.prepare_tokens(imgs))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
-        return x if pre_logits else self.head(x)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(imgs))
@@ -126,17 +90,17 @@ class CrateEncoder(PatchTokens, Capabilities, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device = self.cls_token.device
-        self.head = nn.Linear(self.embed_dim, num_classes).to(device) if num_classes > 0 else nn.Identity()
+    def set_drop_path(self, drop_path_rate: float) -> None:
+        """Stochastic depth linearly rising to ``drop_path_rate`` over the blocks (for fine-tuning loaded weights)."""
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        rates = torch.linspace(0, drop_path_rate, len(self.blocks)).tolist()
+        for blk, rate in zip(self.blocks, rates):
+            blk.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
+        self.config["drop_path_rate"] = drop_path_rate
 
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
-        """Softmax attention (N, heads, 1+L, 1+L) of encoder layer ``layer`` on the unmasked image."""
+        """Softmax attention (N, heads, 1+L, 1+L) of layer ``layer`` on the unmasked image."""
         layer = layer_index(layer, len(self.blocks), "encoder")
         x = self.prepare_tokens(imgs)
         for blk in self.blocks[:layer]:
@@ -144,17 +108,23 @@ class CrateEncoder(PatchTokens, Capabilities, nn.Module):
         blk = self.blocks[layer]
         return blk.attn.attention(blk.norm1(x))
 
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token"}
+    def trace_layers(self, imgs: torch.Tensor, encoder_layers: list[int] | None = None) -> Intermediates:
+        """One forward pass under a :class:`LayerRecorder`: a :class:`LayerTrace` (input, MSSA input, half step, ISTA
+        input, output) for each chosen layer (default: all), and ``latent`` = ``forward_features``."""
+        n = len(self.blocks)
+        keep = {layer_index(i, n, "encoder") for i in (range(n) if encoder_layers is None else encoder_layers)}
+        with LayerRecorder(self) as rec:
+            latent = self.forward_features(imgs)
+        return Intermediates(encoder={i: t for (_, i), t in rec.collect().items() if i in keep}, latent=latent)
 
     # -- timm's model contract ---------------------------------------------------------------------------------------
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
-        """timm's ``forward_intermediates``: the outputs Z^{l+1} of the encoder layers ``indices`` (None: all; an int
-        n: the last n; negative indices count from the end), each (N, D, h, w) (``NCHW``) or (N, h*w, D) (``NLC``),
-        with the final norm applied when ``norm``; the cls token is returned beside them with
-        ``return_prefix_tokens``. Returns ``intermediates`` or ``(final features, intermediates)``."""
+        """timm's ``forward_intermediates``: the outputs Z^{l+1} of the layers ``indices`` (None: all; an int n: the
+        last n; negative indices count from the end), each (N, D, h, w) (``NCHW``) or (N, h*w, D) (``NLC``), with the
+        final norm applied when ``norm``; the cls token is returned beside them with ``return_prefix_tokens``.
+        Returns ``intermediates`` or ``(final features, intermediates)``."""
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.blocks), indices)
@@ -190,13 +160,72 @@ class CrateEncoder(PatchTokens, Capabilities, nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups by depth for timm's layer-wise lr decay, as facebookresearch/mae's ``get_layer_id_for_vit``:
-        the stem (tokens, patch embedding) first, then each block, then the final norm in a group of its own (timm's
-        ViT merges it into the last block's) together with the head."""
+        the stem (tokens, position table, patch embedding) first, then each block, then the final norm in a group of
+        its own (timm's ViT merges it into the last block's) together with the head (and its norm)."""
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^head", (len(self.blocks),))])
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm|^head", (len(self.blocks),))])
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+
+class CrateEncoder(CrateClassifierBase):
+    """The CRATE encoder of CRATE-MAE; with ``num_classes > 0`` a timm-style image classifier.
+
+    forward_features(imgs) -> (N, 1+L, D) after the final norm; forward_head(x) pools ('token' = cls, 'avg' = mean of
+    patch tokens) and applies the linear head. Everything else: :class:`CrateClassifierBase`.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, ista_step_size: float = 0.1,
+                 ista_lambda: float = 0.5, num_classes: int = 0, global_pool: str = "token",
+                 drop_path_rate: float = 0.0, pos_embed_mode: str = "interpolate"):
+        super().__init__()
+        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda)
+        check_global_pool(global_pool)
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = self.num_features = embed_dim
+        self.num_heads = num_heads
+        self.global_pool = global_pool
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = PositionTable(embed_dim, self.patch_embed.grid_size, pos_embed_mode)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            CrateBlock(embed_dim, num_heads, ista_step_size, ista_lambda, dpr[i]) for i in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=FINAL_LN_EPS)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes
+        self.grad_checkpointing = False
+        self.num_prefix_tokens = 1
+        reduction = patch_size
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        self.init_contract(architecture="crate", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                           embed_dim=embed_dim, depth=depth, num_heads=num_heads, ista_step_size=ista_step_size,
+                           ista_lambda=ista_lambda, num_classes=num_classes, global_pool=global_pool,
+                           drop_path_rate=drop_path_rate, pos_embed_mode=pos_embed_mode)
+        init_weights(self, self.patch_embed, [self.cls_token])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        return x if pre_logits else self.head(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            check_global_pool(global_pool)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device = self.cls_token.device
+        self.head = nn.Linear(self.embed_dim, num_classes).to(device) if num_classes > 0 else nn.Identity()
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+
+def check_global_pool(global_pool: str) -> None:
+    if global_pool not in ("token", "avg"):
+        raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
 
 
 class CrateDecoder(nn.Module):

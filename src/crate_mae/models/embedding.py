@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 from .layers import sincos_pos_embed
 
@@ -70,6 +71,35 @@ class PositionTable(nn.Module):
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, mode={self.mode!r}"
+
+
+class LearnedPositionTable(nn.Module):
+    """A trained position table (supervised CRATE's ``pos_embedding``): ``table(grid) -> (1, 1 + h*w, D)``, one row
+    per token, cls first, initialised N(0, 1) as the official code does.
+
+    For the training grid it is the parameter itself. For another grid the patch rows are resampled bicubically
+    (timm's ``resample_abs_pos_embed``, the cls row kept); the official code instead takes the first ``1 + h*w`` rows,
+    which places patches at wrong positions and fails for larger grids. Resampled tables are not cached (the
+    parameter trains).
+    """
+
+    def __init__(self, embed_dim: int, grid_size: tuple[int, int]):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.table = nn.Parameter(torch.randn(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
+
+    @property
+    def num_entries(self) -> int:
+        return self.table.shape[1]
+
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
+        grid = tuple(grid)
+        if grid == self.grid_size:
+            return self.table
+        return resample_abs_pos_embed(self.table, list(grid), list(self.grid_size), num_prefix_tokens=1)
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, learned"
 
 
 def tokens_with_mask_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos: torch.Tensor,

@@ -196,11 +196,12 @@ NAMES = [  # (official, ours); {i} a block index, {p} weight | bias
 UNUSED = ("pos_embed", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias")  # frozen tables, dead layer
 
 
-def _pattern(template: str) -> re.Pattern:
+def key_pattern(template: str) -> re.Pattern:
+    """A key-name template (``{i}`` a block index, ``{p}`` weight | bias) as a regular expression with those groups."""
     return re.compile(re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)"))
 
 
-_PATTERNS = [(_pattern(official), _pattern(ours), official, ours) for official, ours in NAMES]
+_PATTERNS = [(key_pattern(official), key_pattern(ours), official, ours) for official, ours in NAMES]
 
 
 def official_to_ours(key: str) -> str | None:

@@ -9,6 +9,7 @@ from typing import Callable
 import torch.nn as nn
 
 from .crate_mae import CrateEncoder, CrateMAE
+from .crate_supervised import SupervisedCrate
 from .vit_mae import ViTMAE
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -29,6 +30,12 @@ def model_defaults(name: str) -> dict:
     """The preset's constructor keywords (a copy)."""
     _check_name(name)
     return dict(_DEFAULTS[name])
+
+
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The class (or function) that builds the preset ``name``."""
+    _check_name(name)
+    return _MODELS[name]
 
 
 def find_preset(factory: Callable[..., nn.Module], **match) -> str | None:
@@ -66,6 +73,10 @@ def _register_presets() -> None:
                        num_heads=h, decoder_depth=depth)
         register_model(f"crate_{size}", CrateEncoder, img_size=224, patch_size=16, embed_dim=d, depth=depth,
                        num_heads=h)
+        # Supervised CRATE (Ma-Lab-Berkeley/CRATE model/crate.py CRATE_*): the same widths, heads and depths, an
+        # ImageNet-1K classifier; its own name, never crate_* (that is CRATE-MAE's encoder).
+        register_model(f"crate_supervised_{size}", SupervisedCrate, img_size=224, patch_size=16, embed_dim=d,
+                       depth=depth, num_heads=h, num_classes=1000)
     vit_sizes = {  # facebookresearch/mae mae_vit_*: 512-wide, 8-layer, 16-head decoder
         "base": (768, 12, 12, 16),
         "large": (1024, 24, 16, 16),
