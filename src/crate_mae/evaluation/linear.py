@@ -52,14 +52,16 @@ def _numpy(a, dtype) -> np.ndarray:
 
 def holdout_indices(y, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(fit rows, held-out rows)`` of the labels ``y``: the stratified held-out part of train on which C is chosen
-    (stratified unless a class has a single sample); depends only on ``y``, ``holdout`` and ``seed``."""
+    (stratified unless a class has a single sample or either part would hold fewer rows than there are classes);
+    depends only on ``y``, ``holdout`` and ``seed``."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
     y = _numpy(y, np.int64)
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
+    n_held, n_classes = int(np.ceil(holdout * len(y))), int((counts > 0).sum())
+    stratify = y if counts[counts > 0].min() >= 2 and min(n_held, len(y) - n_held) >= n_classes else None
     return tuple(train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed, stratify=stratify))
 
 
