@@ -16,7 +16,7 @@ from crate_mae.evaluation.features import eval_view
 from crate_mae.evaluation.masked_loss import fixed_noise
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_depth=1)
-FAST = dict(num_workers=0, progress=False)
+FAST = dict(num_workers=0, progress=False, device="cpu")  # fp32: the comparisons below are to fp32 CPU numbers
 
 
 def _own_loss(model, data, ratio, seed, split="val"):
@@ -58,6 +58,17 @@ def test_sweep_with_the_probe_on_the_masked_view(image_folder):
     assert [r["mask_ratio"] for r in rows] == [0.25, 0.9] and all(r["num_train"] == 20 for r in rows)
     # tinted classes: the cls token of a view with a quarter of the patches masked still tells them apart
     assert rows[0]["top1"] > 75 and res["metrics"]["top1@0.9"] == rows[1]["top1"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 autocast there)")
+def test_on_cuda_bf16_autocast_gives_the_fp32_loss_to_bf16_precision(image_folder):
+    model = crate_mae.create_model("crate_mae_tiny", **TINY).eval()
+    cpu = reconstruction_loss(model, image_folder, mask_seed=3, **FAST)
+    gpu = reconstruction_loss(model, image_folder, mask_seed=3, **{**FAST, "device": "cuda"})
+    assert gpu["config"]["precision"] == {"device": "cuda", "dtype": "bfloat16"}
+    assert cpu["config"]["precision"] == {"device": "cpu", "dtype": "float32"}
+    for k, v in cpu["metrics"].items():
+        assert gpu["metrics"][k] == pytest.approx(v, rel=3e-2)
 
 
 def test_bad_requests_fail_with_one_clear_error(image_folder):

@@ -172,7 +172,8 @@ def mask_ratio_sweep(source: str | os.PathLike | nn.Module, data: str | os.PathL
                 metrics[f"{k}@{r:g}"] = row[k]
     config = {"mask_ratios": ratios, "mask_seed": mask_seed, "split": split, "probe": probe,
               "train_split": train_split if probe else None, "transform": view, "seed": seed,
-              "norm_pix_loss_model": bool(model.norm_pix_loss), "precision": str(dtype or torch.float32)}
+              "norm_pix_loss_model": bool(model.norm_pix_loss),
+              "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")}}
     if probe:
         config.update(Cs=[float(c) for c in Cs], holdout=holdout, max_iter=max_iter)
     dataset = {"path": str(data), "val": split, "num_val": rows[0]["num_images"], "skipped_files": skipped}
