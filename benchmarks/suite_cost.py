@@ -5,6 +5,9 @@ feature-extraction speed on this machine, and a FLOP-based GPU estimate for the 
     python benchmarks/suite_cost.py --device cpu --batch-size 32 --seconds 30
     python benchmarks/suite_cost.py crate_mae_tiny img_size=32 patch_size=4 embed_dim=128 depth=4 num_heads=4 \\
         decoder_depth=4                                              # the CIFAR-scale model
+    python benchmarks/suite_cost.py --stand-ins /tmp/standins         # write stand-in data sets, then time the suite:
+    crate-mae eval-suite --ckpt crate_mae_base --root /tmp/standins --datasets cifar10,flowers102 --out /tmp/suite \\
+        --workers 15 --batch-size 256 --no-grid --max-iter 100
 
 - FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over ``forward_features`` of one batch on the meta device
   (a multiply-add is 2 FLOPs; attention counted as its two products), divided by the batch.
@@ -14,6 +17,10 @@ feature-extraction speed on this machine, and a FLOP-based GPU estimate for the 
   (default 989, the dense bf16 peak of an H100 / H200 SXM in NVIDIA's datasheet) and each ``--utilisation``;
   then the time of the suite's forward passes over CIFAR-10 + CIFAR-100 + Flowers-102 + Pets (standard splits,
   135,538 images).
+- ``--stand-ins DIR`` writes, instead, data sets of the real sizes for timing the whole suite where the real ones
+  are not at hand: CIFAR-10 in its pickle layout (50,000 + 10,000 random 32-px images) and Flowers-102 in its
+  layout (``--flowers-images``, default 3 x 1,020, JPEGs of 500 x 375 px with smooth content, so that they
+  compress and decode like photos). Labels are random: only the cost means anything.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +78,38 @@ def measure(model: torch.nn.Module, img_size: int, batch: int, seconds: float, d
     return n * batch / (time.perf_counter() - t0)
 
 
+def _flower_jpeg(args: tuple[Path, int]) -> None:
+    path, i = args
+    rng = np.random.default_rng(i)
+    small = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+    pixels = np.asarray(small).astype(np.int16) + rng.integers(-8, 9, (375, 500, 3))
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path / f"image_{i:05d}.jpg", quality=90)
+
+
+def write_stand_ins(root: Path, cifar_images: int = 60_000, flowers_images: int = 3_060) -> None:
+    """See the module docstring (``--stand-ins``)."""
+    from multiprocessing import Pool
+
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    cifar = root / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    per = cifar_images // 6  # five train batches and one test batch, as the original
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(cifar / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (per, 3072), dtype=np.uint8),
+                         b"labels": rng.integers(0, 10, per).tolist()}, f, protocol=4)
+    flowers = root / "flowers-102"
+    (flowers / "jpg").mkdir(parents=True)
+    with Pool() as pool:
+        pool.map(_flower_jpeg, [(flowers / "jpg", i) for i in range(1, flowers_images + 1)], chunksize=32)
+    savemat(flowers / "imagelabels.mat", {"labels": rng.integers(1, 103, (1, flowers_images)).astype(np.uint8)})
+    ids, third = np.arange(1, flowers_images + 1), flowers_images // 3
+    savemat(flowers / "setid.mat", {"trnid": ids[None, :third], "valid": ids[None, third:2 * third],
+                                    "tstid": ids[None, 2 * third:]})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", default="crate_mae_base")
@@ -79,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--utilisation", type=float, nargs="+", default=[1.0, 0.4],
                    help="fractions of the peak the estimate assumes (1.0: an upper bound)")
     p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--stand-ins", metavar="DIR", help="only write stand-in data sets of the real sizes to DIR")
+    p.add_argument("--cifar-images", type=int, default=60_000, help="--stand-ins: CIFAR-10 images (train + test)")
+    p.add_argument("--flowers-images", type=int, default=3_060, help="--stand-ins: Flowers-102 JPEGs")
     args = p.parse_args(argv)
+    if args.stand_ins:
+        write_stand_ins(Path(args.stand_ins), args.cifar_images, args.flowers_images)
+        print(f"stand-ins in {args.stand_ins}: CIFAR-10 {args.cifar_images:,} images, Flowers-102 "
+              f"{args.flowers_images:,} JPEGs (random labels: for timing only)")
+        return 0
     torch.manual_seed(0)
     model = crate_mae.create_model(args.model, **parse_key_values(args.overrides))
     size = model.config["img_size"]
@@ -92,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = amp_dtype("auto", device)
     print(f"{args.model} {' '.join(args.overrides)} at {size} px: {flops / 1e9:.4g} GFLOPs per image "
           "(forward_features, FlopCounterMode)")
+    rate = f"{img_s:,.0f}" if img_s >= 100 else f"{img_s:.3g}"
     print(f"measured on {where} ({str(dtype or torch.float32).replace('torch.', '')}, batch {args.batch_size}): "
-          f"{img_s:,.0f} img/s = {1000 / img_s:.2f} s per 1,000 images; the suite's {total:,} images: "
+          f"{rate} img/s = {1000 / img_s:.3g} s per 1,000 images; the suite's {total:,} images: "
           f"{total / img_s / 60:.1f} min of forward passes")
     estimates = []
     for u in args.utilisation:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import crate_mae
@@ -13,10 +14,10 @@ MICRO = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, deco
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("suite_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # imported by name (not from a spec) so that its stand-in writer's worker processes can unpickle its functions
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
+    return importlib.import_module("suite_cost")
 
 
 def test_flops_count_every_product_of_the_encoder():
@@ -40,3 +41,13 @@ def test_cli_prints_the_measurement_and_the_labelled_estimate(tmp_path, capsys):
     assert r["estimates"] == [{"utilisation": 0.5, "img_s": 50e12 / r["flops_per_image"],
                                "suite_minutes": 135_538 / (50e12 / r["flops_per_image"]) / 60}]
     assert "ESTIMATE (not measured) at 50% of 100 TFLOP/s" in text and "measured on CPU" in text
+
+
+def test_stand_ins_are_found_in_torchvision_layouts(tmp_path, capsys):
+    from crate_mae.data import find_transfer_data
+
+    assert _module().main(["--stand-ins", str(tmp_path), "--cifar-images", "60", "--flowers-images", "6"]) == 0
+    assert [len(find_transfer_data("cifar10", tmp_path).build(p)) for p in ("fit", "test")] == [50, 10]
+    flowers = find_transfer_data("flowers102", tmp_path)
+    assert [len(flowers.build(p)) for p in ("fit", "test")] == [4, 2]
+    assert flowers.build("test").read(0)[0].shape == (3, 375, 500)
