@@ -138,11 +138,15 @@ def run_suite(ckpt: str | os.PathLike, root: str | os.PathLike | None = None,
             files = {part: cache / f"{d.name}-{sha[:12]}-{digest}.{part}.safetensors" for part in ("fit", "test")}
             plans.append({"data": d, "key": _digest(key), "files": files, "result": out / "results" / f"{d.name}.json",
                           "result_key": _digest([key, probe])})
-        for plan in plans:  # phase 1, every rank: features of what is neither probed nor cached yet
-            if _done(plan) or all(_cached(f, plan["key"]) for f in plan["files"].values()):
-                continue
-            _extract(plan, model, sha, str(ckpt), transform, view, layers, dtype, info, batch_size, num_workers,
-                     strict, limit, progress)
+        # phase 1, every rank: features of what is neither probed nor cached yet (rank 0 decides: the others might
+        # not see its files, and every rank must take part in each extraction)
+        todo = [[i for i, plan in enumerate(plans) if not _done(plan)
+                 and not all(_cached(f, plan["key"]) for f in plan["files"].values())] if info.is_main else None]
+        if info.enabled:
+            torch.distributed.broadcast_object_list(todo, src=0)
+        for i in todo[0]:
+            _extract(plans[i], model, sha, str(ckpt), transform, view, layers, dtype, info, batch_size,
+                     num_workers, strict, limit, progress)
     finally:
         if owned:
             cleanup_distributed()  # the probes run on rank 0 alone: the others are done
