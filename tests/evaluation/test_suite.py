@@ -132,6 +132,8 @@ def test_a_killed_suite_resumes_without_recomputing_finished_data_sets(root, tmp
     # another C list changes the probe, not the features; another seed changes the model, so both
     run_suite("crate_mae_tiny", root, "pets", tmp_path, **{**kw, "Cs": (0.1,)})
     assert calls == {"extract": ["cifar10", "pets"], "probe": ["cifar10", "pets", "pets", "pets"]}
+    run_suite("crate_mae_tiny", root, "pets", tmp_path, **{**kw, "grid": True})  # the grid from the same features
+    assert calls == {"extract": ["cifar10", "pets"], "probe": ["cifar10", "pets", "pets", "pets", "pets"]}
     run_suite("crate_mae_tiny", root, "pets", tmp_path / "seed1", **{**kw, "seed": 1})
     assert calls["extract"] == ["cifar10", "pets", "pets"]
 

@@ -126,7 +126,7 @@ def run_suite(ckpt: str | os.PathLike, root: str | os.PathLike | None = None,
         model, sha = load_model(ckpt, seed=seed, **dict(overrides or {}))
         transform, view = eval_view(model, img_size, crop_pct, mean, std)
         dtype = amp_dtype("auto", info.device)
-        layers = last4_layers(model) if grid else []
+        layers = last4_layers(model)  # stored with or without the grid, so that either reuses the other's cache
         out, cache = Path(out), Path(cache_dir) if cache_dir is not None else Path(out) / "features"
         probe = {"Cs": [float(c) for c in Cs], "grid": bool(grid), "grid_Cs": [float(c) for c in grid_Cs],
                  "holdout": holdout, "max_iter": max_iter, "seed": seed}
