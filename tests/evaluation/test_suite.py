@@ -52,6 +52,7 @@ def test_suite_json_holds_what_the_table_needs(suite):
     assert flowers["fit_splits"] == ["train", "val"] and flowers["test_split"] == "test"
     for r in s["datasets"].values():
         assert 0 <= r["top1"] <= r["top5"] <= 100 and r["C"] in CS
+        assert r["top1_ci95"][0] <= r["top1"] <= r["top1_ci95"][1]  # the bootstrap interval over the test images
         assert r["seconds"]["total"] >= r["seconds"]["features"] > 0
         assert r["checkpoint_sha256"] == s["checkpoint_sha256"]
     # separable replicas: the paper's probe beats chance (1/3) on every data set, even from a random init

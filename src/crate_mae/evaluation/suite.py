@@ -288,7 +288,7 @@ def probe_dataset(fit: FeatureSet, test: FeatureSet, data: TransferData | None =
                     "num_classes": len(fit.classes),
                     "skipped_files": {"fit": fit.meta.get("skipped_files", []),
                                       "test": test.meta.get("skipped_files", [])}},
-        "top1": paper["top1"], "top5": paper["top5"], "C": paper["C"],
+        "top1": paper["top1"], "top5": paper["top5"], "top1_ci95": paper["top1_ci95"], "C": paper["C"],
         "sweep_holdout_top1": {str(c): a for c, a in paper["sweep"].items()}, "n_iter": paper["n_iter"],
         "converged": paper["converged"]}
     if grid:
@@ -298,7 +298,8 @@ def probe_dataset(fit: FeatureSet, test: FeatureSet, data: TransferData | None =
                 h, t = outs[k], outs[k + 1]
                 k += 2
                 cells.append({"pool": pool, "layers": layers, "C": float(C), "holdout_top1": h["top1"],
-                              "top1": t["top1"], "top5": t["top5"], "converged": t["converged"]})
+                              "top1": t["top1"], "top5": t["top5"], "top1_ci95": t["top1_ci95"],
+                              "converged": t["converged"]})
         best = max(enumerate(cells), key=lambda ic: (ic[1]["holdout_top1"], -ic[0]))[1]
         result["grid"] = {"best": best, "cells": cells, "Cs": [float(c) for c in grid_Cs],
                           "last4_blocks": sorted(fit.layers)}
@@ -366,13 +367,15 @@ def suite_markdown(suite: Mapping[str, Any]) -> str:
                   "best held-out top-1 (chosen like the paper's C, never on test), scored on test; `last4` is the "
                   f"final normed output with the outputs of blocks {proto['grid_axes']['last4_blocks']}."]
     lines += ["", "## Details", "",
-              "| data set | read from | top-5 (paper) | top-5 (grid best) | C (paper) | unreadable images skipped | "
-              "features s | s per 1,000 images | probe s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| data set | read from | top-1 95 % interval (paper) | top-5 (paper) | top-5 (grid best) | C (paper) | "
+              "unreadable images skipped | features s | s per 1,000 images | probe s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in suite["datasets"].items():
         s, skipped, ds = r["seconds"], r["dataset"]["skipped_files"], r["dataset"]
         source = f"`{ds.get('path')}` ({ds.get('kind')}: fit {'+'.join(ds.get('fit_splits', []))}, test " \
                  f"{ds.get('test_split')})"
-        lines.append(f"| {name} | {source} | {_f(r['top5'], 2)} | "
+        ci = r.get("top1_ci95")
+        lines.append(f"| {name} | {source} | {f'{ci[0]:.1f}-{ci[1]:.1f}' if ci else '–'} | {_f(r['top5'], 2)} | "
                      f"{_f(r['grid']['best']['top5'], 2) if grid else '–'} | "
                      f"{r['C']:g} | {len(skipped['fit']) + len(skipped['test'])} | {s['features']:.1f} | "
                      f"{s['features_per_1000_images']:.1f} | {s['probe']:.1f} |")
