@@ -29,6 +29,18 @@ def test_features_are_deterministic_and_round_trip(image_folder, tmp_path, tiny_
         c.get("cls", 3)
 
 
+def test_an_unreadable_image_is_left_out_once_and_listed(image_folder, tiny_encoder):
+    good = _features("crate_mae_tiny", image_folder, "train", tiny_encoder)
+    bad = image_folder / "train" / "cat" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    fs = _features("crate_mae_tiny", image_folder, "train", tiny_encoder)
+    assert len(fs) == 19 and fs.meta["num_images"] == 19 and fs.meta["skipped_files"] == [str(bad)]
+    # the other 19 rows are those images' features: no neighbour stands in for the unreadable one
+    keep = [i for i in range(20) if i != 3]
+    torch.testing.assert_close(fs.cls, good.cls[keep], rtol=0, atol=0)
+    assert fs.labels.tolist() == good.labels[keep].tolist()
+
+
 def test_pooling_and_layers_match_the_model(tiny_encoder):
     model = crate_mae.create_model("crate_mae_tiny", decoder_depth=1, **tiny_encoder).eval()
     imgs = torch.randn(5, 3, 32, 32)

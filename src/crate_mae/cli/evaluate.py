@@ -1,4 +1,5 @@
-"""`crate-mae features | linprobe | knn | finetune | compare`: what a pretrained encoder is worth."""
+"""`crate-mae features | linprobe | knn | eval-suite | recon-loss | mask-sweep | finetune | compare`: what a
+pretrained encoder is worth."""
 
 from __future__ import annotations
 
@@ -6,20 +7,27 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import load_model
+from ..data import DEFAULT_TRANSFER
 from ..evaluation import (
     FeatureSet,
     compare_table,
     compute_features,
     knn,
     linprobe,
-    read_result,
+    mask_ratio_sweep,
+    read_results,
+    reconstruction_loss,
+    run_suite,
     summary_line,
     write_result,
 )
 from ..evaluation.features import check_same_classes
 from ..evaluation.finetune import finetune, load_finetune_config
+from ..evaluation.linear import DEFAULT_CS
+from ..evaluation.masked_loss import SWEEP_RATIOS, sweep_markdown
+from ..evaluation.suite import PAPER_CROP_PCT
 from ..models import list_models
-from ..utils import parse_key_values
+from ..utils import atomic_write, parse_key_values
 from .model import CKPT_HELP, add_model_args
 from .train import _allow_change_arg
 
@@ -55,6 +63,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.07)
     p.set_defaults(func=_knn)
 
+    p = sub.add_parser("eval-suite", help="the paper's linear-probe transfer table (CIFAR-10/100, Flowers-102, "
+                                          "Pets) plus a probe grid, beside the published numbers")
+    add_model_args(p, required=True, seed_help="seed of the random init when --ckpt is a model name, and of the "
+                                               "probes' held-out split")
+    p.add_argument("--root", help="folder holding the data sets in torchvision's layout (cifar-10-batches-py, "
+                                  "cifar-100-python, flowers-102, oxford-iiit-pet) or as ImageFolder trees <name>/")
+    p.add_argument("--datasets", default=",".join(DEFAULT_TRANSFER),
+                   help="comma-separated names, each optionally NAME=PATH (a torchvision-layout or ImageFolder "
+                        "folder of its own); default %(default)s")
+    p.add_argument("--out", required=True, help="output folder: suite.json, suite.md, results/, features/")
+    p.add_argument("--fit-splits", nargs="+", default=["train"], help="ImageFolder trees: splits fit on")
+    p.add_argument("--test-split", default="test", help="ImageFolder trees: split tested on (e.g. val)")
+    p.add_argument("--img-size", type=int, help="default: the checkpoint's resolution")
+    p.add_argument("--crop-pct", type=float, default=PAPER_CROP_PCT,
+                   help="resize to img/crop_pct, centre crop (default 224/256, the paper's view)")
+    p.add_argument("--Cs", type=float, nargs="+", default=list(DEFAULT_CS), help="paper protocol: C candidates")
+    p.add_argument("--grid-Cs", type=float, nargs="+", default=list(DEFAULT_CS), help="probe grid: C values")
+    p.add_argument("--no-grid", action="store_true", help="only the paper protocol (no cls/mean x last/last4 grid)")
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction of the fit split used to choose C")
+    p.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations")
+    p.add_argument("--probe-jobs", type=int, help="parallel probe fits (default: the cores this process may use)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=4, help="loader processes")
+    p.add_argument("--device", help="cpu / cuda / cuda:1 (default: cuda if available; torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--cache-dir", help="feature cache (default OUT/features)")
+    p.add_argument("--label", help="name of our column in suite.md (default: the checkpoint)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping")
+    p.add_argument("--limit", type=int, help="N evenly spaced images per split (smoke tests)")
+    p.set_defaults(func=_eval_suite)
+
+    for name, helptext in (("recon-loss", "masked reconstruction loss on a val set with fixed masks, in pixel and "
+                                          "norm-pix units (the paper's Table 1)"),
+                           ("mask-sweep", "masked loss (and optionally the probe) at mask ratios 0.25..0.9 (the "
+                                          "paper's Table 4, for one checkpoint)")):
+        p = sub.add_parser(name, help=helptext)
+        add_model_args(p, required=True)
+        p.add_argument("--data", required=True, help="ImageFolder root / CIFAR directory")
+        p.add_argument("--split", default="val", help="split scored (default val)")
+        p.add_argument("--kind", default="auto", choices=["auto", "imagefolder", "cifar10", "cifar100"])
+        if name == "recon-loss":
+            p.add_argument("--mask-ratio", type=float, default=0.75)
+        else:
+            p.add_argument("--ratios", type=float, nargs="+", default=list(SWEEP_RATIOS))
+            p.add_argument("--probe", action="store_true", help="also the paper's probe on the cls token of the "
+                                                                "masked view (fit on --train-split)")
+            p.add_argument("--train-split", default="train")
+            p.add_argument("--Cs", type=float, nargs="+", default=list(DEFAULT_CS))
+        p.add_argument("--mask-seed", type=int, default=0, help="seed of the fixed masking noise")
+        p.add_argument("--img-size", type=int, help="default: the checkpoint's resolution")
+        p.add_argument("--crop-pct", type=float, help="eval crop (default 0.875 at >= 96 px, 1.0 below)")
+        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--device", help="cpu / cuda (default: cuda if available)")
+        p.add_argument("--limit", type=int, help="N evenly spaced images per split (smoke tests)")
+        p.add_argument("--label", help="row label for `crate-mae compare`")
+        p.add_argument("--out", help=f"result JSON (default ./{name.replace('-', '_')}_result.json)")
+        p.set_defaults(func=_recon_loss if name == "recon-loss" else _mask_sweep)
+
     p = sub.add_parser("finetune", help="fine-tune an encoder as a classifier (layer decay, mixup, RandAugment)")
     p.add_argument("--config", help="YAML config (sections model, data, aug, optim, run)")
     p.add_argument("--ckpt", help=CKPT_HELP + "; shortcut for model.checkpoint= (model.name= for a model name)")
@@ -67,7 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("compare", help="put result JSON files side by side as a Markdown table")
-    p.add_argument("results", nargs="+", help="result .json files written by linprobe / knn / finetune")
+    p.add_argument("results", nargs="+", help="result .json files written by linprobe / knn / finetune / "
+                                                  "recon-loss / mask-sweep, or a suite.json (a row per data set)")
     p.add_argument("--metrics", nargs="+", help="columns to show (default: every metric)")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=_compare)
@@ -204,8 +271,51 @@ def _finetune(args) -> int:
     return 0
 
 
+def _eval_suite(args) -> int:
+    suite = run_suite(args.ckpt, args.root, args.datasets, args.out, seed=args.seed,
+                      overrides=parse_key_values(args.overrides), fit_splits=args.fit_splits,
+                      test_split=args.test_split, img_size=args.img_size, crop_pct=args.crop_pct, Cs=args.Cs,
+                      grid=not args.no_grid, grid_Cs=args.grid_Cs, holdout=args.holdout, max_iter=args.max_iter,
+                      batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                      cache_dir=args.cache_dir, probe_jobs=args.probe_jobs, strict=args.strict, limit=args.limit,
+                      label=args.label)
+    if suite is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
+    text = (Path(args.out) / "suite.md").read_text()
+    print(text.split("\n## ")[0].rstrip())
+    print(f"\nsuite: {Path(args.out) / 'suite.json'}, {Path(args.out) / 'suite.md'}")
+    return 0
+
+
+def _masked_kwargs(args) -> dict:
+    return dict(kind=args.kind, seed=args.seed, overrides=parse_key_values(args.overrides),
+                mask_seed=args.mask_seed, img_size=args.img_size, crop_pct=args.crop_pct,
+                batch_size=args.batch_size, num_workers=args.workers, device=args.device, limit=args.limit)
+
+
+def _recon_loss(args) -> int:
+    result = reconstruction_loss(args.ckpt, args.data, args.split, mask_ratio=args.mask_ratio,
+                                 **_masked_kwargs(args))
+    result["config"]["label"] = args.label
+    _emit(result, Path(args.out or "recon_loss_result.json"))
+    return 0
+
+
+def _mask_sweep(args) -> int:
+    result = mask_ratio_sweep(args.ckpt, args.data, args.split, ratios=args.ratios, probe=args.probe,
+                              train_split=args.train_split, Cs=args.Cs, **_masked_kwargs(args))
+    result["config"]["label"] = args.label
+    path = Path(args.out or "mask_sweep_result.json")
+    write_result(result, path)
+    table = sweep_markdown(result)
+    atomic_write(path.with_suffix(".md"), lambda tmp: Path(tmp).write_text(table + "\n"))
+    print(table)
+    print(f"result: {path}, {path.with_suffix('.md')}")
+    return 0
+
+
 def _compare(args) -> int:
-    table = compare_table([read_result(p) for p in args.results], metrics=args.metrics)
+    table = compare_table([r for p in args.results for r in read_results(p)], metrics=args.metrics)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

@@ -134,21 +134,28 @@ class ImageFiles(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
         index %= n
         for k in range(n):
-            j = (index + k) % n
-            if j in self._bad:
-                continue
-            path, label = self.samples[j]
-            try:
-                img = self.loader(path)
-            except DECODE_ERRORS as e:
-                if self.strict:
-                    raise UnreadableImageError(f"cannot read image file {path}: {type(e).__name__}: {e} "
-                                               "(strict mode; set strict=False to skip unreadable files)") from e
-                self._skip(j, path, e)
-                continue
-            return self.transform(img), label
+            sample = self.read((index + k) % n)
+            if sample is not None:
+                return sample
         raise UnreadableImageError(f"none of the {n} image files under {self.root} can be read "
                                    f"(first: {self.samples[0][0]})")
+
+    def read(self, index: int):
+        """Sample ``index`` itself as ``(image, label)``, or None when its file is unreadable (skipped and counted
+        as ``ds[i]`` does; strict mode raises). Evaluation reads each sample once this way: the substitute that
+        ``ds[i]`` returns would be scored twice."""
+        if index in self._bad:
+            return None
+        path, label = self.samples[index]
+        try:
+            img = self.loader(path)
+        except DECODE_ERRORS as e:
+            if self.strict:
+                raise UnreadableImageError(f"cannot read image file {path}: {type(e).__name__}: {e} "
+                                           "(strict mode; set strict=False to skip unreadable files)") from e
+            self._skip(index, path, e)
+            return None
+        return self.transform(img), label
 
     def decoded_bytes_estimate(self, probes: int = 32) -> int:
         """Bytes :meth:`decode_all` would hold, from the image headers of up to ``probes`` evenly spaced files

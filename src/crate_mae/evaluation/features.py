@@ -23,11 +23,12 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._version import __version__
 from ..checkpoint import load_model
-from ..data import build_dataset, eval_transform, resolve_data_config
+from ..data import ImageFiles, build_dataset, eval_transform, resolve_data_config
+from ..engine.distributed import DistInfo, agree
 from ..models.base import layer_index
 from ..utils import amp_dtype, atomic_write, default_device, state_sha256
 from ..utils.progress import Progress
@@ -104,6 +105,15 @@ class FeatureSet:
                    classes=json.loads(metadata["classes"]), layers=dict(sorted(layers.items())), meta=meta)
 
 
+def read_feature_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance of a feature file, read from its header without loading the tensors."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {}).get("meta", "{}"))
+    except Exception as e:
+        raise ValueError(f"cannot read {path} as a safetensors feature file: {e}") from None
+
+
 def encoder_blocks(model: nn.Module) -> nn.Module:
     """The encoder's transformer blocks of any supported model (CrateMAE, CrateEncoder, ViTMAE, timm ViT)."""
     owner = model.encoder if hasattr(model, "encoder") and hasattr(model.encoder, "blocks") else model
@@ -115,7 +125,7 @@ def encoder_blocks(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def extract_features(model: nn.Module, batches: Iterable, layers: Sequence[int] | None = None,
                      device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None,
-                     progress: bool = True, total: int | None = None) -> dict[str, Any]:
+                     progress: bool = True, total: int | None = None, desc: str = "features") -> dict[str, Any]:
     """Run ``model.forward_features`` over ``(images, labels)`` batches; return pooled features.
 
     Returns ``{"cls": (N, D), "mean": (N, D), "labels": (N,), "layers": {l: {"cls", "mean"}}}`` (float32, CPU).
@@ -130,7 +140,7 @@ def extract_features(model: nn.Module, batches: Iterable, layers: Sequence[int] 
     hooks = [blocks[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out)) for i in wanted]
     out: dict[str, list] = {"cls": [], "mean": [], "labels": []}
     per_layer: dict[int, dict[str, list]] = {i: {"cls": [], "mean": []} for i in wanted}
-    bar = Progress(total, "features", "img", enabled=progress)
+    bar = Progress(total, desc, "img", enabled=progress)
     try:
         for imgs, labels in batches:
             imgs = imgs.to(device, non_blocking=True)
@@ -159,11 +169,129 @@ def _pool_into(store: dict[str, list], z: torch.Tensor) -> None:
 
 
 
+# -- a dataset -> features, each sample once, sharded over torchrun ranks --------------------------------------------
+class EachSampleOnce(Dataset):
+    """The samples of ``parts`` (datasets, one after another) as ``(image or None, label, index, name)``: an image
+    file that cannot be read gives None (it is skipped and counted by its :class:`ImageFiles`) instead of the next
+    readable sample, which a probe would score twice."""
+
+    def __init__(self, parts: Sequence[Dataset]):
+        self.parts = list(parts)
+        self.offsets = [0]
+        for p in self.parts:
+            self.offsets.append(self.offsets[-1] + len(p))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int):
+        k = next(k for k in range(len(self.parts)) if index < self.offsets[k + 1])
+        part, j = self.parts[k], index - self.offsets[k]
+        while isinstance(part, Subset):
+            part, j = part.dataset, part.indices[j]
+        if isinstance(part, ImageFiles):
+            sample = part.read(j)
+            if sample is None:
+                return None, part.samples[j][1], index, part.samples[j][0]
+            return (*sample, index, "")
+        return (*part[j], index, "")
+
+
+def collate_each_once(batch: list) -> tuple:
+    """``(images or None, labels, indices, unreadable file names)`` of a batch of :class:`EachSampleOnce`."""
+    kept = [b for b in batch if b[0] is not None]
+    imgs = torch.stack([b[0] for b in kept]) if kept else None
+    return (imgs, torch.tensor([int(b[1]) for b in kept], dtype=torch.long),
+            torch.tensor([b[2] for b in kept], dtype=torch.long), [b[3] for b in batch if b[0] is None])
+
+
+def extract_dataset(model: nn.Module, parts: Dataset | Sequence[Dataset], *, layers: Sequence[int] | None = None,
+                    batch_size: int = 128, num_workers: int = 2, device: torch.device | str | None = None,
+                    amp_dtype: torch.dtype | None = None, progress: bool = True, desc: str = "features",
+                    dist: DistInfo | None = None) -> dict[str, Any] | None:
+    """:func:`extract_features` over the samples of ``parts`` (one dataset or several, one after another), each
+    read once: unreadable image files are left out and listed. Adds ``"index"`` (N,), the position of each row in
+    the concatenated parts (ascending), and ``"skipped"``, the unreadable files.
+
+    Under torchrun (``dist.enabled``) rank r reads the r-th contiguous 1/world of the samples on its own device;
+    rank 0 receives every row, in order, and the other ranks get None. An error on one rank is raised on all."""
+    data = EachSampleOnce(parts if isinstance(parts, (list, tuple)) else [parts])
+    world, rank = (dist.world_size, dist.rank) if dist is not None and dist.enabled else (1, 0)
+    lo, hi = rank * len(data) // world, (rank + 1) * len(data) // world
+    device = torch.device(device) if device is not None else default_device()
+    loader = DataLoader(Subset(data, range(lo, hi)), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", collate_fn=collate_each_once)
+    index: list[torch.Tensor] = []
+    skipped: list[str] = []
+
+    def batches():
+        for imgs, labels, idx, bad in loader:
+            skipped.extend(bad)
+            if imgs is not None:
+                index.append(idx)
+                yield imgs, labels
+
+    run = lambda: extract_features(model, batches(), layers=layers, device=device, amp_dtype=amp_dtype,
+                                   progress=progress and rank == 0, total=hi - lo,
+                                   desc=desc if world == 1 else f"{desc} (rank 0 of {world})")
+    if world == 1:
+        raw = run()
+        raw.update(index=torch.cat(index), skipped=skipped)
+        return raw
+    raw, error = {"skipped": skipped}, None
+    try:  # a rank that failed alone would leave the others waiting in the gather below
+        if hi > lo:
+            raw = {**run(), "index": None, "skipped": skipped}
+            raw["index"] = torch.cat(index)
+    except Exception as e:
+        if len(skipped) < hi - lo:  # else every file of this shard was unreadable: an empty shard, not an error
+            error = f"rank {rank}: {type(e).__name__}: {e}"
+    error = agree(error, dist)
+    if error is not None:
+        raise ValueError(f"feature extraction failed on a rank: {error}")
+    shards: list[Any] | None = [None] * world if rank == 0 else None
+    torch.distributed.gather_object(raw, shards, dst=0)
+    if rank != 0:
+        return None
+    full = [r for r in shards if "index" in r]
+    if not full:
+        raise ValueError("no images: every image file is unreadable")
+    cat = lambda key: torch.cat([r[key] for r in full])
+    out = {k: cat(k) for k in ("cls", "mean", "labels", "index")}
+    out["layers"] = {i: {p: torch.cat([r["layers"][i][p] for r in full]) for p in POOLS} for i in full[0]["layers"]}
+    out["skipped"] = [f for r in shards for f in r["skipped"]]
+    return out
+
+
 # -- checkpoint -> features --------------------------------------------------------------------------------------------
 def default_crop_pct(img_size: int) -> float:
     """MAE's eval crop (resize to img/0.875, centre crop) for ImageNet-scale images; no crop for CIFAR-scale ones,
     where a 0.875 crop would throw away an eighth of a 32-pixel image."""
     return 0.875 if img_size >= 96 else 1.0
+
+
+def eval_view(model: nn.Module, img_size: int | None = None, crop_pct: float | None = None,
+              mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(transform, description)`` of the deterministic eval view of ``model``'s images: resize to
+    ``img_size / crop_pct``, centre crop, normalise; every default from the checkpoint (:func:`resolve_data_config`,
+    :func:`default_crop_pct`). The description is what feature files record as ``transform``."""
+    dc = resolve_data_config(model)
+    img_size = img_size or dc["img_size"]
+    crop_pct = crop_pct if crop_pct is not None else default_crop_pct(img_size)
+    mean, std = list(mean or dc["mean"]), list(std or dc["std"])
+    view = {"img_size": img_size, "crop_pct": crop_pct, "mean": mean, "std": std}
+    return eval_transform(img_size, crop_pct=crop_pct, mean=mean, std=std), view
+
+
+def feature_meta(model: nn.Module, checkpoint: str, sha: str, dataset: str, split: str | None, view: dict,
+                 raw: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+    """The provenance a feature file carries (probes compare ``checkpoint_sha256``, ``precision``, classes)."""
+    config = getattr(model, "config", {})  # a foreign nn.Module has none
+    return {"checkpoint": checkpoint, "checkpoint_sha256": sha, "model": config.get("model"),
+            "architecture": config.get("architecture"), "dataset": dataset, "split": split,
+            "num_images": int(raw["labels"].shape[0]), "skipped_files": list(raw.get("skipped", [])),
+            "transform": view, "layers": sorted(raw["layers"]), "crate_mae_version": __version__,
+            "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")}}
 
 
 def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathLike, split: str | None = None, *,
@@ -176,34 +304,23 @@ def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathL
     """Features of the labelled split ``data``/``split`` under the deterministic eval transform (resize + centre
     crop + normalise; defaults from the checkpoint's pretraining data config). ``source`` is a checkpoint path, a
     registered model name (random init with ``seed``) or a model (then pass ``fingerprint`` to identify it).
-    ``limit`` keeps N evenly spaced images (smoke tests)."""
+    ``limit`` keeps N evenly spaced images (smoke tests). Unreadable image files are left out and listed in
+    ``meta["skipped_files"]``."""
     if isinstance(source, nn.Module):
         model, sha, ckpt_name = source.eval(), fingerprint or state_sha256(source), fingerprint or "<module>"
     else:
         model, sha = load_model(source, seed=seed, **(model_overrides or {}))
         ckpt_name = str(source)
-    dc = resolve_data_config(model)
-    img_size = img_size or dc["img_size"]
-    crop_pct = crop_pct if crop_pct is not None else default_crop_pct(img_size)
-    mean, std = list(mean or dc["mean"]), list(std or dc["std"])
-    transform = eval_transform(img_size, crop_pct=crop_pct, mean=mean, std=std)
+    transform, view = eval_view(model, img_size, crop_pct, mean, std)
     dataset = build_dataset(data, split=split, transform=transform, kind=kind)
     classes = list(dataset.classes)
     if limit is not None and limit < len(dataset):  # evenly spaced, so sorted class folders all contribute
         dataset = Subset(dataset, torch.linspace(0, len(dataset) - 1, limit).round().long().tolist())
     device = torch.device(device) if device is not None else default_device()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
     dtype = amp_dtype("auto", device)
-    raw = extract_features(model, loader, layers=layers, device=device, amp_dtype=dtype, progress=progress,
-                           total=len(dataset))
-    config = getattr(model, "config", {})  # a foreign nn.Module has none
-    meta = {"checkpoint": ckpt_name, "checkpoint_sha256": sha, "model": config.get("model"),
-            "architecture": config.get("architecture"), "dataset": str(data), "split": split,
-            "num_images": len(dataset), "transform": {"img_size": img_size, "crop_pct": crop_pct, "mean": mean,
-                                                      "std": std},
-            "layers": sorted(raw["layers"]), "crate_mae_version": __version__,
-            "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")}}
+    raw = extract_dataset(model, dataset, layers=layers, batch_size=batch_size, num_workers=num_workers,
+                          device=device, amp_dtype=dtype, progress=progress)
+    meta = feature_meta(model, ckpt_name, sha, str(data), split, view, raw, device, dtype)
     return FeatureSet(cls=raw["cls"], mean=raw["mean"], labels=raw["labels"], classes=classes, layers=raw["layers"],
                       meta=meta)
 

@@ -43,21 +43,43 @@ def _logreg(C: float, max_iter: int, seed: int):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
 
 
+def _numpy(a, dtype) -> np.ndarray:
+    if isinstance(a, torch.Tensor):  # via torch's own casts: numpy has no bfloat16
+        a = a.detach().cpu()
+        return (a.float() if dtype == np.float32 else a.long()).numpy()
+    return np.asarray(a, dtype=dtype)
+
+
+def holdout_indices(y, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit rows, held-out rows)`` of the labels ``y``: the stratified held-out part of train on which C is chosen
+    (stratified unless a class has a single sample or either part would hold fewer rows than there are classes);
+    depends only on ``y``, ``holdout`` and ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    y = _numpy(y, np.int64)
+    counts = np.bincount(y)
+    n_held, n_classes = int(np.ceil(holdout * len(y))), int((counts > 0).sum())
+    stratify = y if counts[counts > 0].min() >= 2 and min(n_held, len(y) - n_held) >= n_classes else None
+    return tuple(train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed, stratify=stratify))
+
+
 def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                    Cs: Sequence[float] = DEFAULT_CS, holdout: float = 0.1, max_iter: int = 1000, seed: int = 0
                    ) -> dict[str, Any]:
     """Sweep ``Cs`` on a stratified ``holdout`` fraction of train (top-1 there), refit on all of train with the best
-    C, report top-1 / top-5 (%) on val. With a single C the sweep is skipped.
+    C, report top-1 / top-5 (%) on val. With a single C the sweep is skipped. Features and labels are tensors or
+    numpy arrays.
 
     Returns ``{"top1", "top5", "top1_ci95", "C", "sweep": {C: holdout top-1}}`` (``top1_ci95``:
     :func:`.metrics.top1_interval` over the val images)."""
 
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import train_test_split
     from threadpoolctl import threadpool_limits
 
-    X, y = train_x.float().numpy(), train_y.long().numpy()
-    Xv, yv = val_x.float().numpy(), val_y.long().numpy()
+    X, y, Xv, yv = _numpy(train_x, np.float32), _numpy(train_y, np.int64), _numpy(val_x, np.float32), \
+        _numpy(val_y, np.int64)
     if not np.isfinite(X).all() or not np.isfinite(Xv).all():
         raise ValueError("features contain NaN or inf; the encoder diverged or the feature file is corrupt")
     if len(np.unique(y)) < 2:
@@ -71,11 +93,8 @@ def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported via n_iter in the result instead
         if len(Cs) > 1:
-            if not 0 < holdout < 1:
-                raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-            counts = np.bincount(y)
-            stratify = y if counts[counts > 0].min() >= 2 else None
-            Xa, Xb, ya, yb = train_test_split(X, y, test_size=holdout, random_state=seed, stratify=stratify)
+            a, b = holdout_indices(y, holdout, seed)
+            Xa, Xb, ya, yb = X[a], X[b], y[a], y[b]
             for C in Cs:
                 sweep[C] = 100.0 * float((_logreg(C, max_iter, seed).fit(Xa, ya).predict(Xb) == yb).mean())
             best = max(Cs, key=lambda c: (sweep[c], -c))  # ties: the stronger regularisation

@@ -9,6 +9,9 @@ Schema (``crate_mae.result/1``)::
      "config": {...},                                    # every setting that produced the numbers
      "details": {...},                                   # e.g. the C sweep, per-k accuracies
      "crate_mae_version": "0.1.0", "created": "2026-01-01T12:00:00+00:00"}
+
+A transfer suite (``crate-mae eval-suite``, ``crate_mae.suite/1``) holds one such result per data set;
+:func:`read_results` reads either kind as a list of results.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .._version import __version__
 from ..utils import atomic_write
 
 FORMAT = "crate_mae.result/1"
+SUITE_FORMAT = "crate_mae.suite/1"
 
 
 def make_result(task: str, metrics: Mapping[str, float], *, checkpoint: str | None, checkpoint_sha256: str | None,
@@ -53,6 +57,41 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     return result
 
 
+def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The results in a result file (one) or a ``suite.json`` (one per data set, see :func:`suite_rows`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"result file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if isinstance(data, dict) and data.get("format") == SUITE_FORMAT:
+        return suite_rows(data, str(path))
+    return [read_result(path)]
+
+
+def suite_rows(suite: Mapping[str, Any], path: str | None = None) -> list[dict[str, Any]]:
+    """One result per data set of a suite, task ``suite``: metrics ``top1``, ``top5`` (paper protocol) and, when
+    the grid ran, ``grid_top1``, ``grid_top5`` (its best cell)."""
+    if not suite.get("datasets"):
+        raise ValueError(f"{path or 'suite'} holds no data set results")
+    rows = []
+    for name, r in suite["datasets"].items():
+        metrics = {"top1": r["top1"], "top5": r["top5"]}
+        if "grid" in r:
+            metrics.update(grid_top1=r["grid"]["best"]["top1"], grid_top5=r["grid"]["best"]["top5"])
+        row = make_result("suite", metrics, checkpoint=suite.get("checkpoint"),
+                          checkpoint_sha256=suite.get("checkpoint_sha256"), dataset={**r["dataset"], "name": name},
+                          config={"label": suite.get("label")},
+                          details={"C": r.get("C"), "grid_best": r.get("grid", {}).get("best")})
+        row["created"] = suite.get("created", row["created"])
+        if path:
+            row["path"] = path
+        rows.append(row)
+    return rows
+
+
 def summary_line(result: Mapping[str, Any]) -> str:
     """``linprobe  runs/x/model (sha ab12cd34ef56) on cifar10-dev val: top1 71.30  top5 97.90``"""
     ds = result.get("dataset", {})
@@ -74,7 +113,8 @@ def compare_table(results: Sequence[Mapping[str, Any]], metrics: Sequence[str] |
     for r in results:
         ds = r.get("dataset", {})
         rows.append([r.get("task", "?"), _label(r), (r.get("checkpoint_sha256") or "")[:12],
-                     Path(str(ds.get("path", "?"))).name, *(_fmt(r["metrics"].get(m)) for m in metrics)])
+                     ds.get("name") or Path(str(ds.get("path", "?"))).name,
+                     *(_fmt(r["metrics"].get(m)) for m in metrics)])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(header)))
              + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
