@@ -256,7 +256,7 @@ def score(label: str, model, args, layers: bool) -> dict:
     from crate_mae.evaluation import compute_features, knn, linprobe
 
     mean, std = data_stats()
-    depth = len(model.encoder.blocks)
+    depth = len(model.encoder.blocks if model.white_box else model.blocks)
     feats = {s: compute_features(model, args.data, s, layers=list(range(depth)) if layers else None, batch_size=250,
                                  num_workers=0, progress=False, mean=mean, std=std, img_size=32, fingerprint=label)
              for s in ("train", "val")}
