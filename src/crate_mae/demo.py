@@ -6,6 +6,8 @@ Everything needed ships with ``pip install``: the data are random crops of ``ski
 
 from __future__ import annotations
 
+import os
+import statistics
 import time
 from importlib import resources
 from pathlib import Path
@@ -33,23 +35,41 @@ def demo_config_path() -> Path:
 
 def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: bool = False,
              overrides: list[str] | None = None) -> dict[str, Any]:
-    """Pretrain the demo model for about ``minutes`` on this machine (``quick``: a few steps, for tests), write the
-    reconstruction grid and the white-box report.
+    """Pretrain the demo model for about ``minutes`` of training on this machine (``quick``: a few steps, for
+    tests), write the reconstruction grid and the white-box report.
 
-    The number of epochs is fitted to ``minutes`` by timing a few training steps of the demo model first, so the
-    cosine schedule completes; ``run.max_minutes`` is a hard stop at 1.5x the budget.
+    The length is not predicted up front: the run measures its own warm-up steps and fits the number of steps to
+    the budget from them (``run.fit_to_minutes``), so the cosine schedule ends when the budget does, on an idle
+    machine as on a busy one. A busy machine still gets ``run.min_steps`` steps (``configs/demo.yaml``), enough for
+    visible reconstructions, and the output says how much longer that takes; ``run.max_minutes`` = 2x the budget
+    stops a run that slows down further, but never before those steps.
     """
     base = [f"run.output_dir={out_dir}"]
     if quick:
         base += ["data.demo_samples=32", "optim.batch_size=8", "optim.epochs=1", "optim.warmup_epochs=0",
-                 "run.max_steps=3", "run.vis_every_epochs=1", "run.vis_images=4", "run.progress=false"]
+                 "run.max_steps=3", "run.vis_every_epochs=1", "run.vis_images=4", "run.progress=false",
+                 "run.fit_to_minutes=null", "run.min_steps=0"]
+    else:
+        base += [f"run.fit_to_minutes={minutes}", f"run.max_minutes={2 * minutes}"]
     cfg = load_config(demo_config_path(), base + list(overrides or []))
-    if not quick:
-        cfg.optim.epochs, cfg.optim.warmup_epochs = epochs_for_budget(cfg, minutes, cfg.data.demo_samples)
-        cfg.run.max_minutes = 1.5 * minutes
-        cfg.validate()
+    threads = torch.get_num_threads()
+    try:
+        if not quick and default_device().type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            best, ms = fastest_threads(demo_step(cfg), thread_candidates())
+            torch.set_num_threads(best)
+            print(f"crate-mae demo: {best} compute thread(s): a demo step took "
+                  + ", ".join(f"{v:.0f} ms with {k}" for k, v in ms.items()) + " on this machine now"
+                  + (" (other jobs keep its cores busy)" if best < max(ms) else ""))
+        return _train_and_picture(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_picture(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"crate-mae demo: pretraining {cfg.model.name} {cfg.model.overrides} on {cfg.data.demo_samples} "
-          f"scikit-image photo crops ({cfg.data.img_size} px) for {cfg.optim.epochs} epochs")
+          f"scikit-image photo crops ({cfg.data.img_size} px)" + (
+              f", fitting its length to {cfg.run.fit_to_minutes:g} minutes of training on this machine (at least "
+              f"{cfg.run.min_steps} steps)" if cfg.run.fit_to_minutes else ""))
     summary = pretrain(cfg)
     out = Path(cfg.run.output_dir)
     grid = out / "reconstruction.png"
@@ -58,13 +78,67 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
     report = write_report(summary["model_dir"], out / "report")
     summary["report"] = str(report)
     b, a = summary["fixed_loss_before"], summary["fixed_loss_after"]
-    print(f"\nmasked-patch loss on fixed demo images: {b:.4f} before -> {a:.4f} after "
-          f"({summary['steps']} steps, {summary['elapsed_s']:.0f}s, {summary['img_per_s']:.0f} img/s)")
-    print(f"  model:           {summary['model_dir']}")
-    print(f"  reconstructions: {grid}  (per-epoch grids in {out / 'recon'})")
-    print(f"  metrics:         {out / 'metrics.jsonl'}  (tensorboard --logdir {out / 'tb'})")
-    print(f"  white-box report: {report}")
+    plan = summary.get("plan")
+    print(f"\nmasked-patch loss (MSE in normalised pixels) on the {min(cfg.run.vis_images, cfg.data.demo_samples)} "
+          f"fixed training crops with fixed masks: {b:.4f} before -> {a:.4f} after")
+    line = f"  {summary['steps']} steps in {summary['elapsed_s']:.0f} s of training, {summary['img_per_s']:.0f} img/s"
+    if plan:
+        line += (f"; length fitted {plan['fits']} time(s) to the {plan['budget_minutes']:g}-minute budget from the "
+                 f"measured speed (last: {plan['s_per_step'] * 1000:.0f} ms per step)")
+        if plan.get("binding"):
+            line += (f"; the budget held fewer steps on this busy machine, so it trained the guaranteed minimum of "
+                     f"{plan['min_steps']}")
+    print(line + f"; stopped: {summary['stopped']}")
+    print(f"  model:            {summary['model_dir']}")
+    print(f"  reconstructions:  {grid}  (the same crops and masks; per-epoch grids in {out / 'recon'})")
+    print(f"  metrics:          {out / 'metrics.jsonl'}  (tensorboard --logdir {out / 'tb'})")
+    print(f"  white-box report: {report}  (its reconstruction MSE is on other images: centre crops of whole "
+          "photos, mask seed 0)")
     return summary
+
+
+def thread_candidates() -> list[int]:
+    """1, half and all of torch's intra-op threads (one per core by default)."""
+    n = torch.get_num_threads()
+    return sorted({1, max(1, n // 2), n})
+
+
+def demo_step(cfg: PretrainConfig) -> Callable[[], None]:
+    """One training step of a throwaway copy of ``cfg``'s model on a random batch (for timing only)."""
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides)
+    opt = adamw(model.parameters(), 1e-4, (0.9, 0.95))
+    x = torch.randn(cfg.optim.batch_size, 3, cfg.data.img_size, cfg.data.img_size)
+
+    def step() -> None:
+        model(x, mask_ratio=cfg.model.mask_ratio).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def fastest_threads(step: Callable[[], None], candidates: list[int], clock: Callable[[], float] = time.perf_counter,
+                    warmup: int = 2, repeats: int = 3) -> tuple[int, dict[int, float]]:
+    """The thread count under which ``step`` runs fastest now, and the median ms per step of each candidate.
+
+    On a CPU that other jobs keep busy, every parallel op waits for its slowest thread, so one thread can be several
+    times faster than one per core (4.7x for crate_mae_tiny in README "Speed"); on an idle machine the opposite
+    holds. Measuring a few steps settles it for this machine at this moment."""
+    before = torch.get_num_threads()
+    ms = {}
+    try:
+        for n in candidates:
+            torch.set_num_threads(n)
+            times = []
+            for i in range(warmup + repeats):
+                t = clock()
+                step()
+                if i >= warmup:
+                    times.append(clock() - t)
+            ms[n] = 1000 * statistics.median(times)
+    finally:
+        torch.set_num_threads(before)
+    return min(ms, key=lambda n: (ms[n], n)), ms
 
 
 def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,

@@ -91,7 +91,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     norm = model_normalization(model)
     size = resolve_data_config(model)["img_size"]
     if images is None:
-        imgs, img_source = demo_images(size, num_images, norm), "the embedded scikit-image photos"
+        imgs, img_source = demo_images(size, num_images, norm), "centre crops of the embedded scikit-image photos"
     elif isinstance(images, torch.Tensor):
         imgs, img_source = images[:num_images], "an in-memory batch"
     else:
@@ -148,7 +148,10 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     if model.has_decoder:
         body.append(_figure(_png(plot_reconstructions(model, imgs, norm, mask_ratio, seed)), "reconstructions",
                             f"{mask_ratio:.0%} of patches masked (mask seed {seed}). Columns: masked input, "
-                            "prediction of every patch, prediction with the visible patches pasted back, original."))
+                            "prediction of every patch, prediction with the visible patches pasted back, original. "
+                            f"The MSE in the title is over the masked patches of these {imgs.shape[0]} images "
+                            f"({img_source}) in normalised pixels; it depends on the images (detailed photos "
+                            "score higher), so compare it only between models on the same images."))
     else:
         body.append('<p class="note">encoder-only model: no decoder, no reconstructions.</p>')
 

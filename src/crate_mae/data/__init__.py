@@ -1,7 +1,7 @@
 """Data: readers for ImageFolder trees, flat image folders, CIFAR pickle batches and WebDataset shards; MAE
 transforms; the loader; and the embedded scikit-image demo photos (:mod:`crate_mae.data.demo`). See docs/data.md."""
 
-from .build import DATA_KINDS, build_dataset, detect_kind
+from .build import DATA_KINDS, Repeated, build_dataset, detect_kind
 from .cifar import CIFARBatches, load_cifar_pickle
 from .folder import FlatImageFolder, ImageFiles, ImageFolderDataset, UnreadableImageError, is_image_file
 from .loader import build_loader, resolve_num_workers, seed_worker
@@ -19,7 +19,8 @@ from .transforms import (
 
 __all__ = [
     "CIFARBatches", "DATA_KINDS", "FlatImageFolder", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFiles",
-    "ImageFolderDataset", "ShardDataset", "UnreadableImageError", "book_pretrain_transform", "build_dataset",
+    "ImageFolderDataset", "Repeated", "ShardDataset", "UnreadableImageError", "book_pretrain_transform",
+    "build_dataset",
     "build_loader", "denormalize", "detect_kind", "eval_transform", "is_image_file", "load_cifar_pickle",
     "make_shards", "pretrain_transform", "resolve_data_config", "resolve_num_workers", "seed_worker",
 ]
