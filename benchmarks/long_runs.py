@@ -35,7 +35,9 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "cifar10-dev"
+# cifar10-dev: data/cifar10-dev as benchmarks/make_cifar10_dev.py writes it, else the development workspace's copy
+DATA = next((d for d in (REPO / "data" / "cifar10-dev", REPO.parent / "shared" / "data" / "cifar10-dev") if d.is_dir()),
+            REPO / "data" / "cifar10-dev")
 CONFIG = REPO / "src" / "crate_mae" / "configs" / "pretrain_cifar.yaml"
 OUT = REPO / "runs" / "long"
 MODELS = {"crate": "CRATE-MAE", "vit_paper": "ViT-MAE (paper's baseline)", "vit_mae": "ViT-MAE (facebookresearch)"}
@@ -294,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--start", choices=("both", "pretrained", "scratch"), default="both")
     args = p.parse_args(argv)
     if not args.data.is_dir():
-        print(f"data not found: {args.data} (needs ../shared/data/cifar10-dev)", file=sys.stderr)
+        print(f"data not found: {args.data} (build it: python benchmarks/make_cifar10_dev.py CIFAR10_BATCHES "
+              "data/cifar10-dev)", file=sys.stderr)
         return 2
     t = time.perf_counter()
     rc = {"budget": budget, "pretrain": pretrain, "evaluate": evaluate, "finetune": finetune}[args.cmd](args)

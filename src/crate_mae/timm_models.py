@@ -27,8 +27,9 @@ from .models.crate_mae import CrateEncoder
 from .models.official import from_official
 from .models.registry import list_models, model_defaults
 
-NO_WEIGHTS = ("crate-mae publishes no pretrained weights for {name} (the CRATE authors' CRATE-MAE-Base is a Google "
-              "Drive download, see the README's 'Checkpoint formats'). Load a local file instead: "
+NO_WEIGHTS = ("crate-mae publishes no pretrained weights for {name}; the CRATE authors' CRATE-MAE-Base is a Google "
+              "Drive file linked from the Ma-Lab-Berkeley/CRATE README (https://github.com/Ma-Lab-Berkeley/CRATE; "
+              "crate-mae README, 'Official weights'). Load a local file instead: "
               "timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH')) with our "
               "model.safetensors or an official CRATE-MAE .pth, or crate_mae.load_encoder(PATH)")
 

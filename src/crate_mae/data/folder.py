@@ -145,6 +145,7 @@ class ImageFiles(Dataset):
         self.transform = transform if transform is not None else to_tensor_transform()
         self.strict = strict
         self.loader = loader
+        self.shrink = loader if isinstance(loader, ShrinkingLoader) else None  # decode_all replaces the loader
         self.skipped_files: list[str] = []   # in the order this process met them
         self._bad: set[int] = set()           # sample indices known to be unreadable (skipped without re-reading)
 
@@ -183,7 +184,7 @@ class ImageFiles(Dataset):
         (nothing is decoded)."""
         step = max(1, len(self.samples) // probes)
         pixels = []
-        size_for = self.loader.size_for if isinstance(self.loader, ShrinkingLoader) else (lambda w, h: (w, h))
+        size_for = self.shrink.size_for if self.shrink is not None else _same_size
         for path, _ in self.samples[::step][:probes]:
             try:
                 with Image.open(path) as img:
@@ -262,6 +263,10 @@ class FlatImageFolder(ImageFiles):
                  max_size: int | None = None):
         root = _existing_dir(root)
         super().__init__(root, [(p, -1) for p in walk_images(root)], [], transform, strict, _loader(max_size))
+
+
+def _same_size(width: int, height: int) -> tuple[int, int]:
+    return width, height
 
 
 def _loader(max_size: int | None) -> Callable[[str], Image.Image]:
