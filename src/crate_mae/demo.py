@@ -6,8 +6,6 @@ Everything needed ships with ``pip install``: the data are random crops of ``ski
 
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from importlib import resources
 from pathlib import Path
@@ -38,8 +36,9 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
     """Pretrain the demo model for about ``minutes`` of training on this machine (``quick``: a few steps, for
     tests), write the reconstruction grid and the white-box report.
 
-    The length is not predicted up front: the run measures its own warm-up steps and fits the number of steps to
-    the budget from them (``run.fit_to_minutes``), so the cosine schedule ends when the budget does, on an idle
+    The length is not predicted up front: the run times its first steps with all CPU threads and with one and keeps
+    the faster (``run.threads: auto``), then fits the number of steps to the budget from its own measured steps
+    (``run.fit_to_minutes``), refitting as it goes, so the cosine schedule ends when the budget does, on an idle
     machine as on a busy one. A busy machine still gets ``run.min_steps`` steps (``configs/demo.yaml``), enough for
     visible reconstructions, and the output says how much longer that takes; ``run.max_minutes`` = 2x the budget
     stops a run that slows down further, but never before those steps.
@@ -48,21 +47,10 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
     if quick:
         base += ["data.demo_samples=32", "optim.batch_size=8", "optim.epochs=1", "optim.warmup_epochs=0",
                  "run.max_steps=3", "run.vis_every_epochs=1", "run.vis_images=4", "run.progress=false",
-                 "run.fit_to_minutes=null", "run.min_steps=0"]
+                 "run.fit_to_minutes=null", "run.min_steps=0", "run.threads=null"]
     else:
         base += [f"run.fit_to_minutes={minutes}", f"run.max_minutes={2 * minutes}"]
-    cfg = load_config(demo_config_path(), base + list(overrides or []))
-    threads = torch.get_num_threads()
-    try:
-        if not quick and default_device().type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            best, ms = fastest_threads(demo_step(cfg), thread_candidates())
-            torch.set_num_threads(best)
-            print(f"crate-mae demo: {best} compute thread(s): a demo step took "
-                  + ", ".join(f"{v:.0f} ms with {k}" for k, v in ms.items()) + " on this machine now"
-                  + (" (other jobs keep its cores busy)" if best < max(ms) else ""))
-        return _train_and_picture(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    return _train_and_picture(load_config(demo_config_path(), base + list(overrides or [])))
 
 
 def _train_and_picture(cfg: PretrainConfig) -> dict[str, Any]:
@@ -95,50 +83,6 @@ def _train_and_picture(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"  white-box report: {report}  (its reconstruction MSE is on other images: centre crops of whole "
           "photos, mask seed 0)")
     return summary
-
-
-def thread_candidates() -> list[int]:
-    """1, half and all of torch's intra-op threads (one per core by default)."""
-    n = torch.get_num_threads()
-    return sorted({1, max(1, n // 2), n})
-
-
-def demo_step(cfg: PretrainConfig) -> Callable[[], None]:
-    """One training step of a throwaway copy of ``cfg``'s model on a random batch (for timing only)."""
-    torch.manual_seed(0)
-    model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides)
-    opt = adamw(model.parameters(), 1e-4, (0.9, 0.95))
-    x = torch.randn(cfg.optim.batch_size, 3, cfg.data.img_size, cfg.data.img_size)
-
-    def step() -> None:
-        model(x, mask_ratio=cfg.model.mask_ratio).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return step
-
-
-def fastest_threads(step: Callable[[], None], candidates: list[int], clock: Callable[[], float] = time.perf_counter,
-                    warmup: int = 2, repeats: int = 3) -> tuple[int, dict[int, float]]:
-    """The thread count under which ``step`` runs fastest now, and the median ms per step of each candidate.
-
-    On a CPU that other jobs keep busy, every parallel op waits for its slowest thread, so one thread can be several
-    times faster than one per core (4.7x for crate_mae_tiny in README "Speed"); on an idle machine the opposite
-    holds. Measuring a few steps settles it for this machine at this moment."""
-    before = torch.get_num_threads()
-    ms = {}
-    try:
-        for n in candidates:
-            torch.set_num_threads(n)
-            times = []
-            for i in range(warmup + repeats):
-                t = clock()
-                step()
-                if i >= warmup:
-                    times.append(clock() - t)
-            ms[n] = 1000 * statistics.median(times)
-    finally:
-        torch.set_num_threads(before)
-    return min(ms, key=lambda n: (ms[n], n)), ms
 
 
 def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,

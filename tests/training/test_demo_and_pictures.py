@@ -125,26 +125,10 @@ def test_epoch_budget_is_timed_in_the_training_precision(monkeypatch):
     assert seen and all(s == (True, torch.bfloat16) for s in seen)
 
 
-def test_the_demo_picks_the_thread_count_that_is_fastest_now(monkeypatch):
-    """A busy machine (one thread 3x faster than two) and an idle one (two threads faster), on a fake clock that
-    charges each step by the thread count it runs under."""
-    from crate_mae.demo import fastest_threads
-
-    for cost, best in (({1: 0.2, 2: 0.7}, 1), ({1: 0.2, 2: 0.12}, 2)):
-        clock = _Clock(tick=0.0)
-
-        def step(clock=clock, cost=cost):
-            clock.t += cost[torch.get_num_threads()]
-
-        before = torch.get_num_threads()
-        threads, ms = fastest_threads(step, [1, 2], clock=clock)
-        assert threads == best and ms == pytest.approx({k: 1000 * v for k, v in cost.items()})
-        assert torch.get_num_threads() == before  # measured, then left as it was: the caller decides
-
-
 def test_the_demo_fits_its_length_to_the_budget_and_keeps_a_minimum(monkeypatch, tmp_path):
     """run_demo hands the budget to the run (fitted from measured steps, run.fit_to_minutes) instead of predicting
-    epochs, guards it at twice the budget, and keeps demo.yaml's minimum number of steps."""
+    epochs, guards it at twice the budget, keeps demo.yaml's minimum number of steps, and lets the run choose its
+    thread count by timing its first steps (run.threads=auto)."""
     import crate_mae.demo as demo
 
     seen = {}
@@ -154,8 +138,7 @@ def test_the_demo_fits_its_length_to_the_budget_and_keeps_a_minimum(monkeypatch,
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(demo, "pretrain", fake_pretrain)
-    monkeypatch.setattr(demo, "fastest_threads", lambda step, candidates: (1, {1: 1.0, 2: 2.0}))
     with pytest.raises(RuntimeError, match="stop here"):
         demo.run_demo(tmp_path / "d", minutes=2.5)
     r = seen["cfg"].run
-    assert (r.fit_to_minutes, r.max_minutes, r.min_steps) == (2.5, 5.0, 400)
+    assert (r.fit_to_minutes, r.max_minutes, r.min_steps, r.threads) == (2.5, 5.0, 400, "auto")

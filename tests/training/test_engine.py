@@ -471,3 +471,20 @@ def test_a_resumed_fitted_run_keeps_its_schedule_and_its_spent_budget(tmp_path, 
 def test_fitting_needs_a_warm_up(tmp_path):
     with pytest.raises(ValueError, match="optim.warmup_epochs = 0: must be > 0 with run.fit_to_minutes"):
         train("pretrain", tmp_path / "run", "run.fit_to_minutes=1", "optim.warmup_epochs=0")
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_auto_threads_keep_the_count_whose_steps_were_faster(tmp_path, step_clock, busy):
+    """run.threads=auto alternates all threads and one over the first 8 steps, keeps the faster for the rest, and
+    gives torch its thread count back after the run. Busy: one thread 3x faster; idle: two threads faster."""
+    cost = {1: 0.2, 2: 0.6} if busy else {1: 0.2, 2: 0.12}
+    seen = []
+    step_clock(lambda step: seen.append(torch.get_num_threads()) or cost[torch.get_num_threads()])
+    torch.set_num_threads(2)
+    out = tmp_path / "run"
+    train("pretrain", out, "run.threads=auto")
+    assert torch.get_num_threads() == 2
+    assert seen[:8] == [2, 1] * 4 and set(seen[8:]) == {1 if busy else 2}
+    (row,) = [r for r in rows(out) if r.get("event") == "threads"]
+    assert row["threads"] == (1 if busy else 2) and row["ms_per_step"] == pytest.approx(
+        {str(k): 1000 * v for k, v in cost.items()})

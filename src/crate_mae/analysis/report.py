@@ -28,7 +28,7 @@ from .figures import pyplot
 from .inputs import demo_images, find_images, load_images, model_normalization
 from .layerwise import METRIC_LABELS, METRICS, measure_layers
 from .pca import plot_pca
-from .reconstruction import plot_reconstructions
+from .reconstruction import plot_reconstructions, reconstruction_panels
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
@@ -146,12 +146,13 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     # -- reconstructions
     body.append("<h2>Masked completion</h2>")
     if model.has_decoder:
+        mse = reconstruction_panels(model, imgs, norm, mask_ratio, seed)["loss"].item()
         body.append(_figure(_png(plot_reconstructions(model, imgs, norm, mask_ratio, seed)), "reconstructions",
                             f"{mask_ratio:.0%} of patches masked (mask seed {seed}). Columns: masked input, "
                             "prediction of every patch, prediction with the visible patches pasted back, original. "
-                            f"The MSE in the title is over the masked patches of these {imgs.shape[0]} images "
-                            f"({img_source}) in normalised pixels; it depends on the images (detailed photos "
-                            "score higher), so compare it only between models on the same images."))
+                            f"Masked-patch MSE {mse:.4f}: over the masked patches of these {imgs.shape[0]} images "
+                            f"({img_source}) in normalised pixels. It depends on the images (detailed photos score "
+                            "higher), so compare it only between models on the same images."))
     else:
         body.append('<p class="note">encoder-only model: no decoder, no reconstructions.</p>')
 

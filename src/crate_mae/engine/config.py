@@ -96,6 +96,7 @@ class RunConfig:
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time (rank 0's clock)
     fit_to_minutes: float | None = None  # fit the run's length to this budget from its measured warm-up speed
     min_steps: int = 0             # neither the clock (max_minutes) nor the fit stops a run before this many steps
+    threads: int | str | None = None  # CPU compute threads: null = torch's, N, or 'auto' (the faster of all and 1)
     progress: bool = True          # rank 0: a bar on a terminal, a plain line every 30 s in a log file
     allow_config_change: bool = False  # resume even if model / data / schedule keys differ from the checkpoint's
 
@@ -344,6 +345,8 @@ class Checks:
         self(r.fit_to_minutes is None or (number(r.fit_to_minutes) and r.fit_to_minutes > 0), "run.fit_to_minutes",
              r.fit_to_minutes, "must be > 0 or null")
         self(integer(r.min_steps) and r.min_steps >= 0, "run.min_steps", r.min_steps, "must be an integer >= 0")
+        self(r.threads in (None, "auto") or (integer(r.threads) and r.threads >= 1), "run.threads", r.threads,
+             "must be null, 'auto' or an integer >= 1")
         self(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
         for key in ("compile", "grad_checkpointing", "deterministic", "progress", "allow_config_change"):
             self(isinstance(getattr(r, key), bool), f"run.{key}", getattr(r, key), "must be true or false")

@@ -14,7 +14,8 @@ epoch loop. Here the split is done once. :func:`run` and :class:`Runner` own eve
 - stop conditions (``run.max_steps``, ``run.max_minutes`` on rank 0's clock, never before ``run.min_steps``) and
   progress reporting;
 - with ``run.fit_to_minutes``, the length of the run fitted to a time budget from the measured speed of its own
-  steps, again and again as it trains (:meth:`Runner.refit`).
+  steps, again and again as it trains (:meth:`Runner.refit`); with ``run.threads: auto``, the number of CPU compute
+  threads chosen by timing the first steps under each (:meth:`Runner.try_threads`).
 
 A :class:`Task` supplies the model, the data, the optimizer and the loss of one micro-batch, plus optional hooks
 (end of epoch, final summary). Pretraining (:mod:`.pretrain`) and fine-tuning (:mod:`crate_mae.evaluation.finetune`)
@@ -143,7 +144,7 @@ def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | st
     if out.exists() and not out.is_dir():
         raise ValueError(f"run.output_dir = {str(out)!r} is a file, not a folder")
     owns_group = not (dist.is_available() and dist.is_initialized())
-    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.get_num_threads()
     info = init_distributed(device)
     lock = RunLock(out) if info.is_main else None
     try:
@@ -168,6 +169,7 @@ def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | st
             lock.release()
         torch.use_deterministic_algorithms(flags[0])
         torch.backends.cudnn.benchmark = flags[1]
+        torch.set_num_threads(flags[2])
         if owns_group:
             cleanup_distributed()
 
@@ -218,6 +220,13 @@ class Runner:
         self.plan: dict[str, Any] | None = None
         self._window: list[float] = []  # the clock after each step since the last fit
         self.trained_before = 0.0  # seconds of training before a resume (what run.fit_to_minutes has used)
+        # run.threads: a number is set now; 'auto' alternates all threads and one over the first steps
+        self.trial: dict[str, Any] | None = None
+        if isinstance(r.threads, int):
+            torch.set_num_threads(r.threads)
+        elif r.threads == "auto" and self.device.type == "cpu" and torch.get_num_threads() > 1:
+            n = torch.get_num_threads()
+            self.trial = {"order": [n, 1] * 4, "seconds": {n: [], 1: []}, "last": None}
         self._said_floor = False
         self.optimizer = self.task.make_optimizer(self.lr)
         self.params = [p for p in self.task.model.parameters() if p.requires_grad]
@@ -237,6 +246,9 @@ class Runner:
         if self._rng is not None:
             restore_rng(self._rng, self.device)
         self.t0 = clock()
+        if self.trial is not None:
+            torch.set_num_threads(self.trial["order"][0])
+            self.trial["last"] = self.t0
         stopped = "completed"
         try:
             while st.epoch < cfg.optim.epochs and (self.total_steps is None or st.step < self.total_steps):
@@ -336,6 +348,8 @@ class Runner:
     def _after_step(self, loss: float, lr: float, grad_norm: float | None, img_per_s: float, stop: bool
                     ) -> str | None:
         r, st = self.cfg.run, self.state
+        if self.trial is not None:
+            self.try_threads()
         if self.fit_every is not None:
             self._window.append(clock())
             if st.step >= (self.plan["step"] + self.fit_every if self.plan else self.fit_every):
@@ -355,6 +369,29 @@ class Runner:
         if r.max_steps is not None and st.step >= r.max_steps:
             return "max_steps"
         return "max_minutes" if stop else None
+
+    def try_threads(self) -> None:
+        """``run.threads: auto``, after each of the first 8 steps: record the step's time under the thread count it
+        ran with and set the next one (all of torch's threads and one, alternating, so that a change in the
+        machine's load hits both alike); then keep the faster by median, the first pair left out (start-up). On a
+        CPU that other jobs keep busy, every parallel op waits for its slowest thread and one thread can be several
+        times faster (README "Speed"); on an idle machine, all threads are. The choice holds for the rest of the
+        run and is logged as a ``{"event": "threads", ...}`` row."""
+        t = self.trial
+        now, done = clock(), len(t["seconds"][t["order"][0]]) + len(t["seconds"][1])
+        t["seconds"][t["order"][done]].append(now - t["last"])
+        t["last"] = now
+        if done + 1 < len(t["order"]):
+            torch.set_num_threads(t["order"][done + 1])
+            return
+        ms = {n: 1000 * float(np.median(v[1:])) for n, v in t["seconds"].items()}
+        best = min(ms, key=lambda n: (ms[n], n))
+        torch.set_num_threads(best)
+        self.trial = None
+        self.log_row({"event": "threads", "threads": best, "ms_per_step": {str(k): v for k, v in ms.items()}})
+        self.say(f"run.threads=auto: {best} compute thread(s) for the rest of the run (a step took "
+                 + ", ".join(f"{v:.0f} ms with {k}" for k, v in ms.items()) + ")"
+                 + ("; other jobs keep this machine's cores busy" if best < max(ms) else ""))
 
     def refit(self) -> dict[str, Any]:
         """``run.fit_to_minutes``: set the run's end so that training stops when the budget is used, from the time
