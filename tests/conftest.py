@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,18 @@ def tiny_model_kwargs() -> dict:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_inductor_cache(tmp_path_factory):
+    """torch.compile's cache for this test session alone. Its default, /tmp/torchinductor_$USER, is shared with every
+    other process on the machine, among them ones run with another ATEN_CPU_CAPABILITY whose cached kernels (written
+    for vector instructions) then failed to compile here (`at::vec has not been declared`, seen under
+    ATEN_CPU_CAPABILITY=default). A cache the user set is left alone."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        yield
+        return
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
+    yield
+    patch.undo()
