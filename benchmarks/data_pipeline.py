@@ -1,6 +1,6 @@
 """Pretraining throughput with the data pipeline against the model alone, same config, one process.
 
-    python benchmarks/data_pipeline.py                     # configs/pretrain_cifar.yaml on ../shared/data/cifar10-dev
+    python benchmarks/data_pipeline.py                     # configs/pretrain_cifar.yaml on data/cifar10-dev
     python benchmarks/data_pipeline.py --threads 1         # on a CPU that other jobs share
     python benchmarks/data_pipeline.py --variants files,0 cache,0 cache,1 auto,auto
 
@@ -106,7 +106,10 @@ def pipeline(args, cache: str, workers: str, out: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs" / "pretrain_cifar.yaml"))
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10-dev"))
+    p.add_argument("--data", default=str(next((d for d in (REPO / "data" / "cifar10-dev",
+                                                          REPO.parent / "shared" / "data" / "cifar10-dev")
+                                                if d.is_dir()), REPO / "data" / "cifar10-dev")),
+                   help="cifar10-dev (python benchmarks/make_cifar10_dev.py writes data/cifar10-dev)")
     p.add_argument("--variants", nargs="+", default=["files,0", "cache,0", "cache,1", "auto,auto"],
                    help="CACHE,WORKERS pairs: CACHE in files|cache|auto, WORKERS an integer or auto")
     p.add_argument("--steps", type=int, default=12, help="measured optimizer steps per run")

@@ -45,9 +45,11 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# cifar10-dev: data/cifar10-dev as benchmarks/make_cifar10_dev.py writes it, else the development workspace's copy.
 # Relative to the repository root (every command runs there), so the path recorded in a run's config is the same on
 # every machine and a run started elsewhere resumes here.
-DATA = Path("../shared/data/cifar10-dev")
+DATA = next((d for d in (Path("data/cifar10-dev"), Path("../shared/data/cifar10-dev")) if d.is_dir()),
+            Path("data/cifar10-dev"))
 CONFIG = REPO / "src" / "crate_mae" / "configs" / "pretrain_cifar.yaml"
 FT_CONFIG = REPO / "src" / "crate_mae" / "configs" / "finetune_cifar.yaml"
 OUT = Path("runs/long")
@@ -627,8 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
     if cmd_needs_data(args.cmd) and not args.data.is_dir():
-        print(f"data not found: {args.data} (run from the repository root, with ../shared/data/cifar10-dev, or pass "
-              "--data)", file=sys.stderr)
+        print(f"data not found: {args.data} (run from the repository root; build it: python "
+              "benchmarks/make_cifar10_dev.py CIFAR10_BATCHES data/cifar10-dev)", file=sys.stderr)
         return 2
     t = time.perf_counter()
     rc = cmds[args.cmd](args)

@@ -5,6 +5,7 @@
     python benchmarks/model_speed.py --compile --visible-only --amp --grad-checkpointing
     python benchmarks/model_speed.py --config configs/pretrain_cifar.yaml --amp --compile   # a config's model + batch
     python benchmarks/model_speed.py --model crate_mae_base --batch 64 --amp --compile     # on a GPU
+    python benchmarks/model_speed.py --flops                # training FLOPs of official vs ours only (seconds)
 
 The baseline is ``crate_mae.models.official.OfficialCrateMAE``, a transcription of the official Ma-Lab-Berkeley/CRATE
 code (explicit N x N attention, three-product ISTA, gather/cat masking, its module tree) that reproduces the official
@@ -20,14 +21,16 @@ fixtures bit for bit (tests/models/test_official_fixtures.py), loaded with our m
 A train step is forward + backward + AdamW step (the official baseline with facebookresearch/mae's optimizer, the
 default ``torch.optim.AdamW`` on its weight-decay groups; ours with ``training.optim.build_optimizer``, our training
 path, which is the same AdamW with the fused kernel); an inference step is the masked forward without autograd.
-``--visible-only`` also counts the FLOPs of a training forward + backward (``torch.utils.flop_counter``) of the
-faithful and the visible-only model, whose ratio bounds the speed-up the visible-only frame can give. Steps run
-interleaved (each round visits every contender, in rotating order) so machine noise hits all alike; medians of the
-rounds are reported with the spread (lowest-highest round) of every ratio; a ratio is the baseline's median time
-over the contender's. On a CPU shared with other busy processes, give ``--threads`` the number of idle cores: with
-more threads than free cores each parallel op waits for a descheduled thread, and the timings measure the
-scheduler. ``--grad-checkpointing`` adds the bytes of activations saved for backward with and without per-block
-checkpointing (exact on any device). Peak GPU memory and FLOP utilisation: ``benchmarks/gpu_speed.py``.
+``--flops`` counts the training FLOPs (forward + backward) of the official computation and of ours and prints their
+ratio, without timing anything. ``--visible-only`` also counts the FLOPs of a training forward + backward
+(``torch.utils.flop_counter``) of the faithful and the visible-only model, whose ratio bounds the speed-up the
+visible-only frame can give. Steps run interleaved (each round visits every contender, in rotating order) so machine
+noise hits all alike; medians of the rounds are reported with the spread (lowest-highest round) of every ratio; a
+ratio is the baseline's median time over the contender's. On a CPU shared with other busy processes, give
+``--threads`` the number of idle cores: with more threads than free cores each parallel op waits for a descheduled
+thread, and the timings measure the scheduler. ``--grad-checkpointing`` adds the bytes of activations saved for
+backward with and without per-block checkpointing (exact on any device). Peak GPU memory and FLOP utilisation:
+``benchmarks/gpu_speed.py``.
 """
 
 from __future__ import annotations
@@ -211,6 +214,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also ours under torch.compile")
     p.add_argument("--visible-only", action="store_true", help="also ours with mask_tokens_in_encoder=False")
     p.add_argument("--grad-checkpointing", action="store_true", help="activation memory with / without")
+    p.add_argument("--flops", action="store_true", help="only count training FLOPs of official vs ours (no timing)")
     args = p.parse_args()
     args.overrides = {}
     if args.config:
@@ -221,6 +225,14 @@ def main() -> None:
         args.img_size, args.batch = cfg.data.img_size, cfg.optim.batch_size
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flops:
+        torch.manual_seed(0)
+        ours, models = build(args, torch.device("cpu"))
+        f_off, f_ours = (train_flops(models[k][0], args.batch, args.img_size) for k in ("official", "ours"))
+        print(f"{args.config or args.model} {args.img_size}px batch {args.batch}: training FLOPs (forward + "
+              f"backward) official {f_off / 1e9:.1f} G, ours {f_ours / 1e9:.1f} G; ours / official = "
+              f"{f_ours / f_off:.3f} ({1 - f_ours / f_off:.0%} fewer)")
+        return
     res = bench(args)
     dev = args.device or default_device().type
     print(f"{args.config or args.model} {args.img_size}px batch {args.batch} on {dev} (torch {torch.__version__}, "

@@ -35,7 +35,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "cifar10-dev"
+# cifar10-dev: data/cifar10-dev as benchmarks/make_cifar10_dev.py writes it, else the development workspace's copy
+DATA = next((d for d in (REPO / "data" / "cifar10-dev", REPO.parent / "shared" / "data" / "cifar10-dev") if d.is_dir()),
+            REPO / "data" / "cifar10-dev")
 CONFIG = REPO / "src" / "crate_mae" / "configs" / "pretrain_cifar.yaml"
 RUNS = REPO / "runs" / "study"
 
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table(args.log))
         return 0
     if not args.data.is_dir():
-        print(f"data not found: {args.data} (needs ../shared/data/cifar10-dev)", file=sys.stderr)
+        print(f"data not found: {args.data} (build it: python benchmarks/make_cifar10_dev.py CIFAR10_BATCHES "
+              "data/cifar10-dev)", file=sys.stderr)
         return 2
     line = run_trial(args)
     print(json.dumps(line))

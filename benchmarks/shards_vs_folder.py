@@ -2,6 +2,7 @@
 
     python benchmarks/shards_vs_folder.py                    # cifar10-dev/train @ 32 px, flowers12/train @ 224 px
     python benchmarks/shards_vs_folder.py --set imagenet=/data/imagenet/train@224 --workers 0 8 --repeats 2
+    python benchmarks/shards_vs_folder.py --index-costs     # only the costs of indexed access (seconds)
 
 Each set is written as shards once (timed), then both readers load it the way pretraining does: EpochSampler order
 (a fresh permutation per epoch, so random access across shards), SeededSamples with MAE's pretraining transform,
@@ -9,14 +10,22 @@ batches of 64, through a DataLoader with N workers (0 = in this process, one int
 epoch (page cache, worker start), the readers are timed in alternation (folder, shards, shards, folder, ...) so that
 machine noise hits both alike; the table gives the median images/s over the timed epochs. The two readers yield
 identical tensors (checked on the first batch).
+
+``--index-costs`` prints, for the first shard of each set, what indexed access costs a process: the memory of
+wids' index per sample (Python allocations while opening the shard, by ``tracemalloc``), the time to open and index
+the shard (what an evicted shard costs when touched again) and the time to look one sample up in the open shard
+(without decoding it); medians of 5.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import statistics
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import torch
@@ -44,6 +53,34 @@ def epoch(dl: DataLoader, sampler: EpochSampler, e: int) -> tuple[float, int, to
     return time.perf_counter() - t0, n, first
 
 
+def index_costs(manifest: Path) -> str:
+    """Index bytes per sample, open + index time and lookup time of the first shard in ``manifest``."""
+    from wids.wids import IndexedTarSamples
+
+    desc = json.loads(manifest.read_text())
+    first = desc["shardlist"][0]
+    path, n = str(manifest.parent / first["url"]), int(first["nsamples"])
+    sizes, opens = [], []
+    for _ in range(5):
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        shard = IndexedTarSamples(path=path)
+        opens.append(time.perf_counter() - t0)
+        sizes.append(tracemalloc.get_traced_memory()[0])
+        tracemalloc.stop()
+        if _ < 4:
+            shard.close()
+    rng = random.Random(0)
+    picks = [rng.randrange(n) for _ in range(2000)]
+    t0 = time.perf_counter()
+    for k in picks:
+        shard[k]
+    lookup = (time.perf_counter() - t0) / len(picks)
+    shard.close()
+    return (f"index {statistics.median(sizes) / n:.0f} bytes per sample, open + index {statistics.median(opens):.2f} s "
+            f"for {n} samples, lookup {lookup * 1e6:.1f} us per sample (no decoding)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--set", action="append", default=None, metavar="NAME=PATH@SIZE",
@@ -53,6 +90,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=5000)
     p.add_argument("--out", default=None, help="where to write the shards (default: a temporary folder)")
+    p.add_argument("--index-costs", action="store_true", help="only the costs of indexed access, no loading epochs")
     args = p.parse_args()
     torch.set_num_threads(1)  # what DataLoader workers use; fair to the in-process case on a small machine
     rows = []
@@ -67,6 +105,9 @@ def main() -> None:
             mib = sum(s["filesize"] for s in desc["shardlist"]) / 2**20
             print(f"{name}: make-shards {n_img} images -> {len(desc['shardlist'])} shard(s), {mib:.1f} MiB in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
+            if args.index_costs:
+                print(f"  {index_costs(out / 'shards.json')}", flush=True)
+                continue
             for w in args.workers:
                 loaders = {"folder": loader(Path(src), int(size), w, args.batch),
                            "shards": loader(out, int(size), w, args.batch)}
@@ -84,6 +125,8 @@ def main() -> None:
                       f"per epoch folder {[round(v) for v in rates['folder']]}, "
                       f"shards {[round(v) for v in rates['shards']]}", flush=True)
                 del loaders
+    if not rows:
+        return
     print("\n| data set | px | images | workers | ImageFolder img/s | shards img/s | shards / folder |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, size, n, w, f, s in rows:

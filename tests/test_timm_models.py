@@ -1,6 +1,8 @@
 """The crate_* encoders as timm models: registry, timm's model contract (the checks timm's own test suite runs on
 its models, tests/test_models.py), features_only, layer decay, local pretrained files."""
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -23,8 +25,13 @@ def test_registered_with_timm():
 
 
 def test_pretrained_explains_where_weights_come_from():
-    with pytest.raises(ValueError, match="publishes no pretrained weights for crate_tiny.*pretrained_cfg_overlay"):
+    with pytest.raises(ValueError, match="publishes no pretrained weights for crate_tiny.*pretrained_cfg_overlay") as e:
         timm.create_model("crate_tiny", pretrained=True)
+    # the message names where the official weights are, and the README section it points to exists and links them
+    assert "github.com/Ma-Lab-Berkeley/CRATE" in str(e.value) and "'Official weights'" in str(e.value)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Official weights"):]
+    assert "https://github.com/Ma-Lab-Berkeley/CRATE" in section[:section.index("\n## ", 3)]
 
 
 def test_timm_model_contract():

@@ -33,23 +33,31 @@ def demo_config_path() -> Path:
 
 def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: bool = False,
              overrides: list[str] | None = None) -> dict[str, Any]:
-    """Pretrain the demo model for about ``minutes`` on this machine (``quick``: a few steps, for tests), write the
-    reconstruction grid and the white-box report.
+    """Pretrain the demo model for about ``minutes`` of training on this machine (``quick``: a few steps, for
+    tests), write the reconstruction grid and the white-box report.
 
-    The number of epochs is fitted to ``minutes`` by timing a few training steps of the demo model first, so the
-    cosine schedule completes; ``run.max_minutes`` is a hard stop at 1.5x the budget.
+    The length is not predicted up front: the run times its first steps with all CPU threads and with one and keeps
+    the faster (``run.threads: auto``), then fits the number of steps to the budget from its own measured steps
+    (``run.fit_to_minutes``), refitting as it goes, so the cosine schedule ends when the budget does, on an idle
+    machine as on a busy one. A busy machine still gets ``run.min_steps`` steps (``configs/demo.yaml``), enough for
+    visible reconstructions, and the output says how much longer that takes; ``run.max_minutes`` = 2x the budget
+    stops a run that slows down further, but never before those steps.
     """
     base = [f"run.output_dir={out_dir}"]
     if quick:
         base += ["data.demo_samples=32", "optim.batch_size=8", "optim.epochs=1", "optim.warmup_epochs=0",
-                 "run.max_steps=3", "run.vis_every_epochs=1", "run.vis_images=4", "run.progress=false"]
-    cfg = load_config(demo_config_path(), base + list(overrides or []))
-    if not quick:
-        cfg.optim.epochs, cfg.optim.warmup_epochs = epochs_for_budget(cfg, minutes, cfg.data.demo_samples)
-        cfg.run.max_minutes = 1.5 * minutes
-        cfg.validate()
+                 "run.max_steps=3", "run.vis_every_epochs=1", "run.vis_images=4", "run.progress=false",
+                 "run.fit_to_minutes=null", "run.min_steps=0", "run.threads=null"]
+    else:
+        base += [f"run.fit_to_minutes={minutes}", f"run.max_minutes={2 * minutes}"]
+    return _train_and_picture(load_config(demo_config_path(), base + list(overrides or [])))
+
+
+def _train_and_picture(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"crate-mae demo: pretraining {cfg.model.name} {cfg.model.overrides} on {cfg.data.demo_samples} "
-          f"scikit-image photo crops ({cfg.data.img_size} px) for {cfg.optim.epochs} epochs")
+          f"scikit-image photo crops ({cfg.data.img_size} px)" + (
+              f", fitting its length to {cfg.run.fit_to_minutes:g} minutes of training on this machine (at least "
+              f"{cfg.run.min_steps} steps)" if cfg.run.fit_to_minutes else ""))
     summary = pretrain(cfg)
     out = Path(cfg.run.output_dir)
     grid = out / "reconstruction.png"
@@ -58,12 +66,22 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
     report = write_report(summary["model_dir"], out / "report")
     summary["report"] = str(report)
     b, a = summary["fixed_loss_before"], summary["fixed_loss_after"]
-    print(f"\nmasked-patch loss on fixed demo images: {b:.4f} before -> {a:.4f} after "
-          f"({summary['steps']} steps, {summary['elapsed_s']:.0f}s, {summary['img_per_s']:.0f} img/s)")
-    print(f"  model:           {summary['model_dir']}")
-    print(f"  reconstructions: {grid}  (per-epoch grids in {out / 'recon'})")
-    print(f"  metrics:         {out / 'metrics.jsonl'}  (tensorboard --logdir {out / 'tb'})")
-    print(f"  white-box report: {report}")
+    plan = summary.get("plan")
+    print(f"\nmasked-patch loss (MSE in normalised pixels) on the {min(cfg.run.vis_images, cfg.data.demo_samples)} "
+          f"fixed training crops with fixed masks: {b:.4f} before -> {a:.4f} after")
+    line = f"  {summary['steps']} steps in {summary['elapsed_s']:.0f} s of training, {summary['img_per_s']:.0f} img/s"
+    if plan:
+        line += (f"; length fitted {plan['fits']} time(s) to the {plan['budget_minutes']:g}-minute budget from the "
+                 f"measured speed (last: {plan['s_per_step'] * 1000:.0f} ms per step)")
+        if plan.get("binding"):
+            line += (f"; the budget held fewer steps on this busy machine, so it trained the guaranteed minimum of "
+                     f"{plan['min_steps']}")
+    print(line + f"; stopped: {summary['stopped']}")
+    print(f"  model:            {summary['model_dir']}")
+    print(f"  reconstructions:  {grid}  (the same crops and masks; per-epoch grids in {out / 'recon'})")
+    print(f"  metrics:          {out / 'metrics.jsonl'}  (tensorboard --logdir {out / 'tb'})")
+    print(f"  white-box report: {report}  (its reconstruction MSE is on other images: centre crops of whole "
+          "photos, mask seed 0)")
     return summary
 
 

@@ -30,10 +30,11 @@ from .models.crate_supervised import from_official as crate_supervised_from_offi
 from .models.official import from_official
 from .models.registry import list_models, model_defaults, model_factory
 
-NO_WEIGHTS = ("crate-mae publishes no pretrained weights for {name} (the CRATE authors' checkpoints are downloads "
-              "linked from the Ma-Lab-Berkeley/CRATE README, see our README's 'Checkpoint formats'). Load a local "
-              "file instead: timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH')) "
-              "with our model.safetensors or an official CRATE .pth, or crate_mae.load_encoder(PATH)")
+NO_WEIGHTS = ("crate-mae publishes no pretrained weights for {name}; the CRATE authors' checkpoints (CRATE-MAE-Base, "
+              "supervised CRATE) are downloads linked from the Ma-Lab-Berkeley/CRATE README "
+              "(https://github.com/Ma-Lab-Berkeley/CRATE; crate-mae README, 'Official weights'). Load a local file "
+              "instead: timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH')) with "
+              "our model.safetensors or an official CRATE .pth, or crate_mae.load_encoder(PATH)")
 
 
 def pretrained_cfg(name: str) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def test_shipped_configs_are_valid():
     root = Path(str(resources.files("crate_mae") / "configs"))
     names = sorted(p.name for p in root.glob("pretrain_*.yaml")) + ["demo.yaml"]
     assert names == ["pretrain_cifar.yaml", "pretrain_in1k_crate_mae_base_book_recipe.yaml",
-                     "pretrain_in1k_crate_mae_base_mae_recipe.yaml", "demo.yaml"]
+                     "pretrain_in1k_crate_mae_base_mae_recipe.yaml", "pretrain_photos.yaml", "demo.yaml"]
     mae = load_config(root / "pretrain_in1k_crate_mae_base_mae_recipe.yaml")
     assert (mae.model.name, mae.data.img_size, mae.model.mask_ratio) == ("crate_mae_base", 224, 0.75)
     assert (mae.optim.blr, mae.optim.weight_decay, mae.optim.betas) == (1.5e-4, 0.05, (0.9, 0.95))
@@ -91,6 +91,9 @@ def test_shipped_configs_are_valid():
     assert book.optim.batch_size * book.optim.accum_iter * 8 == 4096
     for name in names:
         load_config(root / name)
+    photos = load_config("pretrain_photos")  # by name, as a pip user passes it
+    assert (photos.data.split, photos.data.kind, photos.run.output_dir) == (None, "folder", "runs/photos")
+    assert photos.run.fit_to_minutes > 0 and photos.run.min_steps > 0
 
 
 def test_yaml_syntax_errors_name_the_file_or_the_override(tmp_path):

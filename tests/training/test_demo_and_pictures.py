@@ -45,7 +45,8 @@ def test_demo_quick_through_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (out / "reconstruction.png").stat().st_size > 1000
     assert (out / "model" / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
-    assert "masked-patch loss on fixed demo images" in printed and str(out / "reconstruction.png") in printed
+    assert "on the 4 fixed training crops with fixed masks" in printed and str(out / "reconstruction.png") in printed
+    assert "its reconstruction MSE is on other images" in printed  # the two losses say what they measure
     model = crate_mae.from_pretrained(out / "model")
     assert model.data_config["img_size"] == 32  # normalisation saved for analysis tools
     assert (out / "report" / "index.html").is_file() and "white-box report" in printed
@@ -122,3 +123,22 @@ def test_epoch_budget_is_timed_in_the_training_precision(monkeypatch):
     clock = _Clock(tick=0.01)
     epochs_for_budget(_budget_cfg("run.amp=bf16"), 1.0, 64, dataset=_Images(clock, 0.0), device="cpu", clock=clock)
     assert seen and all(s == (True, torch.bfloat16) for s in seen)
+
+
+def test_the_demo_fits_its_length_to_the_budget_and_keeps_a_minimum(monkeypatch, tmp_path):
+    """run_demo hands the budget to the run (fitted from measured steps, run.fit_to_minutes) instead of predicting
+    epochs, guards it at twice the budget, keeps demo.yaml's minimum number of steps, and lets the run choose its
+    thread count by timing its first steps (run.threads=auto)."""
+    import crate_mae.demo as demo
+
+    seen = {}
+
+    def fake_pretrain(cfg):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(demo, "pretrain", fake_pretrain)
+    with pytest.raises(RuntimeError, match="stop here"):
+        demo.run_demo(tmp_path / "d", minutes=2.5)
+    r = seen["cfg"].run
+    assert (r.fit_to_minutes, r.max_minutes, r.min_steps, r.threads) == (2.5, 5.0, 400, "auto")

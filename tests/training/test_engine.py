@@ -384,3 +384,107 @@ def test_online_knn_probe_is_logged_and_leaves_training_unchanged(tmp_path):
     assert [e.step for e in events.Scalars("knn/top1")] == [1, 2]
     assert [e.step for e in events.Scalars("knn/mean_top1")] == [1, 2]
     assert watched["weights_sha256"] == plain["weights_sha256"]  # monitoring does not perturb training
+
+
+# -- fitting the run to a time budget (run.fit_to_minutes) ----------------------------------------------------------
+class StepClock:
+    """The run's stopwatch, advanced by ``cost(step)`` seconds per optimizer step: how fast the machine is, decided
+    by the test and not by the machine."""
+
+    def __init__(self, cost):
+        self.t, self.cost = 0.0, cost
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    from crate_mae.engine import runner as engine
+
+    def install(cost):
+        fake = StepClock(cost)
+        step = engine.Runner._step
+
+        def timed(self, loss_acc):
+            fake.t += fake.cost(self.state.step)
+            return step(self, loss_acc)
+
+        monkeypatch.setattr(engine, "clock", fake)
+        monkeypatch.setattr(engine.Runner, "_step", timed)
+        return fake
+    return install
+
+
+def lrs(out) -> list[float]:
+    return [r["lr"] for r in rows(out) if "event" not in r]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_run_fits_its_length_to_the_budget_from_its_measured_steps(task, tmp_path, step_clock):
+    """1 s per step and a one-minute budget: 60 steps, whatever optim.epochs said (2 epochs = 12 steps here), the
+    cosine ending at the last step. Warm-up (6 steps) is measured, then the plan is refitted every 6 steps."""
+    step_clock(lambda step: 1.0)
+    out = tmp_path / "run"
+    result = train(task, out, "run.fit_to_minutes=1", "optim.min_lr=0")
+    steps = result["steps"] if task == "pretrain" else result["details"]["steps"]
+    assert steps == 60
+    plans = [r for r in rows(out) if r.get("event") == "plan"]
+    assert plans[0]["step"] == 6 and plans[0]["s_per_step"] == pytest.approx(1.0)
+    assert {p["total_steps"] for p in plans} == {60}
+    lr = lrs(out)
+    assert len(lr) == 60 and lr[-1] < 0.01 * max(lr)  # the cosine reached its end with the budget
+    assert all(a >= b for a, b in zip(lr[6:], lr[7:]))  # falling from the end of warm-up on
+
+
+def test_a_machine_that_slows_down_moves_the_end_and_the_lr_stays_continuous(tmp_path, step_clock):
+    step_clock(lambda step: 1.0 if step < 30 else 2.0)
+    out = tmp_path / "run"
+    summary = train("pretrain", out, "run.fit_to_minutes=1", "optim.min_lr=0")
+    # steps 1-30 take 30 s; the window of steps 31-36 measures 2 s per step: 36 + (60 - 42) / 2 = 45
+    assert summary["steps"] == 45 and summary["plan"]["total_steps"] == 45
+    lr = lrs(out)
+    drops = [a - b for a, b in zip(lr[6:], lr[7:])]
+    assert min(drops) >= 0 and max(drops) < 0.2 * max(lr)  # monotone, no jump where the end moved
+
+
+def test_a_busy_machine_still_trains_the_minimum_number_of_steps_and_says_so(tmp_path, step_clock, capsys):
+    step_clock(lambda step: 10.0)  # 10 s per step: the 1-minute budget holds 6 steps
+    out = tmp_path / "run"
+    summary = train("pretrain", out, "run.fit_to_minutes=1", "run.min_steps=20", "run.max_minutes=2")
+    assert summary["steps"] == 20 and summary["stopped"] == "completed"  # max_minutes does not cut the minimum
+    (first, *_) = [r for r in rows(out) if r.get("event") == "plan"]
+    assert first["fitted_steps"] == 6 and first["total_steps"] == 20
+    assert capsys.readouterr().out.count("guaranteed minimum of run.min_steps = 20") == 1
+
+
+def test_a_resumed_fitted_run_keeps_its_schedule_and_its_spent_budget(tmp_path, step_clock):
+    step_clock(lambda step: 1.0)
+    out = tmp_path / "run"
+    train("pretrain", out, "run.fit_to_minutes=1", "run.max_steps=20", "run.ckpt_every_steps=5")
+    summary = train("pretrain", out, "run.fit_to_minutes=1", "run.resume=auto")  # optim.epochs differs: allowed
+    assert summary["steps"] == 60
+    lr = lrs(out)
+    assert len(lr) == 60 and all(a >= b for a, b in zip(lr[6:], lr[7:]))
+
+
+def test_fitting_needs_a_warm_up(tmp_path):
+    with pytest.raises(ValueError, match="optim.warmup_epochs = 0: must be > 0 with run.fit_to_minutes"):
+        train("pretrain", tmp_path / "run", "run.fit_to_minutes=1", "optim.warmup_epochs=0")
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_auto_threads_keep_the_count_whose_steps_were_faster(tmp_path, step_clock, busy):
+    """run.threads=auto alternates all threads and one over the first 8 steps, keeps the faster for the rest, and
+    gives torch its thread count back after the run. Busy: one thread 3x faster; idle: two threads faster."""
+    cost = {1: 0.2, 2: 0.6} if busy else {1: 0.2, 2: 0.12}
+    seen = []
+    step_clock(lambda step: seen.append(torch.get_num_threads()) or cost[torch.get_num_threads()])
+    torch.set_num_threads(2)
+    out = tmp_path / "run"
+    train("pretrain", out, "run.threads=auto")
+    assert torch.get_num_threads() == 2
+    assert seen[:8] == [2, 1] * 4 and set(seen[8:]) == {1 if busy else 2}
+    (row,) = [r for r in rows(out) if r.get("event") == "threads"]
+    assert row["threads"] == (1 if busy else 2) and row["ms_per_step"] == pytest.approx(
+        {str(k): 1000 * v for k, v in cost.items()})

@@ -47,7 +47,13 @@ def plot_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalizati
     cols = [("masked", f"masked input ({mask_ratio:.0%}, {masking})"), ("prediction", "prediction" + normpix),
             ("pasted", "prediction + visible patches" + normpix), ("original", "original")]
     n = imgs.shape[0]
-    fig, axes = plt.subplots(n, 4, figsize=(9, 2.25 * n + 0.5), squeeze=False)
+    # Size the figure to the images so that the title sits right above the column titles: with a fixed height and
+    # matplotlib's default margins, a band of empty space opened between them.
+    width, wspace, hspace, top_in, bottom_in = 9.0, 0.04, 0.06, 0.55, 0.05
+    panel_w = width / (4 + 3 * wspace)
+    panel_h = panel_w * imgs.shape[-2] / imgs.shape[-1]
+    height = n * panel_h + (n - 1) * hspace * panel_h + top_in + bottom_in
+    fig, axes = plt.subplots(n, 4, figsize=(width, height), squeeze=False)
     arrays = {k: to_hwc(p[k]) for k, _ in cols}
     for i in range(n):
         for j, (k, label) in enumerate(cols):
@@ -56,8 +62,10 @@ def plot_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalizati
             clean_axis(ax)
             if i == 0:
                 ax.set_title(label, fontsize=8)
-    fig.suptitle(title or f"masked-patch MSE {p['loss'].item():.4f}", fontsize=9)
-    fig.subplots_adjust(wspace=0.04, hspace=0.06)  # tight_layout is slow on image grids
+    fig.subplots_adjust(left=0, right=1, bottom=bottom_in / height, top=1 - top_in / height, wspace=wspace,
+                        hspace=hspace)  # tight_layout is slow on image grids
+    fig.suptitle(title or f"masked-patch MSE {p['loss'].item():.4f} (normalised pixels) on these {n} images",
+                 fontsize=9, y=1 - 0.05 / height, va="top")
     return fig
 
 

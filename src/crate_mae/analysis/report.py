@@ -30,7 +30,7 @@ from .inputs import demo_images, find_images, load_images, model_normalization
 from .layerwise import METRIC_LABELS, METRICS, measure_layers
 from .pca import plot_pca
 from .predictions import class_names, is_classifier, plot_predictions, top_predictions
-from .reconstruction import plot_reconstructions
+from .reconstruction import plot_reconstructions, reconstruction_panels
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
@@ -94,7 +94,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     size = resolve_data_config(model)["img_size"]
     labels: list[str] | None = None  # what each image row is called (its file, when there is one)
     if images is None:
-        imgs, img_source = demo_images(size, num_images, norm), "the embedded scikit-image photos"
+        imgs, img_source = demo_images(size, num_images, norm), "centre crops of the embedded scikit-image photos"
     elif isinstance(images, torch.Tensor):
         imgs, img_source = images[:num_images], "an in-memory batch"
     else:
@@ -162,9 +162,13 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
         body.append(_table(rows, ["image"] + [f"#{r + 1}" for r in range(probs.shape[1])]))
     elif model.has_decoder:
         body.append("<h2>Masked completion</h2>")
+        mse = reconstruction_panels(model, imgs, norm, mask_ratio, seed)["loss"].item()
         body.append(_figure(_png(plot_reconstructions(model, imgs, norm, mask_ratio, seed)), "reconstructions",
                             f"{mask_ratio:.0%} of patches masked (mask seed {seed}). Columns: masked input, "
-                            "prediction of every patch, prediction with the visible patches pasted back, original."))
+                            "prediction of every patch, prediction with the visible patches pasted back, original. "
+                            f"Masked-patch MSE {mse:.4f}: over the masked patches of these {imgs.shape[0]} images "
+                            f"({img_source}) in normalised pixels. It depends on the images (detailed photos score "
+                            "higher), so compare it only between models on the same images."))
     else:
         body.append("<h2>Masked completion</h2>")
         body.append('<p class="note">encoder-only model without classes: no decoder, no reconstructions, no '

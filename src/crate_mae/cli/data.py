@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.__main__ import main
+from ..data.__main__ import add_check_arguments, check
 from ..data.shard_writer import make_shards
 from ..data.shards import DEFAULT_SHARD_SIZE, MANIFEST_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-data", add_help=False,
-                       help="check a dataset: format, counts, unreadable files, loading speed (see --help)")
-    p.add_argument("argv", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_check)
+    p = sub.add_parser("check-data", help="check a dataset: format, counts, unreadable files, loading speed",
+                       description="Detect the format, print sample and class counts, decode every sample (--limit "
+                                   "for a subset), list unreadable files and the loading speed. Exit status: 0 all "
+                                   "readable, 1 some unreadable, 2 the dataset could not be opened.")
+    add_check_arguments(p)
+    p.set_defaults(func=check)
 
     p = sub.add_parser("make-shards", help="write an ImageFolder tree or flat image folder as WebDataset tar shards "
                                            "(needs pip install 'crate-mae[shards]')")
@@ -30,10 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_make_shards)
-
-
-def _check(args) -> int:
-    return main(args.argv)
 
 
 def _make_shards(args) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..checkpoint import load_model
 from ..data import DEFAULT_TRANSFER
+from ..engine.config import packaged_configs
 from ..evaluation import (
     FeatureSet,
     compare_table,
@@ -122,7 +123,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_recon_loss if name == "recon-loss" else _mask_sweep)
 
     p = sub.add_parser("finetune", help="fine-tune an encoder as a classifier (layer decay, mixup, RandAugment)")
-    p.add_argument("--config", help="YAML config (sections model, data, aug, optim, run)")
+    p.add_argument("--config", metavar="FILE|NAME",
+                   help="YAML config (sections model, data, aug, optim, run): a file, or the name of a config "
+                        "installed with the package: " + ", ".join(n for n in packaged_configs()
+                                                                   if n.startswith("finetune")))
     p.add_argument("--ckpt", help=CKPT_HELP + "; shortcut for model.checkpoint= (model.name= for a model name)")
     p.add_argument("--data", help="shortcut for data.path=")
     p.add_argument("--output-dir", help="shortcut for run.output_dir=")

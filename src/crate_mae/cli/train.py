@@ -7,6 +7,7 @@ import json
 import os
 
 from ..demo import run_demo
+from ..engine.config import packaged_configs
 from ..training import load_config, pretrain
 
 
@@ -14,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="masked-completion pretraining (works unchanged under torchrun)",
                        description="Pretrain a CRATE-MAE / ViT-MAE. Under torchrun every process runs this command; "
                                    "rank 0 writes the run folder.")
-    p.add_argument("--config", required=True, help="YAML config, e.g. configs/pretrain_cifar.yaml")
+    p.add_argument("--config", required=True, metavar="FILE|NAME",
+                   help="a YAML file, or the name of a config installed with the package: "
+                        + ", ".join(n for n in packaged_configs() if not n.startswith("finetune")))
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides with YAML values, e.g. optim.epochs=10 data.path=/data/cifar10")
     p.add_argument("--resume", default=None, metavar="auto|PATH",

@@ -2,7 +2,7 @@
 transfer data sets of the linear-probe table in torchvision's layouts (:mod:`.transfer`); MAE transforms; the
 loader; and the embedded scikit-image demo photos (:mod:`crate_mae.data.demo`). See docs/data.md."""
 
-from .build import DATA_KINDS, build_dataset, detect_kind
+from .build import DATA_KINDS, Repeated, build_dataset, detect_kind
 from .cifar import CIFARBatches, load_cifar_pickle
 from .folder import FlatImageFolder, ImageFiles, ImageFolderDataset, UnreadableImageError, is_image_file
 from .loader import build_loader, resolve_num_workers, seed_worker
@@ -21,8 +21,8 @@ from .transforms import (
 
 __all__ = [
     "CIFARBatches", "DATA_KINDS", "DEFAULT_TRANSFER", "FlatImageFolder", "IMAGENET_MEAN", "IMAGENET_STD",
-    "ImageFiles", "ImageFolderDataset", "ShardDataset", "TRANSFER_SETS", "TransferData", "UnreadableImageError",
-    "book_pretrain_transform", "build_dataset", "build_loader", "denormalize", "detect_kind", "eval_transform",
-    "find_transfer_data", "is_image_file", "load_cifar_pickle", "make_shards", "pretrain_transform",
+    "ImageFiles", "ImageFolderDataset", "Repeated", "ShardDataset", "TRANSFER_SETS", "TransferData",
+    "UnreadableImageError", "book_pretrain_transform", "build_dataset", "build_loader", "denormalize", "detect_kind",
+    "eval_transform", "find_transfer_data", "is_image_file", "load_cifar_pickle", "make_shards", "pretrain_transform",
     "resolve_data_config", "resolve_num_workers", "seed_worker",
 ]

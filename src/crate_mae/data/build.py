@@ -69,11 +69,30 @@ def _has_image(directory: str) -> bool:
     return False
 
 
+class Repeated(Dataset):
+    """``dataset`` read ``times`` over: sample ``i`` is ``dataset[i % len(dataset)]``. With pretraining's per-sample
+    seeds each repetition of an image gets its own random crop, so a small folder of photos gives an epoch of
+    enough batches (config key ``data.repeat``)."""
+
+    def __init__(self, dataset: Dataset, times: int):
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"times must be a positive integer, got {times!r}")
+        self.dataset, self.times = dataset, times
+        self.classes = getattr(dataset, "classes", [])
+
+    def __len__(self) -> int:
+        return self.times * len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index % len(self.dataset)]
+
+
 CACHE_MODES = (True, False, "auto")
 
 
 def build_dataset(path: str | os.PathLike, split: str | None = None, transform: Callable | None = None,
-                  kind: str = "auto", strict: bool = False, cache: bool | str = False) -> Dataset:
+                  kind: str = "auto", strict: bool = False, cache: bool | str = False,
+                  max_size: int | None = None) -> Dataset:
     """A Dataset of ``(image_tensor, label)`` read from ``path``; ``label = -1`` for unlabelled data.
 
     ``kind``:
@@ -89,7 +108,9 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
     ``cache`` (image-file kinds): decode every image once at construction and keep it in memory
     (:meth:`~.folder.ImageFiles.decode_all`); ``"auto"`` does so when the decoded images would take at most
     :func:`cache_budget` bytes. CIFAR batches are held in memory anyway; shards are never cached (``cache=True``
-    raises ValueError).
+    raises ValueError). ``max_size`` (image-file kinds): shrink images whose shorter side is longer to that many
+    pixels when decoding them (:class:`~.folder.ShrinkingLoader`; JPEGs decode at a reduced scale, far faster for
+    large photos, and a cache holds the shrunk pixels); CIFAR images are 32 px; shards refuse it.
 
     The result has ``.classes`` (empty when unlabelled) and ``len``; all but shards also ``.samples`` (``(source,
     label)`` pairs).
@@ -106,6 +127,9 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
         if cache is True:
             raise ValueError(f"{path}: shards are read from disk by index and cannot be cached in memory; use "
                              "cache=false (or 'auto'), or the image folder the shards were written from")
+        if max_size is not None:
+            raise ValueError(f"{path}: max_size applies to image files; shards are decoded as stored (shrink the "
+                             "folder before make-shards)")
         manifest = find_manifest(path, split)
         if manifest is None:
             raise FileNotFoundError(f"no shard manifest: {(path / split if split else path) / MANIFEST_NAME} "
@@ -115,7 +139,7 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
         return CIFARBatches(path, split=split, kind=kind, transform=transform)
     root = _split_dir(path, split)
     cls = ImageFolderDataset if kind == "imagefolder" else FlatImageFolder
-    ds = cls(root, transform=transform, strict=strict)
+    ds = cls(root, transform=transform, strict=strict, max_size=max_size)
     if cache is True or (cache == "auto" and ds.decoded_bytes_estimate() <= cache_budget()):
         ds.decode_all()
     return ds

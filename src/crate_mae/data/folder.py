@@ -47,6 +47,34 @@ def pil_rgb_loader(path: str) -> Image.Image:
         return to_rgb(Image.open(f), path)
 
 
+class ShrinkingLoader:
+    """:func:`pil_rgb_loader` that shrinks an image whose shorter side exceeds ``max_size`` to that size (bicubic,
+    aspect kept). A JPEG is decoded at a reduced scale first (``Image.draft``), so a 12-megapixel photo costs a
+    fraction of a full decode; other formats are decoded in full, then shrunk."""
+
+    def __init__(self, max_size: int):
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be a positive integer (pixels), got {max_size!r}")
+        self.max_size = max_size
+
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) an image of this size is shrunk to (itself when small enough)."""
+        short = min(width, height)
+        if short <= self.max_size:
+            return width, height
+        return max(1, round(width * self.max_size / short)), max(1, round(height * self.max_size / short))
+
+    def __call__(self, path: str) -> Image.Image:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            target = self.size_for(*img.size)
+            if target != img.size:
+                img.draft("RGB", target)  # JPEG: decode at the smallest scale >= target; others: no effect
+            img = to_rgb(img, path)
+        target = self.size_for(*img.size)
+        return img if target == img.size else img.resize(target, Image.BICUBIC)
+
+
 def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     """8-bit RGB. ``convert("RGB")`` clips 16/32-bit integer pixels to 255 (a 16-bit PNG turns white) and float
     pixels in [0, 1] to 0 or 1 (a float TIFF turns black), so those modes are rescaled first: 16-bit integers by
@@ -117,6 +145,7 @@ class ImageFiles(Dataset):
         self.transform = transform if transform is not None else to_tensor_transform()
         self.strict = strict
         self.loader = loader
+        self.shrink = loader if isinstance(loader, ShrinkingLoader) else None  # decode_all replaces the loader
         self.skipped_files: list[str] = []   # in the order this process met them
         self._bad: set[int] = set()           # sample indices known to be unreadable (skipped without re-reading)
 
@@ -162,10 +191,12 @@ class ImageFiles(Dataset):
         (nothing is decoded)."""
         step = max(1, len(self.samples) // probes)
         pixels = []
+        size_for = self.shrink.size_for if self.shrink is not None else _same_size
         for path, _ in self.samples[::step][:probes]:
             try:
                 with Image.open(path) as img:
-                    pixels.append(img.width * img.height)
+                    w, h = size_for(img.width, img.height)
+                    pixels.append(w * h)
             except DECODE_ERRORS:
                 continue
         return int(3 * len(self.samples) * sum(pixels) / max(len(pixels), 1))
@@ -214,7 +245,8 @@ class ImageFolderDataset(ImageFiles):
     their indices. Class folders with no image are kept in ``classes`` (so label indices agree across splits) and
     reported with a warning."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False):
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False,
+                 max_size: int | None = None):
         root = _existing_dir(root)
         try:
             classes, class_to_idx = find_classes(str(root))
@@ -228,15 +260,24 @@ class ImageFolderDataset(ImageFiles):
             empty = sorted(set(classes) - {classes[label] for _, label in samples})
             if empty:
                 log.warning("ImageFolder %s: %d class folder(s) without images: %s", root, len(empty), empty[:10])
-        super().__init__(root, samples, classes, transform, strict)
+        super().__init__(root, samples, classes, transform, strict, _loader(max_size))
 
 
 class FlatImageFolder(ImageFiles):
     """Every image file under ``root`` (recursively, sorted paths, following symlinks), unlabelled (label -1)."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False):
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False,
+                 max_size: int | None = None):
         root = _existing_dir(root)
-        super().__init__(root, [(p, -1) for p in walk_images(root)], [], transform, strict)
+        super().__init__(root, [(p, -1) for p in walk_images(root)], [], transform, strict, _loader(max_size))
+
+
+def _same_size(width: int, height: int) -> tuple[int, int]:
+    return width, height
+
+
+def _loader(max_size: int | None) -> Callable[[str], Image.Image]:
+    return pil_rgb_loader if max_size is None else ShrinkingLoader(max_size)
 
 
 def _existing_dir(root: str | os.PathLike) -> Path:

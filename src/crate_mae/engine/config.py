@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,6 +53,8 @@ class DataConfig:
     num_workers: int | str = "auto"  # DataLoader workers; auto: by device, cores, threads (data.resolve_num_workers)
     cache: bool | str = "auto"     # decode image files once and keep them in memory; auto: when they fit
     strict: bool = False           # fail on the first unreadable image instead of skipping it
+    max_size: int | None = None    # shrink images whose shorter side is longer to this many pixels when decoding
+    repeat: int = 1                # each epoch reads every image this many times (its own crop each time)
 
 
 @dataclass
@@ -91,6 +94,9 @@ class RunConfig:
     resume: str | None = None      # None, "auto" (newest complete checkpoint in output_dir) or a checkpoint path
     max_steps: int | None = None   # stop after this many optimizer steps (smoke tests)
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall-clock time (rank 0's clock)
+    fit_to_minutes: float | None = None  # fit the run's length to this budget from its measured warm-up speed
+    min_steps: int = 0             # neither the clock (max_minutes) nor the fit stops a run before this many steps
+    threads: int | str | None = None  # CPU compute threads: null = torch's, N, or 'auto' (the faster of all and 1)
     progress: bool = True          # rank 0: a bar on a terminal, a plain line every 30 s in a log file
     allow_config_change: bool = False  # resume even if model / data / schedule keys differ from the checkpoint's
 
@@ -140,14 +146,32 @@ def config_from_dict(raw: dict[str, Any]) -> PretrainConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": PretrainRunConfig}
 
 
+def packaged_configs() -> dict[str, Path]:
+    """``{stem: path}`` of the YAML configs installed with the package (``configs/`` in a checkout)."""
+    folder = Path(str(resources.files("crate_mae") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config(name: str | os.PathLike) -> Path:
+    """A config file path, or the stem of a packaged config (``pretrain_photos``, ``pretrain_cifar``, ...): a file
+    that exists wins, so a local ``pretrain_cifar.yaml`` is read rather than the packaged one."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = packaged_configs()
+    if str(name) in shipped:
+        return shipped[str(name)]
+    raise FileNotFoundError(f"config file not found: {path} (nor is it a packaged config: "
+                            f"{', '.join(shipped)})")
+
+
 def read_raw_config(path: str | os.PathLike | None, overrides: Sequence[str] | dict[str, Any] | None
                     ) -> dict[str, Any]:
-    """The YAML mapping at ``path`` (empty when None) with ``dotted.key=value`` overrides applied."""
+    """The YAML mapping at ``path`` (a file, or the stem of a packaged config; empty when None) with
+    ``dotted.key=value`` overrides applied."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        path = resolve_config(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -295,6 +319,12 @@ class Checks:
         self(o.clip_grad is None or (number(o.clip_grad) and o.clip_grad > 0), "optim.clip_grad", o.clip_grad,
              "must be > 0 or null (no clipping)")
 
+    def fit(self, o: Any, r: RunConfig) -> None:
+        """``run.fit_to_minutes`` measures the warm-up steps and fits the cosine after them: it needs a warm-up."""
+        if r.fit_to_minutes is not None and self.number(o.warmup_epochs):
+            self(o.warmup_epochs > 0, "optim.warmup_epochs", o.warmup_epochs,
+                 "must be > 0 with run.fit_to_minutes (the run's length is fitted from the warm-up steps' time)")
+
     def run(self, r: RunConfig) -> None:
         number, integer = self.number, self.integer
         self(isinstance(r.output_dir, str) and r.output_dir != "", "run.output_dir", r.output_dir, "must be a path")
@@ -312,6 +342,11 @@ class Checks:
              "must be an integer >= 1 or null")
         self(r.max_minutes is None or (number(r.max_minutes) and r.max_minutes > 0), "run.max_minutes",
              r.max_minutes, "must be > 0 or null")
+        self(r.fit_to_minutes is None or (number(r.fit_to_minutes) and r.fit_to_minutes > 0), "run.fit_to_minutes",
+             r.fit_to_minutes, "must be > 0 or null")
+        self(integer(r.min_steps) and r.min_steps >= 0, "run.min_steps", r.min_steps, "must be an integer >= 0")
+        self(r.threads in (None, "auto") or (integer(r.threads) and r.threads >= 1), "run.threads", r.threads,
+             "must be null, 'auto' or an integer >= 1")
         self(r.resume is None or isinstance(r.resume, str), "run.resume", r.resume, "must be null, 'auto' or a path")
         for key in ("compile", "grad_checkpointing", "deterministic", "progress", "allow_config_change"):
             self(isinstance(getattr(r, key), bool), f"run.{key}", getattr(r, key), "must be true or false")
@@ -377,6 +412,9 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     check(d.num_workers == "auto" or (integer(d.num_workers) and d.num_workers >= 0), "data.num_workers",
           d.num_workers, "must be an integer >= 0 or 'auto'")
     check(d.cache in (True, False, "auto"), "data.cache", d.cache, "must be true, false or 'auto'")
+    check(integer(d.repeat) and d.repeat >= 1, "data.repeat", d.repeat, "must be an integer >= 1")
+    check(d.max_size is None or (integer(d.max_size) and d.max_size >= 1), "data.max_size", d.max_size,
+          "must be a positive integer (pixels) or null")
     check(integer(d.demo_samples) and d.demo_samples > 0, "data.demo_samples", d.demo_samples, "must be > 0")
     for key in ("hflip", "strict", "demo"):
         check(isinstance(getattr(d, key), bool), f"data.{key}", getattr(d, key), "must be true or false")
@@ -385,6 +423,7 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     check(cfg.optim.param_groups in PARAM_GROUPS, "optim.param_groups", cfg.optim.param_groups,
           f"must be one of {PARAM_GROUPS}")
     check.run(cfg.run)
+    check.fit(cfg.optim, cfg.run)
     r = cfg.run
     check(integer(r.knn_every_epochs) and r.knn_every_epochs >= 0, "run.knn_every_epochs", r.knn_every_epochs,
           "must be an integer >= 0")

@@ -52,10 +52,16 @@ class WarmupCosine:
     """lr(step) for optimizer step ``step`` (0-based):
 
     - ``step < warmup``:  ``base_lr * step / warmup``
-    - otherwise:          ``min_lr + (base_lr - min_lr) * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2``
+    - otherwise:          ``min_lr + (base_lr - min_lr) * (1 + cos(pi * progress(step))) / 2``, where the cosine's
+      progress runs linearly from 0 at ``warmup`` to 1 at ``total``.
 
     This is facebookresearch/mae ``util/lr_sched.adjust_learning_rate`` with the epoch fraction measured in
     optimizer steps. The schedule is a pure function of the step, so resuming needs only the step counter.
+
+    :meth:`refit` moves the end of a run that has already started (``run.fit_to_minutes``): the progress reached so
+    far is kept and the rest of the cosine is spread over the steps that remain, so the lr continues from its
+    current value, keeps falling and reaches ``min_lr`` at the new end. The progress is then piecewise linear in the
+    step, through the ``knots`` (step, progress) where the end moved; a refit during warm-up adds no knot.
     """
 
     def __init__(self, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0):
@@ -64,13 +70,32 @@ class WarmupCosine:
         if not 0 <= warmup_steps <= total_steps:
             raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
         self.base_lr, self.total_steps, self.warmup_steps, self.min_lr = base_lr, total_steps, warmup_steps, min_lr
+        self.knots: list[tuple[int, float]] = []
+
+    def progress(self, step: int) -> float:
+        """Fraction of the cosine done before optimizer step ``step`` (0 during warm-up, 1 from the end on)."""
+        points = [(self.warmup_steps, 0.0), *self.knots, (self.total_steps, 1.0)]
+        if step < self.warmup_steps:
+            return 0.0
+        for (s0, p0), (s1, p1) in zip(points, points[1:]):
+            if step < s1:
+                return p0 + (p1 - p0) * (step - s0) / (s1 - s0)
+        return 1.0
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.base_lr * step / self.warmup_steps
-        decay = self.total_steps - self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / decay) if decay > 0 else 1.0
-        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
+
+    def refit(self, step: int, total_steps: int) -> None:
+        """From optimizer step ``step`` on, end the cosine at ``total_steps`` (>= ``step``) instead."""
+        if total_steps < max(step, 1):
+            raise ValueError(f"total_steps must be >= the current step {step} and >= 1, got {total_steps}")
+        if step > self.warmup_steps:
+            self.knots.append((step, self.progress(step)))
+        else:
+            self.warmup_steps = min(self.warmup_steps, total_steps)
+        self.total_steps = total_steps
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Set every group's lr (times its ``lr_scale`` if present) for ``step``; returns the lr."""
@@ -81,4 +106,9 @@ class WarmupCosine:
 
     def state_dict(self) -> dict:
         return dict(base_lr=self.base_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-                    min_lr=self.min_lr)
+                    min_lr=self.min_lr, knots=[list(k) for k in self.knots])
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lr, self.total_steps = state["base_lr"], state["total_steps"]
+        self.warmup_steps, self.min_lr = state["warmup_steps"], state["min_lr"]
+        self.knots = [(int(s), float(p)) for s, p in state.get("knots", [])]

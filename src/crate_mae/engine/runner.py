@@ -11,7 +11,11 @@ epoch loop. Here the split is done once. :func:`run` and :class:`Runner` own eve
   carry the loss, the gradient norm and rank 0's stop decision, so every rank raises or stops at the same step;
 - checkpoints: atomic, with every rank's RNG state, never of non-finite weights; resume with a config check and a
   fall-back past damaged checkpoints; ``metrics.jsonl`` / TensorBoard truncated to the resumed step;
-- stop conditions (``run.max_steps``, ``run.max_minutes`` on rank 0's clock) and progress reporting.
+- stop conditions (``run.max_steps``, ``run.max_minutes`` on rank 0's clock, never before ``run.min_steps``) and
+  progress reporting;
+- with ``run.fit_to_minutes``, the length of the run fitted to a time budget from the measured speed of its own
+  steps, again and again as it trains (:meth:`Runner.refit`); with ``run.threads: auto``, the number of CPU compute
+  threads chosen by timing the first steps under each (:meth:`Runner.try_threads`).
 
 A :class:`Task` supplies the model, the data, the optimizer and the loss of one micro-batch, plus optional hooks
 (end of epoch, final summary). Pretraining (:mod:`.pretrain`) and fine-tuning (:mod:`crate_mae.evaluation.finetune`)
@@ -140,7 +144,7 @@ def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | st
     if out.exists() and not out.is_dir():
         raise ValueError(f"run.output_dir = {str(out)!r} is a file, not a folder")
     owns_group = not (dist.is_available() and dist.is_initialized())
-    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.get_num_threads()
     info = init_distributed(device)
     lock = RunLock(out) if info.is_main else None
     try:
@@ -165,6 +169,7 @@ def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | st
             lock.release()
         torch.use_deterministic_algorithms(flags[0])
         torch.backends.cudnn.benchmark = flags[1]
+        torch.set_num_threads(flags[2])
         if owns_group:
             cleanup_distributed()
 
@@ -207,8 +212,22 @@ class Runner:
         self.effective_batch = o.batch_size * o.accum_iter * info.world_size
         self.lr = effective_lr(o.blr, o.batch_size, o.accum_iter, info.world_size, o.lr)
         total = o.epochs * self.steps_per_epoch
-        self.schedule = WarmupCosine(self.lr, total, min(total, round(o.warmup_epochs * self.steps_per_epoch)),
-                                     o.min_lr)
+        warmup = min(total, round(o.warmup_epochs * self.steps_per_epoch))
+        self.total_steps: int | None = None  # with a fitted plan: the run ends after this step, maybe mid-epoch
+        self.schedule = WarmupCosine(self.lr, total, warmup, o.min_lr)
+        # run.fit_to_minutes: the length is fitted when warm-up ends, then again every `fit_every` steps
+        self.fit_every = max(warmup, 1) if r.fit_to_minutes is not None else None
+        self.plan: dict[str, Any] | None = None
+        self._window: list[float] = []  # the clock after each step since the last fit
+        self.trained_before = 0.0  # seconds of training before a resume (what run.fit_to_minutes has used)
+        # run.threads: a number is set now; 'auto' alternates all threads and one over the first steps
+        self.trial: dict[str, Any] | None = None
+        if isinstance(r.threads, int):
+            torch.set_num_threads(r.threads)
+        elif r.threads == "auto" and self.device.type == "cpu" and torch.get_num_threads() > 1:
+            n = torch.get_num_threads()
+            self.trial = {"order": [n, 1] * 4, "seconds": {n: [], 1: []}, "last": None}
+        self._said_floor = False
         self.optimizer = self.task.make_optimizer(self.lr)
         self.params = [p for p in self.task.model.parameters() if p.requires_grad]
         self.state = TrainState()
@@ -227,9 +246,12 @@ class Runner:
         if self._rng is not None:
             restore_rng(self._rng, self.device)
         self.t0 = clock()
+        if self.trial is not None:
+            torch.set_num_threads(self.trial["order"][0])
+            self.trial["last"] = self.t0
         stopped = "completed"
         try:
-            while st.epoch < cfg.optim.epochs:
+            while st.epoch < cfg.optim.epochs and (self.total_steps is None or st.step < self.total_steps):
                 stopped = self._train_epoch()
                 if stopped != "completed":
                     break
@@ -284,7 +306,7 @@ class Runner:
                 reason = self._after_step(loss_value, lr, grad_norm, img_per_s, stop)
                 if reason is not None:
                     return reason
-                if st.iter_in_epoch >= self.iters_per_epoch:
+                if st.iter_in_epoch >= self.iters_per_epoch or self.plan_ends(st.step):
                     break
         finally:
             bar.close(line=False)
@@ -298,8 +320,9 @@ class Runner:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_grad) if o.clip_grad else None
-        out_of_time = info.is_main and self.cfg.run.max_minutes is not None and \
-            clock() - self.t0 >= 60 * self.cfg.run.max_minutes
+        r = self.cfg.run
+        out_of_time = info.is_main and r.max_minutes is not None and st.step + 1 >= r.min_steps and \
+            clock() - self.t0 >= 60 * r.max_minutes
         packed = torch.stack([loss_acc, grad_norm.float() if grad_norm is not None else torch.zeros_like(loss_acc),
                               torch.full_like(loss_acc, float(out_of_time))])
         loss, norm, stop = all_reduce_sum(packed, info).tolist()
@@ -325,7 +348,13 @@ class Runner:
     def _after_step(self, loss: float, lr: float, grad_norm: float | None, img_per_s: float, stop: bool
                     ) -> str | None:
         r, st = self.cfg.run, self.state
-        epoch_end = st.iter_in_epoch >= self.iters_per_epoch
+        if self.trial is not None:
+            self.try_threads()
+        if self.fit_every is not None:
+            self._window.append(clock())
+            if st.step >= (self.plan["step"] + self.fit_every if self.plan else self.fit_every):
+                self.refit()
+        epoch_end = st.iter_in_epoch >= self.iters_per_epoch or self.plan_ends(st.step)
         if st.step % r.log_every == 0 or epoch_end:
             row = {"step": st.step, "epoch": st.epoch + st.iter_in_epoch / self.iters_per_epoch, "loss": loss,
                    "lr": lr, "img_per_s": img_per_s, "time": time.time()}
@@ -335,9 +364,90 @@ class Runner:
                          st.step)
         if r.ckpt_every_steps and st.step % r.ckpt_every_steps == 0 and not epoch_end:
             self.save()
+        if self.plan_ends(st.step):
+            return None  # the fitted end: the epoch loop completes the run
         if r.max_steps is not None and st.step >= r.max_steps:
             return "max_steps"
         return "max_minutes" if stop else None
+
+    def try_threads(self) -> None:
+        """``run.threads: auto``, after each of the first 8 steps: record the step's time under the thread count it
+        ran with and set the next one (all of torch's threads and one, alternating, so that a change in the
+        machine's load hits both alike); then keep the faster by median, the first pair left out (start-up). On a
+        CPU that other jobs keep busy, every parallel op waits for its slowest thread and one thread can be several
+        times faster (README "Speed"); on an idle machine, all threads are. The choice holds for the rest of the
+        run and is logged as a ``{"event": "threads", ...}`` row."""
+        t = self.trial
+        now, done = clock(), len(t["seconds"][t["order"][0]]) + len(t["seconds"][1])
+        t["seconds"][t["order"][done]].append(now - t["last"])
+        t["last"] = now
+        if done + 1 < len(t["order"]):
+            torch.set_num_threads(t["order"][done + 1])
+            return
+        ms = {n: 1000 * float(np.median(v[1:])) for n, v in t["seconds"].items()}
+        best = min(ms, key=lambda n: (ms[n], n))
+        torch.set_num_threads(best)
+        self.trial = None
+        self.log_row({"event": "threads", "threads": best, "ms_per_step": {str(k): v for k, v in ms.items()}})
+        self.say(f"run.threads=auto: {best} compute thread(s) for the rest of the run (a step took "
+                 + ", ".join(f"{v:.0f} ms with {k}" for k, v in ms.items()) + ")"
+                 + ("; other jobs keep this machine's cores busy" if best < max(ms) else ""))
+
+    def refit(self) -> dict[str, Any]:
+        """``run.fit_to_minutes``: set the run's end so that training stops when the budget is used, from the time
+        the last steps took on this machine (rank 0's clock; the first steps of the run, slower while the loader
+        and the allocator warm up, are left out). Called when warm-up ends and every as many steps again, so a
+        machine that gets busier or idler moves the end. The learning rate stays continuous
+        (:meth:`WarmupCosine.refit`). Never fewer than ``run.min_steps`` steps; the last epoch may end part-way."""
+        r, st = self.cfg.run, self.state
+        plan = None
+        if self.info.is_main:
+            times = self._window
+            fresh = self.plan is None or self.plan["clock"] is None  # the first window of this process
+            skip = min(3, len(times) // 4) if fresh else 0
+            start = times[skip - 1] if skip else (self.t0 if fresh else self.plan["clock"])
+            per_step = (times[-1] - start) / max(1, len(times) - skip)
+            elapsed = times[-1] - self.t0 + self.trained_before
+            fitted = st.step + max(0, math.floor((60 * r.fit_to_minutes - elapsed) / per_step)) if per_step > 0 \
+                else st.step
+            total = max(fitted, r.min_steps, st.step, 1)
+            plan = {"step": st.step, "clock": times[-1], "s_per_step": per_step, "measured_steps": len(times) - skip,
+                    "budget_minutes": r.fit_to_minutes, "fitted_steps": fitted, "min_steps": r.min_steps,
+                    "total_steps": total, "expected_minutes": (elapsed + (total - st.step) * per_step) / 60,
+                    "fits": (self.plan["fits"] if self.plan else 0) + 1}
+        if self.info.enabled:
+            box = [plan]
+            dist.broadcast_object_list(box, src=0)
+            plan = box[0]
+        plan["binding"] = plan["min_steps"] > plan["fitted_steps"]  # the floor, not the budget, sets the end now
+        news = self.plan is None or plan["binding"] and not self._said_floor  # say it once, and when the floor bites
+        self._said_floor = self._said_floor or plan["binding"]
+        self.schedule.refit(st.step, plan["total_steps"])
+        self.set_plan(plan)
+        self.log_row({"event": "plan", **{k: v for k, v in plan.items() if k != "clock"}})
+        if news:
+            self.say(self.describe_plan(plan))
+        return plan
+
+    def describe_plan(self, plan: dict[str, Any]) -> str:
+        budget = f"{plan['budget_minutes']:g}-minute budget"
+        head = f"plan at step {plan['step']}: {plan['s_per_step'] * 1000:.0f} ms per step"
+        if plan["min_steps"] > plan["fitted_steps"]:
+            return (f"{head}; the {budget} holds {plan['fitted_steps']} steps on this machine now, so the run trains "
+                    f"the guaranteed minimum of run.min_steps = {plan['min_steps']} (about "
+                    f"{plan['expected_minutes']:.1f} minutes of training)")
+        return (f"{head}: {plan['total_steps']} steps ({plan['total_steps'] / self.steps_per_epoch:.1f} epochs of "
+                f"{self.steps_per_epoch}) fill the {budget}; refitted every {self.fit_every} steps")
+
+    def set_plan(self, plan: dict[str, Any]) -> None:
+        """End the run after ``plan['total_steps']`` optimizer steps; ``optim.epochs`` becomes the epochs that
+        holds (the last one possibly partial). The schedule is the caller's (:meth:`refit`, or a resume)."""
+        self.plan, self.total_steps = plan, int(plan["total_steps"])
+        self.cfg.optim.epochs = max(1, -(-self.total_steps // self.steps_per_epoch))
+        self._window = []
+
+    def plan_ends(self, step: int) -> bool:
+        return self.total_steps is not None and step >= self.total_steps
 
     def _end_epoch(self) -> None:
         st, o = self.state, self.cfg.optim
@@ -382,7 +492,8 @@ class Runner:
                  "loss_steps": st.loss_steps, "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "schedule": self.schedule.state_dict(), "rng": rngs, "world_size": self.info.world_size,
-                 "config": self.cfg.to_dict(), "task": self.task.state_dict()}
+                 "config": self.cfg.to_dict(), "task": self.task.state_dict(), "plan": self.plan,
+                 "trained_s": self.trained_before + self.elapsed()}
 
         def write() -> Path:
             try:
@@ -434,6 +545,11 @@ class Runner:
             if self.scaler is not None and state.get("scaler") is not None:
                 self.scaler.load_state_dict(state["scaler"])
             self.task.load_state_dict(state.get("task") or {})
+            if self.fit_every is not None and state.get("plan"):
+                # the fitted schedule goes on from the checkpoint; the clock of the resumed run fits it again
+                self.schedule.load_state_dict(state["schedule"])
+                self.set_plan({**state["plan"], "step": state["step"], "clock": None})
+                self.trained_before = float(state.get("trained_s", 0.0))
             st = self.state = TrainState(epoch=state["epoch"], step=state["step"],
                                          iter_in_epoch=state["iter_in_epoch"],
                                          loss_sum=state.get("loss_sum", 0.0), loss_steps=state.get("loss_steps", 0))
@@ -453,7 +569,9 @@ class Runner:
 
     def _check_config(self, saved: dict[str, Any], path: Path) -> None:
         t = self.task
-        changes = config_changes(saved, self.cfg.to_dict(), t.config_defaults(), t.guarded, t.unguarded)
+        # with run.fit_to_minutes, optim.epochs is the fitted plan (read from the checkpoint), not the user's choice
+        unguarded = t.unguarded + (("optim.epochs",) if self.fit_every is not None else ())
+        changes = config_changes(saved, self.cfg.to_dict(), t.config_defaults(), t.guarded, unguarded)
         if not changes:
             return
         if self.cfg.run.allow_config_change:

@@ -175,6 +175,7 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
     check.optim(o)
     check(num(o.layer_decay) and 0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay, "must be in (0, 1]")
     check.run(cfg.run)
+    check.fit(o, cfg.run)
     return check.errors
 
 

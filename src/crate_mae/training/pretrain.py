@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from ..analysis.inputs import Normalization
 from ..analysis.reconstruction import save_reconstructions
 from ..checkpoint import save_pretrained
-from ..data import book_pretrain_transform, build_dataset, pretrain_transform, resolve_num_workers
+from ..data import Repeated, book_pretrain_transform, build_dataset, pretrain_transform, resolve_num_workers
 from ..data.demo import DemoPhotos
 from ..engine.checkpointing import find_latest_checkpoint
 from ..engine.config import PretrainConfig, flatten
@@ -48,7 +48,8 @@ def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None, device: torch.
     Under torchrun every process calls this; rank 0 alone writes files. Returns a summary dict (rank 0 and the
     others alike): output_dir, steps, epochs, lr, effective_batch, first/last loss, fixed-batch masked loss
     before/after, img_per_s, elapsed_s, checkpoint, model_dir, stopped ('completed' | 'max_steps' | 'max_minutes'),
-    weights_sha256 (this rank's final weights), knn (the last online k-NN scores, when enabled).
+    weights_sha256 (this rank's final weights), knn (the last online k-NN scores, when enabled), plan (with
+    ``run.fit_to_minutes``: the measured time per step and the fitted number of steps).
     """
     return run(cfg, lambda runner: Pretraining(runner, dataset), device)
 
@@ -126,7 +127,7 @@ class Pretraining(Task):
             "first_loss": st.history[0] if st.history else None, "last_loss": st.history[-1] if st.history else None,
             "fixed_loss_before": self.fixed_before, "fixed_loss_after": fixed_after,
             "img_per_s": runner.images_seen / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
-            "weights_sha256": state_sha256(self.model), "knn": self.knn,
+            "weights_sha256": state_sha256(self.model), "knn": self.knn, "plan": runner.plan,
         }
         runner.log_row({"event": "end", **summary})
         runner.say(f"done: {st.step} steps, masked loss on fixed images {self.fixed_before:.4f} -> "
@@ -187,6 +188,8 @@ def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
     else:
         transform = pretrain_transform(d.img_size, mean=d.mean, std=d.std, scale=d.scale, hflip=d.hflip)
     if d.demo:
-
-        return DemoPhotos(num_samples=d.demo_samples, img_size=d.img_size, transform=transform, seed=cfg.run.seed)
-    return build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict, cache=d.cache)
+        ds = DemoPhotos(num_samples=d.demo_samples, img_size=d.img_size, transform=transform, seed=cfg.run.seed)
+    else:
+        ds = build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict, cache=d.cache,
+                           max_size=d.max_size)
+    return Repeated(ds, d.repeat) if d.repeat > 1 else ds
