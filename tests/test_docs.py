@@ -55,6 +55,8 @@ PATHS = {
     # the official CRATE-MAE-Base weights -> a small checkpoint written by the official code (4 heads, width 64)
     "crate_mae_base.pth num_heads=12": OFFICIAL + " num_heads=4",
     "crate_mae_base.pth": OFFICIAL,
+    "tests/fixtures/": str(REPO / "tests" / "fixtures") + "/",
+    "my_folder": "{world}/cifar10-dev",  # a labelled ImageFolder tree of the user's
 }
 TRAIN = ["run.max_steps=2", "optim.batch_size=4", "optim.accum_iter=1", "data.num_workers=0", "run.progress=false",
          "run.fit_to_minutes=null", "run.ckpt_every_steps=0"]
