@@ -16,16 +16,21 @@ in 12 classes; cycled, the repeats mirrored so that every file differs), written
    - analyze: decoding (``analysis.inputs.load_images``), the model (the masked-completion forward at mask ratio 0
      under the ``LayerRecorder``, as ``measure_layers`` runs it), and the measurements on the recorded tensors:
      the per-head projections U_k^T z of both R^c inputs, the compression rates R^c and coding rates R (float64
-     Gram matrices and log-determinants), the sparsity. ``measure_layers`` itself is timed too, as a check that the
-     parts add up.
+     Gram matrices and log-determinants), the sparsity. With ``--check`` ``measure_layers`` itself is timed too, to
+     see that the parts add up.
+3. ``--ab N``: ``measure_layers`` on N of the photos with the float64 factorizations on all of torch's threads (as
+   before issue 24) and on one thread (``analysis.coding_rate.serial_factorizations``), in alternating rounds, with the
+   largest relative difference between the two sets of numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +51,9 @@ from crate_mae.analysis.layerwise import measure_layers  # noqa: E402
 from crate_mae.data import build_dataset, eval_transform, resolve_data_config  # noqa: E402
 from crate_mae.evaluation.features import default_crop_pct  # noqa: E402
 from crate_mae.models.tracing import LayerRecorder, crate_blocks  # noqa: E402
+
+# the module (the package re-exports its function coding_rate under the same name)
+rates = importlib.import_module("crate_mae.analysis.coding_rate")
 
 SOURCE = REPO.parent / "shared" / "data" / "flowers12"
 
@@ -109,7 +117,7 @@ def features_parts(model, root: Path, batch: int) -> dict[str, float]:
     return {"decoding + transform": t_decode, "model (forward_features)": t_model}
 
 
-def analyze_parts(model, root: Path, n: int, batch: int) -> dict[str, float]:
+def analyze_parts(model, root: Path, n: int, batch: int, check: bool) -> dict[str, float]:
     norm = model_normalization(model)
     t_decode, imgs = timed(lambda: load_images(find_images(root, n), resolve_data_config(model)["img_size"], norm))
     conv = RateConvention.make("official")
@@ -136,8 +144,34 @@ def analyze_parts(model, root: Path, n: int, batch: int) -> dict[str, float]:
                 with clock("sparsity"):
                     sparsity(tr.z_out)
             rec.clear()
-    t_total, _ = timed(lambda: measure_layers(model, imgs, batch_size=batch))
-    return {"decoding (load_images)": t_decode, **parts, "check: measure_layers in all": t_total}
+    out = {"decoding (load_images)": t_decode, **parts}
+    if check:
+        out["check: measure_layers in all"] = timed(lambda: measure_layers(model, imgs, batch_size=batch))[0]
+    return out
+
+
+def ab_factorizations(model, root: Path, n: int, rounds: int, batch: int) -> None:
+    """measure_layers with the factorizations on all threads against one thread, alternating rounds."""
+    imgs = load_images(find_images(root, n), resolve_data_config(model)["img_size"], model_normalization(model))
+    one_thread = rates.serial_factorizations
+    variants = {"all threads (before)": lambda device: contextlib.nullcontext(), "one thread (now)": one_thread}
+    times, stats = {k: [] for k in variants}, {}
+    try:
+        for r in range(rounds):
+            for name, ctx in (list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]):
+                rates.serial_factorizations = ctx
+                t, stats[name] = timed(lambda: measure_layers(model, imgs, batch_size=batch))
+                times[name].append(t)
+    finally:
+        rates.serial_factorizations = one_thread
+    a, b = stats.values()
+    diff = max(float(abs(a.values[k][m] - b.values[k][m]).max() / max(abs(a.values[k][m]).max(), 1e-300))
+               for k in a.values for m in a.values[k])
+    print(f"\nmeasure_layers on {n} images, {torch.get_num_threads()} threads, {rounds} alternating rounds:")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"- factorizations on {name}: {med:.1f} s ({n / med:.2f} images/s; rounds {min(ts):.1f}-{max(ts):.1f} s)")
+    print(f"- largest relative difference between the two sets of numbers: {diff:.1e}")
 
 
 def project64(attn, z: torch.Tensor) -> torch.Tensor:
@@ -164,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--workdir", default="/tmp/crate_mae_feature_throughput", help="images and outputs go here")
     p.add_argument("--skip-cli", action="store_true", help="only the breakdown")
+    p.add_argument("--check", action="store_true", help="also time measure_layers whole (the parts should add up)")
+    p.add_argument("--ab", type=int, default=0, metavar="N", help="also the factorization A/B on N images")
+    p.add_argument("--ab-rounds", type=int, default=3)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = crate_mae.create_model(args.model)
     show("features, by part", n, features_parts(model, root, 128))
-    show("analyze, by part", n, analyze_parts(model, root, n, 16))
+    show("analyze, by part", n, analyze_parts(model, root, n, 16, args.check))
+    if args.ab:
+        ab_factorizations(model, root, args.ab, args.ab_rounds, 16)
     print(f"\nload average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     return 0
 

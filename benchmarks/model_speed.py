@@ -27,7 +27,10 @@ Time: steps run interleaved in one process (each round visits every contender, i
 noise hits all alike; a row gives the median step time and the ratio of the baseline's median to the contender's,
 with the lowest-highest ratio over the rounds, and the 1-minute load average over the rounds (``os.getloadavg``).
 On a CPU that other jobs share, threads wait for descheduled peers and timings measure the scheduler: read the load
-column before the ratio. ``--threads 0`` is torch's default (one thread per physical core).
+column before the ratio. ``--threads 0`` is torch's default (one thread per physical core). GFLOP/step: each
+implementation's own count (``torch.utils.flop_counter`` on the meta device; train = forward + backward, the optimizer
+not counted; attention as its two products whichever kernel runs); the official count over ours is the speed-up
+that ours would have at an equal FLOP rate.
 
 Memory (``--suite``, ``--sweep``, ``--memory``): every model in its own fresh process, after one warm-up step (so the
 optimizer state exists, as in a training loop), then one measured step:
@@ -217,11 +220,13 @@ def time_case(args, model: str, px: int, batch: int, threads: int, device) -> li
                     times[name].append(time.perf_counter() - t0)
             loads.append(load_avg())
         base = statistics.median(times["official"])
+        flops = {k: step_flops(m, task, batch, px) for k, (m, _, _) in models.items() if k in ("official", "ours")}
         for name, ts in times.items():
             per_round, med = sorted(b / c for b, c in zip(times["official"], ts)), statistics.median(ts)
             rows.append(dict(case=case_name(model, px, batch), model=model, px=px, batch=batch, task=task,
                              threads=n, contender=name, ms=1e3 * med, img_s=batch / med, ratio=base / med,
-                             lo=per_round[0], hi=per_round[-1], times_s=ts, load=(min(loads), max(loads))))
+                             lo=per_round[0], hi=per_round[-1], times_s=ts, load=(min(loads), max(loads)),
+                             gflop=flops[name] / 1e9 if name in flops else None))
         if "visible-only" in times:
             per = sorted(a / b for a, b in zip(times["ours"], times["visible-only"]))
             rows[-1]["vs_ours"] = (statistics.median(times["ours"]) / statistics.median(times["visible-only"]),
@@ -299,11 +304,12 @@ def mib(v: float) -> str:
 
 
 def print_speed_table(rows: list[dict]) -> None:
-    print("| case | task | threads | contender | ms/step | img/s | vs official (rounds) | load avg |")
-    print("|---|---|---:|---|---:|---:|---:|---:|")
+    print("| case | task | threads | contender | ms/step | img/s | vs official (rounds) | GFLOP/step | load avg |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
+        gflop = f"{r['gflop']:,.1f}" if r.get("gflop") else ""
         print(f"| {r['case']} | {r['task']} | {r['threads']} | {r['contender']} | {r['ms']:,.0f} | {r['img_s']:.2f} | "
-              f"{fmt_ratio(r)} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |")
+              f"{fmt_ratio(r)} | {gflop} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |")
 
 
 def print_memory_table(mems: dict) -> None:
@@ -325,6 +331,18 @@ def train_flops(model, batch: int, img_size: int) -> int:
     with FlopCounterMode(display=False) as counter:
         out = model(imgs, 0.75, noise)
         (out[0] if isinstance(out, tuple) else out.loss).backward()
+    return counter.get_total_flops()
+
+
+def step_flops(model, task: str, batch: int, img_size: int) -> int:
+    """FLOPs of one step of ``task`` (train: forward + backward, the optimizer not counted), on the meta device."""
+    if task == "train":
+        return train_flops(model, batch, img_size)
+    model = copy.deepcopy(model).to("meta").eval()
+    imgs = torch.empty(batch, 3, img_size, img_size, device="meta")
+    noise = torch.rand(batch, (img_size // model.patch_size) ** 2, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.forward_features(imgs) if task == "features" else model(imgs, 0.75, noise)
     return counter.get_total_flops()
 
 
@@ -435,11 +453,11 @@ def run_profile(args, device) -> None:
                 print(f"# profiled {spec} {impl} at {n} threads (load {load:.1f}-{load_avg():.1f})", flush=True)
         ns = sorted({n for _, n in res}, key=list(dict.fromkeys(n for _, n in res)).index)
         print(f"\n{spec} train step, ms per step (self time of the ops in each group; torch {torch.__version__})")
-        head = " | ".join(f"{impl} {n}t" for impl in ("official", "ours") for n in ns)
-        scale = " | ".join(f"{impl} {ns[0]}t->{n}t" for impl in ("official", "ours") for n in ns[1:])
-        ratio = " | ".join(f"ours vs official {n}t" for n in ns)
-        print(f"| group | {head} | {scale} | {ratio} |")
-        print("|---" * (1 + 2 * len(ns) + 2 * (len(ns) - 1) + len(ns)) + "|")
+        head = [f"{impl} {n}t" for impl in ("official", "ours") for n in ns]
+        head += [f"{impl} {ns[0]}t->{n}t" for impl in ("official", "ours") for n in ns[1:]]
+        head += [f"ours vs official {n}t" for n in ns]
+        print("| group | " + " | ".join(head) + " |")
+        print("|---|" + "---:|" * len(head))
         for g in (*GROUPS, "total (wall)"):
             cells = [f"{res[impl, n][g]:,.0f}" for impl in ("official", "ours") for n in ns]
             cells += [f"{res[impl, ns[0]][g] / max(res[impl, n][g], 1e-9):.2f}x" for impl in ("official", "ours")
@@ -526,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grad-checkpointing", action="store_true", help="also ours checkpointed; activation memory")
     p.add_argument("--json", help="also write every row (with the time of each round) here")
     p.add_argument("--memory-child", nargs=2, metavar=("IMPL", "TASK"), help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     args.overrides = parse_key_values(args.set)
     if args.config:
@@ -565,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{time.perf_counter() - t0:.0f} s in all; {loads}")
     if args.sweep:
         title = (f"crate_mae_{args.sweep_case.split('/')[0]}, batch {args.sweep_case.split('/')[2]}, "
-                 f"{rows[0]['threads']} threads, CPU; {loads}\n`python benchmarks/model_speed.py --sweep`")
+                 f"{rows[0]['threads']} threads, CPU; {loads}\n`python benchmarks/model_speed.py {' '.join(argv)}`")
         plot_sweep(rows, mems, Path(args.plot), title)
         print(f"plot: {args.plot}")
     if args.json:

@@ -126,7 +126,7 @@ def compression_rate(w: torch.Tensor, convention: RateConvention | str = "offici
 def sparsity(z: torch.Tensor) -> torch.Tensor:
     """Fraction of exact zeros over the last two axes (N, d): (..., N, d) -> (...). ||Z||_0/(N d) = 1 - this."""
     _check_tokens(z, "z")
-    return (z == 0).to(torch.float64).mean(dim=(-2, -1))
+    return (z == 0).sum(dim=(-2, -1)).to(torch.float64) / (z.shape[-2] * z.shape[-1])  # exact: counts < 2^53
 
 
 def _check_tokens(z: torch.Tensor, name: str) -> None:
