@@ -78,7 +78,7 @@ def peak_tflops(device: torch.device, bf16: float | None, fp32: float | None) ->
 def build(name: str, impl: str, micro: bool, device: torch.device, img_size: int | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
     kw = {**MICRO, **MICRO_WIDTH[name]} if micro else {}
-    ours = crate_mae.create_model(name, **kw, **({"img_size": img_size} if img_size else {}))
+    ours = crate_mae.create_model(name, **{**kw, **({"img_size": img_size} if img_size else {})})
     if impl == "ours":
         return ours.to(device)
     c = ours.config

@@ -300,7 +300,8 @@ def mem_cells(mem: dict, key: str) -> tuple[str, str, str]:
 
 
 def mib(v: float) -> str:
-    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+    """A MiB or ms figure: whole numbers from 100, one decimal from 10, two below."""
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
 def print_speed_table(rows: list[dict]) -> None:
@@ -459,7 +460,7 @@ def run_profile(args, device) -> None:
         print("| group | " + " | ".join(head) + " |")
         print("|---|" + "---:|" * len(head))
         for g in (*GROUPS, "total (wall)"):
-            cells = [f"{res[impl, n][g]:,.0f}" for impl in ("official", "ours") for n in ns]
+            cells = [mib(res[impl, n][g]) for impl in ("official", "ours") for n in ns]
             cells += [f"{res[impl, ns[0]][g] / max(res[impl, n][g], 1e-9):.2f}x" for impl in ("official", "ours")
                       for n in ns[1:]]
             cells += [f"{res['official', n][g] / max(res['ours', n][g], 1e-9):.2f}x" for n in ns]
