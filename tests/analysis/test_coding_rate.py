@@ -134,3 +134,14 @@ def test_non_finite_tokens_are_rejected_and_huge_finite_ones_are_not(dtype):
             sparsity(z)
     huge = torch.full((1, 4, 5), torch.finfo(dtype).max, dtype=dtype)  # its sum overflows; every entry is finite
     assert sparsity(huge).item() == 0.0
+
+
+def test_identity_plus_scaled_gram_is_formed_bit_for_bit_as_the_formula():
+    """logdet_identity_plus_gram forms I + a G in place; its logdets equal those of eye + a * G in this process."""
+    z = torch.randn(3, 4, 20, 7, dtype=torch.float64)
+    for x in (z, z.transpose(-2, -1)):
+        g = x @ x.transpose(-2, -1) if x.shape[-2] <= x.shape[-1] else x.transpose(-2, -1) @ x
+        m = torch.eye(g.shape[-1], dtype=g.dtype) + 0.37 * g
+        with serial_factorizations(m.device):  # the same thread count as the function factorizes with
+            want = 2.0 * torch.log(torch.diagonal(torch.linalg.cholesky(m), dim1=-2, dim2=-1)).sum(-1)
+        assert torch.equal(logdet_identity_plus_gram(x, 0.37), want)

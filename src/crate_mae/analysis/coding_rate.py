@@ -90,8 +90,8 @@ def logdet_identity_plus_gram(z: torch.Tensor, scale: float) -> torch.Tensor:
     z = z.to(torch.float64)
     n, d = z.shape[-2:]
     gram = z @ z.transpose(-2, -1) if n <= d else z.transpose(-2, -1) @ z
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    m = eye + scale * gram
+    m = gram.mul_(scale)  # I + scale * gram in place: the same floats as eye + scale * gram, without a broadcast add
+    m.diagonal(dim1=-2, dim2=-1).add_(1.0)
     with serial_factorizations(m.device):
         chol, info = torch.linalg.cholesky_ex(m)
         out = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
