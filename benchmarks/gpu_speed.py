@@ -25,6 +25,13 @@ within about 5 minutes on one GPU.
 
 Targets (issue 11): ours bf16 + compile >= 3x official fp32 img/s at base/224 for pretraining, MFU >= 40 %, peak
 memory <= 0.5x official.
+
+Then the resolution sweep (issue 24; the CPU's is ``benchmarks/model_speed.py --sweep``): crate_mae_tiny at
+``--sweep-sizes`` (224, 320, 448, 640 px; tokens grow as (px/16)^2, the official N x N attention as their square)
+at one batch (``--sweep-batch``, 16), official fp32 against ours in fp32 and bf16, both tasks, in a second table:
+img/s, ms per step, the ratio to official fp32 at the same size, peak memory and its ratio. It has its own budget
+(``--sweep-budget-s``); a size where the official computation runs out of memory says so in its row (the exit
+status is 1 when a row of the first table or a row of ours in the sweep fails).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ MICRO = dict(img_size=32, patch_size=8, depth=2, decoder_depth=2)
 MICRO_WIDTH = {"crate_mae_base": dict(embed_dim=64, num_heads=4), "crate_mae_tiny": dict(embed_dim=32, num_heads=2)}
 MODES = [("official", "fp32", False), ("official", "bf16", False), ("ours", "fp32", False), ("ours", "bf16", False),
          ("ours", "bf16", True)]
+SWEEP_MODES = [("official", "fp32", False), ("ours", "fp32", False), ("ours", "bf16", False)]
 
 
 def peak_tflops(device: torch.device, bf16: float | None, fp32: float | None) -> tuple[float | None, float | None, str]:
@@ -67,9 +75,10 @@ def peak_tflops(device: torch.device, bf16: float | None, fp32: float | None) ->
     return bf16 or known[0], fp32 or known[1], source
 
 
-def build(name: str, impl: str, micro: bool, device: torch.device) -> torch.nn.Module:
+def build(name: str, impl: str, micro: bool, device: torch.device, img_size: int | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    ours = crate_mae.create_model(name, **({**MICRO, **MICRO_WIDTH[name]} if micro else {}))
+    kw = {**MICRO, **MICRO_WIDTH[name]} if micro else {}
+    ours = crate_mae.create_model(name, **{**kw, **({"img_size": img_size} if img_size else {})})
     if impl == "ours":
         return ours.to(device)
     c = ours.config
@@ -130,7 +139,7 @@ def run_row(args, device, name, task, impl, precision, compiled, batch, img_size
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    model = build(name, impl, args.micro, device)
+    model = build(name, impl, args.micro, device, img_size)
     step = make_step(model, impl, task, precision == "bf16", compiled, args.compile_backend, batch, img_size, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
@@ -143,7 +152,51 @@ def run_row(args, device, name, task, impl, precision, compiled, batch, img_size
     seconds = (time.perf_counter() - t) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     del model, step
-    return dict(img_s=batch / seconds, flops_img=flops, peak_gib=peak, status="ok")
+    return dict(img_s=batch / seconds, ms=1e3 * seconds, flops_img=flops, peak_gib=peak, status="ok")
+
+
+def run_sweep(args, device, t0: float) -> list[dict]:
+    """crate_mae_tiny at every ``--sweep-sizes`` size: official fp32 against ours fp32 / bf16, both tasks."""
+    rows = []
+    name = "crate_mae_tiny"
+    for px in args.sweep_sizes:
+        for task in ("pretrain", "features"):
+            for impl, precision, compiled in SWEEP_MODES:
+                row = dict(px=px, tokens=1 + (px // (8 if args.micro else 16)) ** 2, task=task, impl=impl,
+                           precision=precision, batch=args.sweep_batch)
+                if time.perf_counter() - t0 > args.sweep_budget_s:
+                    row.update(status=f"skipped (past --sweep-budget-s {args.sweep_budget_s:.0f})")
+                else:
+                    try:
+                        row.update(run_row(args, device, name, task, impl, precision, compiled, args.sweep_batch, px,
+                                           None))
+                    except Exception as e:  # noqa: BLE001 -- the official computation running out of memory is a result
+                        row.update(status=f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                rows.append(row)
+                print(f"# sweep {px} px {task} {impl} {precision}: {row.get('img_s', 0):.1f} img/s, {row['status']}",
+                      flush=True)
+    return rows
+
+
+def print_sweep(rows: list[dict]) -> None:
+    print("| px | tokens | task | implementation | precision | batch | img/s | ms/step | vs official fp32 | "
+          "peak mem GiB | mem vs official fp32 | status |")
+    print("|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for row in rows:
+        base = next((r for r in rows if r["px"] == row["px"] and r["task"] == row["task"] and r["impl"] == "official"
+                     and r["precision"] == "fp32" and "img_s" in r), None)
+        lead = (f"| {row['px']} | {row['tokens']} | {row['task']} | {row['impl']} | {row['precision']} | "
+                f"{row['batch']} |")
+        if "img_s" not in row:
+            print(f"{lead} | | | | | {row['status']} |")
+            continue
+        speed = f"{row['img_s'] / base['img_s']:.2f}x" if base else ""
+        mem = f"{row['peak_gib']:.2f}" if row.get("peak_gib") is not None else "n/a"
+        mem_ratio = f"{row['peak_gib'] / base['peak_gib']:.2f}x" if base and row.get("peak_gib") and base.get(
+            "peak_gib") else ""
+        print(f"{lead} {row['img_s']:.1f} | {row['ms']:.1f} | {speed} | {mem} | {mem_ratio} | {row['status']} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,12 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops-fp32", type=float, default=None, help="fp32 peak of this device")
     p.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, eager on CPU")
     p.add_argument("--budget-s", type=float, default=240.0, help="rows still to run after this are skipped")
+    p.add_argument("--sweep-sizes", nargs="*", type=int, default=None,
+                   help="resolution sweep sizes (default: 224 320 448 640; 32 48 with --micro; none: no sweep)")
+    p.add_argument("--sweep-batch", type=int, default=None, help="sweep batch (default 16; 2 with --micro)")
+    p.add_argument("--sweep-budget-s", type=float, default=180.0, help="sweep rows still to run after this are "
+                                                                      "skipped (counted from the sweep's start)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.steps = args.steps or (2 if args.micro else 10)
     args.warmup = args.warmup or (1 if args.micro else 3)
     args.compile_backend = args.compile_backend or ("inductor" if device.type == "cuda" else "eager")
+    if args.sweep_sizes is None:
+        args.sweep_sizes = [32, 48] if args.micro else [224, 320, 448, 640]
+    args.sweep_batch = args.sweep_batch or (2 if args.micro else 16)
     bf16_peak, fp32_peak, source = peak_tflops(device, args.peak_tflops, args.peak_tflops_fp32)
     img_size = 32 if args.micro else 224
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -218,10 +279,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['flops_img'] / 1e9:.3g} | {mfu} | {mem} | {mem_ratio} | {row['status']} |" if ok else
               f"| {row['model']} | {row['task']} | {row['impl']} | {row['precision']} | "
               f"{'yes' if row['compiled'] else 'no'} | {row['batch']} | | | | | | | {row['status']} |")
+    sweep = run_sweep(args, device, time.perf_counter()) if args.sweep_sizes else []
+    if sweep:
+        print(f"\nResolution sweep: crate_mae_tiny, batch {args.sweep_batch}")
+        print_sweep(sweep)
     print(f"\n{time.perf_counter() - t0:.0f} s in all")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(device=dev_name, torch=torch.__version__, rows=rows), indent=2))
-    return 1 if any(r["status"].startswith("FAIL") for r in rows) else 0
+        Path(args.json).write_text(json.dumps(dict(device=dev_name, torch=torch.__version__, rows=rows, sweep=sweep),
+                                              indent=2))
+    failed = [r for r in rows + [r for r in sweep if r["impl"] == "ours"] if r["status"].startswith("FAIL")]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -56,3 +56,22 @@ def test_a_failing_configuration_is_reported_in_its_row(tmp_path, capsys):
         assert s.startswith("FAIL") if compiled else s == "ok", (task, impl, precision, compiled, s)
     assert "no_such_backend" in status["pretrain", "ours", "bf16", True]
     assert capsys.readouterr().out.count("| FAIL") == 2
+
+
+@pytest.mark.slow
+def test_gpu_speed_resolution_sweep_rows_on_cpu_at_micro_size(tmp_path, capsys):
+    """The sweep (issue 24): every size, task and mode has a row in the JSON and in the second table, ratios to
+    official fp32 at the same size filled in."""
+    rc, _ = _run(tmp_path, "--models", "crate_mae_tiny", "--budget-s", "0", "--sweep-sizes", "32", "48")
+    sweep = json.loads((tmp_path / "rows.json").read_text())["sweep"]
+    assert rc == 0
+    assert [(r["px"], r["task"], r["impl"], r["precision"]) for r in sweep] == [
+        (px, t, impl, prec) for px in (32, 48) for t in ("pretrain", "features")
+        for impl, prec in (("official", "fp32"), ("ours", "fp32"), ("ours", "bf16"))]
+    assert all(r["status"] == "ok" and r["img_s"] > 0 for r in sweep)
+    assert [r["tokens"] for r in sweep[::6]] == [17, 37]  # cls + (px / 8)^2 patches at micro size
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 32 |", "| 48 |"))]
+    assert len(lines) == len(sweep)
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[8].endswith("x") and cells[-1] == "ok"

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from crate_mae.analysis import RateConvention, coding_rate, compression_rate, logdet_identity_plus_gram, sparsity
+from crate_mae.analysis.coding_rate import serial_factorizations
 
 
 def np_rate(z: np.ndarray, eps_sq: float) -> float:
@@ -103,3 +104,44 @@ def test_bad_inputs_are_rejected():
         coding_rate(torch.tensor([[float("nan"), 1.0]]))
     with pytest.raises(ValueError, match="per-head"):
         compression_rate(torch.randn(4, 3))
+
+
+def test_factorizations_on_one_thread_give_the_same_logdets_and_restore_threads():
+    """The Cholesky factorizations run on one thread (serial_factorizations); the logdets equal those of slogdet
+    computed with all threads in this process, and the thread count is restored, also after an error."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        z = torch.nn.functional.normalize(torch.randn(8, 6, 50, 16, dtype=torch.float64), dim=-1)
+        want = torch.linalg.slogdet(torch.eye(16, dtype=z.dtype) + 3.0 * z.transpose(-2, -1) @ z).logabsdet
+        torch.testing.assert_close(logdet_identity_plus_gram(z, 3.0), want, rtol=1e-10, atol=1e-10)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"):
+            with serial_factorizations(torch.device("cpu")):
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_non_finite_tokens_are_rejected_and_huge_finite_ones_are_not(dtype):
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        z = torch.ones(2, 4, 5, dtype=dtype)
+        z[1, 3, 4] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            sparsity(z)
+    huge = torch.full((1, 4, 5), torch.finfo(dtype).max, dtype=dtype)  # its sum overflows; every entry is finite
+    assert sparsity(huge).item() == 0.0
+
+
+def test_identity_plus_scaled_gram_is_formed_bit_for_bit_as_the_formula():
+    """logdet_identity_plus_gram forms I + a G in place; its logdets equal those of eye + a * G in this process."""
+    z = torch.randn(3, 4, 20, 7, dtype=torch.float64)
+    for x in (z, z.transpose(-2, -1)):
+        g = x @ x.transpose(-2, -1) if x.shape[-2] <= x.shape[-1] else x.transpose(-2, -1) @ x
+        m = torch.eye(g.shape[-1], dtype=g.dtype) + 0.37 * g
+        with serial_factorizations(m.device):  # the same thread count as the function factorizes with
+            want = 2.0 * torch.log(torch.diagonal(torch.linalg.cholesky(m), dim1=-2, dim2=-1)).sum(-1)
+        assert torch.equal(logdet_identity_plus_gram(x, 0.37), want)

@@ -1,4 +1,4 @@
-"""The position table and precision behaviour of the layers."""
+"""The position table, the two ISTA product orders and precision behaviour of the layers."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,8 @@ import torch
 
 import crate_mae
 from crate_mae.models import sincos_pos_embed
+from crate_mae.models.layers import ISTA, StepMatrix, one_product_is_cheaper
+from crate_mae.models.official import ISTA as OfficialISTA
 from crate_mae.models.official import OfficialCrateMAE, official_to_ours, to_official
 
 
@@ -71,3 +73,35 @@ def test_bf16_autocast_forward_backward(tiny_model_kwargs):
     assert abs(out.loss.item() - ref.item()) < 0.05 * ref.item()
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_step_matrix_gradient_is_the_gradient_of_its_formula():
+    """StepMatrix's one-product backward (D (G + G^T)) against numerical differentiation, to second order."""
+    D = torch.randn(7, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda d: StepMatrix.apply(d, 0.3), (D,))
+    assert torch.autograd.gradgradcheck(lambda d: StepMatrix.apply(d, 0.3), (D,))
+
+
+@pytest.mark.parametrize("tokens,backward,one", [(2, True, False), (6, True, True), (40, True, True),
+                                                 (6, False, False), (9, False, True)])
+def test_ista_either_product_order_equals_the_official_three_products(tokens, backward, one):
+    """Both forms of ISTA (one product with M, or the official three, chosen by size) give the official outputs
+    and gradients for x and D in float64."""
+    assert one_product_is_cheaper(tokens, 16, backward) == one
+    torch.manual_seed(0)
+    ista = ISTA(16, step_size=0.1, lambd=0.5).double()
+    official = OfficialISTA(16, 0.1, 0.5).double()
+    official.weight.data.copy_(ista.dictionary.data)
+    x = torch.randn(tokens, 16, dtype=torch.float64, requires_grad=backward)
+    x2 = x.detach().clone().requires_grad_(backward)
+    with torch.set_grad_enabled(backward):
+        if not backward:
+            ista.requires_grad_(False)
+        ours, theirs = ista(x), official(x2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    if backward:
+        g = torch.randn_like(ours)
+        ours.backward(g)
+        theirs.backward(g)
+        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ista.dictionary.grad, official.weight.grad, rtol=1e-12, atol=1e-12)

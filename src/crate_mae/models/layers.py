@@ -49,16 +49,56 @@ class MSSA(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, d))
 
 
+class StepMatrix(torch.autograd.Function):
+    """M = I + eta (D - D^T D), the matrix of one ISTA step in rows, with the gradient of D^T D as one product.
+
+    For an upstream gradient G of M, autograd of ``D.t() @ D`` spends two d x d x d products (G D^T and D G); the
+    gradient of <G, D^T D> is D (G + G^T), one product:  dL/dD = eta (G - D (G + G^T)).
+    """
+
+    @staticmethod
+    def forward(dictionary: torch.Tensor, step_size: float) -> torch.Tensor:
+        D = dictionary
+        eye = torch.eye(D.shape[0], dtype=D.dtype, device=D.device)
+        return torch.addmm(torch.add(eye, D, alpha=step_size), D.t(), D, alpha=-step_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        dictionary, ctx.step_size = inputs
+        ctx.save_for_backward(dictionary)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (D,) = ctx.saved_tensors
+        grad = grad.to(D.dtype)  # under autocast M (and so its gradient) is bf16; D's gradient has D's dtype
+        return torch.addmm(grad, D, grad + grad.t(), beta=ctx.step_size, alpha=-ctx.step_size), None
+
+
+def one_product_is_cheaper(tokens: int, dim: int, backward: bool) -> bool:
+    """Whether ISTA's one-product form costs fewer multiply-adds than the three-product form, for ``tokens`` rows of
+    width ``dim`` (all images of the batch together).
+
+    One product: M costs d^3, x M costs T d^2; backward adds x's and M's gradients (2 T d^2) and D's (d^3, see
+    :class:`StepMatrix`): 3 T d^2 + 2 d^3 against 9 T d^2 for three products, cheaper when d < 3 T. Without
+    backward: T d^2 + d^3 against 3 T d^2, cheaper when d < 2 T. At 224 px (T = 197 per image) the one product wins
+    from batch 1 for crate_mae_tiny (d = 384); crate_mae_base (d = 768) at batch 1 takes three products.
+    """
+    return dim < (3 if backward else 2) * tokens
+
+
 class ISTA(nn.Module):
     """One non-negative ISTA step on the sparse-coding objective, the sparsification step.
 
         ISTA(X) = ReLU(X + eta * D^T (X - D X) - eta * lambda)        (column convention)
 
-    warm-started at A = X with a complete d x d dictionary D. The step is linear in X before the threshold, so it is
-    computed as one product with the d x d matrix M = I + eta (D - D^T D) (column convention: X + eta D^T (X - D X)
-    = M^T X): ``relu(x M - eta*lambda)`` for row tokens x. That is one N x d x d product per layer instead of the
-    official three, plus one d x d x d product shared by all tokens; identical in exact arithmetic (tests compare it
-    with the official three products).
+    warm-started at A = X with a complete d x d dictionary D. The step is linear in X before the threshold, so it
+    can be computed as one product with the d x d matrix M = I + eta (D - D^T D) (column convention: X + eta D^T
+    (X - D X) = M^T X): ``relu(x M - eta*lambda)`` for row tokens x. That is one N x d x d product per layer instead
+    of the official three, plus a d x d x d product shared by all tokens (and one more in backward). When there are
+    too few tokens to repay the d^3 (:func:`one_product_is_cheaper`: base size at batch 1), the official three
+    products ``x + eta (x D - (x D^T) D)`` run instead. Both are identical in exact arithmetic (tests compare them
+    with the official three products); in floating point they differ by rounding, so which one runs depends on the
+    batch's token count.
     """
 
     def __init__(self, dim: int, step_size: float = 0.1, lambd: float = 0.5):
@@ -72,12 +112,16 @@ class ISTA(nn.Module):
 
     def step_matrix(self) -> torch.Tensor:
         """M = I + eta (D - D^T D), so that ISTA(x) = relu(x M - eta lambda) in rows."""
-        D = self.dictionary
-        eye = torch.eye(D.shape[0], dtype=D.dtype, device=D.device)
-        return torch.addmm(torch.add(eye, D, alpha=self.step_size), D.t(), D, alpha=-self.step_size)
+        return StepMatrix.apply(self.dictionary, self.step_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(torch.matmul(x, self.step_matrix()) - self.step_size * self.lambd)
+        D, eta = self.dictionary, self.step_size
+        backward = torch.is_grad_enabled() and (D.requires_grad or x.requires_grad)
+        if one_product_is_cheaper(x.numel() // max(x.shape[-1], 1), D.shape[0], backward):
+            y = torch.matmul(x, self.step_matrix())
+        else:
+            y = x + eta * (torch.matmul(x, D) - torch.matmul(torch.matmul(x, D.t()), D))
+        return F.relu(y - eta * self.lambd)
 
     def extra_repr(self) -> str:
         return f"step_size={self.step_size}, lambd={self.lambd}"
