@@ -15,7 +15,7 @@ ViT-MAE baseline and facebookresearch/mae's ViT-MAE at equal width and depth, ea
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py finetune --start pretrained --epochs 100 &
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_runs.py finetune --start scratch --epochs 100
 
-Recipe: ``configs/pretrain_cifar.yaml`` (the recipe study's choice, docs/evaluation.md) with online k-NN every 10
+Recipe: ``configs/pretrain_cifar.yaml`` (docs/evaluation.md, recipe study and long runs) with online k-NN every 10
 epochs, fp32 on every device (``run.amp=off``, so a run started on a GPU resumes on a CPU with the same arithmetic
 type). A run is the config plus the changes its :data:`RUNS` entry names (seed, ISTA setting, loss target, warm-up,
 masking frame). The ViT-MAEs get CRATE-MAE's width, depth and heads for encoder and decoder, the same data,
