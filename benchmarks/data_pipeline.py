@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
+from crate_mae import create_model
 from crate_mae.data import resolve_num_workers
-from crate_mae.models import create_model
 from crate_mae.training import build_optimizer, load_config, pretrain
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,8 +22,8 @@ import timm
 import torch
 from timm.models import build_model_with_cfg
 
-from .checkpoint import detect_format
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .io import detect_format
 from .models.crate_mae import CrateClassifierBase
 from .models.crate_supervised import SupervisedCrate
 from .models.crate_supervised import from_official as crate_supervised_from_official

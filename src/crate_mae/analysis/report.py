@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from .._version import __version__
-from ..checkpoint import load_model
 from ..data import resolve_data_config
+from ..io import load_model
 from ..utils import atomic_write, default_device
 from .attention import plot_attention
 from .figures import pyplot

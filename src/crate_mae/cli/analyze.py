@@ -10,8 +10,8 @@ from ..analysis import attention, pca, reconstruction
 from ..analysis.inputs import demo_images, find_images, load_images, model_normalization
 from ..analysis.layerwise import measure_layers
 from ..analysis.report import write_report
-from ..checkpoint import load_model
 from ..data import resolve_data_config
+from ..io import load_model
 from ..utils import default_device, parse_key_values
 from .model import add_model_args
 

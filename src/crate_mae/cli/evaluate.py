@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import load_model
 from ..data import DEFAULT_TRANSFER
 from ..engine.config import packaged_configs
 from ..evaluation import (
@@ -27,6 +26,7 @@ from ..evaluation.finetune import finetune, load_finetune_config
 from ..evaluation.linear import DEFAULT_CS
 from ..evaluation.masked_loss import SWEEP_RATIOS, sweep_markdown
 from ..evaluation.suite import PAPER_CROP_PCT
+from ..io import load_model
 from ..models import list_models
 from ..utils import atomic_write, parse_key_values
 from .model import CKPT_HELP, add_model_args

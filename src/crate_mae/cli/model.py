@@ -8,8 +8,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import detect_format, load_checkpoint, load_model, read_state_dict, save_pretrained
-from ..hub import OFFICIAL_SOURCES, save_for_hub
+from ..io import (
+    OFFICIAL_SOURCES,
+    detect_format,
+    load_checkpoint,
+    load_model,
+    read_state_dict,
+    save_for_hub,
+    save_pretrained,
+)
 from ..models import list_models
 from ..utils import file_sha256, parse_key_values
 

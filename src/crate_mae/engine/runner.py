@@ -42,8 +42,8 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..checkpoint import _load_exact, save_pretrained
 from ..data.loader import resolve_num_workers
+from ..io import load_exact, save_pretrained
 from ..utils import NoSpaceError, amp_dtype, atomic_write, writing
 from ..utils.progress import Progress
 from .checkpointing import (
@@ -537,7 +537,7 @@ class Runner:
                 self.say(f"warning: skipping a damaged checkpoint: {e}")
                 continue
             self._check_config(state.get("config") or {}, path)
-            _load_exact(self.task.model, weights, str(path))
+            load_exact(self.task.model, weights, str(path))
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError) as e:

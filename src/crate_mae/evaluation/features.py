@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._version import __version__
-from ..checkpoint import load_model
 from ..data import ImageFiles, build_dataset, eval_transform, resolve_data_config
 from ..engine.distributed import DistInfo, agree
+from ..io import load_model
 from ..models.base import layer_index
 from ..utils import amp_dtype, atomic_write, default_device, state_sha256
 from ..utils.progress import Progress

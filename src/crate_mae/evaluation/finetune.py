@@ -33,12 +33,12 @@ from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader, Dataset
 
 from .. import data as D
-from ..checkpoint import checkpoint_sha256, create_model, load_encoder, save_pretrained
 from ..data import IMAGENET_MEAN, IMAGENET_STD, resolve_data_config
 from ..engine.config import Checks, RunConfig, build_sections, flatten, plain, read_raw_config
 from ..engine.distributed import all_reduce_sum
 from ..engine.runner import Runner, Task, run
 from ..engine.sampling import SeededSamples
+from ..io import checkpoint_sha256, create_model, load_encoder, save_pretrained
 from ..models.registry import _MODELS, model_defaults
 from .features import check_same_classes, default_crop_pct
 from .results import make_result, summary_line, write_result

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..checkpoint import load_model
 from ..data import build_dataset
+from ..io import load_model
 from ..models.masking import normalize_patches
 from ..utils import amp_dtype, default_device, state_sha256
 from ..utils.progress import Progress

@@ -38,9 +38,9 @@ import torch
 from joblib import Parallel, delayed
 
 from .._version import __version__
-from ..checkpoint import load_model
 from ..data import DEFAULT_TRANSFER, TRANSFER_SETS, TransferData, find_transfer_data
 from ..engine.distributed import cleanup_distributed, init_distributed
+from ..io import load_model
 from ..models.base import layer_index
 from ..utils import amp_dtype, atomic_write
 from .features import (

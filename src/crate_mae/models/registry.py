@@ -1,19 +1,27 @@
-"""A timm-style model registry: ``create_model("crate_mae_base", **overrides)``. The one preset table: checkpoint
-conversion reads heads and preset names off it too (heads cannot be read off square weight matrices)."""
+"""The one registry of models: the preset table (``build_model("crate_mae_base", **overrides)``, timm-style) and the
+architecture table (the ``architecture`` a ``config.json`` names -> the class that builds it). Checkpoint conversion
+reads heads and preset names off the presets too (heads cannot be read off square weight matrices).
+
+Weights are not loaded here: :func:`crate_mae.create_model` (``crate_mae.io``) is ``build_model`` plus
+``pretrained=``."""
 
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from typing import Callable
 
 import torch.nn as nn
 
 from .crate_mae import CrateEncoder, CrateMAE
 from .crate_supervised import SupervisedCrate
-from .vit_mae import ViTMAE
+from .vit_mae import ViTMAE, vit_classifier
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict] = {}
+# config.json's "architecture" -> what builds it (the constructor keywords are the rest of config.json).
+_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"crate_mae": CrateMAE, "crate": CrateEncoder, "vit_mae": ViTMAE,
+                                                        "vit": vit_classifier, "crate_supervised": SupervisedCrate}
 
 
 def register_model(name: str, factory: Callable[..., nn.Module], **defaults) -> None:
@@ -32,6 +40,11 @@ def model_defaults(name: str) -> dict:
     return dict(_DEFAULTS[name])
 
 
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered preset."""
+    return name in _MODELS
+
+
 def model_factory(name: str) -> Callable[..., nn.Module]:
     """The class (or function) that builds the preset ``name``."""
     _check_name(name)
@@ -43,7 +56,19 @@ def find_preset(factory: Callable[..., nn.Module], **match) -> str | None:
     return next((n for n in _MODELS if _MODELS[n] is factory and match.items() <= _DEFAULTS[n].items()), None)
 
 
-def create_model(name: str, **overrides) -> nn.Module:
+def list_architectures() -> list[str]:
+    """The architecture names a ``config.json`` may give (``crate_mae``, ``crate``, ...)."""
+    return sorted(_ARCHITECTURES)
+
+
+def architecture_factory(architecture: str) -> Callable[..., nn.Module]:
+    """The class (or, for ``vit``, the function) that builds ``architecture``; ValueError for an unknown one."""
+    if architecture not in _ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {list_architectures()}")
+    return _ARCHITECTURES[architecture]
+
+
+def build_model(name: str, **overrides) -> nn.Module:
     """Build a registered model at random init; keyword arguments override the preset (weights:
     :func:`crate_mae.create_model` with ``pretrained=``)."""
     _check_name(name)
@@ -97,3 +122,12 @@ def _register_presets() -> None:
 
 
 _register_presets()
+
+
+def __getattr__(name: str):
+    # Deprecated for one release: the models-level builder was create_model, a name now kept for crate_mae.create_model.
+    if name == "create_model":
+        warnings.warn("crate_mae.models.registry.create_model is deprecated: use build_model (or "
+                      "crate_mae.create_model for weights too)", DeprecationWarning, stacklevel=2)
+        return build_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,6 @@ from torch.utils.data import Dataset
 
 from ..analysis.inputs import Normalization
 from ..analysis.reconstruction import save_reconstructions
-from ..checkpoint import save_pretrained
 from ..data import Repeated, book_pretrain_transform, build_dataset, pretrain_transform, resolve_num_workers
 from ..data.demo import DemoPhotos
 from ..engine.checkpointing import find_latest_checkpoint
@@ -36,7 +35,7 @@ from ..engine.runner import Runner, Task, run
 from ..engine.sampling import SeededSamples
 from ..evaluation.features import check_same_classes, compute_features
 from ..evaluation.knn import knn_evaluate
-from ..models import create_model
+from ..io import create_model, save_pretrained
 from ..models.registry import _MODELS, model_defaults
 from ..utils import state_sha256
 
