@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from ..io import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 from ..utils import fsync_dir, torch_load, writing
 
 STATE_NAME = "training_state.pt"
