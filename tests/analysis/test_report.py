@@ -7,8 +7,8 @@ import tempfile
 import pytest
 
 from crate_mae.analysis.report import write_report
-from crate_mae.checkpoint import load_model
 from crate_mae.cli import main
+from crate_mae.io import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = 4  # layer-wise curves, reconstructions, attention, PCA

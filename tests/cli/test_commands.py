@@ -45,7 +45,9 @@ def test_an_unknown_config_name_lists_the_packaged_ones():
 
 
 def test_hub_is_reachable_from_the_package():
-    assert callable(crate_mae.hub.push_to_hub)
+    assert callable(crate_mae.io.push_to_hub)
+    with pytest.deprecated_call():  # the old place, for one release
+        assert callable(crate_mae.hub.push_to_hub)
 
 
 @pytest.mark.parametrize("module", ["crate_mae", "crate_mae.cli"])

@@ -76,7 +76,7 @@ def test_probes_on_an_official_crate_mae_state_dict(shared_dir, make_folder, tmp
     path = shared_dir / "fixtures" / "crate_mae_micro.official_state_dict.safetensors"
     model = crate_mae.load_checkpoint(path, num_heads=4)
     data = make_folder(tmp_path / "d", {"train": ["a", "b", "c"], "val": ["a", "b", "c"]}, per_class=8)
-    from crate_mae.checkpoint import checkpoint_sha256
+    from crate_mae.io import checkpoint_sha256
 
     sha = checkpoint_sha256(path)
     train = compute_features(model, data, "train", fingerprint=sha, num_workers=0, progress=False)

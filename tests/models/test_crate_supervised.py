@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from test_official_fixtures import TOL, official_fixture
 
 import crate_mae
-from crate_mae.checkpoint import CheckpointError, build_from_config
+from crate_mae.io import CheckpointError, build_from_config
 from crate_mae.models import SupervisedCrate
 from crate_mae.models.crate_supervised import from_official, kwargs_from_official, to_official
 from crate_mae.models.official import ISTA as OfficialISTA

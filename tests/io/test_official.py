@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import crate_mae
-from crate_mae.checkpoint import CheckpointError
+from crate_mae.io import CheckpointError
 from crate_mae.models.official import from_official as convert_official_crate
 
 KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_depth=2)

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import crate_mae
-from crate_mae.checkpoint import CARD_NAME, hub_snapshot, parse_hub_id
 from crate_mae.cli import main
-from crate_mae.hub import model_card, push_to_hub, save_for_hub
+from crate_mae.io import CARD_NAME, hub_snapshot, model_card, parse_hub_id, push_to_hub, save_for_hub
 
 hf = pytest.importorskip("huggingface_hub", reason="the [hub] extra (huggingface_hub) is not installed")
 
