@@ -5,6 +5,7 @@ import torch
 
 import crate_mae
 from crate_mae.models import CrateMAE, ViTMAE, model_defaults
+from crate_mae.models.registry import model_factory
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
 
@@ -83,3 +84,15 @@ def test_classes():
     assert isinstance(crate_mae.create_model("crate_mae_tiny", **TINY, decoder_depth=1), CrateMAE)
     assert isinstance(crate_mae.create_model("vit_mae_base", **TINY, decoder_embed_dim=16, decoder_num_heads=2,
                                              decoder_depth=1), ViTMAE)
+
+
+def test_one_registry_holds_presets_and_architectures():
+    """The preset table and the architecture table (what config.json's "architecture" builds) live together."""
+    assert crate_mae.models.is_registered("crate_mae_tiny") and not crate_mae.models.is_registered("crate_mae_gigantic")
+    assert crate_mae.models.list_architectures() == ["crate", "crate_mae", "crate_supervised", "vit", "vit_mae"]
+    factories = {crate_mae.models.architecture_factory(a) for a in crate_mae.models.list_architectures()}
+    assert all(model_factory(name) in factories for name in crate_mae.list_models())
+    model = crate_mae.models.build_model("crate_mae_tiny", **TINY, decoder_depth=1)
+    assert crate_mae.models.architecture_factory(model.config["architecture"]) is CrateMAE
+    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
+        crate_mae.models.architecture_factory("nope")
