@@ -178,9 +178,10 @@ def load_weights_into(model: nn.Module, source: str | os.PathLike | Mapping[str,
 
 
 def create_model(name: str, pretrained: str | os.PathLike | None = None, **overrides) -> nn.Module:
-    """The one ``create_model``: :func:`crate_mae.models.build_model` (a registered preset at random init, keyword
-    arguments override it), then, with ``pretrained`` (a checkpoint in any format :func:`load_checkpoint` reads),
-    that checkpoint's weights loaded into the new model (:func:`load_weights_into`). Training mode, as built."""
+    """The one ``create_model``, a thin alias: :func:`crate_mae.models.build_model` (a registered preset at random
+    init, keyword arguments override it), then, with ``pretrained`` (a checkpoint in any format
+    :func:`load_checkpoint` reads), :func:`load_weights_into`, which reads it through :func:`load_checkpoint`.
+    Training mode, as built."""
     model = build_model(name, **overrides)
     return load_weights_into(model, pretrained) if pretrained is not None else model
 
