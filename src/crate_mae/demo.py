@@ -19,10 +19,10 @@ from .analysis.reconstruction import save_reconstructions
 from .analysis.report import write_report
 from .checkpoint import from_pretrained
 from .data import resolve_num_workers
-from .engine.config import PretrainConfig, load_config
 from .engine.optim import adamw
 from .engine.sampling import SeededSamples
 from .models import create_model
+from .training.config import PretrainConfig, load_config
 from .training.pretrain import build_pretrain_dataset, pretrain
 from .utils import amp_dtype, default_device
 

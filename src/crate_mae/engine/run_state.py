@@ -1,4 +1,4 @@
-"""Crash-safe training checkpoints and the run-folder lock.
+"""Run state: the crash-safe snapshots a run resumes from (the run lock is :mod:`.run_lock`).
 
 ``<output_dir>/checkpoints/step_00001234/`` holds
 
@@ -8,21 +8,21 @@
   RNG states of every rank (torch CPU + this rank's CUDA device, numpy, python), as tensors and plain containers
   only, so it loads with ``torch.load(weights_only=True)``.
 
-A checkpoint is assembled in a hidden ``.tmp-*`` folder and renamed into place in one ``os.replace``; a folder named
+A snapshot is assembled in a hidden ``.tmp-*`` folder and renamed into place in one ``os.replace``; a folder named
 ``step_*`` is therefore always complete, and a crash mid-write leaves only a ``.tmp-*`` folder that is ignored and
-cleaned up later. Saving a step that already has a checkpoint writes a new revision (``step_00001234.1``) and
-deletes the old one only after the new one is in place, so at every instant a complete checkpoint exists.
+cleaned up later. Saving a step that already has a snapshot writes a new revision (``step_00001234.1``) and deletes
+the old one only after the new one is in place, so at every instant a complete snapshot exists.
+
+The names on disk (``checkpoints/``, ``step_*``, ``training_state.pt``) are those of earlier versions, so their runs
+resume; in the code, "checkpoint" means weight files only (:mod:`crate_mae.checkpoint`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 import shutil
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +36,17 @@ from ..utils import fsync_dir, torch_load, writing
 
 STATE_NAME = "training_state.pt"
 CKPT_DIR = "checkpoints"
-LOCK_NAME = ".lock"
 _STEP_RE = re.compile(r"^step_(\d+)(?:\.(\d+))?$")
 
 
-class DamagedCheckpointError(ValueError):
-    """A checkpoint folder that has every file but cannot be read back (truncated, corrupt, non-finite)."""
+class DamagedRunStateError(ValueError):
+    """A run-state folder that has every file but cannot be read back (truncated, corrupt, non-finite)."""
 
 
 # -- RNG --------------------------------------------------------------------------------------------------------------
 def capture_rng(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Every RNG this process uses, as tensors / ints / lists (weights_only-loadable). On CUDA only this rank's
-    device is saved, so a checkpoint resumes on a machine with a different number of visible GPUs."""
+    device is saved, so a run state resumes on a machine with a different number of visible GPUs."""
     np_state = np.random.get_state()
     py_state = random.getstate()
     state = {
@@ -76,7 +75,7 @@ def restore_rng(state: dict[str, Any], device: torch.device | str = "cpu") -> No
 
 
 # -- writing ----------------------------------------------------------------------------------------------------------
-def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+def run_state_dir(output_dir: str | os.PathLike, step: int) -> Path:
     return Path(output_dir) / CKPT_DIR / f"step_{step:08d}"
 
 
@@ -92,16 +91,16 @@ def _scan(root: Path) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(output_dir: str | os.PathLike, model: nn.Module, state: dict[str, Any],
+def save_run_state(output_dir: str | os.PathLike, model: nn.Module, state: dict[str, Any],
                     extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
-    """Write model + training state for ``state['step']`` atomically; keep the newest ``keep`` checkpoints.
+    """Write model + training state for ``state['step']`` atomically; keep the newest ``keep`` snapshots.
 
     A full disk raises :class:`crate_mae.utils.NoSpaceError`; the folder being written is removed and every
-    existing checkpoint is left as it was."""
+    existing snapshot is left as it was."""
     step = int(state["step"])
     root = Path(output_dir) / CKPT_DIR
     revisions = [rev for s, rev, _ in _scan(root) if s == step]
-    final = checkpoint_dir(output_dir, step)
+    final = run_state_dir(output_dir, step)
     if revisions:  # the same step again (e.g. a stop right after a periodic save): a new name, never a delete first
         final = final.with_name(f"{final.name}.{max(revisions) + 1}")
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -129,9 +128,9 @@ def _prune(root: Path, keep: int, newest: Path) -> None:
     for s, _, path in _scan(root):  # older revisions of the step just written
         if s == step and path != newest:
             shutil.rmtree(path, ignore_errors=True)
-    for path in list_checkpoints(root.parent)[:-keep]:
+    for path in list_run_states(root.parent)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # left by a crash; never a complete checkpoint
+    for stale in root.glob(".tmp-*"):  # left by a crash; never a complete snapshot
         if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -142,25 +141,25 @@ def is_complete(path: str | os.PathLike) -> bool:
     return all((path / name).is_file() for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME))
 
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``<output_dir>/checkpoints``, oldest first (by step, then revision)."""
+def list_run_states(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete run states under ``<output_dir>/checkpoints``, oldest first (by step, then revision)."""
     return [p for _, _, p in _scan(Path(output_dir) / CKPT_DIR) if is_complete(p)]
 
 
-def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run folder, or None when there is none."""
-    ckpts = list_checkpoints(output_dir)
+def find_latest_run_state(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete run state of a run folder, or None when there is none."""
+    ckpts = list_run_states(output_dir)
     return ckpts[-1] if ckpts else None
 
 
 def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoints to try, newest first. ``None`` -> []; ``"auto"`` -> every complete checkpoint in ``output_dir``
-    ([] if the run is new); a run folder -> its checkpoints; a checkpoint folder or a file in it -> just that one,
-    which must be complete."""
+    """Run states to try, newest first. ``None`` -> []; ``"auto"`` -> every complete one in ``output_dir`` ([] if
+    the run is new); a run folder -> its run states; a ``step_*`` folder or a file in it -> just that one, which
+    must be complete."""
     if resume is None:
         return []
     if resume == "auto":
-        return list_checkpoints(output_dir)[::-1]
+        return list_run_states(output_dir)[::-1]
     path = Path(resume)
     if path.is_file():
         path = path.parent
@@ -168,7 +167,7 @@ def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> list
         raise FileNotFoundError(f"--resume: no checkpoint at {resume}")
     if is_complete(path):
         return [path]
-    nested = list_checkpoints(path)[::-1]  # a run folder was given
+    nested = list_run_states(path)[::-1]  # a run folder was given
     if not nested:
         raise FileNotFoundError(f"--resume: {path} is not a complete checkpoint (needs {CONFIG_NAME}, "
                                 f"{WEIGHTS_NAME}, {STATE_NAME}) and holds no checkpoints/step_* folder")
@@ -182,124 +181,29 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """``training_state.pt`` of a checkpoint folder, read with ``weights_only=True``."""
-
+    """``training_state.pt`` of a run-state folder, read with ``weights_only=True``."""
     return torch_load(Path(path) / STATE_NAME)
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(training state, weights) of a checkpoint folder; :class:`DamagedCheckpointError` naming the file when
+def read_run_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(training state, weights) of a run-state folder; :class:`DamagedRunStateError` naming the file when
     either cannot be read or the weights are not finite."""
-
     path = Path(path)
     try:
         state = load_training_state(path)
     except ValueError as e:
-        raise DamagedCheckpointError(str(e)) from None
+        raise DamagedRunStateError(str(e)) from None
     missing = [k for k in ("step", "epoch", "iter_in_epoch", "optimizer")
                if not isinstance(state, dict) or k not in state]
     if missing:
-        raise DamagedCheckpointError(f"{path / STATE_NAME} is not a training state (missing {', '.join(missing)})")
+        raise DamagedRunStateError(f"{path / STATE_NAME} is not a training state (missing {', '.join(missing)})")
     try:
         weights = load_file(str(path / WEIGHTS_NAME))
     except Exception as e:
-        raise DamagedCheckpointError(f"{path / WEIGHTS_NAME} is damaged (truncated or corrupt): "
+        raise DamagedRunStateError(f"{path / WEIGHTS_NAME} is damaged (truncated or corrupt): "
                                      f"{str(e).splitlines()[0]}") from None
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise DamagedCheckpointError(f"{path / WEIGHTS_NAME} holds non-finite weights ({len(bad)} tensors, e.g. "
+        raise DamagedRunStateError(f"{path / WEIGHTS_NAME} holds non-finite weights ({len(bad)} tensors, e.g. "
                                      f"{bad[0]})")
     return state, weights
-
-
-# -- one run per folder -----------------------------------------------------------------------------------------------
-class RunLock:
-    """``<output_dir>/.lock``: an exclusive ``flock`` on a file that names its holder (pid, host, start time).
-
-    The kernel drops the lock when its process dies, however it dies, so a lock file whose lock can be taken again
-    was left by a run that ended without cleaning up: it is reported as stale and taken over. Where ``flock`` is
-    unsupported (some network file systems) a holder on this host is checked by pid instead; one on another host
-    cannot be checked and is refused, naming the file to delete."""
-
-    def __init__(self, output_dir: str | os.PathLike):
-        self.path = Path(output_dir) / LOCK_NAME
-        self.fd: int | None = None
-
-    def acquire(self) -> str | None:
-        """Take the lock; returns a note when a stale lock was taken over. ValueError when another run holds it."""
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held_by_kernel = True
-            except BlockingIOError:
-                os.close(fd)
-                raise ValueError(self._busy(self._holder())) from None
-            except OSError:  # no flock here: fall back to checking the recorded pid
-                held_by_kernel = False
-            if held_by_kernel and os.fstat(fd).st_ino != _inode(self.path):
-                os.close(fd)  # the file was replaced while we waited for it: lock the current one
-                continue
-            break
-        previous = self._holder()
-        note = None
-        if previous:
-            if not held_by_kernel and not self._dead(previous):
-                os.close(fd)
-                raise ValueError(self._busy(previous))
-            note = (f"warning: {self.path} was left by a run that ended without releasing it ({_describe(previous)}; "
-                    "killed or crashed?); taking it over")
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-        self.fd = fd
-        return note
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
-        os.close(self.fd)  # closing drops the flock
-        self.fd = None
-
-    def _holder(self) -> dict[str, Any]:
-        try:
-            info = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-        return info if isinstance(info, dict) else {}
-
-    def _busy(self, holder: dict[str, Any]) -> str:
-        return (f"{self.path.parent} is in use by another run ({_describe(holder)}, per {self.path}); wait for it "
-                "to finish or use another run.output_dir. If that run is gone (its machine crashed), delete "
-                f"{self.path}")
-
-    @staticmethod
-    def _dead(holder: dict[str, Any]) -> bool:
-        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-            return False
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False
-        return False
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
-
-
-def _describe(holder: dict[str, Any]) -> str:
-    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
-            f"{holder.get('started', '?')}")
