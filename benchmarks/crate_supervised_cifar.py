@@ -54,7 +54,8 @@ def evaluate(args) -> int:
     from crate_mae.analysis.layerwise import measure_layers
     from crate_mae.analysis.report import write_report
     from crate_mae.data import build_dataset, eval_transform
-    from crate_mae.evaluation.finetune import build_classifier, load_finetune_config
+    from crate_mae.evaluation.finetune import build_classifier
+    from crate_mae.evaluation.finetune_config import load_finetune_config
 
     trained = crate_mae.load_checkpoint(args.out / "best")
     cfg = load_finetune_config(args.out / "config.yaml")

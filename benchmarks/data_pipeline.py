@@ -36,7 +36,8 @@ import torch
 
 from crate_mae import create_model
 from crate_mae.data import resolve_num_workers
-from crate_mae.training import build_optimizer, load_config, pretrain
+from crate_mae.engine.optim import build_optimizer
+from crate_mae.training import load_config, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 

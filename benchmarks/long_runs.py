@@ -419,7 +419,7 @@ def finetune(args) -> int:
     """Fine-tune the pretrained encoder of ``--source`` and the same architecture from scratch, same recipe, seed and
     data order (``--start`` runs one of them, so the two can run side by side); ``finetune.json`` collects them."""
     from crate_mae.evaluation.finetune import finetune as run_finetune
-    from crate_mae.evaluation.finetune import load_finetune_config
+    from crate_mae.evaluation.finetune_config import load_finetune_config
 
     run = RUNS[args.source]
     model, over = run_spec(args.source)

@@ -18,10 +18,10 @@ from .analysis.inputs import Normalization
 from .analysis.reconstruction import save_reconstructions
 from .analysis.report import write_report
 from .data import resolve_num_workers
-from .engine.config import PretrainConfig, load_config
 from .engine.optim import adamw
 from .engine.sampling import SeededSamples
 from .io import create_model, from_pretrained
+from .training.config import PretrainConfig, load_config
 from .training.pretrain import build_pretrain_dataset, pretrain
 from .utils import amp_dtype, default_device
 

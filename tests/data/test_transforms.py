@@ -81,3 +81,21 @@ def test_denormalize_inverts_normalize_and_clamps():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_zero_bit_posterize_is_a_black_image_and_timms_op_is_replaced():
+    """timm's RandAugment posterize at 0 bits, which Pillow >= 13 rejects, gives Pillow < 13's black image; other
+    bit counts are Pillow's posterize (8: unchanged)."""
+    from PIL import Image, ImageOps
+    from timm.data import create_transform
+
+    from crate_mae.data import fix_rand_augment_posterize, posterize_zero_bits
+
+    img = Image.new("RGB", (8, 8), (200, 120, 40))
+    assert posterize_zero_bits(img, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert posterize_zero_bits(img, 8) is img
+    assert posterize_zero_bits(img, 3).tobytes() == ImageOps.posterize(img, 3).tobytes()
+    transform = create_transform(32, is_training=True, auto_augment="rand-n1-m10-mstd0-inc1")
+    assert fix_rand_augment_posterize(transform) is transform
+    ops = [op for t in transform.transforms for op in getattr(t, "ops", ()) if op.name == "PosterizeIncreasing"]
+    assert ops and all(op.aug_fn is posterize_zero_bits for op in ops)

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 import crate_mae
-from crate_mae.evaluation.finetune import (
-    FinetuneAugConfig,
-    build_mixup,
-    finetune,
-    load_finetune_config,
-    param_groups_lrd,
-)
+from crate_mae.evaluation.finetune import build_mixup, finetune, param_groups_lrd
+from crate_mae.evaluation.finetune_config import FinetuneAugConfig, load_finetune_config
 
 NO_AUG = ["aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.reprob=0", "aug.hflip=0",
           "aug.scale=[1, 1]"]
@@ -50,7 +45,7 @@ def test_layer_decay_groups_scale_each_parameter():
 
 
 def test_layer_decay_schedule_applies_scales():
-    from crate_mae.training import WarmupCosine
+    from crate_mae.engine.optim import WarmupCosine
 
     model = crate_mae.create_model("crate_tiny", num_classes=3, **TINY_ENCODER)
     opt = torch.optim.AdamW(param_groups_lrd(model, 0.05, 0.5), lr=1.0)
@@ -106,18 +101,6 @@ def test_finetune_rejects_mismatched_classes(tmp_path, make_folder):
         finetune(cfg)
 
 
-def test_finetune_config_errors_are_collected(tmp_path):
-    with pytest.raises(ValueError) as e:
-        load_finetune_config(None, ["optim.layer_decay=1.5", "aug.mixup=-1", "model.global_pool=max",
-                                    "optim.bogus=1"])
-    assert "optim.bogus: unknown key" in str(e.value)
-    with pytest.raises(ValueError) as e:
-        load_finetune_config(None, ["optim.layer_decay=1.5", "aug.mixup=-1", "model.global_pool=max"])
-    for key in ("optim.layer_decay", "aug.mixup", "model.global_pool", "data.path"):
-        assert key in str(e.value)
-    assert load_finetune_config(None, ["data.path=x", "optim.lr=3e-4"]).optim.lr == 3e-4
-
-
 def test_vit_mae_checkpoint_fine_tunes_with_layer_decay(make_folder, tmp_path):
     mae = crate_mae.create_model("vit_mae_base", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
                                  **TINY_ENCODER)
@@ -130,16 +113,6 @@ def test_vit_mae_checkpoint_fine_tunes_with_layer_decay(make_folder, tmp_path):
     result = finetune(_cfg(data, tmp_path / "ft", f"model.checkpoint={tmp_path / 'mae'}", "optim.epochs=1",
                            "optim.batch_size=4"))
     assert result["details"]["steps"] == 2 and result["dataset"]["transform"]["img_size"] == 32
-
-
-def test_shipped_finetune_config_is_valid():
-    from importlib import resources
-    from pathlib import Path
-
-    from crate_mae.evaluation.finetune import load_finetune_config
-
-    cfg = load_finetune_config(Path(str(resources.files("crate_mae") / "configs" / "finetune_cifar.yaml")), [])
-    assert (cfg.optim.layer_decay, cfg.aug.mixup, cfg.aug.smoothing) == (0.75, 0.8, 0.1)
 
 
 def test_loaders_are_built_once_with_persistent_workers(image_folder, tmp_path, monkeypatch):
@@ -161,3 +134,34 @@ def test_loaders_are_built_once_with_persistent_workers(image_folder, tmp_path, 
                   *NO_AUG))
     assert len(built) == 2  # one train and one val loader for the whole run, not one val loader per epoch
     assert all(loader.persistent_workers for loader in built)
+
+
+def test_the_checkpoint_is_read_once_and_the_optimiser_is_the_engines(image_folder, tmp_path, monkeypatch):
+    """One read of model.checkpoint serves both the data config and the classifier; the optimiser is the engine's
+    fused AdamW on exactly the layer-wise lr decay groups."""
+    from crate_mae.engine import runner as engine
+    from crate_mae.evaluation import finetune as ft_module
+
+    mae = crate_mae.create_model("crate_mae_tiny", decoder_depth=1, **TINY_ENCODER)
+    crate_mae.save_pretrained(mae, tmp_path / "mae")
+    loads, sources = [], []
+    real_load, real_encoder = ft_module.load_checkpoint, ft_module.load_encoder
+    monkeypatch.setattr(ft_module, "load_checkpoint", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(ft_module, "load_encoder", lambda src, **k: sources.append(src) or real_encoder(src, **k))
+    optimisers = []
+    real_runner = engine.Runner.__init__
+
+    def spy(self, *args, **kwargs):
+        real_runner(self, *args, **kwargs)
+        optimisers.append((self.optimizer, self.task))
+
+    monkeypatch.setattr(engine.Runner, "__init__", spy)
+    finetune(_cfg(image_folder, tmp_path / "ft", f"model.checkpoint={tmp_path / 'mae'}", "optim.epochs=1",
+                  "optim.layer_decay=0.5", *NO_AUG))
+    assert loads == [str(tmp_path / "mae")]
+    assert len(sources) == 1 and isinstance(sources[0], torch.nn.Module)  # the loaded model, not the path again
+    ((opt, task),) = optimisers
+    want = param_groups_lrd(task.model, 0.05, 0.5, set(task.model.no_weight_decay()))
+    assert all(g["fused"] for g in opt.param_groups)
+    assert [(g["lr_scale"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups] == \
+        [(g["lr_scale"], g["weight_decay"], [id(p) for p in g["params"]]) for g in want]

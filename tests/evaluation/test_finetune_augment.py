@@ -4,7 +4,8 @@ import random
 
 from PIL import Image
 
-from crate_mae.evaluation.finetune import FinetuneAugConfig, train_transform
+from crate_mae.evaluation.finetune import train_transform
+from crate_mae.evaluation.finetune_config import FinetuneAugConfig
 
 
 def test_rand_augment_survives_zero_bit_posterize():

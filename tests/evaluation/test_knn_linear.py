@@ -13,6 +13,7 @@ from crate_mae.evaluation import (
     logistic_probe,
     top1_interval,
     topk_accuracy,
+    topk_correct,
     train_linear_head,
 )
 
@@ -39,6 +40,18 @@ def test_topk_accuracy_counts_and_caps_k():
     assert acc["top1"] == pytest.approx(100 / 3)
     assert acc["top2"] == pytest.approx(200 / 3)  # row 2's label 0 is third
     assert acc["top5"] == 100.0  # capped at 3 classes
+
+
+def test_topk_correct_counts_what_topk_accuracy_averages():
+    """Counts (on the scores' device, to add up over shards), with the same cap on k as the percentages."""
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([1, 1, 0])
+    hits = topk_correct(scores, labels, ks=(1, 2, 5))
+    assert hits.dtype == torch.int64 and hits.tolist() == [1, 2, 3]
+    acc = topk_accuracy(scores, labels, ks=(1, 2, 5))
+    assert [100 * h / 3 for h in hits.tolist()] == pytest.approx([acc["top1"], acc["top2"], acc["top5"]])
+    with pytest.raises(ValueError, match="scores must be"):
+        topk_correct(scores, labels[:2])
 
 
 def test_knn_scores_match_the_dino_formula_by_hand():

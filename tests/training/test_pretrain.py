@@ -5,7 +5,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _pretrain_tensors import ENV, free_port
 from safetensors.torch import load_file
 
-from crate_mae.training import find_latest_checkpoint, list_checkpoints, load_training_state
+from crate_mae.engine.run_state import find_latest_run_state, list_run_states, load_training_state
 
-SCRIPT = Path(__file__).with_name("_pretrain_tensors.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+SCRIPT = Path(__file__).parents[1] / "_pretrain_tensors.py"
 
 
 def run(out: Path, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -52,7 +51,7 @@ def test_run_folder_contents_and_learning(tmp_path):
     assert {p.name for p in (out / "recon").iterdir()} == {"epoch_0001.png", "epoch_0002.png", "epoch_0003.png"}
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "config.yaml").is_file()
-    ckpts = list_checkpoints(out)
+    ckpts = list_run_states(out)
     assert [p.name for p in ckpts] == ["step_00000016", "step_00000018"]  # every 4 steps + epoch ends, keep 2
     state = load_training_state(ckpts[-1])  # weights_only=True inside
     assert (state["step"], state["epoch"], state["iter_in_epoch"]) == (18, 3, 0)
@@ -74,7 +73,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        latest = find_latest_checkpoint(out)
+        latest = find_latest_run_state(out)
         if latest is not None and int(latest.name.split("_")[1]) >= kill_after:
             break
         time.sleep(0.02)
@@ -82,7 +81,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "model").exists()
-    killed_at = load_training_state(find_latest_checkpoint(out))["step"]
+    killed_at = load_training_state(find_latest_run_state(out))["step"]
     assert killed_at < 12
     run(out, "run.ckpt_every_steps=1", "run.resume=auto")
     a, b = weights(ref), weights(out)
@@ -104,7 +103,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert p.returncode != 0
     assert f"loss is nan at epoch 0, optimizer step {bad_step - 1}" in p.stderr
     assert "last good checkpoint" in p.stderr
-    ckpts = list_checkpoints(out)
+    ckpts = list_run_states(out)
     assert [load_training_state(c)["step"] for c in ckpts] == list(range(max(1, bad_step - 2), bad_step))
     for ckpt in ckpts:  # every checkpoint written holds finite weights
         w = load_file(str(ckpt / "model.safetensors"))
@@ -115,11 +114,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_resume_auto_picks_newest_complete(tmp_path):
-    from crate_mae.engine.checkpointing import STATE_NAME, resolve_resume
+    from crate_mae.engine.run_state import STATE_NAME, resolve_resume
 
     out = tmp_path / "run"
     run(out, "run.ckpt_every_steps=2", "run.keep_checkpoints=3", "optim.epochs=1")
-    ckpts = list_checkpoints(out)
+    ckpts = list_run_states(out)
     assert [p.name for p in ckpts] == ["step_00000002", "step_00000004", "step_00000006"]
     # A newer but incomplete checkpoint (crash before the training state was written) and a torn temp folder.
     broken = out / "checkpoints" / "step_00000008"
@@ -138,18 +137,12 @@ def test_resume_auto_picks_newest_complete(tmp_path):
     assert s["steps"] == 12 and s["first_loss"] is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_with_double_batch(tmp_path):
     one = tmp_path / "one"
     run(one, "optim.batch_size=8", "optim.epochs=1")
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(SCRIPT), f"run.output_dir={two}", "optim.batch_size=4", "optim.epochs=1"]
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -22,7 +22,8 @@ from ..evaluation import (
     write_result,
 )
 from ..evaluation.features import check_same_classes
-from ..evaluation.finetune import finetune, load_finetune_config
+from ..evaluation.finetune import finetune
+from ..evaluation.finetune_config import load_finetune_config
 from ..evaluation.linear import DEFAULT_CS
 from ..evaluation.masked_loss import SWEEP_RATIOS, sweep_markdown
 from ..evaluation.suite import PAPER_CROP_PCT

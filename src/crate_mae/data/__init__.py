@@ -15,6 +15,8 @@ from .transforms import (
                          book_pretrain_transform,
                          denormalize,
                          eval_transform,
+                         fix_rand_augment_posterize,
+                         posterize_zero_bits,
                          pretrain_transform,
                          resolve_data_config,
 )
@@ -23,6 +25,7 @@ __all__ = [
     "CIFARBatches", "DATA_KINDS", "DEFAULT_TRANSFER", "FlatImageFolder", "IMAGENET_MEAN", "IMAGENET_STD",
     "ImageFiles", "ImageFolderDataset", "Repeated", "ShardDataset", "TRANSFER_SETS", "TransferData",
     "UnreadableImageError", "book_pretrain_transform", "build_dataset", "build_loader", "denormalize", "detect_kind",
-    "eval_transform", "find_transfer_data", "is_image_file", "load_cifar_pickle", "make_shards", "pretrain_transform",
-    "resolve_data_config", "resolve_num_workers", "seed_worker",
+    "eval_transform", "find_transfer_data", "fix_rand_augment_posterize", "is_image_file", "load_cifar_pickle",
+    "make_shards", "posterize_zero_bits", "pretrain_transform", "resolve_data_config", "resolve_num_workers",
+    "seed_worker",
 ]

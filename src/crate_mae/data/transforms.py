@@ -7,9 +7,10 @@ torch before each sample (``engine.sampling.SeededSamples``) gets reproducible a
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -119,3 +120,25 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     return (x.float() * s + m).clamp_(0.0, 1.0)
+
+
+# -- timm's RandAugment under Pillow >= 13 -----------------------------------------------------------------------------
+def fix_rand_augment_posterize(transform: Any) -> Any:
+    """Give the posterize ops of timm's RandAugment in ``transform`` (a ``timm.data.create_transform`` pipeline)
+    :func:`posterize_zero_bits` instead of timm's own, which Pillow >= 13 rejects at 0 bits. Returns ``transform``,
+    changed in place."""
+    for t in transform.transforms:
+        for op in getattr(t, "ops", ()):
+            if getattr(op.aug_fn, "__name__", "") == "posterize":
+                op.aug_fn = posterize_zero_bits
+    return transform
+
+
+def posterize_zero_bits(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize for Pillow >= 13, which rejects 0 bits: RandAugment's increasing posterize reaches 0 bits at
+    magnitude 10 (m9 + mstd noise), and older Pillow turned that into a black image, which is kept here."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)

@@ -4,6 +4,7 @@ per-step linear warm-up then half-cosine decay."""
 from __future__ import annotations
 
 import math
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,14 +34,26 @@ def adamw(params, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    param_groups: str = "mae") -> torch.optim.AdamW:
-    """AdamW with a decay and a no-decay group.
+                    param_groups: str | Sequence[dict[str, Any]] = "mae") -> torch.optim.AdamW:
+    """AdamW with a decay and a no-decay group, or with the groups given.
 
     ``param_groups='mae'`` (default) is facebookresearch/mae ``main_pretrain.py``: timm ``add_weight_decay(model,
     weight_decay)`` with no skip list, i.e. decay on every trainable parameter with >= 2 dimensions (the cls and
     mask tokens, shape (1, 1, D), included) and none on 1-D ones (norms, biases). ``'timm'`` also exempts
-    ``model.no_weight_decay()`` (the tokens), as timm's ``create_optimizer`` and MAE's fine-tuning do. Fused where
-    possible (:func:`adamw`)."""
+    ``model.no_weight_decay()`` (the tokens), as timm's ``create_optimizer`` and MAE's fine-tuning do.
+
+    ``param_groups`` may instead be the groups themselves, dicts with ``params`` and their own ``weight_decay`` (else
+    ``weight_decay``) and ``lr_scale`` (read by :meth:`WarmupCosine.apply`): fine-tuning's layer-wise lr decay groups.
+    They must hold every trainable parameter of ``model``. Fused where possible (:func:`adamw`)."""
+    if not isinstance(param_groups, str):
+        groups = [{**g, "params": list(g["params"]), "weight_decay": g.get("weight_decay", weight_decay)}
+                  for g in param_groups]
+        grouped = {id(p) for g in groups for p in g["params"]}
+        left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in grouped]
+        if left:
+            raise ValueError(f"param_groups leave {len(left)} trainable parameters of {type(model).__name__} out "
+                             f"(e.g. {', '.join(left[:3])})")
+        return adamw(groups, lr, betas)
     if param_groups not in PARAM_GROUPS:
         raise ValueError(f"param_groups must be one of {PARAM_GROUPS}, got {param_groups!r}")
     skip = set(model.no_weight_decay()) if param_groups == "timm" and hasattr(model, "no_weight_decay") else set()

@@ -18,8 +18,11 @@ epoch loop. Here the split is done once. :func:`run` and :class:`Runner` own eve
   threads chosen by timing the first steps under each (:meth:`Runner.try_threads`).
 
 A :class:`Task` supplies the model, the data, the optimizer and the loss of one micro-batch, plus optional hooks
-(end of epoch, final summary). Pretraining (:mod:`.pretrain`) and fine-tuning (:mod:`crate_mae.evaluation.finetune`)
-are the two tasks.
+(start, end of epoch, final summary). The contract is one-way: a task is built from the config and the process's
+:class:`~.distributed.DistInfo` (``make_task(cfg, info)``), never from the Runner, and its hooks receive what they may
+read of the run (step, lr, output folder, clock) and the two ways to report (a metrics row, a console line) as a
+frozen :class:`TaskContext`. Pretraining (:mod:`crate_mae.training.pretrain`) and fine-tuning
+(:mod:`crate_mae.evaluation.finetune`) are the two tasks.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,19 +49,19 @@ from ..data.loader import resolve_num_workers
 from ..io import load_exact, save_pretrained
 from ..utils import NoSpaceError, amp_dtype, atomic_write, writing
 from ..utils.progress import Progress
-from .checkpointing import (
-    DamagedCheckpointError,
-    RunLock,
-    capture_rng,
-    find_latest_checkpoint,
-    read_checkpoint,
-    restore_rng,
-    resume_candidates,
-    save_checkpoint,
-)
 from .config import config_changes, save_config
 from .distributed import DistInfo, agree, all_reduce_sum, cleanup_distributed, init_distributed, wrap_model
 from .optim import WarmupCosine, effective_lr
+from .run_lock import RunLock
+from .run_state import (
+    DamagedRunStateError,
+    capture_rng,
+    find_latest_run_state,
+    read_run_state,
+    restore_rng,
+    resume_candidates,
+    save_run_state,
+)
 from .sampling import EpochSampler
 
 clock: Callable[[], float] = time.perf_counter  # the run's stopwatch; tests replace it to control run.max_minutes
@@ -81,26 +84,63 @@ class TrainState:
     loss_steps: int = 0
     history: list[float] = field(default_factory=list)  # loss of each optimizer step of this process's run
 
+    def state_dict(self) -> dict[str, Any]:
+        """The fields a run resumes from, as plain numbers (``training_state.pt`` holds them at its top level);
+        ``history`` is this process's own and is not saved."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> TrainState:
+        """The state :meth:`state_dict` saved; keys an older ``training_state.pt`` lacks (the epoch's loss sums)
+        take their defaults. Other keys of the file (optimizer, RNG, ...) are ignored."""
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name != "history" and f.name in state})
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a :class:`Task` hook may read of the run and how it reports; built by the Runner for each hook call.
+
+    ``state`` is a copy of the run's :class:`TrainState` at the call; ``lr`` the peak learning rate (after the
+    batch-size scaling), ``effective_batch`` the images per optimizer step over all processes, ``images_seen`` the
+    images trained on by this process's run, ``plan`` the fitted length (``run.fit_to_minutes``) or None.
+    ``elapsed()`` reads the run's clock (seconds since training started; 0 before). ``log(row, scalars, step)``
+    appends a metrics.jsonl row and TensorBoard scalars, ``say(msg)`` prints a line; both on rank 0 only."""
+
+    state: TrainState
+    lr: float
+    effective_batch: int
+    images_seen: int
+    plan: dict[str, Any] | None
+    out: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    elapsed: Callable[[], float]
+    log: Callable[..., None]
+    say: Callable[[str], None]
+
 
 class Task:
-    """What a run trains. ``__init__(runner)`` builds, on ``runner.device``:
+    """What a run trains. ``make_task(cfg, info)`` builds it from the config and the process's
+    :class:`~.distributed.DistInfo`; ``__init__`` builds, on ``info.device``:
 
-    - ``model``: the module checkpoints save (the runner wraps it for DDP / compile);
+    - ``model``: the module run states save (the runner wraps it for DDP / compile);
     - ``train_set``: a Dataset indexed by ``(epoch, index)`` (:class:`~.sampling.SeededSamples`);
     - ``extra``: entries merged into every saved ``config.json``;
 
-    and implements :meth:`make_optimizer` and :meth:`loss`. ``guarded`` are the config key prefixes that a resume
-    may not change (they alter the model, data order or schedule), except ``unguarded`` ones."""
+    and implements :meth:`make_optimizer` and :meth:`loss`. The hooks get a :class:`TaskContext`; a task never holds
+    the Runner. ``guarded`` are the config key prefixes that a resume may not change (they alter the model, data
+    order or schedule), except ``unguarded`` ones."""
 
     name = "training"
+    title = ""  # what is trained, for the run's first line (a model name, a checkpoint)
     guarded: tuple[str, ...] = ("model.", "data.", "optim.", "run.seed")
     unguarded: tuple[str, ...] = ("data.num_workers", "data.strict", "data.cache")
     model: nn.Module
     train_set: Dataset
     extra: dict[str, Any]
 
-    def __init__(self, runner: Runner):
-        self.runner = runner
+    def __init__(self, cfg: Any, info: DistInfo):
+        self.cfg, self.info, self.device = cfg, info, info.device
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
         raise NotImplementedError
@@ -114,10 +154,10 @@ class Task:
         """Flat ``{dotted key: default}`` for keys an older saved config may lack."""
         return {}
 
-    def start(self) -> None:
+    def start(self, ctx: TaskContext) -> None:
         """Before the first step (after a resume has restored the weights)."""
 
-    def end_epoch(self, epoch: int, train_loss: float) -> dict[str, dict[str, float]]:
+    def end_epoch(self, ctx: TaskContext, epoch: int, train_loss: float) -> dict[str, dict[str, float]]:
         """After epoch ``epoch`` (1-based) on every rank: evaluation, pictures. Returns ``{group: {name: value}}``
         logged as ``{"event": group, ...}`` rows and ``group/name`` TensorBoard scalars."""
         return {}
@@ -129,14 +169,15 @@ class Task:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    def finish(self, stopped: str) -> dict[str, Any]:
+    def finish(self, ctx: TaskContext, stopped: str) -> dict[str, Any]:
         """After the last step (``stopped``: 'completed' | 'max_steps' | 'max_minutes'); returns the run's result."""
         raise NotImplementedError
 
 
-def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | str | None = None) -> dict[str, Any]:
+def run(cfg: Any, make_task: Callable[[Any, DistInfo], Task], device: torch.device | str | None = None
+        ) -> dict[str, Any]:
     """Validate ``cfg`` (sections ``optim``, ``run``, ``data``; see :mod:`.config`), join the process group, lock
-    ``cfg.run.output_dir``, train ``make_task(runner)`` and return its :meth:`Task.finish` result. A process group
+    ``cfg.run.output_dir``, train ``make_task(cfg, info)`` and return its :meth:`Task.finish` result. A process group
     the caller created is left alone; determinism flags are restored."""
 
     cfg.validate()
@@ -175,10 +216,10 @@ def run(cfg: Any, make_task: Callable[[Runner], Task], device: torch.device | st
 
 
 class Runner:
-    """One training run: built by :func:`run`; a Task reads ``cfg``, ``info``, ``device``, ``amp_dtype``, ``out``,
-    ``state``, ``lr`` and calls :meth:`say`, :meth:`on_main`, :meth:`check_weights` from its hooks."""
+    """One training run, built by :func:`run`. It drives its Task; the Task sees it only through the
+    :class:`TaskContext` its hooks receive (:meth:`context`)."""
 
-    def __init__(self, cfg: Any, info: DistInfo, make_task: Callable[[Runner], Task]):
+    def __init__(self, cfg: Any, info: DistInfo, make_task: Callable[[Any, DistInfo], Task]):
         r, o = cfg.run, cfg.optim
         self.cfg, self.info, self.device, self.out = cfg, info, info.device, Path(r.output_dir)
         if r.deterministic:
@@ -190,7 +231,7 @@ class Runner:
         self.writer = None
 
         torch.manual_seed(r.seed)  # identical initialisation on every rank
-        self.task = make_task(self)
+        self.task = make_task(cfg, info)
         if r.grad_checkpointing:
             if not hasattr(self.task.model, "set_grad_checkpointing"):
                 raise ValueError(f"run.grad_checkpointing = true, but {type(self.task.model).__name__} has no "
@@ -236,16 +277,17 @@ class Runner:
         self._resume(r.resume)
         self.net: nn.Module = wrap_model(self.task.model, info, r.compile)
         self.images_seen = 0
-        self.t0 = 0.0  # set when training starts
+        self.t0 = 0.0  # the clock when training started (once self.started)
+        self.started = False
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         self._open_logs()
-        self.task.start()
+        self.task.start(self.context())
         if self._rng is not None:
             restore_rng(self._rng, self.device)
-        self.t0 = clock()
+        self.t0, self.started = clock(), True
         if self.trial is not None:
             torch.set_num_threads(self.trial["order"][0])
             self.trial["last"] = self.t0
@@ -258,9 +300,9 @@ class Runner:
                 self._end_epoch()
             if stopped != "completed":
                 self.save()
-            return self.task.finish(stopped)
+            return self.task.finish(self.context(), stopped)
         except NonFiniteLossError as e:
-            last = find_latest_checkpoint(self.out)
+            last = find_latest_run_state(self.out)
             raise NonFiniteLossError(
                 f"{e}. Training stopped; nothing was saved after the last good checkpoint "
                 f"({last if last else 'none written yet'}). Try a lower optim.blr, optim.clip_grad, or check the "
@@ -454,7 +496,7 @@ class Runner:
         epoch = st.epoch + 1
         mean = st.loss_sum / st.loss_steps if st.loss_steps else float("nan")
         st.epoch, st.iter_in_epoch, st.loss_sum, st.loss_steps = epoch, 0, 0.0, 0
-        groups = self.task.end_epoch(epoch, mean)
+        groups = self.task.end_epoch(self.context(), epoch, mean)
         parts = [f"epoch {epoch}/{o.epochs}  loss {mean:.4f}  lr {self.optimizer.param_groups[0]['lr']:.3g}  "
                  f"step {st.step}  {clock() - self.t0:.0f}s"]
         self.log_row({"event": "epoch", "epoch": epoch, "step": st.step, "loss": mean}, {"epoch/loss": mean}, epoch)
@@ -465,31 +507,18 @@ class Runner:
         self.say("  |  ".join(parts))
         self.save()
         if epoch in self.cfg.run.keep_epochs:
-            self.on_main(lambda: save_pretrained(self.task.model, self.out / "epochs" / f"epoch_{epoch:04d}",
-                                                 extra=self.task.extra))
+            on_main(self.info, lambda: save_pretrained(self.task.model, self.out / "epochs" / f"epoch_{epoch:04d}",
+                                                       extra=self.task.extra))
 
-    # -- checkpoints ------------------------------------------------------------------------------------------------
-    def check_weights(self) -> None:
-        """Raise :class:`NonFiniteLossError` if any weight is NaN/inf (one host sync). An update can produce them
-        from a finite loss and gradient (an overflowing Adam moment), so every save checks the weights."""
-        named = [(n, t) for n, t in self.task.model.state_dict().items() if t.is_floating_point()]
-        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
-        if not bool(finite.all()):
-            bad = [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
-            raise NonFiniteLossError(f"weights became non-finite after optimizer step {self.state.step} "
-                                     f"({len(bad)} of {len(named)} tensors, e.g. {', '.join(bad[:3])})")
-
+    # -- run state --------------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
-        """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
-
-        self.check_weights()
+        """Save the run state of the current step (rank 0 writes; every rank contributes its RNG state)."""
+        check_weights(self.task.model, self.state.step)
         rngs = [capture_rng(self.device)]
         if self.info.enabled:
             rngs = [None] * self.info.world_size
             dist.all_gather_object(rngs, capture_rng(self.device))
-        st = self.state
-        state = {"step": st.step, "epoch": st.epoch, "iter_in_epoch": st.iter_in_epoch, "loss_sum": st.loss_sum,
-                 "loss_steps": st.loss_steps, "optimizer": self.optimizer.state_dict(),
+        state = {**self.state.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "schedule": self.schedule.state_dict(), "rng": rngs, "world_size": self.info.world_size,
                  "config": self.cfg.to_dict(), "task": self.task.state_dict(), "plan": self.plan,
@@ -497,29 +526,14 @@ class Runner:
 
         def write() -> Path:
             try:
-                return save_checkpoint(self.out, self.task.model, state, extra=self.task.extra,
-                                       keep=self.cfg.run.keep_checkpoints)
+                return save_run_state(self.out, self.task.model, state, extra=self.task.extra,
+                                      keep=self.cfg.run.keep_checkpoints)
             except NoSpaceError as e:
                 raise NoSpaceError(f"{e}; the checkpoints already written are intact (newest: "
-                                   f"{find_latest_checkpoint(self.out) or 'none'}); free space, then resume with "
+                                   f"{find_latest_run_state(self.out) or 'none'}); free space, then resume with "
                                    "--resume auto") from None
 
-        return self.on_main(write)
-
-    def on_main(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on rank 0 only; if it fails, every rank raises (instead of the others waiting forever)."""
-        result, error, exc = None, None, None
-        if self.info.is_main:
-            try:
-                result = fn()
-            except Exception as e:
-                exc, error = e, str(e)
-        error = agree(error, self.info)
-        if exc is not None:
-            raise exc
-        if error is not None:
-            raise RuntimeError(f"rank 0 failed: {error}")
-        return result
+        return on_main(self.info, write)
 
     def _resume(self, resume: str | None) -> None:
         """Load the newest readable checkpoint ``resume`` names; with ``auto``, damaged ones are skipped with a
@@ -529,8 +543,8 @@ class Runner:
         problems = []
         for path in candidates:
             try:
-                state, weights = read_checkpoint(path)
-            except DamagedCheckpointError as e:
+                state, weights = read_run_state(path)
+            except DamagedRunStateError as e:
                 if resume != "auto":
                     raise
                 problems.append(str(e))
@@ -550,9 +564,7 @@ class Runner:
                 self.schedule.load_state_dict(state["schedule"])
                 self.set_plan({**state["plan"], "step": state["step"], "clock": None})
                 self.trained_before = float(state.get("trained_s", 0.0))
-            st = self.state = TrainState(epoch=state["epoch"], step=state["step"],
-                                         iter_in_epoch=state["iter_in_epoch"],
-                                         loss_sum=state.get("loss_sum", 0.0), loss_steps=state.get("loss_steps", 0))
+            st = self.state = TrainState.from_state_dict(state)
             if st.iter_in_epoch >= self.iters_per_epoch:  # written at the very end of an epoch by older versions
                 st.epoch, st.iter_in_epoch, st.loss_sum, st.loss_steps = st.epoch + 1, 0, 0.0, 0
             if state["world_size"] == self.info.world_size:
@@ -608,7 +620,7 @@ class Runner:
         self.writer = SummaryWriter(str(self.out / "tb"), purge_step=step + 1 if step else None)
         o, t = self.cfg.optim, self.task
         n = sum(p.numel() for p in t.model.parameters())
-        self.say(f"{t.name} {getattr(t, 'title', '')} ({n / 1e6:.2f}M params) on {self.device}"
+        self.say(f"{t.name} {t.title} ({n / 1e6:.2f}M params) on {self.device}"
                  f"{f' x {self.info.world_size} processes' if self.info.enabled else ''}; {len(t.train_set)} "
                  f"images, {self.steps_per_epoch} steps/epoch, effective batch {self.effective_batch}, lr "
                  f"{self.lr:.3g}" + (f"; resumed from {self.resume_from} (epoch {self.state.epoch}, step {step})"
@@ -627,8 +639,16 @@ class Runner:
                 self.writer.add_scalar(k, v, step)
 
     def elapsed(self) -> float:
-        """Seconds since training started (the run's clock)."""
-        return clock() - self.t0
+        """Seconds since training started (the run's clock); 0 before."""
+        return clock() - self.t0 if self.started else 0.0
+
+    def context(self) -> TaskContext:
+        """What the Task's hooks get: a snapshot of the run and the ways to report (:class:`TaskContext`)."""
+        st = self.state
+        return TaskContext(state=replace(st, history=list(st.history)), lr=self.lr,
+                           effective_batch=self.effective_batch, images_seen=self.images_seen,
+                           plan=dict(self.plan) if self.plan is not None else None, out=self.out, device=self.device,
+                           amp_dtype=self.amp_dtype, elapsed=self.elapsed, log=self.log_row, say=self.say)
 
     def say(self, msg: str) -> None:
         if self.info.is_main:
@@ -639,6 +659,34 @@ class Runner:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def check_weights(model: nn.Module, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` if any weight of ``model`` is NaN/inf after optimizer step ``step`` (one
+    host sync). An update can produce them from a finite loss and gradient (an overflowing Adam moment), so every
+    save checks the weights."""
+    named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    if not bool(finite.all()):
+        bad = [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+        raise NonFiniteLossError(f"weights became non-finite after optimizer step {step} "
+                                 f"({len(bad)} of {len(named)} tensors, e.g. {', '.join(bad[:3])})")
+
+
+def on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only; if it fails, every rank raises (instead of the others waiting forever)."""
+    result, error, exc = None, None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as e:
+            exc, error = e, str(e)
+    error = agree(error, info)
+    if exc is not None:
+        raise exc
+    if error is not None:
+        raise RuntimeError(f"rank 0 failed: {error}")
+    return result
 
 
 def seed_all(seed: int) -> None:

@@ -1,7 +1,7 @@
 """``pretrain(cfg)``: masked-completion pretraining of CRATE-MAE / ViT-MAE, single process or under torchrun.
 
-The run itself (process group, checkpoints, resume, logging, stop conditions, NaN guard) is the shared engine
-(:mod:`.engine`); this module is the pretraining task: the model, the data with per-sample masking noise, the
+The run itself (process group, run state, resume, logging, stop conditions, NaN guard) is the shared engine
+(:mod:`crate_mae.engine`); this module is the pretraining task: the model, the data with per-sample masking noise, the
 masked-patch loss, and at epoch ends reconstruction pictures and the optional online k-NN probe.
 
 Run folder (``cfg.run.output_dir``)::
@@ -28,16 +28,18 @@ from ..analysis.inputs import Normalization
 from ..analysis.reconstruction import save_reconstructions
 from ..data import Repeated, book_pretrain_transform, build_dataset, pretrain_transform, resolve_num_workers
 from ..data.demo import DemoPhotos
-from ..engine.checkpointing import find_latest_checkpoint
-from ..engine.config import PretrainConfig, flatten
+from ..engine.config import flatten
+from ..engine.distributed import DistInfo
 from ..engine.optim import build_optimizer
-from ..engine.runner import Runner, Task, run
+from ..engine.run_state import find_latest_run_state
+from ..engine.runner import Task, TaskContext, check_weights, on_main, run
 from ..engine.sampling import SeededSamples
 from ..evaluation.features import check_same_classes, compute_features
 from ..evaluation.knn import knn_evaluate
 from ..io import create_model, save_pretrained
-from ..models.registry import _MODELS, model_defaults
+from ..models.registry import model_defaults, model_factory
 from ..utils import state_sha256
+from .config import PretrainConfig
 
 
 def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None, device: torch.device | str | None = None
@@ -50,7 +52,7 @@ def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None, device: torch.
     weights_sha256 (this rank's final weights), knn (the last online k-NN scores, when enabled), plan (with
     ``run.fit_to_minutes``: the measured time per step and the fitted number of steps).
     """
-    return run(cfg, lambda runner: Pretraining(runner, dataset), device)
+    return run(cfg, lambda cfg, info: Pretraining(cfg, info, dataset), device)
 
 
 class Pretraining(Task):
@@ -58,12 +60,12 @@ class Pretraining(Task):
 
     name = "pretraining"
 
-    def __init__(self, runner: Runner, dataset: Dataset | None):
-        super().__init__(runner)
+    cfg: PretrainConfig
 
-        cfg = self.cfg = runner.cfg
+    def __init__(self, cfg: PretrainConfig, info: DistInfo, dataset: Dataset | None):
+        super().__init__(cfg, info)
         self.title = cfg.model.name
-        self.model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides).to(runner.device)
+        self.model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides).to(self.device)
         h, w = self.model.grid_size(torch.empty(1, self.model.config.get("in_chans", 3), cfg.data.img_size,
                                                 cfg.data.img_size))
         # Our datasets and transforms draw from torch's generator alone; a caller's dataset may use any.
@@ -85,58 +87,57 @@ class Pretraining(Task):
 
     def loss(self, net: nn.Module, batch: Any) -> torch.Tensor:
         imgs, noise = batch
-        device = self.runner.device
+        device = self.device
         return net(imgs.to(device, non_blocking=True), mask_ratio=self.cfg.model.mask_ratio,
                    noise=noise.to(device, non_blocking=True)).loss
 
     def config_defaults(self) -> dict[str, Any]:
         """Defaults of the config sections and of the model constructor, for keys an older config lacks."""
-
         name = self.cfg.model.name
-        ctor = {k: p.default for k, p in inspect.signature(_MODELS[name]).parameters.items()
+        ctor = {k: p.default for k, p in inspect.signature(model_factory(name)).parameters.items()
                 if p.default is not inspect.Parameter.empty}
         ctor.update(model_defaults(name))
         return {**flatten(PretrainConfig().to_dict()), **{f"model.overrides.{k}": v for k, v in ctor.items()}}
 
-    def start(self) -> None:
-        self.fixed_before = self.fixed_loss()
+    def start(self, ctx: TaskContext) -> None:
+        self.fixed_before = self.fixed_loss(ctx.amp_dtype)
 
-    def end_epoch(self, epoch: int, train_loss: float) -> dict[str, dict[str, float]]:
+    def end_epoch(self, ctx: TaskContext, epoch: int, train_loss: float) -> dict[str, dict[str, float]]:
         r, last = self.cfg.run, epoch == self.cfg.optim.epochs
-        if self.runner.info.is_main and r.vis_every_epochs and (epoch % r.vis_every_epochs == 0 or last):
-            self.visualize(self.runner.out / "recon" / f"epoch_{epoch:04d}.png", f"epoch {epoch}")
+        if self.info.is_main and r.vis_every_epochs and (epoch % r.vis_every_epochs == 0 or last):
+            self.visualize(ctx.out / "recon" / f"epoch_{epoch:04d}.png", f"epoch {epoch}")
         if r.knn_every_epochs and (epoch % r.knn_every_epochs == 0 or last):
-            self.knn = knn_monitor(self.model, self.cfg, self.runner.device)
+            self.knn = knn_monitor(self.model, self.cfg, self.device)
             return {"knn": self.knn}
         return {}
 
-    def finish(self, stopped: str) -> dict[str, Any]:
-        runner, st = self.runner, self.runner.state
-        out = runner.out
-        ckpt = find_latest_checkpoint(out)
-        fixed_after = self.fixed_loss()
+    def finish(self, ctx: TaskContext, stopped: str) -> dict[str, Any]:
+        st, out = ctx.state, ctx.out
+        ckpt = find_latest_run_state(out)
+        fixed_after = self.fixed_loss(ctx.amp_dtype)
         model_dir = out / "model"
-        runner.check_weights()
-        runner.on_main(lambda: save_pretrained(self.model, model_dir, extra=self.extra))
-        elapsed = runner.elapsed()
+        check_weights(self.model, st.step)
+        on_main(self.info, lambda: save_pretrained(self.model, model_dir, extra=self.extra))
+        elapsed = ctx.elapsed()
         summary = {
             "output_dir": str(out), "model_dir": str(model_dir), "checkpoint": str(ckpt) if ckpt else None,
-            "steps": st.step, "epochs": st.epoch, "stopped": stopped, "lr": runner.lr,
-            "effective_batch": runner.effective_batch, "world_size": runner.info.world_size,
+            "steps": st.step, "epochs": st.epoch, "stopped": stopped, "lr": ctx.lr,
+            "effective_batch": ctx.effective_batch, "world_size": self.info.world_size,
             "first_loss": st.history[0] if st.history else None, "last_loss": st.history[-1] if st.history else None,
             "fixed_loss_before": self.fixed_before, "fixed_loss_after": fixed_after,
-            "img_per_s": runner.images_seen / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
-            "weights_sha256": state_sha256(self.model), "knn": self.knn, "plan": runner.plan,
+            "img_per_s": ctx.images_seen / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
+            "weights_sha256": state_sha256(self.model), "knn": self.knn, "plan": ctx.plan,
         }
-        runner.log_row({"event": "end", **summary})
-        runner.say(f"done: {st.step} steps, masked loss on fixed images {self.fixed_before:.4f} -> "
-                   f"{fixed_after:.4f}; model in {model_dir}")
+        ctx.log({"event": "end", **summary})
+        ctx.say(f"done: {st.step} steps, masked loss on fixed images {self.fixed_before:.4f} -> "
+                f"{fixed_after:.4f}; model in {model_dir}")
         return summary
 
     @torch.no_grad()
-    def fixed_loss(self) -> float:
+    def fixed_loss(self, dtype: torch.dtype | None) -> float:
+        """Masked loss on the fixed images with their fixed noise, under the run's autocast ``dtype``."""
         imgs, noise = self.fixed
-        device, dtype = self.runner.device, self.runner.amp_dtype
+        device = self.device
         was = self.model.training
         self.model.eval()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -147,7 +148,7 @@ class Pretraining(Task):
 
     def visualize(self, path: Path, title: str) -> None:
         imgs, noise = self.fixed
-        device, norm = self.runner.device, Normalization(tuple(self.cfg.data.mean), tuple(self.cfg.data.std))
+        device, norm = self.device, Normalization(tuple(self.cfg.data.mean), tuple(self.cfg.data.std))
         save_reconstructions(self.model, imgs.to(device), norm, path, self.cfg.model.mask_ratio, title=title,
                              noise=noise.to(device))
 

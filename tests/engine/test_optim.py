@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import crate_mae
-from crate_mae.training import WarmupCosine, build_optimizer, effective_lr
+from crate_mae.engine.optim import WarmupCosine, build_optimizer, effective_lr
 
 
 def test_linear_scaling_rule():
@@ -90,3 +90,25 @@ def test_fused_adamw_on_cpu_steps_like_the_default_implementation(tiny_model_kwa
             o.zero_grad()
     for (name, a), b in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_given_param_groups_are_used_as_they_are_and_fused(tiny_model_kwargs):
+    """Fine-tuning hands build_optimizer its layer-wise lr decay groups: the optimiser gets exactly those groups
+    (params, weight decay, lr_scale), fused, with betas and lr set; a group without weight_decay gets the argument's;
+    groups that leave a trainable parameter out are refused."""
+    from crate_mae.evaluation.finetune import param_groups_lrd
+
+    model = crate_mae.create_model("crate_tiny", num_classes=3, img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                   num_heads=4)
+    groups = param_groups_lrd(model, weight_decay=0.05, layer_decay=0.5, no_weight_decay_list={"cls_token"})
+    opt = build_optimizer(model, 1e-3, 0.05, (0.9, 0.999), param_groups=groups)
+    assert len(opt.param_groups) == len(groups)
+    for g, want in zip(opt.param_groups, groups):
+        assert [id(p) for p in g["params"]] == [id(p) for p in want["params"]]
+        assert (g["weight_decay"], g["lr_scale"], g["betas"], g["lr"], g["fused"]) == (
+            want["weight_decay"], want["lr_scale"], (0.9, 0.999), 1e-3, True)
+    bare = [{"params": [p for p in model.parameters()]}]
+    assert build_optimizer(model, 1e-3, 0.02, (0.9, 0.999), param_groups=bare).param_groups[0]["weight_decay"] == 0.02
+    with pytest.raises(ValueError, match=r"leave 1 trainable parameters of CrateEncoder out \(e.g. head.bias\)"):
+        build_optimizer(model, 1e-3, 0.05, (0.9, 0.999),
+                        param_groups=[{"params": [p for n, p in model.named_parameters() if n != "head.bias"]}])

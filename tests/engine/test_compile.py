@@ -11,7 +11,8 @@ from _pretrain_tensors import config, dataset
 from safetensors.torch import load_file
 
 import crate_mae
-from crate_mae.training import list_checkpoints, pretrain
+from crate_mae.engine.run_state import list_run_states
+from crate_mae.training import pretrain
 
 MICRO = dict(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_depth=1)
 VIT = dict(decoder_embed_dim=32, decoder_num_heads=2, mlp_ratio=2.0)
@@ -51,7 +52,7 @@ def test_compiled_training_step_equals_eager(tmp_path):
         out = tmp_path / mode
         runs[mode] = pretrain(config([f"run.output_dir={out}", "run.max_steps=1", "optim.warmup_epochs=0",
                                       f"run.compile={mode == 'compiled'}"]), dataset=dataset(), device="cpu")
-        runs[mode]["weights"] = load_file(str(list_checkpoints(out)[-1] / "model.safetensors"))
+        runs[mode]["weights"] = load_file(str(list_run_states(out)[-1] / "model.safetensors"))
     before = crate_mae.create_model("crate_mae_tiny", img_size=32, **_tiny()).state_dict()
     eager, compiled = runs["eager"], runs["compiled"]
     assert compiled["first_loss"] == pytest.approx(eager["first_loss"], rel=1e-5)

@@ -10,16 +10,20 @@ counting comm hook), DDP's broadcast_buffers, how the run stopped, and the error
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from _pretrain_tensors import config as pretrain_config
-from _pretrain_tensors import dataset as tensor_dataset
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from crate_mae.engine import runner as engine
-from crate_mae.evaluation.finetune import finetune, load_finetune_config
-from crate_mae.training import pretrain
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: tests/_pretrain_tensors.py
+from _pretrain_tensors import config as pretrain_config  # noqa: E402
+from _pretrain_tensors import dataset as tensor_dataset  # noqa: E402
+
+from crate_mae.engine import runner as engine  # noqa: E402
+from crate_mae.evaluation.finetune import finetune  # noqa: E402
+from crate_mae.evaluation.finetune_config import load_finetune_config  # noqa: E402
+from crate_mae.training import pretrain  # noqa: E402
 
 OUT = sys.argv[1]
 RANK = int(os.environ["RANK"])

@@ -17,9 +17,12 @@ from _pretrain_tensors import config as pretrain_config
 from _pretrain_tensors import dataset as tensor_dataset
 from safetensors.torch import load_file
 
-from crate_mae.engine.checkpointing import STATE_NAME, RunLock
-from crate_mae.evaluation.finetune import finetune, load_finetune_config
-from crate_mae.training import NonFiniteLossError, find_latest_checkpoint, list_checkpoints, pretrain
+from crate_mae.engine.run_lock import RunLock
+from crate_mae.engine.run_state import STATE_NAME, find_latest_run_state, list_run_states
+from crate_mae.engine.runner import NonFiniteLossError
+from crate_mae.evaluation.finetune import finetune
+from crate_mae.evaluation.finetune_config import load_finetune_config
+from crate_mae.training import pretrain
 
 TASKS = ["pretrain", "finetune"]
 TINY_ENCODER = "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}"
@@ -69,7 +72,7 @@ def test_nan_weights_are_never_checkpointed(task, tmp_path):
     with pytest.raises(NonFiniteLossError) as e:
         train(task, out, "optim.lr=1e6" if task == "finetune" else "optim.blr=1e6", "optim.clip_grad=null",
               "run.ckpt_every_steps=1", "run.keep_checkpoints=1")
-    ckpts = list_checkpoints(out)
+    ckpts = list_run_states(out)
     assert all(finite(c) for c in ckpts)
     assert f"last good checkpoint ({ckpts[-1] if ckpts else 'none written yet'})" in str(e.value)
     assert "non-finite" in str(e.value) or "is nan" in str(e.value) or "is inf" in str(e.value)
@@ -86,7 +89,7 @@ def test_keep_epochs_keeps_the_model_of_those_epochs(task, tmp_path):
     train(task, out, "run.keep_epochs=[1]", "run.keep_checkpoints=3")
     kept = out / "epochs" / "epoch_0001"
     assert sorted(p.name for p in (out / "epochs").iterdir()) == ["epoch_0001"]
-    first_epoch_end = list_checkpoints(out)[0]  # checkpoints at the end of epochs 1 and 2
+    first_epoch_end = list_run_states(out)[0]  # checkpoints at the end of epochs 1 and 2
     a, b = load_file(str(kept / "model.safetensors")), load_file(str(first_epoch_end / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert crate_mae.from_pretrained(kept) is not None
@@ -114,7 +117,7 @@ def test_keys_new_in_the_code_count_as_their_defaults(tmp_path):
     """A checkpoint written before a key existed resumes as long as the key keeps its default value."""
     out = tmp_path / "run"
     train("pretrain", out, "run.max_steps=2", "run.ckpt_every_steps=1")
-    path = find_latest_checkpoint(out) / STATE_NAME
+    path = find_latest_run_state(out) / STATE_NAME
     state = torch.load(path, weights_only=True)
     for section, key in (("optim", "min_lr"), ("data", "hflip"), ("run", "knn_every_epochs")):
         del state["config"][section][key]
@@ -172,7 +175,7 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, capsys):
     ref = train("pretrain", tmp_path / "ref")
     out = tmp_path / "run"
     train("pretrain", out, "run.max_steps=5", "run.ckpt_every_steps=1", "run.keep_checkpoints=3")
-    newest = find_latest_checkpoint(out)
+    newest = find_latest_run_state(out)
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # torn by a failing disk after it was complete
     with pytest.raises(ValueError, match=str(weights)):  # asked for by name: no silent substitute
@@ -187,7 +190,7 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, capsys):
 def test_a_pickled_training_state_is_refused_in_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     train("pretrain", out, "run.max_steps=2", "run.ckpt_every_steps=1")
-    newest = find_latest_checkpoint(out)
+    newest = find_latest_run_state(out)
     torch.save({"step": 2, "payload": subprocess.CompletedProcess([], 0)}, newest / STATE_NAME)  # not tensors
     with pytest.raises(ValueError) as e:
         train("pretrain", out, f"run.resume={newest}")
@@ -225,14 +228,14 @@ def test_same_step_saved_twice_leaves_a_complete_checkpoint_at_every_instant(tmp
     import shutil
 
     import crate_mae
-    from crate_mae.engine.checkpointing import save_checkpoint
+    from crate_mae.engine.run_state import save_run_state
 
     model = crate_mae.create_model("crate_mae_tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4,
                                    decoder_depth=1)
-    save_checkpoint(tmp_path, model, {"step": 5, "tag": "first"}, keep=1)
+    save_run_state(tmp_path, model, {"step": 5, "tag": "first"}, keep=1)
 
     def intact():
-        latest = find_latest_checkpoint(tmp_path)
+        latest = find_latest_run_state(tmp_path)
         assert latest is not None and torch.load(latest / STATE_NAME, weights_only=True)["step"] == 5
 
     def checked(fn):
@@ -245,9 +248,9 @@ def test_same_step_saved_twice_leaves_a_complete_checkpoint_at_every_instant(tmp
 
     monkeypatch.setattr(shutil, "rmtree", checked(shutil.rmtree))
     monkeypatch.setattr(os, "replace", checked(os.replace))
-    save_checkpoint(tmp_path, model, {"step": 5, "tag": "second"}, keep=1)
+    save_run_state(tmp_path, model, {"step": 5, "tag": "second"}, keep=1)
     monkeypatch.undo()
-    (latest,) = list_checkpoints(tmp_path)
+    (latest,) = list_run_states(tmp_path)
     assert torch.load(latest / STATE_NAME, weights_only=True)["tag"] == "second"
 
 
@@ -297,7 +300,7 @@ def test_grad_checkpointing_trains_to_the_same_weights(task, tmp_path, monkeypat
     assert not calls
     train(task, tmp_path / "ckpt", "run.max_steps=2", "run.grad_checkpointing=true")
     assert len(calls) == 2 * (4 if task == "pretrain" else 2)  # every block of every step
-    a, b = (load_file(str(list_checkpoints(tmp_path / r)[-1] / "model.safetensors")) for r in ("plain", "ckpt"))
+    a, b = (load_file(str(list_run_states(tmp_path / r)[-1] / "model.safetensors")) for r in ("plain", "ckpt"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -322,7 +325,7 @@ def test_run_files_are_as_readable_as_plain_files(tmp_path):
     finally:
         os.umask(old)
     files = [out / "config.yaml", out / "metrics.jsonl", out / "model" / "model.safetensors",
-             out / "model" / "config.json", *find_latest_checkpoint(out).iterdir()]
+             out / "model" / "config.json", *find_latest_run_state(out).iterdir()]
     assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o644"}
 
 
@@ -334,10 +337,10 @@ def test_collectives_under_torchrun(tmp_path):
     import sys
     from pathlib import Path
 
-    from test_pretrain import ENV, _free_port
+    from _pretrain_tensors import ENV, free_port
 
     script = Path(__file__).with_name("_engine_ranks.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(script), str(tmp_path)]
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

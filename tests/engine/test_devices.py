@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from crate_mae.engine.checkpointing import capture_rng, restore_rng
 from crate_mae.engine.distributed import init_distributed
+from crate_mae.engine.run_state import capture_rng, restore_rng
 from crate_mae.utils import amp_dtype
 
 
