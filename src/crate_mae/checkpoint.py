@@ -14,13 +14,12 @@ unless ``num_heads=`` is given. ISTA's eta / lambda are not stored in official w
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -28,7 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from . import models
 from ._version import __version__
-from .models.crate_mae import CrateEncoder, CrateMAE
+from .models.base import Capabilities
+from .models.crate_mae import CrateEncoder, CrateEncoderConfig, CrateMAE
 from .models.crate_supervised import SupervisedCrate
 from .models.crate_supervised import from_official as crate_supervised_from_official
 from .models.crate_supervised import is_official as is_crate_supervised_official
@@ -37,15 +37,15 @@ from .models.layers import sincos_pos_embed
 from .models.official import from_official
 from .models.official import kwargs_from_official as crate_kwargs_from_official
 from .models.registry import find_preset, list_models, model_defaults
-from .models.vit_mae import ViTMAE, vit_classifier
+from .models.vit_mae import MAEViTClassifier, ViTConfig, ViTMAE
 from .models.vit_mae import kwargs_from_official as vit_kwargs_from_official
 from .utils import atomic_write, file_sha256, state_sha256, torch_load
 from .utils.extras import require
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"crate_mae": CrateMAE, "crate": CrateEncoder, "vit_mae": ViTMAE,
-                                                       "vit": vit_classifier, "crate_supervised": SupervisedCrate}
+ARCHITECTURES: dict[str, type[Capabilities]] = {
+    cls.config_class.architecture: cls for cls in (CrateMAE, CrateEncoder, ViTMAE, MAEViTClassifier, SupervisedCrate)}
 CRATE_CLASSIFIERS = (CrateEncoder, SupervisedCrate)  # timm-style classifiers built of CRATE layers
 POS_TABLES = ("pos_embed", "decoder_pos_embed")
 HUB_PREFIX = "hf-hub:"
@@ -59,14 +59,17 @@ class CheckpointError(ValueError):
 
 # -- our format -------------------------------------------------------------------------------------------------------
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``config.json`` (architecture, constructor kwargs, ``data``: the model's data_config, its provenance,
-    ``extra``, library version) and ``model.safetensors`` into ``directory``, each atomically. Returns it."""
+    """Write ``config.json`` (architecture and config fields: ``model.config.to_dict()``, ``model``: the registry
+    preset when there is one, ``data``: the model's data_config, its provenance, ``extra``, library version) and
+    ``model.safetensors`` into ``directory``, each atomically. Returns it."""
     directory = Path(directory)
-    data = {"data": model.data_config} if getattr(model, "data_config", None) else {}
-    config = {**getattr(model, "provenance", {}), **getattr(model, "config", {}), **data, **(extra or {}),
+    if not isinstance(model, Capabilities):
+        raise ValueError(f"{type(model).__name__} is not a crate-mae model (it has no config); cannot save it in our "
+                         "format")
+    name = {"model": model.model_name} if model.model_name is not None else {}
+    data = {"data": model.data_config} if model.data_config else {}
+    config = {**model.provenance, **model.config.to_dict(), **name, **data, **(extra or {}),
               "crate_mae_version": __version__}
-    if "architecture" not in config:
-        raise ValueError(f"{type(model).__name__} has no config['architecture']; cannot save it in our format")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True, default=_json_default)
@@ -111,48 +114,28 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _type_problem(name: str, value: Any, default: Any) -> str | None:
-    """Why ``value`` cannot stand where the constructor's ``default`` stands (JSON gives no types to rely on)."""
-    if default is inspect.Parameter.empty or default is None:
-        return None
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if name == "img_size":  # also (height, width)
-            ok = ok or (isinstance(value, (list, tuple)) and len(value) == 2
-                        and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    else:
-        return None
-    return None if ok else f"{name} = {value!r} must be a {type(default).__name__}"
-
-
 def build_from_config(config: Mapping[str, Any], where: str = "config") -> nn.Module:
-    """Instantiate the architecture named in ``config``: constructor keys become ``model.config``, ``data`` its
-    ``data_config``, the rest (what a run recorded) its ``provenance``. A wrongly typed or impossible value is one
-    :class:`CheckpointError` naming ``where``."""
+    """Instantiate the architecture named in ``config``: its config class's fields become ``model.config``
+    (``ModelConfig.from_dict``), ``model`` its ``model_name``, ``data`` its ``data_config``, the rest (what a run
+    recorded) its ``provenance``. A wrongly typed or impossible value is one :class:`CheckpointError` naming
+    ``where``."""
     arch = config.get("architecture")
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{where}: unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
-    factory = ARCHITECTURES[arch]
-    params = inspect.signature(factory).parameters
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in params}
-    problems = [p for k, v in kwargs.items() if (p := _type_problem(k, v, params[k].default))]
-    if problems:
-        raise CheckpointError(f"{where}: " + "; ".join(problems))
+    cls = ARCHITECTURES[arch]
     try:
-        model = factory(**kwargs)
+        model_config = cls.config_class.from_dict(config, where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        model = cls(model_config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
-    if config.get("model"):
-        model.config["model"] = config["model"]
+    model.model_name = config.get("model") or None
     model.data_config = dict(config.get("data") or {})
+    own = model_config.to_dict()
     model.provenance = {k: v for k, v in config.items()
-                        if k not in model.config and k not in ("data", "crate_mae_version", "model")}
+                        if k not in own and k not in ("data", "crate_mae_version", "model")}
     return model
 
 
@@ -243,21 +226,18 @@ def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Mod
     :func:`load_checkpoint` accepts."""
     drop_path_rate = overrides.pop("drop_path_rate", 0.0)
     model = source if isinstance(source, nn.Module) else load_checkpoint(source, **overrides)
-    if isinstance(model, CRATE_CLASSIFIERS) or getattr(model, "config", {}).get("architecture") == "vit":
-        model.reset_classifier(num_classes, global_pool)
-        model.config.update(num_classes=num_classes, global_pool=global_pool)
+    if isinstance(model, (*CRATE_CLASSIFIERS, MAEViTClassifier)):
+        model.reset_classifier(num_classes, global_pool)  # config follows
         if isinstance(model, CRATE_CLASSIFIERS):
             model.set_drop_path(drop_path_rate)
         return model
     if isinstance(model, CrateMAE):
-        c = model.config
-        enc = CrateEncoder(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"], c["num_heads"],
-                           c["ista_step_size"], c["ista_lambda"], num_classes=num_classes, global_pool=global_pool,
-                           drop_path_rate=drop_path_rate, pos_embed_mode=c.get("pos_embed_mode", "interpolate"))
+        enc = CrateEncoder(CrateEncoderConfig.from_mae(model.config, num_classes=num_classes, global_pool=global_pool,
+                                                       drop_path_rate=drop_path_rate))
         state = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("head.")}
         missing, unexpected = enc.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
-        enc.config["model"] = c.get("model")
+        enc.model_name = model.model_name
         enc.data_config, enc.provenance = dict(model.data_config), dict(model.provenance)
         return enc
     if isinstance(model, ViTMAE):
@@ -418,7 +398,7 @@ def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) ->
         cfg["num_heads"] = _preset_heads(CrateMAE, d)
     cfg = {**cfg, **overrides}
     model = CrateMAE(**cfg)
-    model.config["model"] = find_preset(CrateMAE, embed_dim=d, patch_size=cfg["patch_size"])
+    model.model_name = find_preset(CrateMAE, embed_dim=d, patch_size=cfg["patch_size"])
     return model
 
 
@@ -440,7 +420,7 @@ def _build_crate_supervised_official(state: Mapping[str, torch.Tensor], override
         model = SupervisedCrate(**cfg)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
-    model.config["model"] = find_preset(SupervisedCrate, embed_dim=d, patch_size=cfg["patch_size"])
+    model.model_name = find_preset(SupervisedCrate, embed_dim=d, patch_size=cfg["patch_size"])
     return model
 
 
@@ -508,15 +488,14 @@ def _short(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
 
 
-def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_rate: float) -> nn.Module:
-    c = mae.config
-    vit = vit_classifier(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"], c["num_heads"],
-                         c["mlp_ratio"], c["qkv_bias"], num_classes, global_pool, drop_path_rate)
+def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_rate: float) -> MAEViTClassifier:
+    vit = MAEViTClassifier(ViTConfig.from_mae(mae.config, num_classes=num_classes, global_pool=global_pool,
+                                              drop_path_rate=drop_path_rate))
     state = {k: v for k, v in mae.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
     state["pos_embed"] = mae.pos_embed.table.clone()
     state.update({k: v for k, v in vit.state_dict().items() if k.startswith("head.")})
     vit.load_state_dict(state, strict=True)
-    vit.config["model"] = c.get("model")
+    vit.model_name = mae.model_name
     vit.data_config, vit.provenance = dict(mae.data_config), dict(mae.provenance)
     return vit
 

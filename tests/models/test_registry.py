@@ -34,7 +34,7 @@ def test_every_model_forwards_and_backwards(name):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads if g is not None)
     assert sum(int(g is not None) for g in grads) > len(grads) // 2
-    assert model.config["model"] == name
+    assert model.model_name == name
 
 
 @pytest.mark.parametrize("name,official_m", [("crate_mae_tiny", 11.56), ("crate_mae_small", 25.41),
@@ -53,7 +53,7 @@ def test_supervised_crate_has_the_official_parameter_counts(size, count):
     trains, the learned position table included)."""
     model = crate_mae.create_model(f"crate_supervised_{size}")
     assert model.num_params("official") == model.num_params("trainable") == count
-    assert model.num_classes == 1000 and (model.patch_size, model.config["img_size"]) == (16, 224)
+    assert model.num_classes == 1000 and (model.patch_size, model.config.img_size) == (16, 224)
     if size == "large":
         assert (len(model.blocks), model.num_heads) == (24, 16)
 

@@ -8,7 +8,6 @@ name, so a user fixes a config in one go. The resolved config (after overrides a
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,7 +17,7 @@ from typing import Any, Sequence
 import yaml
 
 from ..data import DATA_KINDS, IMAGENET_MEAN, IMAGENET_STD
-from ..models.registry import _MODELS, list_models, model_defaults
+from ..models.registry import _MODELS, list_models, model_config_fields, model_defaults
 from ..utils import atomic_write, parse_key_values, yaml_problem
 from ..utils.device import AMP_MODES
 from .optim import PARAM_GROUPS
@@ -378,14 +377,14 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     else:
         check(m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
               "pretraining needs a masked autoencoder (crate_mae_* or vit_mae_*), not an encoder-only classifier")
-        params = inspect.signature(_MODELS[m.name].__init__).parameters
+        params = model_config_fields(m.name)
         if not isinstance(m.overrides, dict):
             errors.append(f"model.overrides = {m.overrides!r}: must be a mapping of constructor keywords")
         else:
             for k, v in m.overrides.items():
                 if k == "img_size":
                     errors.append(f"model.overrides.img_size = {v!r}: set data.img_size instead (one source of truth)")
-                elif k not in params or k == "self":
+                elif k not in params:
                     errors.append(f"model.overrides.{k} = {v!r}: not a constructor argument of {m.name}")
             check.model_overrides(m.overrides)
     check(number(m.mask_ratio) and 0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "must be in (0, 1)")

@@ -153,7 +153,7 @@ def run_suite(ckpt: str | os.PathLike, root: str | os.PathLike | None = None,
     if not info.is_main:
         return None
     ckpt_info = {"checkpoint": str(ckpt), "checkpoint_sha256": sha, "label": label or _label(ckpt, model, seed),
-                 "model": model.config.get("model"), "architecture": model.config.get("architecture"),
+                 "model": model.model_name, "architecture": model.config.architecture,
                  "random_init": bool(model.provenance.get("random_init"))}
     suite = {"format": FORMAT, **ckpt_info, "protocol": _protocol(view, probe, layers), "datasets": {}}
     for plan in plans:  # phase 2, rank 0: probes

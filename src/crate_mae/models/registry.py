@@ -4,7 +4,8 @@ conversion reads heads and preset names off it too (heads cannot be read off squ
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable
+from dataclasses import fields
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -38,6 +39,12 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
+def model_config_fields(name: str) -> dict[str, Any]:
+    """The constructor keywords of the preset's architecture (its config dataclass's fields) and their defaults."""
+    _check_name(name)
+    return {f.name: f.default for f in fields(_MODELS[name].config_class)}
+
+
 def find_preset(factory: Callable[..., nn.Module], **match) -> str | None:
     """The first preset built by ``factory`` whose keywords include ``match`` (e.g. ``embed_dim=768``), or None."""
     return next((n for n in _MODELS if _MODELS[n] is factory and match.items() <= _DEFAULTS[n].items()), None)
@@ -52,7 +59,7 @@ def create_model(name: str, **overrides) -> nn.Module:
         model = _MODELS[name](**kwargs)
     except TypeError as e:
         raise ValueError(f"bad argument for model {name!r}: {e}") from None
-    model.config["model"] = name
+    model.model_name = name
     return model
 
 
