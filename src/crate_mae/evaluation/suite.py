@@ -42,7 +42,7 @@ from ..checkpoint import load_model
 from ..data import DEFAULT_TRANSFER, TRANSFER_SETS, TransferData, find_transfer_data
 from ..engine.distributed import cleanup_distributed, init_distributed
 from ..models.base import layer_index
-from ..utils import amp_dtype, atomic_write
+from ..utils import amp_dtype, atomic_write, usable_cores
 from .features import (
     FeatureSet,
     check_compatible,
@@ -278,7 +278,7 @@ def probe_dataset(fit: FeatureSet, test: FeatureSet, data: TransferData | None =
                 tasks.append(delayed(logistic_probe)(x[a], y[a], x[b], y[b], Cs=[C], max_iter=max_iter, seed=seed))
                 tasks.append(delayed(logistic_probe)(x, y, xt, yt, Cs=[C], max_iter=max_iter, seed=seed))
     if jobs is None:
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        jobs = usable_cores()
     outs = Parallel(n_jobs=max(1, min(jobs, len(tasks))))(tasks)
     paper = outs[0]
     name = data.name if data is not None else fit.meta.get("suite_dataset")
