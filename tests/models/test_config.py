@@ -109,9 +109,11 @@ def test_dict_reads_still_work_for_one_release_with_a_warning():
     with pytest.deprecated_call():
         assert dict(model.config) == model.config.to_dict()
     with pytest.deprecated_call():
-        assert "architecture" in model.config
+        assert "architecture" in model.config and "model" not in model.config
     with pytest.deprecated_call(), pytest.raises(KeyError, match="model.model_name"):
         model.config["model"]
+    with pytest.deprecated_call(), pytest.raises(KeyError, match="model.model_name"):
+        model.config.get("model")
     assert model.model_name == "crate_mae_tiny"
 
 

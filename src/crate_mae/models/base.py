@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from .embedding import tokens_with_mask_tokens, visible_tokens
 from .masking import masked_mse, normalize_patches, patchify, unpatchify
 
-C = TypeVar("C", bound="ModelConfig")
+ConfigT = TypeVar("ConfigT", bound="ModelConfig")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,13 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ValueError for values the model cannot be built with."""
 
+    @classmethod
+    def from_mae(cls: type[ConfigT], mae: ModelConfig, **changes: Any) -> ConfigT:
+        """This architecture as the encoder of the autoencoder config ``mae`` (``CrateEncoderConfig`` from a
+        ``CrateMAEConfig``, ``ViTConfig`` from a ``ViTMAEConfig``): the fields both have, then ``changes``."""
+        shared = {f.name for f in fields(mae)}
+        return cls(**{**{f.name: getattr(mae, f.name) for f in fields(cls) if f.name in shared}, **changes})
+
     def to_dict(self) -> dict[str, Any]:
         """``architecture`` and every field, JSON-ready (tuples as lists): the model part of ``config.json``."""
         out: dict[str, Any] = {"architecture": self.architecture}
@@ -63,7 +70,7 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls: type[C], d: Mapping[str, Any], where: str = "config") -> C:
+    def from_dict(cls: type[ConfigT], d: Mapping[str, Any], where: str = "config") -> ConfigT:
         """The config held in ``d`` (a ``config.json``; keys that are not fields are ignored). A wrongly typed or
         impossible value is one ValueError naming ``where`` (JSON gives no types to rely on)."""
         if d.get("architecture", cls.architecture) != cls.architecture:
@@ -79,30 +86,33 @@ class ModelConfig:
             raise ValueError(f"{where}: {e}") from None
 
     # -- deprecated dict-style reads (one release) ----------------------------------------------------------------
-    def _dict_read(self, key: Any) -> None:
-        warnings.warn(f"reading model.config as a dict is deprecated: model.config is a {type(self).__name__}; "
-                      f"use model.config.{key} (or model.config.to_dict())", DeprecationWarning, stacklevel=3)
-        if key == "model":
-            raise KeyError("'model': the registry preset name is no longer in config; read model.model_name")
+    def _dict_read(self, key: Any = None) -> None:
+        instead = f"model.config.{key}" if isinstance(key, str) else "its attributes or model.config.to_dict()"
+        warnings.warn(f"reading model.config as a dict is deprecated: it is a {type(self).__name__} now; read "
+                      f"{instead}", DeprecationWarning, stacklevel=3)
 
     def __getitem__(self, key: str) -> Any:
         self._dict_read(key)
+        if key == "model":
+            raise KeyError("'model': the registry preset name is no longer in config; read model.model_name")
         return self.to_dict()[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         self._dict_read(key)
+        if key == "model":
+            raise KeyError("'model': the registry preset name is no longer in config; read model.model_name")
         return self.to_dict().get(key, default)
 
     def __contains__(self, key: object) -> bool:
-        self._dict_read(key)
+        self._dict_read()
         return key in self.to_dict()
 
     def keys(self):
-        self._dict_read("keys()")
+        self._dict_read()
         return self.to_dict().keys()
 
     def items(self):
-        self._dict_read("items()")
+        self._dict_read()
         return self.to_dict().items()
 
 

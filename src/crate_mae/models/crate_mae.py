@@ -11,7 +11,7 @@ gives the faster visible-only variant (MAE's frame, see ``embedding.py``), which
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -58,12 +58,6 @@ class CrateEncoderConfig(ModelConfig):
         check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth,
                      self.ista_step_size, self.ista_lambda)
         check_global_pool(self.global_pool)
-
-    @classmethod
-    def from_mae(cls, mae: ModelConfig, **changes: Any) -> CrateEncoderConfig:
-        """The encoder of the autoencoder ``mae``: the fields the two share, then ``changes``."""
-        shared = {f.name for f in fields(mae)}
-        return cls(**{**{f.name: getattr(mae, f.name) for f in fields(cls) if f.name in shared}, **changes})
 
 
 @dataclass(frozen=True)

@@ -83,13 +83,6 @@ class ViTConfig(ModelConfig):
     global_pool: str = "token"
     drop_path_rate: float = 0.0
 
-    @classmethod
-    def from_mae(cls, mae: ViTMAEConfig, **changes: Any) -> ViTConfig:
-        """The encoder of the autoencoder ``mae`` as a classifier: its encoder fields, then ``changes``."""
-        return cls(img_size=mae.img_size, patch_size=mae.patch_size, in_chans=mae.in_chans, embed_dim=mae.embed_dim,
-                   depth=mae.depth, num_heads=mae.num_heads, mlp_ratio=mae.mlp_ratio, qkv_bias=mae.qkv_bias,
-                   **changes)
-
 
 class ViTMAE(PatchTokens, MaskedAutoencoder):
     config_class = ViTMAEConfig
