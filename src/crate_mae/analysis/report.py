@@ -104,7 +104,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
             labels = [f"{f.parent.name}/{f.name}" for f in files]
     imgs = imgs.to(device)
     labels = labels or [f"image {i + 1}" for i in range(imgs.shape[0])]
-    cfg = {**model.config.to_dict(), "model": model.model_name}
+    cfg = {**model.config.to_dict(), **({"model": model.model_name} if model.model_name is not None else {})}
     name = model.model_name or model.config.architecture
 
     body = [f"<h1>crate-mae report: {html.escape(str(name))}</h1>",

@@ -60,7 +60,10 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True,
 
 
 def describe(model: Capabilities) -> dict:
-    info = {**model.config.to_dict(), "model": model.model_name, "params_trainable": model.num_params("trainable")}
+    info = model.config.to_dict()
+    if model.model_name is not None:  # as config.json has it
+        info["model"] = model.model_name
+    info["params_trainable"] = model.num_params("trainable")
     try:
         info["params_official"] = model.num_params("official")
     except ValueError:  # no official count for this architecture
