@@ -60,7 +60,7 @@ def evaluate(args) -> int:
     trained = crate_mae.load_checkpoint(args.out / "best")
     cfg = load_finetune_config(args.out / "config.yaml")
     torch.manual_seed(cfg.run.seed)  # what Finetuning does right before it builds the model
-    init = build_classifier(cfg, trained.config["num_classes"], cfg.data.img_size).eval()
+    init = build_classifier(cfg, trained.config.num_classes, cfg.data.img_size).eval()
     init.data_config = dict(trained.data_config)
     init.provenance = {"random_init": True, "seed": cfg.run.seed, "classes": trained.provenance.get("classes")}
     crate_mae.save_pretrained(init, args.out / "init")

@@ -82,9 +82,9 @@ def build(name: str, impl: str, micro: bool, device: torch.device, img_size: int
     if impl == "ours":
         return ours.to(device)
     c = ours.config
-    official = OfficialCrateMAE(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"],
-                                c["num_heads"], c["decoder_depth"], c["decoder_num_heads"], c["ista_step_size"],
-                                c["ista_lambda"], c["norm_pix_loss"])
+    official = OfficialCrateMAE(c.img_size, c.patch_size, c.in_chans, c.embed_dim, c.depth, c.num_heads,
+                                c.decoder_depth, c.decoder_num_heads, c.ista_step_size, c.ista_lambda,
+                                c.norm_pix_loss)
     official.load_state_dict(to_official(ours))
     return official.to(device)
 

@@ -111,9 +111,9 @@ def create(model: str, px: int, overrides: dict, **kw) -> torch.nn.Module:
 
 def official_of(ours) -> OfficialCrateMAE:
     c = ours.config
-    official = OfficialCrateMAE(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"],
-                                c["num_heads"], c["decoder_depth"], c["decoder_num_heads"], c["ista_step_size"],
-                                c["ista_lambda"], c["norm_pix_loss"])
+    official = OfficialCrateMAE(c.img_size, c.patch_size, c.in_chans, c.embed_dim, c.depth, c.num_heads,
+                                c.decoder_depth, c.decoder_num_heads, c.ista_step_size, c.ista_lambda,
+                                c.norm_pix_loss)
     official.load_state_dict(to_official(ours))
     return official
 
@@ -355,7 +355,7 @@ def visible_only_bounds(args, model: str, px: int, batch: int) -> dict:
     out = {"official": dict(total=train_flops(official_of(create(model, px, args.overrides)), batch, px))}
     for frame, kw in (("ours", {}), ("visible-only", dict(mask_tokens_in_encoder=False))):
         full = create(model, px, args.overrides, **kw)
-        depth = full.config["depth"]
+        depth = full.config.depth
         one = create(model, px, args.overrides, depth=1, **kw)
         f_full, f_one = train_flops(full, batch, px), train_flops(one, batch, px)
         encoder = (f_full - f_one) / (depth - 1) * depth if depth > 1 else float("nan")

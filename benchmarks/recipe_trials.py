@@ -122,7 +122,7 @@ def run_trial(args: argparse.Namespace) -> dict:
     line["params"] = sum(p.numel() for p in model.parameters())
     mean, std, size = cfg.data.mean, cfg.data.std, cfg.data.img_size
     line["val_loss"] = round(masked_val_loss(model, args.data, mean, std, size, cfg.model.mask_ratio), 4)
-    depth = len(model.encoder.blocks) if hasattr(model, "encoder") else len(model.blocks)
+    depth = len(model.encoder_blocks())
     feats = {s: compute_features(model, args.data, s, layers=list(range(depth)), batch_size=256, num_workers=0,
                                  progress=False, mean=mean, std=std, img_size=size, fingerprint=args.name)
              for s in ("train", "val")}
@@ -137,7 +137,7 @@ def run_trial(args: argparse.Namespace) -> dict:
         line[f"layers_{pool}"] = [logreg(pool, i) for i in range(depth)]
         line[f"knn_{pool}"] = round(knn_evaluate(tr.get(pool), tr.labels, va.get(pool), va.labels,
                                                  len(tr.classes), ks=(20,))[20]["top1"], 2)
-    if hasattr(model, "encoder"):  # CRATE: the white-box measurements
+    if model.white_box:  # CRATE: the white-box measurements
         line.update(layer_curves(model, args.data, mean, std, size))
     return line
 

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.manual_seed(0)
     model = crate_mae.create_model(args.model, **parse_key_values(args.overrides))
-    size = model.config["img_size"]
+    size = model.config.img_size
     size = size[0] if isinstance(size, (list, tuple)) else size
     device = torch.device(args.device) if args.device else default_device()
     flops = flops_per_image(model, size)

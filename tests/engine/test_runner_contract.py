@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -19,6 +19,7 @@ from crate_mae.engine.optim import build_optimizer
 from crate_mae.engine.run_state import find_latest_run_state, load_training_state
 from crate_mae.engine.runner import Runner, Task, TaskContext, TrainState, run
 from crate_mae.engine.sampling import SeededSamples
+from crate_mae.models import Capabilities, ModelConfig
 
 
 @dataclass
@@ -44,6 +45,21 @@ class ToyConfig:
         return plain(dataclasses.asdict(self))
 
 
+@dataclass(frozen=True)
+class ToyLinearConfig(ModelConfig):
+    architecture: ClassVar[str] = "toy"
+
+
+class ToyLinear(Capabilities, nn.Linear):
+    """y = x @ w as a model of the contract (what save_pretrained writes into config.json)."""
+
+    config_class = ToyLinearConfig
+
+    def __init__(self) -> None:
+        nn.Linear.__init__(self, 4, 1)
+        self.init_contract(ToyLinearConfig())
+
+
 class Regression(Task):
     """y = x @ w on 16 random points; the hooks record what they were given."""
 
@@ -52,8 +68,7 @@ class Regression(Task):
     def __init__(self, cfg: ToyConfig, info: DistInfo, seen: list):
         super().__init__(cfg, info)
         self.seen = seen
-        self.model = nn.Linear(4, 1)
-        self.model.config = {"architecture": "toy"}  # what save_pretrained writes into config.json
+        self.model = ToyLinear()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(16, 4, generator=g)
         self.train_set = SeededSamples(torch.utils.data.TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0])),

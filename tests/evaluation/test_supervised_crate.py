@@ -36,9 +36,9 @@ def test_finetune_trains_a_registered_supervised_crate_from_random_init(image_fo
     losses = [h["loss"] for h in result["details"]["history"]]
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.15 and result["metrics"]["top1"] == 100.0
     best = crate_mae.load_checkpoint(out / "best")
-    assert isinstance(best, SupervisedCrate) and best.config["num_classes"] == 2
+    assert isinstance(best, SupervisedCrate) and best.config.num_classes == 2
     assert best.provenance["classes"] == ["cat", "dog"] and best.data_config["img_size"] == 32
-    assert (best.config["embed_dim"], best.config["depth"], best.config["patch_size"]) == (32, 2, 8)
+    assert (best.config.embed_dim, best.config.depth, best.config.patch_size) == (32, 2, 8)
     # the network it started from (seed run.seed = 0, as the run builds it) does not know the classes
     torch.manual_seed(0)
     init = crate_mae.create_model("crate_supervised_tiny", num_classes=2, img_size=32, **SMALL).eval()
@@ -68,7 +68,7 @@ def test_load_encoder_renews_the_head_and_applies_drop_path():
     assert isinstance(clf, SupervisedCrate) and clf.head.out_features == 2
     assert torch.equal(clf.fc_norm.weight, official["mlp_head.0.weight"])  # the head's norm is part of the trunk
     assert isinstance(clf.blocks[-1].drop_path, DropPath) and clf.blocks[-1].drop_path.drop_prob == pytest.approx(0.2)
-    assert clf.config["drop_path_rate"] == 0.2 and clf.config["num_classes"] == 2
+    assert clf.config.drop_path_rate == 0.2 and clf.config.num_classes == 2
 
 
 def test_features_linprobe_and_knn_on_official_weights(image_folder, tmp_path, capsys):

@@ -62,7 +62,7 @@ def test_from_pretrained_reads_the_local_cache_offline(model, tmp_path: Path):
     cache = tmp_path / "cache"
     put_in_cache(cache, "org/tiny", tmp_path / "repo")
     loaded = crate_mae.from_pretrained("hf-hub:org/tiny", cache_dir=cache)
-    assert same_weights(loaded, model) and loaded.config["embed_dim"] == 32
+    assert same_weights(loaded, model) and loaded.config.embed_dim == 32
     pinned = crate_mae.from_pretrained(f"hf-hub:org/tiny@{COMMIT}", cache_dir=cache)
     assert same_weights(pinned, model)
     with pytest.raises(ValueError, match="pins revision"):

@@ -100,7 +100,7 @@ def test_from_pretrained_reads_our_format_only(tmp_path, tiny_model_kwargs):
     crate_mae.save_pretrained(crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs), tmp_path / "run" / "model")
     with pytest.raises(FileNotFoundError, match="no config.json in"):
         crate_mae.from_pretrained(tmp_path / "run")  # a run directory is load_checkpoint's, not from_pretrained's
-    assert crate_mae.load_checkpoint(tmp_path / "run").config["model"] == "crate_mae_tiny"
+    assert crate_mae.load_checkpoint(tmp_path / "run").model_name == "crate_mae_tiny"
     with pytest.raises(ValueError, match="apply to 'hf-hub:ORG/NAME' sources"):
         crate_mae.load_checkpoint(tmp_path / "run", download=True)
 

@@ -56,7 +56,7 @@ def test_official_crate_containers(tmp_path, wrap, ext):
         obj = sd if wrap in ("raw", "module") else {wrap: sd, "epoch": 3}
         torch.save(obj, path)
     loaded = crate_mae.load_checkpoint(path, num_heads=4)
-    assert loaded.config["img_size"] == 32 and loaded.config["depth"] == 2 and loaded.config["patch_size"] == 8
+    assert loaded.config.img_size == 32 and loaded.config.depth == 2 and loaded.config.patch_size == 8
     assert _same_outputs(model, loaded)
 
 
@@ -114,7 +114,7 @@ def test_vit_mae_with_and_without_decoder(tmp_path):
     sd = dict(vit.state_dict())
     sd["pos_embed"] = vit.pos_embed.table
     loaded = crate_mae.load_checkpoint(sd)  # heads from the preset for width 768 / decoder width 512
-    assert loaded.config["decoder_embed_dim"] == 512 and loaded.config["qkv_bias"]
+    assert loaded.config.decoder_embed_dim == 512 and loaded.config.qkv_bias
     assert _same_outputs(vit, loaded)
     enc_only = {k: v for k, v in sd.items() if not k.startswith(("decoder", "mask_token"))}
     with pytest.warns(UserWarning, match="has no decoder"):

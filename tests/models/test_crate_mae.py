@@ -191,7 +191,7 @@ def test_both_masking_frames(name, tiny_model_kwargs):
         assert torch.equal(out.latent, same.latent) and torch.equal(out.pred, same.pred)
         out.loss.backward()
         assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
-        assert model.config["mask_tokens_in_encoder"] is in_encoder
+        assert model.config.mask_tokens_in_encoder is in_encoder
         assert model.forward_features(imgs).shape == (2, 17, 32)
 
 

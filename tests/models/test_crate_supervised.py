@@ -26,8 +26,8 @@ def test_crate_micro_reproduces_the_official_outputs():
     model, io, meta = micro()
     assert isinstance(model, SupervisedCrate) and not model.training
     c = model.config
-    assert (c["img_size"], c["patch_size"], c["embed_dim"], c["depth"], c["num_classes"]) == (32, 4, 64, 3, 10)
-    assert (c["ista_step_size"], c["ista_lambda"]) == (meta["ista_step_size"], meta["ista_lambda"])
+    assert (c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_classes) == (32, 4, 64, 3, 10)
+    assert (c.ista_step_size, c.ista_lambda) == (meta["ista_step_size"], meta["ista_lambda"])
     assert model.num_params("official") == meta["n_parameters"]
     with torch.no_grad():
         torch.testing.assert_close(model(io["imgs"]), io["logits"], **TOL)
@@ -65,7 +65,7 @@ def test_official_containers(tmp_path, wrap, ext):
 def test_heads_come_from_the_preset_of_the_width_or_must_be_given():
     official = to_official(crate_mae.create_model("crate_supervised_tiny", img_size=32, depth=1, num_classes=3))
     model = crate_mae.load_checkpoint(official)
-    assert model.num_heads == 6 and model.config["model"] == "crate_supervised_tiny"  # 384 wide: CRATE_tiny
+    assert model.num_heads == 6 and model.model_name == "crate_supervised_tiny"  # 384 wide: CRATE_tiny
     path, _, _ = official_fixture("crate_micro")
     with pytest.raises(CheckpointError, match="cannot infer num_heads for width 64.*pass num_heads="):
         crate_mae.load_checkpoint(path)
@@ -79,7 +79,7 @@ def test_shapes_are_read_off_the_state_dict():
     gray = to_official(SupervisedCrate(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=4))
     with pytest.raises(CheckpointError, match="patch dimension 16 is not p\\*p\\*3"):
         crate_mae.load_checkpoint(gray, num_heads=4)
-    assert crate_mae.load_checkpoint(gray, in_chans=1, num_heads=4).config["patch_size"] == 4
+    assert crate_mae.load_checkpoint(gray, in_chans=1, num_heads=4).config.patch_size == 4
     bad = dict(sd, **{"transformer.layers.0.0.fn.qkv.weight": torch.zeros(128, 64)})
     with pytest.raises(CheckpointError, match="dim_head \\* heads != dim"):
         crate_mae.load_checkpoint(bad, num_heads=4)
@@ -105,7 +105,7 @@ def test_roundtrip_through_our_format(tmp_path):
     crate_mae.save_pretrained(model, tmp_path / "m")
     again = crate_mae.load_checkpoint(tmp_path / "m")
     assert isinstance(again, SupervisedCrate)
-    assert again.config == {k: v for k, v in model.config.items() if k != "model"}  # no preset has width 64
+    assert again.config == model.config and again.model_name is model.model_name is None  # no preset: width 64
     with torch.no_grad():
         assert torch.equal(again(io["imgs"]), model(io["imgs"]))
 
@@ -113,7 +113,7 @@ def test_roundtrip_through_our_format(tmp_path):
 def test_model_contract():
     model = crate_mae.create_model("crate_supervised_small", **SMALL).eval()
     assert not model.has_decoder and model.white_box
-    assert model.config["architecture"] == "crate_supervised" and model.config["model"] == "crate_supervised_small"
+    assert model.config.architecture == "crate_supervised" and model.model_name == "crate_supervised_small"
     assert model.data_config == {} and model.provenance == {}
     imgs = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_model_contract():
     assert attn.shape == (3, 4, 17, 17)
     torch.testing.assert_close(attn.sum(-1), torch.ones(3, 4, 17))
     # config rebuilds the same architecture (what our format stores)
-    rebuilt = build_from_config(model.config)
+    rebuilt = build_from_config(model.config.to_dict())
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(imgs), model(imgs))
@@ -143,7 +143,7 @@ def test_model_contract():
 
 def test_ista_lambda_is_a_keyword_and_the_step_is_the_official_one():
     model = crate_mae.create_model("crate_supervised_tiny", **SMALL)
-    assert model.config["ista_lambda"] == 0.1 and model.blocks[0].ista.lambd == 0.1  # the official fixed value
+    assert model.config.ista_lambda == 0.1 and model.blocks[0].ista.lambd == 0.1  # the official fixed value
     assert crate_mae.create_model("crate_supervised_tiny", **SMALL, ista_lambda=0.5).blocks[1].ista.lambd == 0.5
     ista = model.blocks[0].ista
     official = OfficialISTA(32, 0.1, 0.1)

@@ -83,7 +83,7 @@ def test_paper_vit_mae_micro_reproduces_official_outputs():
     path, io, meta = official_fixture("paper_vit_mae_micro")
     model = crate_mae.load_checkpoint(path, mask_tokens_in_encoder=True, num_heads=meta["num_heads"],
                                       decoder_num_heads=meta["decoder_num_heads"])
-    assert model.mask_tokens_in_encoder and not model.config["qkv_bias"]
+    assert model.mask_tokens_in_encoder and not model.config.qkv_bias
     assert model.num_params("official") == meta["n_parameters"]
     with torch.no_grad():
         out = model(io["imgs"], mask_ratio=meta["mask_ratio"], noise=io["noise"])

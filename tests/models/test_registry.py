@@ -35,7 +35,7 @@ def test_every_model_forwards_and_backwards(name):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads if g is not None)
     assert sum(int(g is not None) for g in grads) > len(grads) // 2
-    assert model.config["model"] == name
+    assert model.model_name == name
 
 
 @pytest.mark.parametrize("name,official_m", [("crate_mae_tiny", 11.56), ("crate_mae_small", 25.41),
@@ -54,7 +54,7 @@ def test_supervised_crate_has_the_official_parameter_counts(size, count):
     trains, the learned position table included)."""
     model = crate_mae.create_model(f"crate_supervised_{size}")
     assert model.num_params("official") == model.num_params("trainable") == count
-    assert model.num_classes == 1000 and (model.patch_size, model.config["img_size"]) == (16, 224)
+    assert model.num_classes == 1000 and (model.patch_size, model.config.img_size) == (16, 224)
     if size == "large":
         assert (len(model.blocks), model.num_heads) == (24, 16)
 
@@ -93,6 +93,6 @@ def test_one_registry_holds_presets_and_architectures():
     factories = {crate_mae.models.architecture_factory(a) for a in crate_mae.models.list_architectures()}
     assert all(model_factory(name) in factories for name in crate_mae.list_models())
     model = crate_mae.models.build_model("crate_mae_tiny", **TINY, decoder_depth=1)
-    assert crate_mae.models.architecture_factory(model.config["architecture"]) is CrateMAE
+    assert crate_mae.models.architecture_factory(model.config.architecture) is CrateMAE
     with pytest.raises(ValueError, match="unknown architecture 'nope'"):
         crate_mae.models.architecture_factory("nope")

@@ -118,7 +118,7 @@ def _shade_outside(ax, photo: np.ndarray, mask: np.ndarray, color: str = "yellow
 
 def _layer_number(model: nn.Module, layer: int) -> tuple[int, int]:
     """(1-based layer number, number of encoder layers) for titles; every model's config holds its depth."""
-    n_layers = model.config["depth"]
+    n_layers = model.config.depth
     return layer % n_layers + 1, n_layers
 
 

@@ -177,8 +177,7 @@ def measure_layers(model: nn.Module, images: torch.Tensor | Iterable[torch.Tenso
     if n_images == 0:
         raise ValueError("no images to measure")
     values = {k: {m: np.concatenate(v) for m, v in d.items()} for k, d in acc.items()}
-    cfg = getattr(model, "config", {}) or {}
-    meta = dict(model=cfg.get("model", type(model).__name__), convention=conv.name,
+    meta = dict(model=model.model_name or type(model).__name__, convention=conv.name,
                 eps=conv.eps if conv.name == "raw" else None, eps_sq=conv.eps_sq,
                 convention_description=conv.describe(), mask_ratio=mask_ratio, num_images=n_images,
                 tokens_per_image=tokens, seed=seed, metrics=METRIC_LABELS)

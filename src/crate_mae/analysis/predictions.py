@@ -22,12 +22,12 @@ from .inputs import Normalization, full_precision
 
 def is_classifier(model: nn.Module) -> bool:
     """A model without decoder whose head has classes (its config's ``num_classes``)."""
-    return not model.has_decoder and model.config.get("num_classes", 0) > 0
+    return not model.has_decoder and model.config.num_classes > 0
 
 
 def class_names(model: nn.Module) -> tuple[list[str], str]:
     """``(names, where they come from)`` for the model's ``num_classes`` outputs."""
-    n = model.config.get("num_classes", 0)
+    n = model.config.num_classes if is_classifier(model) else 0
     recorded = model.provenance.get("classes")
     if isinstance(recorded, list) and len(recorded) == n:
         return [str(c) for c in recorded], "recorded with the weights"

@@ -104,8 +104,8 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
             labels = [f"{f.parent.name}/{f.name}" for f in files]
     imgs = imgs.to(device)
     labels = labels or [f"image {i + 1}" for i in range(imgs.shape[0])]
-    cfg = dict(model.config)
-    name = cfg.get("model") or cfg.get("architecture") or type(model).__name__
+    cfg = {**model.config.to_dict(), **({"model": model.model_name} if model.model_name is not None else {})}
+    name = model.model_name or model.config.architecture
 
     body = [f"<h1>crate-mae report: {html.escape(str(name))}</h1>",
             f'<p class="note">checkpoint: {html.escape(source)} &middot; images: {html.escape(img_source)} '
@@ -120,7 +120,7 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     for conv in ("trainable", "official"):
         try:
             counts.append((f"parameters ({conv})", f"{model.num_params(conv):,}"))
-        except (AttributeError, ValueError):
+        except ValueError:  # no official count for this architecture
             pass
     card = counts + [("normalisation mean / std", f"{list(norm.mean)} / {list(norm.std)}")]
     card += [(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in sorted(cfg.items())]

@@ -17,7 +17,7 @@ from ..io import (
     save_for_hub,
     save_pretrained,
 )
-from ..models import list_models
+from ..models import Capabilities, list_models
 from ..utils import file_sha256, parse_key_values
 
 CKPT_HELP = ("a run directory (its model/), a checkpoint (our folder or model.safetensors, an official CRATE-MAE, "
@@ -66,15 +66,15 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True,
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
 
 
-def describe(model) -> dict:
-    info = {k: v for k, v in model.config.items()}
-    info["params_trainable"] = model.num_params("trainable") if hasattr(model, "num_params") else \
-        sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if hasattr(model, "num_params"):
-        try:
-            info["params_official"] = model.num_params("official")
-        except ValueError:
-            pass
+def describe(model: Capabilities) -> dict:
+    info = model.config.to_dict()
+    if model.model_name is not None:  # as config.json has it
+        info["model"] = model.model_name
+    info["params_trainable"] = model.num_params("trainable")
+    try:
+        info["params_official"] = model.num_params("official")
+    except ValueError:  # no official count for this architecture
+        pass
     return info
 
 
@@ -89,8 +89,8 @@ def _info(args) -> int:
     info = describe(model)
     if args.forward:
         c = model.config
-        size = c["img_size"] if isinstance(c["img_size"], (list, tuple)) else (c["img_size"], c["img_size"])
-        imgs = torch.randn(2, c.get("in_chans", 3), *size)
+        size = c.img_size if isinstance(c.img_size, tuple) else (c.img_size, c.img_size)
+        imgs = torch.randn(2, c.in_chans, *size)
         with torch.no_grad():
             out = model(imgs) if model.has_decoder else model.forward_features(imgs)
         if model.has_decoder:
@@ -125,7 +125,7 @@ def _convert(args) -> int:
     src = Path(args.src)
     if src.is_file():
         fmt = detect_format(read_state_dict(src))
-        known = OFFICIAL_SOURCES.get(model.config["architecture"], {}) if fmt.endswith("_official") else {}
+        known = OFFICIAL_SOURCES.get(model.config.architecture, {}) if fmt.endswith("_official") else {}
         model.provenance["weights_source"] = {"file": src.name, "sha256": file_sha256(src), "format": fmt, **known,
                                           **{k: v for k, v in (("upstream", args.source), ("license", args.license),
                                                                ("data", args.data)) if v}}
@@ -136,5 +136,5 @@ def _convert(args) -> int:
         out = save_pretrained(model, args.out_dir)
     card = f" and {out / 'README.md'}" if args.model_card else ""
     print(f"wrote {out / 'config.json'}, {out / 'model.safetensors'}{card} "
-          f"({model.config['architecture']}, {model.num_params('trainable'):,} trainable parameters)")
+          f"({model.config.architecture}, {model.num_params('trainable'):,} trainable parameters)")
     return 0

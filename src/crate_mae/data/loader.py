@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..utils import usable_cores
+
 
 def seed_worker(worker_id: int) -> None:
     """Seed numpy and ``random`` in a worker from its torch seed (which DataLoader derives from its generator), so
@@ -31,7 +33,7 @@ def resolve_num_workers(num_workers: int | str, device: torch.device | str) -> i
     """
     if num_workers != "auto":
         return int(num_workers)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if torch.device(device).type != "cpu":
         return max(0, min(8, cores - 1))

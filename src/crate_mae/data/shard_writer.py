@@ -9,7 +9,7 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 from PIL import Image
 from tqdm import tqdm
@@ -117,8 +117,7 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int 
                               "filesize": (out / name).stat().st_size})
     finally:
         bar.close()
-        if hasattr(items, "close"):
-            items.close()
+        items.close()  # a generator: ends the worker pool now, not when it is collected
     if not shardlist:
         raise UnreadableImageError(f"none of the {len(ds.samples)} image files under {src} can be read; "
                                    "no shards written")
@@ -151,7 +150,7 @@ def _readable(write: Callable[[str], None]) -> Callable[[str], None]:
     return wrapped
 
 
-def _encoded(samples: list[tuple[str, int]], workers: int) -> Iterator[tuple[str, int, bytes | None, str]]:
+def _encoded(samples: list[tuple[str, int]], workers: int) -> Generator[tuple[str, int, bytes | None, str], None, None]:
     """``_encode_safe`` over the samples, in order, in this process or a pool of ``workers``."""
     if workers == 0:
         yield from map(_encode_safe, samples)

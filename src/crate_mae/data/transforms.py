@@ -13,6 +13,8 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
+from ..models.base import Capabilities
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -23,8 +25,9 @@ def resolve_data_config(model: torch.nn.Module) -> dict:
     """The preprocessing a model expects, the one place it is read: ``img_size``, ``mean``, ``std`` from the
     ``data_config`` its weights came with (written by pretraining / fine-tuning), else the model's own ``img_size``
     and ImageNet statistics."""
-    saved = getattr(model, "data_config", None) or {}  # a foreign nn.Module has none
-    size = saved.get("img_size") or getattr(model, "config", {}).get("img_size", 224)
+    ours = isinstance(model, Capabilities)  # a foreign nn.Module has neither data_config nor config
+    saved = model.data_config if ours else {}
+    size = saved.get("img_size") or (model.config.img_size if ours else 224)
     return {"img_size": int(size[0] if isinstance(size, (list, tuple)) else size),
             "mean": list(saved.get("mean", IMAGENET_MEAN)), "std": list(saved.get("std", IMAGENET_STD))}
 

@@ -56,7 +56,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
         return adamw(groups, lr, betas)
     if param_groups not in PARAM_GROUPS:
         raise ValueError(f"param_groups must be one of {PARAM_GROUPS}, got {param_groups!r}")
-    skip = set(model.no_weight_decay()) if param_groups == "timm" and hasattr(model, "no_weight_decay") else set()
+    skip = set(model.no_weight_decay()) if param_groups == "timm" else set()
     groups = param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip)
     return adamw(groups, lr, betas)
 

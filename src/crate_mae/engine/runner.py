@@ -233,10 +233,7 @@ class Runner:
         torch.manual_seed(r.seed)  # identical initialisation on every rank
         self.task = make_task(cfg, info)
         if r.grad_checkpointing:
-            if not hasattr(self.task.model, "set_grad_checkpointing"):
-                raise ValueError(f"run.grad_checkpointing = true, but {type(self.task.model).__name__} has no "
-                                 "set_grad_checkpointing")
-            self.task.model.set_grad_checkpointing(True)
+            self.task.model.set_grad_checkpointing(True)  # part of every model's contract (models/base.py)
         seed_all(r.seed + info.rank)  # then rank-specific streams for drop path and mixup
 
         self.sampler = EpochSampler(len(self.task.train_set), o.batch_size, r.seed, info.rank, info.world_size)

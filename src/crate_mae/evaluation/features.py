@@ -29,7 +29,7 @@ from .._version import __version__
 from ..data import ImageFiles, build_dataset, eval_transform, resolve_data_config
 from ..engine.distributed import DistInfo, agree
 from ..io import load_model
-from ..models.base import layer_index
+from ..models.base import Capabilities, layer_index
 from ..utils import amp_dtype, atomic_write, default_device, state_sha256
 from ..utils.progress import Progress
 
@@ -116,10 +116,11 @@ def read_feature_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def encoder_blocks(model: nn.Module) -> nn.Module:
     """The encoder's transformer blocks of any supported model (CrateMAE, CrateEncoder, ViTMAE, timm ViT)."""
-    owner = model.encoder if hasattr(model, "encoder") and hasattr(model.encoder, "blocks") else model
-    if not isinstance(getattr(owner, "blocks", None), (nn.ModuleList, nn.Sequential)):
+    # a foreign nn.Module (outside the contract of models/base.py) may still keep them where timm's ViT does
+    blocks = model.encoder_blocks() if isinstance(model, Capabilities) else getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
         raise ValueError(f"{type(model).__name__} has no encoder blocks; cannot read intermediate layers")
-    return owner.blocks
+    return blocks
 
 
 @torch.no_grad()
@@ -286,9 +287,9 @@ def eval_view(model: nn.Module, img_size: int | None = None, crop_pct: float | N
 def feature_meta(model: nn.Module, checkpoint: str, sha: str, dataset: str, split: str | None, view: dict,
                  raw: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
     """The provenance a feature file carries (probes compare ``checkpoint_sha256``, ``precision``, classes)."""
-    config = getattr(model, "config", {})  # a foreign nn.Module has none
-    return {"checkpoint": checkpoint, "checkpoint_sha256": sha, "model": config.get("model"),
-            "architecture": config.get("architecture"), "dataset": dataset, "split": split,
+    ours = isinstance(model, Capabilities)  # a foreign nn.Module has no config
+    return {"checkpoint": checkpoint, "checkpoint_sha256": sha, "model": model.model_name if ours else None,
+            "architecture": model.config.architecture if ours else None, "dataset": dataset, "split": split,
             "num_images": int(raw["labels"].shape[0]), "skipped_files": list(raw.get("skipped", [])),
             "transform": view, "layers": sorted(raw["layers"]), "crate_mae_version": __version__,
             "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")}}

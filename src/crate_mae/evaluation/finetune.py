@@ -60,9 +60,7 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
     ``L = depth + 1``, tokens and patch embedding get ``layer_decay ** L``, block ``i`` ``layer_decay ** (depth - i)``,
     the final norm and head 1. 1-D parameters (norms, biases) and ``no_weight_decay_list`` get no weight decay."""
 
-    if not hasattr(model, "group_matcher"):
-        raise ValueError(f"{type(model).__name__} has no group_matcher; layer-wise lr decay needs an encoder "
-                         "classifier")
+    model.group_matcher()  # a ValueError for a masked autoencoder, before timm builds groups
     return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=list(no_weight_decay_list),
                                     layer_decay=layer_decay)
 
@@ -189,7 +187,7 @@ class Finetuning(Task):
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        skip = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
+        skip = set(self.model.no_weight_decay())
         groups = param_groups_lrd(self.model, o.weight_decay, o.layer_decay, skip)
         return build_optimizer(self.model, lr, o.weight_decay, o.betas, param_groups=groups)
 

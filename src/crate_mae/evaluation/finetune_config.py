@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..engine.config import Checks, RunConfig, build_sections, plain, read_raw_config
-from ..models.registry import list_models
+from ..models.registry import is_registered
 
 
 @dataclass
@@ -119,7 +119,7 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
           "must be in [0, 1)")
     check(isinstance(m.overrides, dict), "model.overrides", m.overrides, "must be a mapping")
     if m.checkpoint is None:
-        check(m.name in list_models() and not m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
+        check(is_registered(m.name) and not m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
               "must be a registered encoder classifier (crate_*) when model.checkpoint is null")
     check(d.path is not None, "data.path", d.path, "required (an ImageFolder root or CIFAR directory)")
     if d.path is not None:

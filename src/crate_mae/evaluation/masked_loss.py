@@ -103,7 +103,7 @@ def _setup(source, seed, overrides, device, img_size, crop_pct, fingerprint):
         model, sha = load_model(source, seed=seed, **(overrides or {}))
         name = str(source)
     if not model.has_decoder:
-        raise ValueError(f"{name} is an encoder without a decoder ({model.config.get('architecture')}); the "
+        raise ValueError(f"{name} is an encoder without a decoder ({model.config.architecture}); the "
                          "reconstruction loss needs a masked autoencoder checkpoint")
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device).eval()
@@ -147,7 +147,7 @@ def mask_ratio_sweep(source: str | os.PathLike | nn.Module, data: str | os.PathL
     if train is not None:
         check_same_classes(_classes(train), _classes(val), f"train split ({train_split})", f"split {split}")
     size = view["img_size"]
-    h, w = model.grid_size(torch.zeros(1, model.config.get("in_chans", 3), size, size))
+    h, w = model.grid_size(torch.zeros(1, model.config.in_chans, size, size))
     noise = {"val": fixed_noise(len(val), h * w, mask_seed)}
     if train is not None:
         noise["train"] = fixed_noise(len(train), h * w, mask_seed + 1)  # a stream of its own, unlike val's

@@ -42,7 +42,7 @@ from ..data import DEFAULT_TRANSFER, TRANSFER_SETS, TransferData, find_transfer_
 from ..engine.distributed import cleanup_distributed, init_distributed
 from ..io import load_model
 from ..models.base import layer_index
-from ..utils import amp_dtype, atomic_write
+from ..utils import amp_dtype, atomic_write, usable_cores
 from .features import (
     FeatureSet,
     check_compatible,
@@ -153,7 +153,7 @@ def run_suite(ckpt: str | os.PathLike, root: str | os.PathLike | None = None,
     if not info.is_main:
         return None
     ckpt_info = {"checkpoint": str(ckpt), "checkpoint_sha256": sha, "label": label or _label(ckpt, model, seed),
-                 "model": model.config.get("model"), "architecture": model.config.get("architecture"),
+                 "model": model.model_name, "architecture": model.config.architecture,
                  "random_init": bool(model.provenance.get("random_init"))}
     suite = {"format": FORMAT, **ckpt_info, "protocol": _protocol(view, probe, layers), "datasets": {}}
     for plan in plans:  # phase 2, rank 0: probes
@@ -278,7 +278,7 @@ def probe_dataset(fit: FeatureSet, test: FeatureSet, data: TransferData | None =
                 tasks.append(delayed(logistic_probe)(x[a], y[a], x[b], y[b], Cs=[C], max_iter=max_iter, seed=seed))
                 tasks.append(delayed(logistic_probe)(x, y, xt, yt, Cs=[C], max_iter=max_iter, seed=seed))
     if jobs is None:
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        jobs = usable_cores()
     outs = Parallel(n_jobs=max(1, min(jobs, len(tasks))))(tasks)
     paper = outs[0]
     name = data.name if data is not None else fit.meta.get("suite_dataset")

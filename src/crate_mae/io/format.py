@@ -17,6 +17,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .._version import __version__
+from ..models.base import Capabilities
 from ..utils import atomic_write, file_sha256, torch_load
 
 CONFIG_NAME = "config.json"
@@ -29,14 +30,17 @@ class CheckpointError(ValueError):
 
 # -- writing -----------------------------------------------------------------------------------------------------------
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``config.json`` (architecture, constructor kwargs, ``data``: the model's data_config, its provenance,
-    ``extra``, library version) and ``model.safetensors`` into ``directory``, each atomically. Returns it."""
+    """Write ``config.json`` (architecture and config fields: ``model.config.to_dict()``, ``model``: the registry
+    preset when there is one, ``data``: the model's data_config, its provenance, ``extra``, library version) and
+    ``model.safetensors`` into ``directory``, each atomically. Returns it."""
     directory = Path(directory)
-    data = {"data": model.data_config} if getattr(model, "data_config", None) else {}
-    config = {**getattr(model, "provenance", {}), **getattr(model, "config", {}), **data, **(extra or {}),
+    if not isinstance(model, Capabilities):
+        raise ValueError(f"{type(model).__name__} is not a crate-mae model (it has no config); cannot save it in our "
+                         "format")
+    name = {"model": model.model_name} if model.model_name is not None else {}
+    data = {"data": model.data_config} if model.data_config else {}
+    config = {**model.provenance, **model.config.to_dict(), **name, **data, **(extra or {}),
               "crate_mae_version": __version__}
-    if "architecture" not in config:
-        raise ValueError(f"{type(model).__name__} has no config['architecture']; cannot save it in our format")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True, default=_json_default)

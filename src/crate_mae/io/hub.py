@@ -157,7 +157,7 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
     hf = require("huggingface_hub", "hub", "uploading weights to the Hugging Face Hub")
     repo_id, pinned = parse_hub_id(repo_id)
     revision = revision or pinned
-    name = model.config.get("model") or model.config.get("architecture", "model")
+    name = model.model_name or model.config.architecture
     api = hf.HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="crate-mae-hub-") as tmp:
         save_for_hub(model, tmp, repo_id=repo_id, license=license, data=data, source=source)
@@ -169,14 +169,14 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
 def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | None = None, data: str | None = None,
                source: str | None = None, weights_sha256: str | None = None) -> str:
     """The model card (Markdown with Hub YAML metadata) of ``model``; see :func:`save_for_hub` for the fields."""
-    config = dict(model.config)
+    config = {**model.config.to_dict(), "model": model.model_name}
     recorded = model.provenance.get("weights_source")
     recorded = recorded if isinstance(recorded, Mapping) else {}
     license = license or recorded.get("license")
     data = data or recorded.get("data") or recorded.get("data_note")
     source = source or recorded.get("upstream")
-    arch = config.get("architecture", "?")
-    name = config.get("model") or arch
+    arch = model.config.architecture
+    name = model.model_name or arch
     meta: dict[str, Any] = {"library_name": "crate-mae"}
     if license:
         meta["license"] = license
@@ -189,7 +189,7 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
     official = None
     try:
         official = model.num_params("official")
-    except (AttributeError, ValueError, TypeError):  # a timm classifier has no official count
+    except ValueError:  # an encoder classifier has no official count
         pass
     rows = "\n".join(f"| `{k}` | `{_cell(v)}` |" for k, v in sorted(config.items()) if v is not None)
     origin = [f"- Source: {source}" if source else "- Source: not stated by the uploader"]

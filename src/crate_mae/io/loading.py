@@ -20,7 +20,6 @@ state dict.
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,10 +27,10 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ..models.crate_mae import CrateEncoder, CrateMAE
+from ..models.crate_mae import CrateEncoder, CrateEncoderConfig, CrateMAE
 from ..models.crate_supervised import SupervisedCrate
 from ..models.registry import architecture_factory, build_model, is_registered, list_architectures
-from ..models.vit_mae import ViTMAE, vit_classifier
+from ..models.vit_mae import MAEViTClassifier, ViTConfig, ViTMAE
 from ..utils import state_sha256
 from .format import (
     CONFIG_NAME,
@@ -99,48 +98,28 @@ def _from_our_folder(directory: Path, overrides: Mapping[str, Any]) -> nn.Module
 
 
 def build_from_config(config: Mapping[str, Any], where: str = "config") -> nn.Module:
-    """Instantiate the architecture named in ``config`` (at random init, training mode): constructor keys become
-    ``model.config``, ``data`` its ``data_config``, the rest (what a run recorded) its ``provenance``. A wrongly typed
-    or impossible value is one :class:`CheckpointError` naming ``where``."""
+    """Instantiate the architecture named in ``config`` (at random init, training mode): its config class's fields
+    become ``model.config`` (``ModelConfig.from_dict``), ``model`` its ``model_name``, ``data`` its ``data_config``,
+    the rest (what a run recorded) its ``provenance``. A wrongly typed or impossible value is one
+    :class:`CheckpointError` naming ``where``."""
     arch = config.get("architecture")
     if arch not in list_architectures():
         raise CheckpointError(f"{where}: unknown architecture {arch!r}; expected one of {list_architectures()}")
-    factory = architecture_factory(arch)
-    params = inspect.signature(factory).parameters
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in params}
-    problems = [p for k, v in kwargs.items() if (p := _type_problem(k, v, params[k].default))]
-    if problems:
-        raise CheckpointError(f"{where}: " + "; ".join(problems))
+    cls = architecture_factory(arch)
     try:
-        model = factory(**kwargs)
+        model_config = cls.config_class.from_dict(config, where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        model = cls(model_config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
-    if config.get("model"):
-        model.config["model"] = config["model"]
+    model.model_name = config.get("model") or None
     model.data_config = dict(config.get("data") or {})
+    own = model_config.to_dict()
     model.provenance = {k: v for k, v in config.items()
-                        if k not in model.config and k not in ("data", "crate_mae_version", "model")}
+                        if k not in own and k not in ("data", "crate_mae_version", "model")}
     return model
-
-
-def _type_problem(name: str, value: Any, default: Any) -> str | None:
-    """Why ``value`` cannot stand where the constructor's ``default`` stands (JSON gives no types to rely on)."""
-    if default is inspect.Parameter.empty or default is None:
-        return None
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if name == "img_size":  # also (height, width)
-            ok = ok or (isinstance(value, (list, tuple)) and len(value) == 2
-                        and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    else:
-        return None
-    return None if ok else f"{name} = {value!r} must be a {type(default).__name__}"
 
 
 # -- thin aliases of the one path --------------------------------------------------------------------------------------
@@ -196,21 +175,18 @@ def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Mod
     a converted encoder is a new module (training mode)."""
     drop_path_rate = overrides.pop("drop_path_rate", 0.0)
     model = source if isinstance(source, nn.Module) else load_checkpoint(source, **overrides)
-    if isinstance(model, CRATE_CLASSIFIERS) or getattr(model, "config", {}).get("architecture") == "vit":
-        model.reset_classifier(num_classes, global_pool)
-        model.config.update(num_classes=num_classes, global_pool=global_pool)
+    if isinstance(model, (*CRATE_CLASSIFIERS, MAEViTClassifier)):
+        model.reset_classifier(num_classes, global_pool)  # config follows
         if isinstance(model, CRATE_CLASSIFIERS):
             model.set_drop_path(drop_path_rate)
         return model
     if isinstance(model, CrateMAE):
-        c = model.config
-        enc = CrateEncoder(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"], c["num_heads"],
-                           c["ista_step_size"], c["ista_lambda"], num_classes=num_classes, global_pool=global_pool,
-                           drop_path_rate=drop_path_rate, pos_embed_mode=c.get("pos_embed_mode", "interpolate"))
+        enc = CrateEncoder(CrateEncoderConfig.from_mae(model.config, num_classes=num_classes, global_pool=global_pool,
+                                                       drop_path_rate=drop_path_rate))
         state = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("head.")}
         missing, unexpected = enc.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
-        enc.config["model"] = c.get("model")
+        enc.model_name = model.model_name
         enc.data_config, enc.provenance = dict(model.data_config), dict(model.provenance)
         return enc
     if isinstance(model, ViTMAE):
@@ -249,14 +225,13 @@ def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device
     return (model.to(device) if device is not None else model), sha
 
 
-def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_rate: float) -> nn.Module:
-    c = mae.config
-    vit = vit_classifier(c["img_size"], c["patch_size"], c["in_chans"], c["embed_dim"], c["depth"], c["num_heads"],
-                         c["mlp_ratio"], c["qkv_bias"], num_classes, global_pool, drop_path_rate)
+def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_rate: float) -> MAEViTClassifier:
+    vit = MAEViTClassifier(ViTConfig.from_mae(mae.config, num_classes=num_classes, global_pool=global_pool,
+                                              drop_path_rate=drop_path_rate))
     state = {k: v for k, v in mae.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
     state["pos_embed"] = mae.pos_embed.table.clone()
     state.update({k: v for k, v in vit.state_dict().items() if k.startswith("head.")})
     vit.load_state_dict(state, strict=True)
-    vit.config["model"] = c.get("model")
+    vit.model_name = mae.model_name
     vit.data_config, vit.provenance = dict(mae.data_config), dict(mae.provenance)
     return vit

@@ -88,7 +88,7 @@ def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) ->
         cfg["num_heads"] = _preset_heads(CrateMAE, d)
     cfg = {**cfg, **overrides}
     model = CrateMAE(**cfg)
-    model.config["model"] = find_preset(CrateMAE, embed_dim=d, patch_size=cfg["patch_size"])
+    model.model_name = find_preset(CrateMAE, embed_dim=d, patch_size=cfg["patch_size"])
     return model
 
 
@@ -110,7 +110,7 @@ def _build_crate_supervised_official(state: Mapping[str, torch.Tensor], override
         model = SupervisedCrate(**cfg)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
-    model.config["model"] = find_preset(SupervisedCrate, embed_dim=d, patch_size=cfg["patch_size"])
+    model.model_name = find_preset(SupervisedCrate, embed_dim=d, patch_size=cfg["patch_size"])
     return model
 
 

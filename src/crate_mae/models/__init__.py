@@ -1,9 +1,18 @@
-"""CRATE-MAE, supervised CRATE and ViT-MAE networks."""
+"""CRATE-MAE, supervised CRATE and ViT-MAE networks, each with its frozen config dataclass."""
 
 import warnings
 
-from .crate_mae import CrateBlock, CrateDecoder, CrateDecoderBlock, CrateEncoder, CrateMAE
-from .crate_supervised import SupervisedCrate
+from .base import Capabilities, ModelConfig
+from .crate_mae import (
+    CrateBlock,
+    CrateDecoder,
+    CrateDecoderBlock,
+    CrateEncoder,
+    CrateEncoderConfig,
+    CrateMAE,
+    CrateMAEConfig,
+)
+from .crate_supervised import SupervisedCrate, SupervisedCrateConfig
 from .layers import ISTA, MSSA, InverseISTA, sincos_pos_embed
 from .masking import patchify, random_masking, unpatchify
 from .outputs import Intermediates, LayerTrace, MAEOutput
@@ -16,13 +25,15 @@ from .registry import (
     model_defaults,
     register_model,
 )
-from .vit_mae import ViTMAE
+from .vit_mae import MAEViTClassifier, ViTConfig, ViTMAE, ViTMAEConfig, vit_classifier
 
 __all__ = [
     "CrateBlock", "CrateDecoder", "CrateDecoderBlock", "CrateEncoder", "CrateMAE", "ISTA", "MSSA", "InverseISTA",
     "sincos_pos_embed", "patchify", "random_masking", "unpatchify", "Intermediates", "LayerTrace", "MAEOutput",
     "architecture_factory", "build_model", "is_registered", "list_architectures", "list_models", "model_defaults",
     "register_model", "SupervisedCrate", "ViTMAE",
+    "Capabilities", "ModelConfig", "CrateEncoderConfig", "CrateMAEConfig", "SupervisedCrateConfig", "ViTMAEConfig",
+    "ViTConfig", "MAEViTClassifier", "vit_classifier",
 ]
 
 

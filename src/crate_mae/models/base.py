@@ -1,17 +1,26 @@
 """The contract every network here keeps, so that other layers branch on stated facts instead of probing attributes.
 
+Every model is a :class:`Capabilities` (timm's ``VisionTransformer`` from ``vit_classifier`` included) and has:
+
 - ``has_decoder`` / ``white_box``: class-level capabilities (a masked autoencoder that reconstructs; CRATE's
   MSSA + ISTA layers, whose coding rates and sparsity the analysis tools measure).
-- ``config``: the constructor keywords (+ ``architecture``, and ``model`` for a registry preset), enough to rebuild it.
+- ``config``: its frozen :class:`ModelConfig` (one dataclass per architecture, as nanoGPT's ``GPTConfig``): what the
+  constructor takes, what ``config.json`` holds (``config.to_dict()``), enough to rebuild it. Changes after
+  construction (``reset_classifier``, ``set_drop_path``) replace it (``dataclasses.replace``).
+- ``model_name``: the registry preset it was built from (``config.json``'s ``"model"``), or None.
 - ``data_config``: the preprocessing it was trained with (``img_size``, ``mean``, ``std``), filled in when weights are
   loaded and read through :func:`crate_mae.data.resolve_data_config`, never from ``config``.
 - ``provenance``: where the weights came from (checkpoint path, random init, what a run recorded); reports only.
-Models do not read or write files: that is :mod:`crate_mae.checkpoint`.
+- ``no_weight_decay()``, ``set_grad_checkpointing()``, ``group_matcher()`` (timm's hooks; a masked autoencoder has
+  no layer groups and says so), ``num_params()``, ``encoder_blocks()``.
+Models do not read or write files: that is :mod:`crate_mae.io`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
 import torch
 import torch.nn as nn
@@ -20,15 +29,167 @@ from torch.utils.checkpoint import checkpoint
 from .embedding import tokens_with_mask_tokens, visible_tokens
 from .masking import masked_mse, normalize_patches, patchify, unpatchify
 
+ConfigT = TypeVar("ConfigT", bound="ModelConfig")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The constructor arguments of one architecture: the image fields every architecture shares, then those a
+    subclass declares, with the defaults its constructor has; ``validate`` refuses impossible values.
+    ``architecture`` names it in ``config.json``.
+
+    For one release ``config["embed_dim"]`` / ``config.get(...)`` / ``dict(config)`` still read it, with a
+    DeprecationWarning: read attributes (``config.embed_dim``) or ``config.to_dict()``."""
+
+    architecture: ClassVar[str] = ""
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, list):  # JSON gives (height, width) as a list
+            object.__setattr__(self, "img_size", tuple(self.img_size))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError for values the model cannot be built with."""
+
+    @classmethod
+    def from_mae(cls: type[ConfigT], mae: ModelConfig, **changes: Any) -> ConfigT:
+        """This architecture as the encoder of the autoencoder config ``mae`` (``CrateEncoderConfig`` from a
+        ``CrateMAEConfig``, ``ViTConfig`` from a ``ViTMAEConfig``): the fields both have, then ``changes``."""
+        shared = {f.name for f in fields(mae)}
+        return cls(**{**{f.name: getattr(mae, f.name) for f in fields(cls) if f.name in shared}, **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """``architecture`` and every field, JSON-ready (tuples as lists): the model part of ``config.json``."""
+        out: dict[str, Any] = {"architecture": self.architecture}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], d: Mapping[str, Any], where: str = "config") -> ConfigT:
+        """The config held in ``d`` (a ``config.json``; keys that are not fields are ignored). A wrongly typed or
+        impossible value is one ValueError naming ``where`` (JSON gives no types to rely on)."""
+        if d.get("architecture", cls.architecture) != cls.architecture:
+            raise ValueError(f"{where}: architecture {d.get('architecture')!r} is not {cls.architecture!r}")
+        known = {f.name: f for f in fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        problems = [p for k, v in kwargs.items() if (p := _type_problem(k, v, known[k].default))]
+        if problems:
+            raise ValueError(f"{where}: " + "; ".join(problems))
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+
+    # -- deprecated dict-style reads (one release) ----------------------------------------------------------------
+    def _dict_read(self, key: Any = None) -> None:
+        instead = f"model.config.{key}" if isinstance(key, str) else "its attributes or model.config.to_dict()"
+        warnings.warn(f"reading model.config as a dict is deprecated: it is a {type(self).__name__} now; read "
+                      f"{instead}", DeprecationWarning, stacklevel=3)
+
+    def __getitem__(self, key: str) -> Any:
+        self._dict_read(key)
+        if key == "model":
+            raise KeyError("'model': the registry preset name is no longer in config; read model.model_name")
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._dict_read(key)
+        if key == "model":
+            raise KeyError("'model': the registry preset name is no longer in config; read model.model_name")
+        return self.to_dict().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._dict_read()
+        return key in self.to_dict()
+
+    def keys(self):
+        self._dict_read()
+        return self.to_dict().keys()
+
+    def items(self):
+        self._dict_read()
+        return self.to_dict().items()
+
+
+def _type_problem(name: str, value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand where the field's ``default`` stands."""
+    if default is None or not isinstance(default, (bool, int, float, str)):
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if name == "img_size":  # also (height, width)
+            ok = ok or (isinstance(value, (list, tuple)) and len(value) == 2
+                        and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    return None if ok else f"{name} = {value!r} must be a {type(default).__name__}"
+
 
 class Capabilities:
-    has_decoder = False
-    white_box = False
+    """The model contract (see the module docstring). Subclasses set ``config_class`` and call
+    :meth:`init_contract` with the config :meth:`make_config` resolved from their constructor's arguments."""
 
-    def init_contract(self, **config: Any) -> None:
+    config_class: ClassVar[type[ModelConfig]]
+    has_decoder: ClassVar[bool] = False
+    white_box: ClassVar[bool] = False
+    config: ModelConfig
+    model_name: str | None
+    data_config: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @classmethod
+    def make_config(cls, config: ModelConfig | None, kwargs: Mapping[str, Any]) -> ModelConfig:
+        """A constructor's config: ``config`` as given, or built from keyword arguments (the old signature);
+        a mix of both, or another architecture's config, is a TypeError."""
+        if config is None:
+            return cls.config_class(**kwargs)
+        if kwargs:
+            raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__} or keyword arguments, not both "
+                            f"(got config and {', '.join(sorted(kwargs))})")
+        if type(config) is not cls.config_class:
+            raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__}, got {type(config).__name__}")
+        return config
+
+    def init_contract(self, config: ModelConfig) -> None:
         self.config = config
-        self.data_config: dict[str, Any] = {}
-        self.provenance: dict[str, Any] = {}
+        self.model_name = None
+        self.data_config = {}
+        self.provenance = {}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay (timm's hook)."""
+        return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute blocks in backward instead of storing their activations (timm's hook)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement set_grad_checkpointing")
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth for layer-wise lr decay (timm's hook); encoder classifiers have them."""
+        raise ValueError(f"{type(self).__name__} has no layer groups (a masked autoencoder); layer-wise lr decay "
+                         "needs an encoder classifier")
+
+    def num_params(self, convention: str = "trainable") -> int:
+        """'trainable': what this module trains. 'official': the count the official code reports, where the
+        architecture has official code that counts otherwise (a ValueError elsewhere)."""
+        if convention == "trainable":
+            return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        if convention == "official":
+            raise ValueError(f"{type(self).__name__} has no official parameter count")
+        raise ValueError(f"convention must be 'trainable' or 'official', got {convention!r}")
+
+    def encoder_blocks(self) -> nn.ModuleList | nn.Sequential:
+        """The encoder's transformer blocks, in order (feature hooks read their outputs)."""
+        return self.blocks
 
 
 class PatchTokens:

@@ -11,14 +11,24 @@ gives the faster visible-only variant (MAE's frame, see ``embedding.py``), which
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, PatchEmbed
 from timm.models._features import feature_take_indices
 
-from .base import Capabilities, MaskedAutoencoder, PatchTokens, check_config, init_weights, layer_index, run_blocks
+from .base import (
+    Capabilities,
+    MaskedAutoencoder,
+    ModelConfig,
+    PatchTokens,
+    check_config,
+    init_weights,
+    layer_index,
+    run_blocks,
+)
 from .embedding import PositionTable, restore_with_mask_tokens
 from .layers import ISTA, MSSA, InverseISTA
 from .masking import random_masking
@@ -27,6 +37,59 @@ from .tracing import LayerRecorder
 
 BLOCK_LN_EPS = 1e-5  # PreNorm's nn.LayerNorm default in the official blocks
 FINAL_LN_EPS = 1e-6  # the encoder's and decoder's final norms
+
+
+@dataclass(frozen=True)
+class CrateEncoderConfig(ModelConfig):
+    """CRATE-MAE's encoder (``crate_*``), a timm-style classifier when ``num_classes > 0``."""
+
+    architecture: ClassVar[str] = "crate"
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    ista_step_size: float = 0.1
+    ista_lambda: float = 0.5
+    num_classes: int = 0
+    global_pool: str = "token"
+    drop_path_rate: float = 0.0
+    pos_embed_mode: str = "interpolate"
+
+    def validate(self) -> None:
+        check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth,
+                     self.ista_step_size, self.ista_lambda)
+        check_global_pool(self.global_pool)
+
+
+@dataclass(frozen=True)
+class CrateMAEConfig(ModelConfig):
+    """CRATE-MAE (``crate_mae_*``). ``decoder_num_heads`` None means ``num_heads``; the config holds the value."""
+
+    architecture: ClassVar[str] = "crate_mae"
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    decoder_depth: int = 12
+    decoder_num_heads: int | None = None
+    ista_step_size: float = 0.1
+    ista_lambda: float = 0.5
+    norm_pix_loss: bool = False
+    pos_embed_mode: str = "interpolate"
+    drop_path_rate: float = 0.0
+    mask_tokens_in_encoder: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decoder_num_heads", self.decoder_num_heads or self.num_heads)
+        object.__setattr__(self, "mask_tokens_in_encoder", bool(self.mask_tokens_in_encoder))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if self.decoder_depth < 1:
+            raise ValueError(f"decoder_depth must be >= 1, got {self.decoder_depth}")
+        check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth,
+                     self.ista_step_size, self.ista_lambda)
+        if self.embed_dim % self.decoder_num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by decoder_num_heads="
+                             f"{self.decoder_num_heads}")
 
 
 class CrateBlock(nn.Module):
@@ -72,7 +135,7 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
     the architecture has no final norm), read out by ``forward_head``. timm's model contract: ``forward_intermediates``,
     ``prune_intermediate_layers``, ``group_matcher``, ``set_grad_checkpointing``; and ours: ``attention_maps``,
     ``trace_layers``. Subclasses build ``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks``, ``norm``, ``head``
-    and define ``forward_head`` / ``reset_classifier``.
+    and define ``forward_head``; their configs have ``num_classes``, ``global_pool`` and ``drop_path_rate``.
     """
 
     white_box = True
@@ -90,6 +153,16 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new linear head with ``num_classes`` outputs (none for 0; a supervised CRATE's ``fc_norm`` keeps its
+        trained weights), and ``global_pool`` when given; ``config`` says so."""
+        pool = self.global_pool if global_pool is None else global_pool
+        self.config = replace(self.config, num_classes=num_classes, global_pool=pool)  # validates pool
+        self.global_pool = self.config.global_pool
+        self.num_classes = num_classes
+        device = self.cls_token.device
+        self.head = nn.Linear(self.embed_dim, num_classes).to(device) if num_classes > 0 else nn.Identity()
+
     def set_drop_path(self, drop_path_rate: float) -> None:
         """Stochastic depth linearly rising to ``drop_path_rate`` over the blocks (for fine-tuning loaded weights)."""
         if not 0.0 <= drop_path_rate < 1.0:
@@ -97,7 +170,7 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
         rates = torch.linspace(0, drop_path_rate, len(self.blocks)).tolist()
         for blk, rate in zip(self.blocks, rates):
             blk.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
-        self.config["drop_path_rate"] = drop_path_rate
+        self.config = replace(self.config, drop_path_rate=drop_path_rate)
 
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Softmax attention (N, heads, 1+L, 1+L) of layer ``layer`` on the unmasked image."""
@@ -176,48 +249,36 @@ class CrateEncoder(CrateClassifierBase):
     patch tokens) and applies the linear head. Everything else: :class:`CrateClassifierBase`.
     """
 
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, ista_step_size: float = 0.1,
-                 ista_lambda: float = 0.5, num_classes: int = 0, global_pool: str = "token",
-                 drop_path_rate: float = 0.0, pos_embed_mode: str = "interpolate"):
+    config_class = CrateEncoderConfig
+
+    def __init__(self, config: CrateEncoderConfig | None = None, **kwargs: Any):
+        """``CrateEncoder(config)``, or ``CrateEncoder(embed_dim=..., ...)`` with the config's fields."""
         super().__init__()
-        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda)
-        check_global_pool(global_pool)
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.embed_dim = self.num_features = embed_dim
-        self.num_heads = num_heads
-        self.global_pool = global_pool
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = PositionTable(embed_dim, self.patch_embed.grid_size, pos_embed_mode)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        c = self.make_config(config, kwargs)
+        self.patch_size = c.patch_size
+        self.in_chans = c.in_chans
+        self.embed_dim = self.num_features = c.embed_dim
+        self.num_heads = c.num_heads
+        self.global_pool = c.global_pool
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        self.pos_embed = PositionTable(c.embed_dim, self.patch_embed.grid_size, c.pos_embed_mode)
+        dpr = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
         self.blocks = nn.ModuleList(
-            CrateBlock(embed_dim, num_heads, ista_step_size, ista_lambda, dpr[i]) for i in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=FINAL_LN_EPS)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.num_classes = num_classes
+            CrateBlock(c.embed_dim, c.num_heads, c.ista_step_size, c.ista_lambda, dpr[i]) for i in range(c.depth))
+        self.norm = nn.LayerNorm(c.embed_dim, eps=FINAL_LN_EPS)
+        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.num_classes = c.num_classes
         self.grad_checkpointing = False
         self.num_prefix_tokens = 1
-        reduction = patch_size
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
-        self.init_contract(architecture="crate", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                           embed_dim=embed_dim, depth=depth, num_heads=num_heads, ista_step_size=ista_step_size,
-                           ista_lambda=ista_lambda, num_classes=num_classes, global_pool=global_pool,
-                           drop_path_rate=drop_path_rate, pos_embed_mode=pos_embed_mode)
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=c.patch_size)
+                             for i in range(c.depth)]
+        self.init_contract(c)
         init_weights(self, self.patch_embed, [self.cls_token])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
         return x if pre_logits else self.head(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            check_global_pool(global_pool)
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device = self.cls_token.device
-        self.head = nn.Linear(self.embed_dim, num_classes).to(device) if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
@@ -252,31 +313,21 @@ class CrateMAE(MaskedAutoencoder):
 
     white_box = True
 
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, decoder_depth: int = 12,
-                 decoder_num_heads: int | None = None, ista_step_size: float = 0.1, ista_lambda: float = 0.5,
-                 norm_pix_loss: bool = False, pos_embed_mode: str = "interpolate", drop_path_rate: float = 0.0,
-                 mask_tokens_in_encoder: bool = True):
+    config_class = CrateMAEConfig
+
+    def __init__(self, config: CrateMAEConfig | None = None, **kwargs: Any):
+        """``CrateMAE(config)``, or ``CrateMAE(embed_dim=..., ...)`` with the config's fields."""
         super().__init__()
-        decoder_num_heads = decoder_num_heads or num_heads
-        if decoder_depth < 1:
-            raise ValueError(f"decoder_depth must be >= 1, got {decoder_depth}")
-        self.init_contract(architecture="crate_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                           embed_dim=embed_dim, depth=depth, num_heads=num_heads, decoder_depth=decoder_depth,
-                           decoder_num_heads=decoder_num_heads, ista_step_size=ista_step_size,
-                           ista_lambda=ista_lambda, norm_pix_loss=norm_pix_loss, pos_embed_mode=pos_embed_mode,
-                           drop_path_rate=drop_path_rate, mask_tokens_in_encoder=mask_tokens_in_encoder)
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.norm_pix_loss = norm_pix_loss
-        self.mask_tokens_in_encoder = bool(mask_tokens_in_encoder)
-        self.encoder = CrateEncoder(img_size, patch_size, in_chans, embed_dim, depth, num_heads, ista_step_size,
-                                    ista_lambda, drop_path_rate=drop_path_rate, pos_embed_mode=pos_embed_mode)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        if embed_dim % decoder_num_heads:
-            raise ValueError(f"embed_dim={embed_dim} is not divisible by decoder_num_heads={decoder_num_heads}")
-        self.decoder = CrateDecoder(embed_dim, decoder_depth, decoder_num_heads)
-        self.decoder_pred = nn.Linear(embed_dim, patch_size**2 * in_chans)
+        c = self.make_config(config, kwargs)
+        self.init_contract(c)
+        self.patch_size = c.patch_size
+        self.in_chans = c.in_chans
+        self.norm_pix_loss = c.norm_pix_loss
+        self.mask_tokens_in_encoder = c.mask_tokens_in_encoder
+        self.encoder = CrateEncoder(CrateEncoderConfig.from_mae(c))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        self.decoder = CrateDecoder(c.embed_dim, c.decoder_depth, c.decoder_num_heads)
+        self.decoder_pred = nn.Linear(c.embed_dim, c.patch_size**2 * c.in_chans)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -345,6 +396,9 @@ class CrateMAE(MaskedAutoencoder):
                              mask=out.mask, pred=out.pred)
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
+    def encoder_blocks(self) -> nn.ModuleList:
+        return self.encoder.blocks
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each encoder and decoder block in backward instead of storing its activations."""
         self.encoder.set_grad_checkpointing(enable)

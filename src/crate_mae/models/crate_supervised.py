@@ -20,16 +20,39 @@ off an official state dict (:func:`kwargs_from_official`).
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn as nn
 
-from .base import check_config
+from .base import ModelConfig, check_config
 from .crate_mae import BLOCK_LN_EPS, CrateBlock, CrateClassifierBase, check_global_pool
 from .embedding import LearnedPositionTable
 from .masking import patchify
 from .official import key_pattern
+
+
+@dataclass(frozen=True)
+class SupervisedCrateConfig(ModelConfig):
+    """Supervised CRATE (``crate_supervised_*``); ``ista_lambda`` 0.1 is the official code's fixed value."""
+
+    architecture: ClassVar[str] = "crate_supervised"
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    ista_step_size: float = 0.1
+    ista_lambda: float = 0.1
+    num_classes: int = 1000
+    global_pool: str = "token"
+    drop_path_rate: float = 0.0
+
+    def validate(self) -> None:
+        check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth,
+                     self.ista_step_size, self.ista_lambda, sincos=False)
+        check_global_pool(self.global_pool)
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
 
 
 class NormedPatchEmbed(nn.Module):
@@ -58,57 +81,42 @@ class SupervisedCrate(CrateClassifierBase):
     :class:`~crate_mae.models.crate_mae.CrateClassifierBase`'s.
     """
 
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, ista_step_size: float = 0.1,
-                 ista_lambda: float = 0.1, num_classes: int = 1000, global_pool: str = "token",
-                 drop_path_rate: float = 0.0):
+    config_class = SupervisedCrateConfig
+
+    def __init__(self, config: SupervisedCrateConfig | None = None, **kwargs: Any):
+        """``SupervisedCrate(config)``, or ``SupervisedCrate(embed_dim=..., ...)`` with the config's fields."""
         super().__init__()
-        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size, ista_lambda,
-                     sincos=False)
-        check_global_pool(global_pool)
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        grid = (sizes[0] // patch_size, sizes[1] // patch_size)
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.embed_dim = self.num_features = embed_dim
-        self.num_heads = num_heads
-        self.global_pool = global_pool
-        self.patch_embed = NormedPatchEmbed(patch_size, in_chans, embed_dim)
-        self.pos_embed = LearnedPositionTable(embed_dim, grid)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
-        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        c = self.make_config(config, kwargs)
+        sizes = (c.img_size, c.img_size) if isinstance(c.img_size, int) else tuple(c.img_size)
+        grid = (sizes[0] // c.patch_size, sizes[1] // c.patch_size)
+        self.patch_size = c.patch_size
+        self.in_chans = c.in_chans
+        self.embed_dim = self.num_features = c.embed_dim
+        self.num_heads = c.num_heads
+        self.global_pool = c.global_pool
+        self.patch_embed = NormedPatchEmbed(c.patch_size, c.in_chans, c.embed_dim)
+        self.pos_embed = LearnedPositionTable(c.embed_dim, grid)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, c.embed_dim))
+        dpr = torch.linspace(0, c.drop_path_rate, c.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            CrateBlock(embed_dim, num_heads, ista_step_size, ista_lambda, dpr[i]) for i in range(depth))
-        if num_heads == 1:  # the official Attention has no output projection when one head spans the width
+            CrateBlock(c.embed_dim, c.num_heads, c.ista_step_size, c.ista_lambda, dpr[i]) for i in range(c.depth))
+        if c.num_heads == 1:  # the official Attention has no output projection when one head spans the width
             for blk in self.blocks:
                 blk.attn.proj = nn.Identity()
         self.norm = nn.Identity()  # no final norm before pooling (timm's ViT does the same when it has fc_norm)
-        self.fc_norm = nn.LayerNorm(embed_dim, eps=BLOCK_LN_EPS)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.num_classes = num_classes
+        self.fc_norm = nn.LayerNorm(c.embed_dim, eps=BLOCK_LN_EPS)
+        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.num_classes = c.num_classes
         self.grad_checkpointing = False
         self.num_prefix_tokens = 1
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
-        self.init_contract(architecture="crate_supervised", img_size=img_size, patch_size=patch_size,
-                           in_chans=in_chans, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                           ista_step_size=ista_step_size, ista_lambda=ista_lambda, num_classes=num_classes,
-                           global_pool=global_pool, drop_path_rate=drop_path_rate)
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=c.patch_size)
+                             for i in range(c.depth)]
+        self.init_contract(c)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
         x = self.fc_norm(x)
         return x if pre_logits else self.head(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new linear head (``fc_norm`` keeps its trained weights)."""
-        if global_pool is not None:
-            check_global_pool(global_pool)
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device = self.cls_token.device
-        self.head = nn.Linear(self.embed_dim, num_classes).to(device) if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed.table"}

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from typing import Callable
+from dataclasses import fields
+from typing import Any, Callable
 
 import torch.nn as nn
 
 from .crate_mae import CrateEncoder, CrateMAE
 from .crate_supervised import SupervisedCrate
-from .vit_mae import ViTMAE, vit_classifier
+from .vit_mae import MAEViTClassifier, ViTMAE
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict] = {}
 # config.json's "architecture" -> what builds it (the constructor keywords are the rest of config.json).
-_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"crate_mae": CrateMAE, "crate": CrateEncoder, "vit_mae": ViTMAE,
-                                                        "vit": vit_classifier, "crate_supervised": SupervisedCrate}
+_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    cls.config_class.architecture: cls for cls in (CrateMAE, CrateEncoder, ViTMAE, MAEViTClassifier, SupervisedCrate)}
 
 
 def register_model(name: str, factory: Callable[..., nn.Module], **defaults) -> None:
@@ -51,6 +52,12 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
+def model_config_fields(name: str) -> dict[str, Any]:
+    """The constructor keywords of the preset's architecture (its config dataclass's fields) and their defaults."""
+    _check_name(name)
+    return {f.name: f.default for f in fields(_MODELS[name].config_class)}
+
+
 def find_preset(factory: Callable[..., nn.Module], **match) -> str | None:
     """The first preset built by ``factory`` whose keywords include ``match`` (e.g. ``embed_dim=768``), or None."""
     return next((n for n in _MODELS if _MODELS[n] is factory and match.items() <= _DEFAULTS[n].items()), None)
@@ -62,7 +69,7 @@ def list_architectures() -> list[str]:
 
 
 def architecture_factory(architecture: str) -> Callable[..., nn.Module]:
-    """The class (or, for ``vit``, the function) that builds ``architecture``; ValueError for an unknown one."""
+    """The class that builds ``architecture``; ValueError for an unknown one."""
     if architecture not in _ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {list_architectures()}")
     return _ARCHITECTURES[architecture]
@@ -77,7 +84,7 @@ def build_model(name: str, **overrides) -> nn.Module:
         model = _MODELS[name](**kwargs)
     except TypeError as e:
         raise ValueError(f"bad argument for model {name!r}: {e}") from None
-    model.config["model"] = name
+    model.model_name = name
     return model
 
 

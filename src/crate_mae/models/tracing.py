@@ -20,12 +20,13 @@ import torch
 import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
 
+from .base import Capabilities
 from .outputs import LayerTrace
 
 
 def crate_blocks(model: nn.Module) -> dict[str, nn.ModuleList]:
     """The CRATE layer stacks of a model: {"encoder": blocks} or {"encoder": ..., "decoder": ...}."""
-    if getattr(model, "white_box", False):  # CrateMAE or CrateEncoder
+    if isinstance(model, Capabilities) and model.white_box:  # CrateMAE or a CRATE classifier
         return ({"encoder": model.encoder.blocks, "decoder": model.decoder.blocks} if model.has_decoder
                 else {"encoder": model.blocks})
     raise ValueError(f"layer-wise analysis needs a CRATE model (CrateMAE or CrateEncoder), got "

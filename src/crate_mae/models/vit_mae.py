@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -22,6 +24,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from .base import (
     Capabilities,
     MaskedAutoencoder,
+    ModelConfig,
     PatchTokens,
     check_config,
     init_weights,
@@ -36,47 +39,81 @@ from .outputs import MAEOutput
 LN_EPS = 1e-6
 
 
-class ViTMAE(PatchTokens, MaskedAutoencoder):
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
-                 decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, norm_pix_loss: bool = False, mask_tokens_in_encoder: bool = False,
-                 pos_embed_mode: str = "interpolate"):
-        super().__init__()
-        check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth)
-        check_config(img_size, patch_size, in_chans, decoder_embed_dim, decoder_num_heads, decoder_depth)
-        mask_tokens_in_encoder = bool(mask_tokens_in_encoder)
-        if mask_tokens_in_encoder and decoder_embed_dim != embed_dim:
+@dataclass(frozen=True)
+class ViTMAEConfig(ModelConfig):
+    """ViT-MAE (``vit_mae_*``; the paper's baseline ``vit_mae_*_paper`` with ``mask_tokens_in_encoder=True``)."""
+
+    architecture: ClassVar[str] = "vit_mae"
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_pix_loss: bool = False
+    mask_tokens_in_encoder: bool = False
+    pos_embed_mode: str = "interpolate"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask_tokens_in_encoder", bool(self.mask_tokens_in_encoder))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth)
+        check_config(self.img_size, self.patch_size, self.in_chans, self.decoder_embed_dim, self.decoder_num_heads,
+                     self.decoder_depth)
+        if self.mask_tokens_in_encoder and self.decoder_embed_dim != self.embed_dim:
             raise ValueError(f"with mask_tokens_in_encoder=True the encoder output feeds the decoder directly, so "
-                             f"decoder_embed_dim ({decoder_embed_dim}) must equal embed_dim ({embed_dim})")
-        self.init_contract(architecture="vit_mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                           embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                           decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
-                           decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                           norm_pix_loss=norm_pix_loss, mask_tokens_in_encoder=mask_tokens_in_encoder,
-                           pos_embed_mode=pos_embed_mode)
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.embed_dim = embed_dim
-        self.norm_pix_loss = norm_pix_loss
-        self.mask_tokens_in_encoder = mask_tokens_in_encoder
+                             f"decoder_embed_dim ({self.decoder_embed_dim}) must equal embed_dim ({self.embed_dim})")
+
+
+@dataclass(frozen=True)
+class ViTConfig(ModelConfig):
+    """A ViT-MAE encoder as a timm ``VisionTransformer`` classifier (``vit``, built by :func:`vit_classifier`)."""
+
+    architecture: ClassVar[str] = "vit"
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    num_classes: int = 0
+    global_pool: str = "token"
+    drop_path_rate: float = 0.0
+
+
+class ViTMAE(PatchTokens, MaskedAutoencoder):
+    config_class = ViTMAEConfig
+
+    def __init__(self, config: ViTMAEConfig | None = None, **kwargs: Any):
+        """``ViTMAE(config)``, or ``ViTMAE(embed_dim=..., ...)`` with the config's fields."""
+        super().__init__()
+        c = self.make_config(config, kwargs)
+        self.init_contract(c)
+        self.patch_size = c.patch_size
+        self.in_chans = c.in_chans
+        self.embed_dim = c.embed_dim
+        self.norm_pix_loss = c.norm_pix_loss
+        self.mask_tokens_in_encoder = c.mask_tokens_in_encoder
         norm_layer = partial(nn.LayerNorm, eps=LN_EPS)
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, strict_img_size=False)
         grid = self.patch_embed.grid_size
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = PositionTable(embed_dim, grid, pos_embed_mode)
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer)
-                                    for _ in range(depth))
-        self.norm = norm_layer(embed_dim)
-        if not mask_tokens_in_encoder:
-            self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-            self.decoder_pos_embed = PositionTable(decoder_embed_dim, grid, pos_embed_mode)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        self.pos_embed = PositionTable(c.embed_dim, grid, c.pos_embed_mode)
+        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias,
+                                          norm_layer=norm_layer) for _ in range(c.depth))
+        self.norm = norm_layer(c.embed_dim)
+        if not c.mask_tokens_in_encoder:
+            self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+            self.decoder_pos_embed = PositionTable(c.decoder_embed_dim, grid, c.pos_embed_mode)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer)
-            for _ in range(decoder_depth))
-        self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias, norm_layer=norm_layer)
+            for _ in range(c.decoder_depth))
+        self.decoder_norm = norm_layer(c.decoder_embed_dim)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size**2 * c.in_chans)
         self.grad_checkpointing = False
         self.init_weights()
 
@@ -135,9 +172,9 @@ class ViTMAE(PatchTokens, MaskedAutoencoder):
         if convention == "trainable":
             return trainable
         if convention == "official":
-            d, dd = self.embed_dim, self.config["decoder_embed_dim"]
+            d, dd = self.embed_dim, self.config.decoder_embed_dim
             tables = self.pos_embed.num_entries * (d + dd)
-            unused = 0 if hasattr(self, "decoder_embed") else d * dd + dd
+            unused = d * dd + dd if self.mask_tokens_in_encoder else 0  # no decoder_embed in that frame
             return trainable + tables + unused
         raise ValueError(f"convention must be 'trainable' or 'official', got {convention!r}")
 
@@ -145,29 +182,39 @@ class ViTMAE(PatchTokens, MaskedAutoencoder):
         return {"cls_token", "mask_token"}
 
 
-class MAEViTClassifier(Capabilities, VisionTransformer):
-    """timm's VisionTransformer grouped for layer-wise lr decay as facebookresearch/mae's ``get_layer_id_for_vit``:
-    the final norm and head form the last group (timm's own matcher merges the norm into the last block)."""
+class MAEViTClassifier(VisionTransformer, Capabilities):
+    """timm's VisionTransformer as MAE fine-tunes it, keeping our model contract: LayerNorm eps 1e-6, final norm
+    before pooling, the position table as a (trainable) parameter. timm's ``no_weight_decay`` and
+    ``set_grad_checkpointing`` stand (it comes first in the MRO); ``group_matcher`` groups as facebookresearch/mae's
+    ``get_layer_id_for_vit``, ``reset_classifier`` keeps ``config`` current, the rest comes from
+    :class:`Capabilities`."""
+
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig | None = None, **kwargs: Any):
+        """``MAEViTClassifier(config)``, or keyword arguments with the config's fields."""
+        c = self.make_config(config, kwargs)
+        super().__init__(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, embed_dim=c.embed_dim,
+                         depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
+                         num_classes=c.num_classes, global_pool=c.global_pool, fc_norm=False,
+                         drop_path_rate=c.drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
+        self.init_contract(c)
 
     def group_matcher(self, coarse: bool = False) -> dict:
+        """The final norm and head form the last group (timm's own matcher merges the norm into the last block)."""
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm|^head", (len(self.blocks),))])
 
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        self.config = replace(self.config, num_classes=num_classes, global_pool=self.global_pool)
 
-def vit_classifier(img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                   embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                   qkv_bias: bool = True, num_classes: int = 0, global_pool: str = "token",
-                   drop_path_rate: float = 0.0) -> nn.Module:
-    """A ViT-MAE encoder as a timm ``VisionTransformer`` classifier (MAE's fine-tuning model): LayerNorm eps 1e-6,
-    final norm before pooling, the position table as a (trainable) parameter."""
-    vit = MAEViTClassifier(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                            num_classes=num_classes, global_pool=global_pool, fc_norm=False,
-                            drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
-    vit.init_contract(architecture="vit", img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                      embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                      num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
-    return vit
+
+def vit_classifier(config: ViTConfig | None = None, **kwargs: Any) -> MAEViTClassifier:
+    """A ViT-MAE encoder as a timm ``VisionTransformer`` classifier (MAE's fine-tuning model): ``config``, or
+    keyword arguments with :class:`ViTConfig`'s fields. ``ViTConfig.from_mae(mae.config, ...)`` derives it from a
+    :class:`ViTMAE`."""
+    return MAEViTClassifier(config, **kwargs)
 
 
 def kwargs_from_official(state: dict[str, torch.Tensor]) -> dict:

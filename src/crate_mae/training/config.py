@@ -9,7 +9,6 @@ name. The resolved config (after overrides and defaults) is what :func:`crate_ma
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from ..data import DATA_KINDS, IMAGENET_MEAN, IMAGENET_STD
 from ..engine.config import Checks, OptimConfig, RunConfig, build_sections, plain, read_raw_config
 from ..engine.optim import PARAM_GROUPS
-from ..models.registry import list_models, model_defaults, model_factory
+from ..models.registry import is_registered, list_models, model_config_fields, model_defaults
 
 AUGMENTS = ("mae", "book")
 
@@ -104,20 +103,20 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     errors, number, integer = check.errors, check.number, check.integer
     m, d = cfg.model, cfg.data
     # model
-    known = m.name in list_models()
+    known = is_registered(m.name)
     if not known:
         errors.append(f"model.name = {m.name!r}: unknown model; available: {', '.join(list_models())}")
     else:
         check(m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
               "pretraining needs a masked autoencoder (crate_mae_* or vit_mae_*), not an encoder-only classifier")
-        params = inspect.signature(model_factory(m.name).__init__).parameters
+        params = model_config_fields(m.name)
         if not isinstance(m.overrides, dict):
             errors.append(f"model.overrides = {m.overrides!r}: must be a mapping of constructor keywords")
         else:
             for k, v in m.overrides.items():
                 if k == "img_size":
                     errors.append(f"model.overrides.img_size = {v!r}: set data.img_size instead (one source of truth)")
-                elif k not in params or k == "self":
+                elif k not in params:
                     errors.append(f"model.overrides.{k} = {v!r}: not a constructor argument of {m.name}")
             check.model_overrides(m.overrides)
     check(number(m.mask_ratio) and 0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "must be in (0, 1)")

@@ -16,7 +16,6 @@ Run folder (``cfg.run.output_dir``)::
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from ..engine.sampling import SeededSamples
 from ..evaluation.features import check_same_classes, compute_features
 from ..evaluation.knn import knn_evaluate
 from ..io import create_model, save_pretrained
-from ..models.registry import model_defaults, model_factory
+from ..models.registry import model_config_fields, model_defaults
 from ..utils import state_sha256
 from .config import PretrainConfig
 
@@ -66,7 +65,7 @@ class Pretraining(Task):
         super().__init__(cfg, info)
         self.title = cfg.model.name
         self.model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides).to(self.device)
-        h, w = self.model.grid_size(torch.empty(1, self.model.config.get("in_chans", 3), cfg.data.img_size,
+        h, w = self.model.grid_size(torch.empty(1, self.model.config.in_chans, cfg.data.img_size,
                                                 cfg.data.img_size))
         # Our datasets and transforms draw from torch's generator alone; a caller's dataset may use any.
         self.train_set = SeededSamples(dataset if dataset is not None else build_pretrain_dataset(cfg),
@@ -94,8 +93,7 @@ class Pretraining(Task):
     def config_defaults(self) -> dict[str, Any]:
         """Defaults of the config sections and of the model constructor, for keys an older config lacks."""
         name = self.cfg.model.name
-        ctor = {k: p.default for k, p in inspect.signature(model_factory(name)).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+        ctor = model_config_fields(name)
         ctor.update(model_defaults(name))
         return {**flatten(PretrainConfig().to_dict()), **{f"model.overrides.{k}": v for k, v in ctor.items()}}
 

@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterator
 import torch
 import yaml
 
-from .device import amp_dtype, default_device
+from .device import amp_dtype, default_device, usable_cores
 
 __all__ = ["NoSpaceError", "amp_dtype", "atomic_write", "default_device", "file_sha256", "parse_key_values",
-           "state_sha256", "torch_load", "writing"]
+           "state_sha256", "torch_load", "usable_cores", "writing"]
 
 
 class NoSpaceError(RuntimeError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -10,6 +12,14 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask where the platform keeps one (Linux), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity masks
+        return os.cpu_count() or 1
 
 
 def amp_dtype(mode: str, device: torch.device | str) -> torch.dtype | None:
