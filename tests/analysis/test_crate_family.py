@@ -1,10 +1,9 @@
 """The analysis tools on every CRATE-family model: supervised CRATE (official weights included) measured at the
 official vis_utils hook points, emergent-segmentation views, and the report of a classifier."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from official_fixtures import official_state_dict_path
 
 import crate_mae
 from crate_mae.analysis.attention import (
@@ -19,7 +18,7 @@ from crate_mae.analysis.predictions import class_names, is_classifier, top_predi
 from crate_mae.analysis.report import write_report
 from crate_mae.cli import main
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "crate_micro.official_state_dict.safetensors"
+OFFICIAL = official_state_dict_path("crate_micro")
 SUPERVISED = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3)
 
 

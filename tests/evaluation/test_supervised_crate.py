@@ -4,10 +4,10 @@ finetune NAME`, fine-tuned from official weights, and probed (features, linprobe
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from official_fixtures import official_state_dict_path
 from safetensors.torch import load_file
 from timm.layers import DropPath
 
@@ -16,7 +16,7 @@ from crate_mae.cli import main
 from crate_mae.evaluation import FeatureSet
 from crate_mae.models import SupervisedCrate
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "crate_micro.official_state_dict.safetensors"
+OFFICIAL = official_state_dict_path("crate_micro")
 NO_AUG = ["aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.reprob=0", "aug.hflip=0",
           "aug.scale=[1, 1]"]
 SMALL = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4}

@@ -3,8 +3,8 @@ from every container, convert both ways, and the model keeps the contract of mod
 
 import pytest
 import torch
+from official_fixtures import TOL, official_fixture
 from safetensors.torch import load_file, save_file
-from test_official_fixtures import TOL, official_fixture
 
 import crate_mae
 from crate_mae.checkpoint import CheckpointError, build_from_config
