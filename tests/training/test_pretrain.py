@@ -5,7 +5,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import free_port, repeatable_env
 from safetensors.torch import load_file
 
 from crate_mae.training import find_latest_checkpoint, list_checkpoints, load_training_state
 
 SCRIPT = Path(__file__).with_name("_pretrain_tensors.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
 def run(out: Path, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, str(SCRIPT), f"run.output_dir={out}", *overrides], env={**ENV, **(env or {})},
-                       capture_output=True, text=True, timeout=240)
+    p = subprocess.run([sys.executable, str(SCRIPT), f"run.output_dir={out}", *overrides],
+                       env=repeatable_env(**(env or {})), capture_output=True, text=True, timeout=240)
     if check and p.returncode != 0:
         raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -71,7 +70,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     out = tmp_path / "killed"
     kill_after = random.Random(20).randint(2, 9)  # optimizer steps (of 12); seeded so a failure reproduces
     proc = subprocess.Popen([sys.executable, str(SCRIPT), f"run.output_dir={out}", "run.ckpt_every_steps=1"],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=repeatable_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         latest = find_latest_checkpoint(out)
@@ -138,20 +137,14 @@ def test_resume_auto_picks_newest_complete(tmp_path):
     assert s["steps"] == 12 and s["first_loss"] is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_with_double_batch(tmp_path):
     one = tmp_path / "one"
     run(one, "optim.batch_size=8", "optim.epochs=1")
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(SCRIPT), f"run.output_dir={two}", "optim.batch_size=4", "optim.epochs=1"]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    p = subprocess.run(cmd, env=repeatable_env(), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout + p.stderr
     s0, s1, s = summary(two, 0), summary(two, 1), summary(one)
     assert s0["world_size"] == 2 and s0["effective_batch"] == 8 == s["effective_batch"]
