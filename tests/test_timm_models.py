@@ -8,11 +8,12 @@ import timm
 import torch
 from official_fixtures import official_state_dict_path
 from timm.optim import param_groups_layer_decay
+from tiny import TINY_ENCODER
 
 import crate_mae
 from crate_mae.models import CrateEncoder, SupervisedCrate
 
-SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4)
+SMALL = {**TINY_ENCODER, "depth": 3}
 
 
 def test_registered_with_timm():

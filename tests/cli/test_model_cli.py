@@ -2,6 +2,7 @@ import json
 
 import pytest
 from official_fixtures import official_state_dict_path
+from tiny import TINY, cli_words
 
 from crate_mae.cli import main
 
@@ -45,9 +46,9 @@ def test_every_command_names_a_model_the_same_way(tmp_path, capsys):
     are positional anywhere on the line, in every command."""
     import crate_mae
 
-    small = ["img_size=32", "patch_size=8", "embed_dim=32", "depth=1", "num_heads=4", "decoder_depth=1"]
+    kwargs = {**TINY, "depth": 1, "decoder_depth": 1}
+    small = cli_words(kwargs)
     run = tmp_path / "run"
-    kwargs = {k: int(v) for k, v in (s.split("=") for s in small)}
     crate_mae.save_pretrained(crate_mae.create_model("crate_mae_tiny", **kwargs), run / "model")
     for ckpt in (str(run), str(run / "model"), str(run / "model" / "model.safetensors")):
         assert main(["visualize", "reconstruct", "--ckpt", ckpt, "--out", str(tmp_path / "v"), "--num-images",

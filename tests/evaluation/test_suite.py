@@ -11,14 +11,15 @@ import pytest
 import torch
 from _transfer_replicas import truncate, write_all, write_image_folder
 from processes import free_port, repeatable_env
+from tiny import TINY, cli_words
 
 from crate_mae.cli import main
 from crate_mae.evaluation import FeatureSet, compare_table, linprobe, read_results, run_suite
 from crate_mae.evaluation import suite as suite_mod
 from crate_mae.evaluation.linear import logistic_probe
 
-MODEL = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=4, decoder_depth=1)
-WORDS = [f"{k}={v}" for k, v in MODEL.items()]
+MODEL = {**TINY, "depth": 4, "decoder_depth": 1}
+WORDS = cli_words(MODEL)
 CS = (0.01, 1.0)
 FAST = dict(overrides=MODEL, Cs=CS, grid_Cs=CS, num_workers=0, probe_jobs=1, progress=False, max_iter=200)
 

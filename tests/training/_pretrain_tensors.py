@@ -7,13 +7,20 @@ Set NAN_AT=i to poison sample i with NaN pixels.
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
 
 from crate_mae.training import load_config, pretrain
 
-TINY = "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4, decoder_depth: 2}"
+TESTS = str(Path(__file__).resolve().parents[1])
+if TESTS not in sys.path:  # run as a script (the subprocess and torchrun tests): tests/ holds tiny.py
+    sys.path.append(TESTS)
+from tiny import TINY as TINY_KWARGS  # noqa: E402
+from tiny import model_overrides  # noqa: E402
+
+TINY = model_overrides(TINY_KWARGS)  # the YAML of model.overrides=
 
 
 def dataset(n: int = 48) -> TensorDataset:
