@@ -11,7 +11,7 @@ from tiny import TINY, cli_words
 
 import crate_mae
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "suite_cost.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "suite_cost.py"
 MICRO = {**TINY, "decoder_depth": 1}
 
 
