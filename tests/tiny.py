@@ -20,7 +20,8 @@ FAMILY_TINY = {
     "crate": {**TINY_ENCODER, "num_classes": 5},  # CRATE-MAE's encoder as a classifier
     "crate_supervised": {**TINY_ENCODER, "num_classes": 5},
     "vit_mae": {**TINY, "decoder_embed_dim": 16, "decoder_num_heads": 2},  # a decoder narrower than the encoder
-    "vit_mae_paper": {**TINY, "decoder_embed_dim": 32, "decoder_num_heads": 2},  # this frame: as wide as it
+    # the paper's frame (mask tokens in the encoder) feeds the encoder output to the decoder: as wide as it
+    "vit_mae_paper": {**TINY, "decoder_embed_dim": 32, "decoder_num_heads": 2},
 }
 """The tiny size of each architecture family (see :func:`family`)."""
 
