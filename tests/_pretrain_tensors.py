@@ -3,29 +3,21 @@ tests/training and tests/engine, which the engine drives with pretraining as its
 
     python _pretrain_tensors.py KEY=VALUE ...      (dotted config overrides)
 
-Set NAN_AT=i to poison sample i with NaN pixels. ``ENV`` and :func:`free_port` are for the tests that start such
-runs in subprocesses.
+Set NAN_AT=i to poison sample i with NaN pixels. tests/processes.py has the environment and port for the tests that
+start such runs in subprocesses.
 """
 
 import os
-import socket
 import sys
 
 import torch
+from tiny import TINY as TINY_KWARGS  # tests/ (this file's folder, on sys.path when it runs as a script)
+from tiny import model_overrides
 from torch.utils.data import TensorDataset
 
 from crate_mae.training import load_config, pretrain
 
-TINY = "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4, decoder_depth: 2}"
-# a subprocess run: single-threaded float arithmetic, the same hash seed, whatever the test runner's environment
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now, for torchrun's rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TINY = model_overrides(TINY_KWARGS)  # the YAML of model.overrides=
 
 
 def dataset(n: int = 48) -> TensorDataset:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY, TINY_ENCODER
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -22,8 +23,14 @@ def shared_dir() -> Path:
 
 @pytest.fixture
 def tiny_model_kwargs() -> dict:
-    """Overrides that make any crate_mae_* preset small enough for CPU tests."""
-    return dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_depth=2)
+    """Overrides that make any crate_mae_* preset small enough for CPU tests (tests/tiny.py TINY, a fresh copy)."""
+    return dict(TINY)
+
+
+@pytest.fixture
+def tiny_encoder() -> dict:
+    """The encoder part of :func:`tiny_model_kwargs`, the keywords every architecture shares (TINY_ENCODER)."""
+    return dict(TINY_ENCODER)
 
 
 @pytest.fixture(autouse=True)

@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from official_fixtures import official_state_dict_path
 from timm.optim import param_groups_layer_decay
+from tiny import TINY_ENCODER
 
 import crate_mae
 from crate_mae.models import CrateEncoder, SupervisedCrate
 
-SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4)
+SMALL = {**TINY_ENCODER, "depth": 3}
 
 
 def test_registered_with_timm():
@@ -109,9 +111,7 @@ def test_local_pretrained_files(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(enc.forward_features(x), mae.eval().forward_features(x))
-    from pathlib import Path
-
-    official = Path(__file__).parent / "fixtures" / "crate_mae_micro.official_state_dict.safetensors"
+    official = official_state_dict_path("crate_mae_micro")
     enc = timm.create_model("crate_tiny", pretrained=True, img_size=32, patch_size=4, embed_dim=64, depth=3,
                             num_heads=4, pretrained_cfg_overlay=dict(file=str(official)))
     ref = crate_mae.load_checkpoint(official, num_heads=4)
@@ -146,9 +146,7 @@ def test_supervised_crate_in_timm():
 
 def test_supervised_crate_official_file_as_timm_pretrained():
     """An official model/crate.py file loads through timm's pretrained path; a head of another size stays fresh."""
-    from pathlib import Path
-
-    official = Path(__file__).parent / "fixtures" / "crate_micro.official_state_dict.safetensors"
+    official = official_state_dict_path("crate_micro")
     micro = dict(img_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4)
     ref = crate_mae.load_checkpoint(official, num_heads=4)
     same = timm.create_model("crate_supervised_tiny", pretrained=True, num_classes=10, **micro,

@@ -1,10 +1,10 @@
 """The analysis tools on every CRATE-family model: supervised CRATE (official weights included) measured at the
 official vis_utils hook points, emergent-segmentation views, and the report of a classifier."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from official_fixtures import official_state_dict_path
+from tiny import TINY, TINY_ENCODER, cli_words
 
 import crate_mae
 from crate_mae.analysis.attention import (
@@ -19,15 +19,14 @@ from crate_mae.analysis.predictions import class_names, is_classifier, top_predi
 from crate_mae.analysis.report import write_report
 from crate_mae.cli import main
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "crate_micro.official_state_dict.safetensors"
-SUPERVISED = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3)
+OFFICIAL = official_state_dict_path("crate_micro")
+SUPERVISED = {**TINY_ENCODER, "num_classes": 3}
 
 
-def family(tiny_model_kwargs):
+def family():
     """One small model of each CRATE architecture."""
-    enc = {k: v for k, v in tiny_model_kwargs.items() if k != "decoder_depth"}
-    return {"crate_mae_tiny": crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs).eval(),
-            "crate_tiny": crate_mae.create_model("crate_tiny", **enc, num_classes=3).eval(),
+    return {"crate_mae_tiny": crate_mae.create_model("crate_mae_tiny", **TINY).eval(),
+            "crate_tiny": crate_mae.create_model("crate_tiny", **TINY_ENCODER, num_classes=3).eval(),
             "crate_supervised_tiny": crate_mae.create_model("crate_supervised_tiny", **SUPERVISED).eval()}
 
 
@@ -75,10 +74,10 @@ def test_segmentation_views_by_hand():
     assert v.owner.tolist() == [[[0, -1], [-1, 1]]]
 
 
-def test_segmentation_views_on_every_crate_model(tiny_model_kwargs):
+def test_segmentation_views_on_every_crate_model():
     """Last layer by default; per-head masks are DINO's mass masks of the cls attention, the union is their OR."""
     imgs = torch.randn(2, 3, 32, 32)
-    for name, model in family(tiny_model_kwargs).items():
+    for name, model in family().items():
         v = segmentation_views(model, imgs)
         with torch.no_grad():
             last = model.attention_maps(imgs, layer=-1)[:, :, 0, 1:].reshape(2, 4, 4, 4)
@@ -89,8 +88,7 @@ def test_segmentation_views_on_every_crate_model(tiny_model_kwargs):
 
 
 @pytest.mark.parametrize("ckpt,words", [(str(OFFICIAL), ["num_heads=4"]),
-                                        ("crate_mae_tiny", ["img_size=32", "patch_size=8", "embed_dim=32", "depth=2",
-                                                            "num_heads=4", "decoder_depth=1"])])
+                                        ("crate_mae_tiny", cli_words({**TINY, "decoder_depth": 1}))])
 def test_visualize_attention_writes_the_segmentation_view(ckpt, words, tmp_path, image_dir):
     out = tmp_path / "pics"
     for kind in ("attention", "pca"):

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from tiny import TINY, cli_words
 
 from crate_mae.cli import main
 
@@ -55,9 +56,8 @@ def test_visualize_puts_the_images_on_the_models_device(kind, tmp_path, image_di
     for module, name in ((reconstruction, "save_reconstructions"), (attention, "save_attention"),
                          (attention, "save_segmentation"), (pca, "save_pca")):
         monkeypatch.setattr(module, name, spy)
-    assert main(["visualize", kind, "--ckpt", "crate_mae_tiny", "img_size=32", "patch_size=8",
-                 "embed_dim=32", "depth=2", "num_heads=4", "decoder_depth=1", "--images", image_dir,
-                 "--device", "meta", "--out", str(tmp_path)]) == 0
+    assert main(["visualize", kind, "--ckpt", "crate_mae_tiny", *cli_words({**TINY, "decoder_depth": 1}),
+                 "--images", image_dir, "--device", "meta", "--out", str(tmp_path)]) == 0
     assert seen == [("meta", "meta")] * (2 if kind == "attention" else 1)  # attention: + segmentation.png
 
 

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import TINY, cli_words, tiny_kwargs
 
 import crate_mae
 from crate_mae.analysis import LayerRecorder, coding_rate, compression_rate, measure_layers, sparsity
@@ -91,8 +92,7 @@ def test_masked_measurement_is_seeded(model):
 
 def test_analyze_command_writes_tables_and_plot(tmp_path, image_dir, capsys):
     out = tmp_path / "an"
-    rc = main(["analyze", "--ckpt", "crate_mae_tiny", "img_size=32", "patch_size=8", "embed_dim=32",
-               "depth=2", "num_heads=4", "decoder_depth=2", "--data", image_dir, "--num-images", "3",
+    rc = main(["analyze", "--ckpt", "crate_mae_tiny", *cli_words(TINY), "--data", image_dir, "--num-images", "3",
                "--convention", "raw", "--eps", "0.5", "--mask-ratio", "0.5", "--out", str(out), "--device", "cpu"])
     assert rc == 0 and "encoder" in capsys.readouterr().out
     data = json.loads((out / "layerwise.json").read_text())
@@ -103,14 +103,13 @@ def test_analyze_command_writes_tables_and_plot(tmp_path, image_dir, capsys):
     assert (out / "layerwise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_encoder_classifier_and_errors(tiny_model_kwargs):
-    kw = {k: v for k, v in tiny_model_kwargs.items() if k != "decoder_depth"}
-    clf = crate_mae.create_model("crate_tiny", num_classes=3, **kw)
+def test_encoder_classifier_and_errors(tiny_encoder):
+    clf = crate_mae.create_model("crate_tiny", num_classes=3, **tiny_encoder)
     stats = measure_layers(clf, torch.randn(2, 3, 32, 32))
     assert [k for k in stats.layers] == [("encoder", 0), ("encoder", 1)]
     with pytest.raises(ValueError, match="mask_ratio"):
         measure_layers(clf, torch.randn(2, 3, 32, 32), mask_ratio=0.5)
-    vit = crate_mae.create_model("vit_mae_base", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
-                                 decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    vit = crate_mae.create_model("vit_mae_base", **{**tiny_kwargs("vit_mae_base"), "depth": 1, "num_heads": 2,
+                                                    "decoder_embed_dim": 32, "decoder_depth": 1})
     with pytest.raises(ValueError, match="CRATE model"):
         measure_layers(vit, torch.randn(2, 3, 32, 32))

@@ -5,6 +5,7 @@ import subprocess
 import tempfile
 
 import pytest
+from tiny import tiny_kwargs
 
 from crate_mae.analysis.report import write_report
 from crate_mae.cli import main
@@ -62,8 +63,8 @@ def test_report_renders_every_figure_in_headless_chromium(tmp_path, tiny_ckpt, i
 def test_report_on_vit_mae_skips_white_box_sections(tmp_path):
     import crate_mae
 
-    vit = crate_mae.create_model("vit_mae_base", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
-                                 decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    vit = crate_mae.create_model("vit_mae_base", **{**tiny_kwargs("vit_mae_base"), "depth": 1, "num_heads": 2,
+                                                    "decoder_embed_dim": 32, "decoder_depth": 1})
     page = write_report(vit, tmp_path / "vit", num_images=1).read_text()
     assert page.count("<img") == 2  # reconstructions and attention; no layer-wise curves or PCA
     assert "is not a white-box (CRATE) model" in page

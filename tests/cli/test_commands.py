@@ -54,3 +54,11 @@ def test_hub_is_reachable_from_the_package():
 def test_python_dash_m_runs_the_command_line(module):
     out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("crate-mae ")
+
+
+def test_pretrain_cli_reports_bad_config(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim: {batch_size: 0}\ndata: {demo: true}\n")
+    assert main(["pretrain", "--config", str(cfg), "run.amp=fp8"]) == 1
+    err = capsys.readouterr().err
+    assert "optim.batch_size" in err and "run.amp" in err

@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from official_fixtures import official_state_dict_path
+from tiny import TINY, cli_words
 
 from crate_mae.cli import main
 
@@ -24,8 +26,8 @@ def test_models_list(capsys):
     assert capsys.readouterr().out.split() == ["crate_mae_base", "crate_mae_large", "crate_mae_small", "crate_mae_tiny"]
 
 
-def test_convert_official_fixture(shared_dir, tmp_path, capsys):
-    src = shared_dir / "fixtures" / "crate_mae_micro.official_state_dict.safetensors"
+def test_convert_official_fixture(tmp_path, capsys):
+    src = official_state_dict_path("crate_mae_micro")
     assert main(["convert", str(src), str(tmp_path / "out"), "num_heads=4"]) == 0
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_heads"] == 4
@@ -44,9 +46,9 @@ def test_every_command_names_a_model_the_same_way(tmp_path, capsys):
     are positional anywhere on the line, in every command."""
     import crate_mae
 
-    small = ["img_size=32", "patch_size=8", "embed_dim=32", "depth=1", "num_heads=4", "decoder_depth=1"]
+    kwargs = {**TINY, "depth": 1, "decoder_depth": 1}
+    small = cli_words(kwargs)
     run = tmp_path / "run"
-    kwargs = {k: int(v) for k, v in (s.split("=") for s in small)}
     crate_mae.save_pretrained(crate_mae.create_model("crate_mae_tiny", **kwargs), run / "model")
     for ckpt in (str(run), str(run / "model"), str(run / "model" / "model.safetensors")):
         assert main(["visualize", "reconstruct", "--ckpt", ckpt, "--out", str(tmp_path / "v"), "--num-images",
@@ -62,14 +64,12 @@ def test_every_command_names_a_model_the_same_way(tmp_path, capsys):
 
 def test_convert_official_supervised_crate(tmp_path, capsys):
     """`crate-mae convert` writes model/crate.py weights in our format; info and load_checkpoint read them back."""
-    from pathlib import Path
-
     import torch
     from safetensors.torch import load_file
 
     import crate_mae
 
-    src = Path(__file__).resolve().parents[1] / "fixtures" / "crate_micro.official_state_dict.safetensors"
+    src = official_state_dict_path("crate_micro")
     assert main(["convert", str(src), str(tmp_path / "out"), "num_heads=4", "--model-card"]) == 0
     assert "crate_supervised, 46,186 trainable parameters" in capsys.readouterr().out
     config = json.loads((tmp_path / "out" / "config.json").read_text())

@@ -19,6 +19,7 @@ pytest.importorskip("wids", reason="the [shards] extra (webdataset, wids) is not
 pytest.importorskip("webdataset", reason="the [shards] extra (webdataset, wids) is not installed")
 
 from _data_files import write_image, write_truncated_jpeg  # noqa: E402
+from tiny import TINY, model_overrides  # noqa: E402
 
 from crate_mae.cli import main  # noqa: E402
 from crate_mae.data import (  # noqa: E402
@@ -146,8 +147,8 @@ def test_pretraining_on_shards_equals_pretraining_on_the_folder(tree: Path, tmp_
     from crate_mae.training import load_config, pretrain
 
     make_shards(tree, tmp_path / "shards", shard_size=4)
-    base = ["model.name=crate_mae_tiny", "model.overrides={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 4, "
-            "decoder_depth: 1}", "data.img_size=16", "data.split=null", "optim.batch_size=4", "optim.epochs=1",
+    base = ["model.name=crate_mae_tiny", f"model.overrides={model_overrides({**TINY, 'depth': 1, 'decoder_depth': 1})}",
+            "data.img_size=16", "data.split=null", "optim.batch_size=4", "optim.epochs=1",
             "optim.warmup_epochs=0", "run.log_every=1", "run.vis_every_epochs=0", "run.progress=false",
             "run.deterministic=true", "run.vis_images=2"]
     threads = torch.get_num_threads()

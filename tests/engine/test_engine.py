@@ -337,12 +337,12 @@ def test_collectives_under_torchrun(tmp_path):
     import sys
     from pathlib import Path
 
-    from _pretrain_tensors import ENV, free_port
+    from processes import free_port, repeatable_env
 
     script = Path(__file__).with_name("_engine_ranks.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(script), str(tmp_path)]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, env=repeatable_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     for task in TASKS:

@@ -7,8 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-TINY_ENCODER = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
-
 
 def make_image_folder(root: Path, splits: dict[str, list[str]], per_class: int = 10, seed: int = 0) -> Path:
     """``root/split/class/i.png``: 32x32 noise images, class ``k`` tinted towards a different colour channel."""
@@ -43,8 +41,3 @@ def _few_threads():
 def make_folder():
     """The :func:`make_image_folder` builder, for tests that need their own class lists."""
     return make_image_folder
-
-
-@pytest.fixture
-def tiny_encoder() -> dict:
-    return dict(TINY_ENCODER)

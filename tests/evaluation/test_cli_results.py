@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import TINY, cli_words
 
 from crate_mae.cli import main
 from crate_mae.evaluation import compare_table, make_result, read_result
@@ -32,8 +33,7 @@ def test_read_result_rejects_other_json(tmp_path):
 
 
 def test_cli_features_probe_compare(image_folder, tmp_path, capsys):
-    over = ["img_size=32", "patch_size=8", "embed_dim=32", "depth=2", "num_heads=4",
-            "decoder_depth=1"]
+    over = cli_words({**TINY, "decoder_depth": 1})
     common = ["--ckpt", "crate_mae_tiny", "--data", str(image_folder), "--workers", "0", *over]
     for split in ("train", "val"):
         assert main(["features", *common, "--split", split, "--out", str(tmp_path / f"{split}.safetensors")]) == 0

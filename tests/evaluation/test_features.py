@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from official_fixtures import official_state_dict_path
 
 import crate_mae
 from crate_mae.evaluation import FeatureSet, check_compatible, compute_features, extract_features, knn, linprobe
@@ -72,8 +73,8 @@ def test_features_of_another_checkpoint_are_refused(image_folder, tiny_encoder):
         linprobe(train, val)
 
 
-def test_probes_on_an_official_crate_mae_state_dict(shared_dir, make_folder, tmp_path):
-    path = shared_dir / "fixtures" / "crate_mae_micro.official_state_dict.safetensors"
+def test_probes_on_an_official_crate_mae_state_dict(make_folder, tmp_path):
+    path = official_state_dict_path("crate_mae_micro")
     model = crate_mae.load_checkpoint(path, num_heads=4)
     data = make_folder(tmp_path / "d", {"train": ["a", "b", "c"], "val": ["a", "b", "c"]}, per_class=8)
     from crate_mae.io import checkpoint_sha256

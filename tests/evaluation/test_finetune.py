@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny import TINY_ENCODER
 
 import crate_mae
 from crate_mae.evaluation.finetune import build_mixup, finetune, param_groups_lrd
@@ -13,9 +14,6 @@ from crate_mae.evaluation.finetune_config import FinetuneAugConfig, load_finetun
 
 NO_AUG = ["aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.reprob=0", "aug.hflip=0",
           "aug.scale=[1, 1]"]
-
-
-TINY_ENCODER = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
 
 
 def _cfg(data, out, *extra):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny import TINY, TINY_ENCODER, cli_words
 from torch.utils.data import DataLoader
 
 import crate_mae
@@ -15,7 +16,7 @@ from crate_mae.evaluation import mask_ratio_sweep, read_results, reconstruction_
 from crate_mae.evaluation.features import eval_view
 from crate_mae.evaluation.masked_loss import fixed_noise
 
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_depth=1)
+MODEL = {**TINY, "decoder_depth": 1}
 FAST = dict(num_workers=0, progress=False, device="cpu")  # fp32: the comparisons below are to fp32 CPU numbers
 
 
@@ -31,7 +32,7 @@ def _own_loss(model, data, ratio, seed, split="val"):
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 def test_the_native_unit_is_the_models_own_loss(image_folder, norm_pix_loss):
     torch.manual_seed(0)
-    model = crate_mae.create_model("crate_mae_tiny", norm_pix_loss=norm_pix_loss, **TINY).eval()
+    model = crate_mae.create_model("crate_mae_tiny", norm_pix_loss=norm_pix_loss, **MODEL).eval()
     res = reconstruction_loss(model, image_folder, "val", mask_ratio=0.5, mask_seed=3, batch_size=7, **FAST)
     own = _own_loss(model, image_folder, 0.5, 3)
     native, other = ("loss_normpix", "loss_pixel") if norm_pix_loss else ("loss_pixel", "loss_normpix")
@@ -41,7 +42,7 @@ def test_the_native_unit_is_the_models_own_loss(image_folder, norm_pix_loss):
 
 
 def test_masks_are_fixed_per_image_whatever_the_batching(image_folder):
-    kw = dict(ratios=[0.25, 0.75], overrides=TINY, **FAST)
+    kw = dict(ratios=[0.25, 0.75], overrides=MODEL, **FAST)
     a = mask_ratio_sweep("crate_mae_tiny", image_folder, batch_size=3, **kw)
     b = mask_ratio_sweep("crate_mae_tiny", image_folder, batch_size=20, **kw)
     c = mask_ratio_sweep("crate_mae_tiny", image_folder, batch_size=20, mask_seed=1, **kw)
@@ -52,7 +53,7 @@ def test_masks_are_fixed_per_image_whatever_the_batching(image_folder):
 
 
 def test_sweep_with_the_probe_on_the_masked_view(image_folder):
-    res = mask_ratio_sweep("crate_mae_tiny", image_folder, ratios=[0.25, 0.9], probe=True, Cs=[1.0], overrides=TINY,
+    res = mask_ratio_sweep("crate_mae_tiny", image_folder, ratios=[0.25, 0.9], probe=True, Cs=[1.0], overrides=MODEL,
                            **FAST)
     rows = res["details"]["rows"]
     assert [r["mask_ratio"] for r in rows] == [0.25, 0.9] and all(r["num_train"] == 20 for r in rows)
@@ -62,7 +63,7 @@ def test_sweep_with_the_probe_on_the_masked_view(image_folder):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 autocast there)")
 def test_on_cuda_bf16_autocast_gives_the_fp32_loss_to_bf16_precision(image_folder):
-    model = crate_mae.create_model("crate_mae_tiny", **TINY).eval()
+    model = crate_mae.create_model("crate_mae_tiny", **MODEL).eval()
     cpu = reconstruction_loss(model, image_folder, mask_seed=3, **FAST)
     gpu = reconstruction_loss(model, image_folder, mask_seed=3, **{**FAST, "device": "cuda"})
     assert gpu["config"]["precision"] == {"device": "cuda", "dtype": "bfloat16"}
@@ -73,14 +74,13 @@ def test_on_cuda_bf16_autocast_gives_the_fp32_loss_to_bf16_precision(image_folde
 
 def test_bad_requests_fail_with_one_clear_error(image_folder):
     with pytest.raises(ValueError, match=r"mask ratios must be in \(0, 1\)"):
-        mask_ratio_sweep("crate_mae_tiny", image_folder, ratios=[0.0], overrides=TINY, **FAST)
+        mask_ratio_sweep("crate_mae_tiny", image_folder, ratios=[0.0], overrides=MODEL, **FAST)
     with pytest.raises(ValueError, match="without a decoder"):
-        reconstruction_loss("crate_tiny", image_folder, overrides={k: v for k, v in TINY.items()
-                                                                   if k != "decoder_depth"}, **FAST)
+        reconstruction_loss("crate_tiny", image_folder, overrides=TINY_ENCODER, **FAST)
 
 
 def test_cli_recon_loss_and_mask_sweep_feed_compare(image_folder, tmp_path, capsys):
-    words = [f"{k}={v}" for k, v in TINY.items()]
+    words = cli_words(MODEL)
     rec, sweep = tmp_path / "recon.json", tmp_path / "sweep.json"
     assert main(["recon-loss", "--ckpt", "crate_mae_tiny", "--data", str(image_folder), "--workers", "0",
                  "--out", str(rec), "--label", "tiny", *words]) == 0

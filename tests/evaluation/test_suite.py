@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 from _transfer_replicas import truncate, write_all, write_image_folder
+from processes import free_port, repeatable_env
+from tiny import TINY, cli_words
 
 from crate_mae.cli import main
 from crate_mae.evaluation import FeatureSet, compare_table, linprobe, read_results, run_suite
 from crate_mae.evaluation import suite as suite_mod
 from crate_mae.evaluation.linear import logistic_probe
 
-MODEL = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=4, decoder_depth=1)
-WORDS = [f"{k}={v}" for k, v in MODEL.items()]
+MODEL = {**TINY, "depth": 4, "decoder_depth": 1}
+WORDS = cli_words(MODEL)
 CS = (0.01, 1.0)
 FAST = dict(overrides=MODEL, Cs=CS, grid_Cs=CS, num_workers=0, probe_jobs=1, progress=False, max_iter=200)
 
@@ -176,12 +176,6 @@ def test_on_cuda_features_are_bf16_and_probe_like_fp32(root, tmp_path):
         assert (fg.cls - fc.cls).norm() / fc.cls.norm() < 0.05
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_shards_feature_extraction(root, tmp_path):
     """2 gloo processes share out each data set's images; rank 0 gets every row in order: same features, same
@@ -189,9 +183,9 @@ def test_torchrun_shards_feature_extraction(root, tmp_path):
     args = ["eval-suite", "--ckpt", "crate_mae_tiny", "--root", str(root), "--datasets", "flowers102,pets",
             "--workers", "0", "--probe-jobs", "1", "--Cs", *map(str, CS), "--no-grid", "--max-iter", "200",
             "--device", "cpu", *WORDS]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env = repeatable_env()
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={_free_port()}", "-m", "crate_mae", *args, "--out", str(tmp_path / "two")],
+                          f"--master_port={free_port()}", "-m", "crate_mae", *args, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "crate_mae", *args, "--out", str(tmp_path / "one")], env=env,

@@ -4,22 +4,22 @@ finetune NAME`, fine-tuned from official weights, and probed (features, linprobe
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from official_fixtures import official_state_dict_path
 from safetensors.torch import load_file
 from timm.layers import DropPath
+from tiny import TINY_ENCODER, model_overrides
 
 import crate_mae
 from crate_mae.cli import main
 from crate_mae.evaluation import FeatureSet
 from crate_mae.models import SupervisedCrate
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "crate_micro.official_state_dict.safetensors"
+OFFICIAL = official_state_dict_path("crate_micro")
 NO_AUG = ["aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.reprob=0", "aug.hflip=0",
           "aug.scale=[1, 1]"]
-SMALL = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4}
 
 
 def test_finetune_trains_a_registered_supervised_crate_from_random_init(image_folder, tmp_path, capsys):
@@ -27,7 +27,7 @@ def test_finetune_trains_a_registered_supervised_crate_from_random_init(image_fo
     two classes (val = the training images, which a working run must fit)."""
     out = tmp_path / "scratch"
     assert main(["finetune", "--ckpt", "crate_supervised_tiny", "--data", str(image_folder), "--output-dir", str(out),
-                 f"model.overrides={json.dumps(SMALL)}", "data.img_size=32", "data.num_workers=0",
+                 f"model.overrides={model_overrides(TINY_ENCODER)}", "data.img_size=32", "data.num_workers=0",
                  "data.val_split=train", "run.progress=false", "model.drop_path_rate=0", "optim.batch_size=4",
                  "optim.epochs=6", "optim.warmup_epochs=1", "optim.lr=0.003", "optim.layer_decay=1.0",
                  "optim.weight_decay=0", *NO_AUG]) == 0
@@ -41,7 +41,7 @@ def test_finetune_trains_a_registered_supervised_crate_from_random_init(image_fo
     assert (best.config.embed_dim, best.config.depth, best.config.patch_size) == (32, 2, 8)
     # the network it started from (seed run.seed = 0, as the run builds it) does not know the classes
     torch.manual_seed(0)
-    init = crate_mae.create_model("crate_supervised_tiny", num_classes=2, img_size=32, **SMALL).eval()
+    init = crate_mae.create_model("crate_supervised_tiny", num_classes=2, **TINY_ENCODER).eval()
     from crate_mae.data import build_dataset, eval_transform
 
     dc = best.data_config

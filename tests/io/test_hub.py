@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from official_fixtures import official_state_dict_path
 
 import crate_mae
 from crate_mae.cli import main
@@ -181,8 +182,8 @@ def test_missing_extra_is_one_clear_line(model, tmp_path: Path, monkeypatch, cap
     assert "\n" not in err and "crate-mae[hub]" in err
 
 
-def test_convert_writes_a_ready_to_upload_folder(shared_dir: Path, tmp_path: Path, capsys):
-    src = shared_dir / "fixtures" / "crate_mae_micro.official_state_dict.safetensors"
+def test_convert_writes_a_ready_to_upload_folder(tmp_path: Path, capsys):
+    src = official_state_dict_path("crate_mae_micro")
     out = tmp_path / "upload"
     assert main(["convert", str(src), str(out), "num_heads=4", "--model-card", "--repo-id", "me/crate-mae-micro",
                  "--data", "nothing (a test fixture)"]) == 0
@@ -200,7 +201,7 @@ def test_convert_writes_a_ready_to_upload_folder(shared_dir: Path, tmp_path: Pat
     # Without --model-card: weights and config only (provenance still recorded).
     assert main(["convert", str(src), str(tmp_path / "plain"), "num_heads=4"]) == 0
     assert not (tmp_path / "plain" / CARD_NAME).exists()
-    vit = shared_dir / "fixtures" / "vit_mae_micro.official_state_dict.safetensors"
+    vit = official_state_dict_path("vit_mae_micro")
     assert main(["convert", str(vit), str(tmp_path / "vit"), "num_heads=4", "decoder_num_heads=4",
                  "--model-card"]) == 0
     card = (tmp_path / "vit" / CARD_NAME).read_text()

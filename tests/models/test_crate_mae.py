@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny import tiny_kwargs
 
 import crate_mae
 from crate_mae.models import ISTA, MSSA, random_masking
@@ -156,9 +157,8 @@ def test_norm_pix_loss_changes_target(tiny_model_kwargs):
     assert lb < la  # normalised targets are O(1); raw ones here are O(10)
 
 
-def test_encoder_classifier_api(tiny_model_kwargs):
-    kw = {k: v for k, v in tiny_model_kwargs.items() if k != "decoder_depth"}
-    clf = crate_mae.create_model("crate_tiny", **kw, num_classes=7)
+def test_encoder_classifier_api(tiny_encoder):
+    clf = crate_mae.create_model("crate_tiny", **tiny_encoder, num_classes=7)
     imgs = torch.randn(2, 3, 32, 32)
     feats = clf.forward_features(imgs)
     assert clf.forward_head(feats).shape == (2, 7)
@@ -217,8 +217,8 @@ def test_visible_only_intermediates_match_forward(tiny_model_kwargs):
 
 
 def test_paper_vit_mae_has_no_dead_layers():
-    model = crate_mae.create_model("vit_mae_base_paper", img_size=32, patch_size=8, embed_dim=32, depth=1,
-                                   num_heads=4, decoder_embed_dim=32, decoder_num_heads=4, decoder_depth=1)
+    model = crate_mae.create_model("vit_mae_base_paper", **{**tiny_kwargs("vit_mae_base_paper"), "depth": 1,
+                                                            "decoder_depth": 1, "decoder_num_heads": 4})
     names = [k for k, _ in model.named_parameters()]
     assert not any(k.startswith("decoder_embed") for k in names)
     assert not any(k.endswith("qkv.bias") for k in names)

@@ -3,8 +3,9 @@ from every container, convert both ways, and the model keeps the contract of mod
 
 import pytest
 import torch
+from official_fixtures import TOL, official_fixture
 from safetensors.torch import load_file, save_file
-from test_official_fixtures import TOL, official_fixture
+from tiny import TINY_ENCODER
 
 import crate_mae
 from crate_mae.io import CheckpointError, build_from_config
@@ -12,7 +13,7 @@ from crate_mae.models import SupervisedCrate
 from crate_mae.models.crate_supervised import from_official, kwargs_from_official, to_official
 from crate_mae.models.official import ISTA as OfficialISTA
 
-SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5)
+SMALL = {**TINY_ENCODER, "num_classes": 5}
 
 
 def micro(**overrides):

@@ -13,8 +13,8 @@ import math
 
 import pytest
 import torch
+from official_fixtures import FIXTURES, official_fixture
 from safetensors.torch import load_file
-from test_official_fixtures import FIXTURES, official_fixture
 
 import crate_mae
 from crate_mae.models.crate_supervised import from_official as convert_official_supervised_crate

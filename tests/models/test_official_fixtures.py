@@ -3,26 +3,15 @@
 The fixtures (tests/fixtures, provenance in each NAME.json) were built and run by the official code on another
 machine. Float results are therefore compared within TOL, never bit for bit: the same fp32 program differs by a few
 1e-6 between CPU kernels (``ATEN_CPU_CAPABILITY=default`` / ``avx2`` / ``avx512``) and thread counts. Masks are
-integer decisions and must match exactly."""
-
-import json
-from pathlib import Path
+integer decisions and must match exactly. Reading them: tests/official_fixtures.py."""
 
 import pytest
 import torch
+from official_fixtures import TOL, official_fixture
 from safetensors.torch import load_file
 
 import crate_mae
 from crate_mae.models.official import OfficialCrateMAE, to_official
-
-TOL = dict(rtol=1e-4, atol=1e-5)
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-def official_fixture(name):
-    meta = json.loads((FIXTURES / f"{name}.json").read_text())
-    io = load_file(str(FIXTURES / f"{name}.io.safetensors"))
-    return FIXTURES / f"{name}.official_state_dict.safetensors", io, meta
 
 
 def test_transcription_of_the_official_code_reproduces_the_fixture():

@@ -2,25 +2,16 @@
 
 import pytest
 import torch
+from tiny import TINY_ENCODER, tiny_kwargs
 
 import crate_mae
 from crate_mae.models import CrateMAE, ViTMAE, model_defaults
 from crate_mae.models.registry import model_factory
 
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
-
 
 @pytest.mark.parametrize("name", crate_mae.list_models())
 def test_every_model_forwards_and_backwards(name):
-    defaults = model_defaults(name)
-    kw = dict(TINY)
-    if "decoder_depth" in defaults:
-        kw["decoder_depth"] = 1
-    if "decoder_embed_dim" in defaults:  # the paper's frame needs a decoder as wide as the encoder
-        kw.update(decoder_embed_dim=32 if defaults.get("mask_tokens_in_encoder") else 16, decoder_num_heads=2)
-    if name.startswith("crate_") and not name.startswith("crate_mae"):
-        kw["num_classes"] = 5
-    model = crate_mae.create_model(name, **kw)
+    model = crate_mae.create_model(name, **tiny_kwargs(name))
     imgs = torch.randn(2, 3, 32, 32)
     if not model.has_decoder:
         logits = model(imgs)
@@ -81,8 +72,8 @@ def test_unknown_model_and_bad_kwarg():
 
 
 def test_classes():
-    assert isinstance(crate_mae.create_model("crate_mae_tiny", **TINY, decoder_depth=1), CrateMAE)
-    assert isinstance(crate_mae.create_model("vit_mae_base", **TINY, decoder_embed_dim=16, decoder_num_heads=2,
+    assert isinstance(crate_mae.create_model("crate_mae_tiny", **TINY_ENCODER, decoder_depth=1), CrateMAE)
+    assert isinstance(crate_mae.create_model("vit_mae_base", **TINY_ENCODER, decoder_embed_dim=16, decoder_num_heads=2,
                                              decoder_depth=1), ViTMAE)
 
 
@@ -92,7 +83,7 @@ def test_one_registry_holds_presets_and_architectures():
     assert crate_mae.models.list_architectures() == ["crate", "crate_mae", "crate_supervised", "vit", "vit_mae"]
     factories = {crate_mae.models.architecture_factory(a) for a in crate_mae.models.list_architectures()}
     assert all(model_factory(name) in factories for name in crate_mae.list_models())
-    model = crate_mae.models.build_model("crate_mae_tiny", **TINY, decoder_depth=1)
+    model = crate_mae.models.build_model("crate_mae_tiny", **TINY_ENCODER, decoder_depth=1)
     assert crate_mae.models.architecture_factory(model.config.architecture) is CrateMAE
     with pytest.raises(ValueError, match="unknown architecture 'nope'"):
         crate_mae.models.architecture_factory("nope")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _pretrain_tensors import ENV, free_port
+from processes import free_port, repeatable_env
 from safetensors.torch import load_file
 
 from crate_mae.engine.run_state import find_latest_run_state, list_run_states, load_training_state
@@ -21,8 +21,8 @@ SCRIPT = Path(__file__).parents[1] / "_pretrain_tensors.py"
 
 
 def run(out: Path, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, str(SCRIPT), f"run.output_dir={out}", *overrides], env={**ENV, **(env or {})},
-                       capture_output=True, text=True, timeout=240)
+    p = subprocess.run([sys.executable, str(SCRIPT), f"run.output_dir={out}", *overrides],
+                       env=repeatable_env(**(env or {})), capture_output=True, text=True, timeout=240)
     if check and p.returncode != 0:
         raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -70,7 +70,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     out = tmp_path / "killed"
     kill_after = random.Random(20).randint(2, 9)  # optimizer steps (of 12); seeded so a failure reproduces
     proc = subprocess.Popen([sys.executable, str(SCRIPT), f"run.output_dir={out}", "run.ckpt_every_steps=1"],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=repeatable_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         latest = find_latest_run_state(out)
@@ -144,7 +144,7 @@ def test_torchrun_two_processes_match_one_process_with_double_batch(tmp_path):
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(SCRIPT), f"run.output_dir={two}", "optim.batch_size=4", "optim.epochs=1"]
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    p = subprocess.run(cmd, env=repeatable_env(), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout + p.stderr
     s0, s1, s = summary(two, 0), summary(two, 1), summary(one)
     assert s0["world_size"] == 2 and s0["effective_batch"] == 8 == s["effective_batch"]

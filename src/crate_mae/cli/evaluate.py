@@ -31,7 +31,7 @@ from ..io import load_model
 from ..models import list_models
 from ..utils import atomic_write, parse_key_values
 from .model import CKPT_HELP, add_model_args
-from .train import _allow_change_arg
+from .train import add_allow_config_change_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -133,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="shortcut for run.output_dir=")
     p.add_argument("--resume", help="shortcut for run.resume= ('auto' or a checkpoint)")
 
-    _allow_change_arg(p)
+    add_allow_config_change_arg(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.epochs=50")
     p.set_defaults(func=_finetune)
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="'auto': newest complete checkpoint in run.output_dir (fresh start if none); or a checkpoint")
     p.add_argument("--output-dir", default=None, help="shortcut for run.output_dir=...")
-    _allow_change_arg(p)
+    add_allow_config_change_arg(p)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("demo", help="pretrain a small CRATE-MAE on embedded photos for a few minutes, then picture it")
@@ -48,7 +48,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _allow_change_arg(p: argparse.ArgumentParser) -> None:
+def add_allow_config_change_arg(p: argparse.ArgumentParser) -> None:
+    """``--allow-config-change``, shared by the commands that resume a run (pretrain, finetune)."""
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although model, data or schedule keys differ from the checkpoint's config "
                         "(shortcut for run.allow_config_change=true)")

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, _check_size, _check_stats, _to_normalized_tensor
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, check_img_size, check_mean_std, to_normalized_tensor
 
 # Our name -> the skimage.data function; every one reads a file inside the scikit-image wheel (no download).
 _PHOTOS: dict[str, str] = {
@@ -103,9 +103,9 @@ class DemoPhotos(Dataset):
         lo, hi = (float(s) for s in scale)
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(scale)}")
-        self.num_samples, self.img_size, self.seed, self.scale = num_samples, _check_size(img_size), seed, (lo, hi)
-        mean, std = _check_stats(mean, std)
-        self.transform = transform if transform is not None else v2.Compose(_to_normalized_tensor(mean, std))
+        self.num_samples, self.img_size, self.seed, self.scale = num_samples, check_img_size(img_size), seed, (lo, hi)
+        mean, std = check_mean_std(mean, std)
+        self.transform = transform if transform is not None else v2.Compose(to_normalized_tensor(mean, std))
         self.max_side = max_side
         self.classes = [name for name, _ in _photos(max_side)]
         self.samples = [(f"skimage.data.{self.classes[i % len(self.classes)]}#crop{i}", i % len(self.classes))
@@ -151,11 +151,11 @@ def demo_images(img_size: int = 224, n: int = 8, mean: Sequence[float] = IMAGENE
                 std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """A fixed ``(n, 3, img_size, img_size)`` normalised batch: image ``i`` is the centre square of photo
     ``i % P``, zoomed in ``2 ** (i // P)`` times when ``n`` exceeds the number of photos ``P``."""
-    _check_size(img_size)
+    check_img_size(img_size)
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    mean, std = _check_stats(mean, std)
-    to_tensor = v2.Compose(_to_normalized_tensor(mean, std))
+    mean, std = check_mean_std(mean, std)
+    to_tensor = v2.Compose(to_normalized_tensor(mean, std))
     photos = _photos(512)
     out = []
     for i in range(n):

@@ -19,7 +19,11 @@ from ..utils import atomic_write
 from ..utils.extras import require
 from .build import detect_kind
 from .folder import DECODE_ERRORS, FlatImageFolder, ImageFolderDataset, UnreadableImageError, pil_rgb_loader
-from .shards import _KEEP_FORMATS, DEFAULT_SHARD_SIZE, FORMAT, MANIFEST_NAME, SHARD_PATTERN, SOURCES_NAME, log
+from .shards import DEFAULT_SHARD_SIZE, FORMAT, MANIFEST_NAME, SHARD_PATTERN, SOURCES_NAME, log
+
+# Formats whose original bytes are stored as they are (when 8-bit RGB or grey): the reader's decode then equals the
+# folder reader's. Anything else is stored as the folder reader's RGB result, re-encoded losslessly as PNG.
+_KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
 def _encode_file(path: str) -> tuple[bytes, str]:

@@ -51,9 +51,6 @@ FORMAT = "crate-mae-shards-v1"
 DEFAULT_SHARD_SIZE = 5000
 # Image members a shard sample may carry (WebDataset extensions); the first present is decoded.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "bmp", "tif", "tiff", "gif")
-# Formats whose original bytes are stored as they are (when 8-bit RGB or grey): the reader's decode then equals the
-# folder reader's. Anything else is stored as the folder reader's RGB result, re-encoded losslessly as PNG.
-_KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 # What a corrupt tar makes wids' mmap indexer raise (bad octal sizes, short headers, an empty file).
 _SHARD_ERRORS = (OSError, ValueError, struct.error, AssertionError, IndexError, KeyError)
 

@@ -32,13 +32,15 @@ def resolve_data_config(model: torch.nn.Module) -> dict:
             "mean": list(saved.get("mean", IMAGENET_MEAN)), "std": list(saved.get("std", IMAGENET_STD))}
 
 
-def _check_size(img_size: int) -> int:
+def check_img_size(img_size: int) -> int:
+    """``img_size`` if it is a positive integer, else a ValueError naming it."""
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0:
         raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
     return img_size
 
 
-def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+def check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Per-channel normalisation statistics as float lists, or a ValueError (empty, unequal lengths, std <= 0)."""
     mean, std = [float(m) for m in mean], [float(s) for s in std]
     if len(mean) != len(std) or not mean:
         raise ValueError(f"mean {mean} and std {std} must be non-empty and of equal length (one entry per channel)")
@@ -47,7 +49,7 @@ def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[floa
     return mean, std
 
 
-def _to_normalized_tensor(mean: list[float], std: list[float]) -> list[v2.Transform]:
+def to_normalized_tensor(mean: list[float], std: list[float]) -> list[v2.Transform]:
     """PIL/uint8 -> float32 in [0, 1] (ToTensor) -> (x - mean) / std."""
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
@@ -56,8 +58,8 @@ def pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std
                        scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True) -> v2.Compose:
     """MAE pretraining augmentation (facebookresearch/mae ``main_pretrain.py``):
     RandomResizedCrop(img_size, scale, ratio 3/4..4/3, bicubic) -> horizontal flip (p=0.5) -> ToTensor -> Normalize."""
-    _check_size(img_size)
-    mean, std = _check_stats(mean, std)
+    check_img_size(img_size)
+    mean, std = check_mean_std(mean, std)
     lo, hi = (float(s) for s in scale)
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(scale)}")
@@ -65,7 +67,7 @@ def pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std
                                                       antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps + _to_normalized_tensor(mean, std))
+    return v2.Compose(steps + to_normalized_tensor(mean, std))
 
 
 def book_pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
@@ -76,8 +78,8 @@ def book_pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN
     The book gives no probabilities or blur widths; we use the usual self-supervised ones (BYOL / DINO): blur with
     probability ``blur_p``, sigma in [0.1, 2.0] and a kernel of ~10 % of the image, solarise (threshold 0.5) with
     probability ``solarize_p``."""
-    _check_size(img_size)
-    mean, std = _check_stats(mean, std)
+    check_img_size(img_size)
+    mean, std = check_mean_std(mean, std)
     kernel = max(3, (img_size // 10) | 1)  # odd, ~10 % of the side (23 at 224, as BYOL)
     steps: list[v2.Transform] = [v2.Resize(round(img_size * 256 / 224), interpolation=_BICUBIC, antialias=True),
                                  v2.RandomCrop(img_size)]
@@ -94,14 +96,14 @@ def eval_transform(img_size: int, crop_pct: float = 0.875, mean: Sequence[float]
     """Deterministic evaluation view (MAE / timm): resize the shorter side to ``floor(img_size / crop_pct)``
     (bicubic), centre-crop ``img_size`` x ``img_size``, ToTensor, Normalize. ``crop_pct=1.0`` resizes the shorter
     side to ``img_size`` and centre-crops the longer one (no border is thrown away on square images)."""
-    _check_size(img_size)
-    mean, std = _check_stats(mean, std)
+    check_img_size(img_size)
+    mean, std = check_mean_std(mean, std)
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
     # floor like timm; the epsilon keeps e.g. 224 / 0.875 = 256 from flooring to 255 by rounding error.
     resize = int(img_size / crop_pct + 1e-6)
     return v2.Compose([v2.Resize(resize, interpolation=_BICUBIC, antialias=True), v2.CenterCrop(img_size)]
-                      + _to_normalized_tensor(mean, std))
+                      + to_normalized_tensor(mean, std))
 
 
 def to_tensor_transform() -> v2.Compose:
@@ -116,7 +118,7 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     ``x`` is ``(C, H, W)`` or ``(N, C, H, W)``; channels are dimension -3. Returns float32 on ``x``'s device."""
     if x.ndim not in (3, 4):
         raise ValueError(f"denormalize expects a (C, H, W) or (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-    mean, std = _check_stats(mean, std)
+    mean, std = check_mean_std(mean, std)
     if x.shape[-3] != len(mean):
         raise ValueError(f"tensor has {x.shape[-3]} channels (dim -3 of shape {tuple(x.shape)}) but mean/std have "
                          f"{len(mean)} entries")

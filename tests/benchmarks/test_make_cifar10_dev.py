@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_cifar10_dev.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "make_cifar10_dev.py"
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_speed.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_speed.py"
 MODES = [("official", "fp32", False), ("official", "bf16", False), ("ours", "fp32", False), ("ours", "bf16", False),
          ("ours", "bf16", True)]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_speed.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model_speed.py"
 MICRO = ["--set", "patch_size=8", "depth=2", "decoder_depth=2", "embed_dim=32", "num_heads=2",
          "--repeats", "1", "--warmup", "0", "--threads", "1"]
 

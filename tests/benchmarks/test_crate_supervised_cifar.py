@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "crate_supervised_cifar.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "crate_supervised_cifar.py"
 
 
 def _script():

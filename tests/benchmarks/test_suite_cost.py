@@ -7,10 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from tiny import TINY, cli_words
+
 import crate_mae
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "suite_cost.py"
-MICRO = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_depth=1)
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "suite_cost.py"
+MICRO = {**TINY, "decoder_depth": 1}
 
 
 def _module():
@@ -32,7 +34,7 @@ def test_flops_count_every_product_of_the_encoder():
 
 def test_cli_prints_the_measurement_and_the_labelled_estimate(tmp_path, capsys):
     out = tmp_path / "cost.json"
-    words = [f"{k}={v}" for k, v in MICRO.items()]
+    words = cli_words(MICRO)
     assert _module().main(["crate_mae_tiny", *words, "--device", "cpu", "--seconds", "0.2", "--batch-size", "4",
                            "--peak-tflops", "100", "--utilisation", "0.5", "--json", str(out)]) == 0
     text = capsys.readouterr().out
