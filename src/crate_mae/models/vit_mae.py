@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Mapping, cast
 
 import torch
 import torch.nn as nn
@@ -225,7 +225,7 @@ def vit_classifier(config: ViTConfig | None = None, **kwargs: Any) -> MAEViTClas
     return MAEViTClassifier(config, **kwargs)
 
 
-def kwargs_from_official(state: dict[str, torch.Tensor]) -> dict:
+def kwargs_from_official(state: Mapping[str, torch.Tensor]) -> dict:
     """ViTMAE keywords read off a facebookresearch/mae (or CRATE-repo ``mae_vit_*``) state dict; heads and the
     masking frame are not stored."""
     cfg = official_shape_kwargs(state, "blocks.{}.attn.qkv.weight", "decoder_blocks.{}.attn.qkv.weight")
