@@ -1,5 +1,5 @@
 # Entry points (see README): `make demo`, `make test` (everything), `make test-fast` (skips the slow integration
-# tests), `make lint` (ruff, configured in pyproject.toml). All create .venv on first use.
+# tests), `make lint` (ruff, then mypy; both configured in pyproject.toml). All create .venv on first use.
 PY ?= python3
 VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
@@ -24,6 +24,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(VENV)/bin/python benchmarks/model_speed.py

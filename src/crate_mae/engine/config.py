@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeGuard
 
 import yaml
 
@@ -213,11 +213,11 @@ class Checks:
             self.errors.append(f"{key} = {value!r}: {why}")
 
     @staticmethod
-    def number(v: Any) -> bool:
+    def number(v: Any) -> TypeGuard[int | float]:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     @staticmethod
-    def integer(v: Any) -> bool:
+    def integer(v: Any) -> TypeGuard[int]:
         return isinstance(v, int) and not isinstance(v, bool)
 
     def optim(self, o: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -99,7 +99,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, compile: bool = False) ->
     if info.enabled:
         DDP = torch.nn.parallel.DistributedDataParallel
         # torch >= 2.14 renames the flag (and warns about the old name)
-        no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                          else "broadcast_buffers": False}
+        new_name = "forward_sync_buffers" in inspect.signature(DDP).parameters
+        no_buffer_sync: dict[str, Any] = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
         net = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None, **no_buffer_sync)
-    return torch.compile(net) if compile else net
+    return cast(torch.nn.Module, torch.compile(net)) if compile else net  # compiling a module gives a module

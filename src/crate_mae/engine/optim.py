@@ -4,11 +4,13 @@ per-step linear warm-up then half-cosine decay."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay
+
+from ..models.base import Capabilities
 
 
 def effective_lr(blr: float, batch_size: int, accum_iter: int, world_size: int, lr: float | None = None) -> float:
@@ -30,7 +32,7 @@ def adamw(params, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     params = list(params)
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), fused=fused or None)
+    return torch.optim.AdamW(params, lr=lr, betas=cast("tuple[float, float]", tuple(betas)), fused=fused or None)
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
@@ -56,7 +58,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
         return adamw(groups, lr, betas)
     if param_groups not in PARAM_GROUPS:
         raise ValueError(f"param_groups must be one of {PARAM_GROUPS}, got {param_groups!r}")
-    skip = set(model.no_weight_decay()) if param_groups == "timm" else set()
+    skip: set[str] = set()
+    if param_groups == "timm":
+        assert isinstance(model, Capabilities)  # no_weight_decay() is part of every model's contract
+        skip = set(model.no_weight_decay())
     groups = param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip)
     return adamw(groups, lr, betas)
 

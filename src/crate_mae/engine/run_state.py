@@ -48,6 +48,7 @@ def capture_rng(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Every RNG this process uses, as tensors / ints / lists (weights_only-loadable). On CUDA only this rank's
     device is saved, so a run state resumes on a machine with a different number of visible GPUs."""
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy form, as the global MT19937 generator gives it
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
@@ -124,7 +125,9 @@ def save_run_state(output_dir: str | os.PathLike, model: nn.Module, state: dict[
 
 
 def _prune(root: Path, keep: int, newest: Path) -> None:
-    step = int(_STEP_RE.match(newest.name).group(1))
+    m = _STEP_RE.match(newest.name)
+    assert m is not None  # the folder just written has a run-state name
+    step = int(m.group(1))
     for s, _, path in _scan(root):  # older revisions of the step just written
         if s == step and path != newest:
             shutil.rmtree(path, ignore_errors=True)

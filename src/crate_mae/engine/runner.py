@@ -35,18 +35,19 @@ import random
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.profiler import record_function
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.loader import resolve_num_workers
 from ..io import load_exact, save_pretrained
+from ..models.base import Capabilities
 from ..utils import NoSpaceError, amp_dtype, atomic_write, writing
 from ..utils.progress import Progress
 from .config import config_changes, save_config
@@ -62,7 +63,10 @@ from .run_state import (
     resume_candidates,
     save_run_state,
 )
-from .sampling import EpochSampler
+from .sampling import EpochSampler, SeededSamples
+
+if TYPE_CHECKING:  # imported where it is used: tensorboard is slow to import
+    from torch.utils.tensorboard import SummaryWriter
 
 clock: Callable[[], float] = time.perf_counter  # the run's stopwatch; tests replace it to control run.max_minutes
 
@@ -136,7 +140,7 @@ class Task:
     guarded: tuple[str, ...] = ("model.", "data.", "optim.", "run.seed")
     unguarded: tuple[str, ...] = ("data.num_workers", "data.strict", "data.cache")
     model: nn.Module
-    train_set: Dataset
+    train_set: SeededSamples
     extra: dict[str, Any]
 
     def __init__(self, cfg: Any, info: DistInfo):
@@ -228,12 +232,13 @@ class Runner:
             torch.backends.cudnn.benchmark = False
         self.amp_dtype = amp_dtype(r.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.writer = None
+        self.writer: SummaryWriter | None = None
 
         torch.manual_seed(r.seed)  # identical initialisation on every rank
         self.task = make_task(cfg, info)
         if r.grad_checkpointing:
-            self.task.model.set_grad_checkpointing(True)  # part of every model's contract (models/base.py)
+            assert isinstance(self.task.model, Capabilities)  # every model keeps the contract of models/base.py
+            self.task.model.set_grad_checkpointing(True)
         seed_all(r.seed + info.rank)  # then rank-specific streams for drop path and mixup
 
         self.sampler = EpochSampler(len(self.task.train_set), o.batch_size, r.seed, info.rank, info.world_size)
@@ -324,7 +329,10 @@ class Runner:
                     lr = self.schedule.apply(self.optimizer, st.step)
                 boundary = micro == accum - 1
                 # DDP decides in forward whether backward all-reduces, so both run under no_sync.
-                sync = self.net.no_sync() if info.enabled and not boundary else contextlib.nullcontext()
+                # (net is DDP, or torch.compile's wrapper of it, which forwards no_sync; torch types a module's
+                # attributes Tensor | Module)
+                sync = (self.net.no_sync()  # type: ignore[operator]
+                        if info.enabled and not boundary else contextlib.nullcontext())
                 with sync, record_function("crate_mae.micro_batch"):  # named ranges in profiler traces
                     with autocast:
                         loss = self.task.loss(self.net, batch)
@@ -417,6 +425,7 @@ class Runner:
         times faster (README "Speed"); on an idle machine, all threads are. The choice holds for the rest of the
         run and is logged as a ``{"event": "threads", ...}`` row."""
         t = self.trial
+        assert t is not None  # called only while the trial runs
         now, done = clock(), len(t["seconds"][t["order"][0]]) + len(t["seconds"][1])
         t["seconds"][t["order"][done]].append(now - t["last"])
         t["last"] = now
@@ -442,9 +451,10 @@ class Runner:
         plan = None
         if self.info.is_main:
             times = self._window
-            fresh = self.plan is None or self.plan["clock"] is None  # the first window of this process
+            last_clock = self.plan["clock"] if self.plan is not None else None
+            fresh = last_clock is None  # the first window of this process
             skip = min(3, len(times) // 4) if fresh else 0
-            start = times[skip - 1] if skip else (self.t0 if fresh else self.plan["clock"])
+            start = times[skip - 1] if skip else (self.t0 if last_clock is None else last_clock)
             per_step = (times[-1] - start) / max(1, len(times) - skip)
             elapsed = times[-1] - self.t0 + self.trained_before
             fitted = st.step + max(0, math.floor((60 * r.fit_to_minutes - elapsed) / per_step)) if per_step > 0 \
@@ -458,6 +468,7 @@ class Runner:
             box = [plan]
             dist.broadcast_object_list(box, src=0)
             plan = box[0]
+        assert plan is not None  # rank 0 made it, the broadcast gave it to every other rank
         plan["binding"] = plan["min_steps"] > plan["fitted_steps"]  # the floor, not the budget, sets the end now
         news = self.plan is None or plan["binding"] and not self._said_floor  # say it once, and when the floor bites
         self._said_floor = self._said_floor or plan["binding"]
@@ -511,7 +522,7 @@ class Runner:
     def save(self) -> Path | None:
         """Save the run state of the current step (rank 0 writes; every rank contributes its RNG state)."""
         check_weights(self.task.model, self.state.step)
-        rngs = [capture_rng(self.device)]
+        rngs: list[dict[str, Any] | None] = [capture_rng(self.device)]
         if self.info.enabled:
             rngs = [None] * self.info.world_size
             dist.all_gather_object(rngs, capture_rng(self.device))

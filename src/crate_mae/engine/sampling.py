@@ -50,7 +50,7 @@ class SeededSamples(Dataset):
         self.dataset, self.seed, self.num_patches, self.torch_only = dataset, seed, num_patches, torch_only
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; map-style ones have it
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key

@@ -19,12 +19,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 import torch.nn as nn
 import yaml
 
 from .._version import __version__
+from ..models.base import Capabilities
 from ..utils import atomic_write, file_sha256
 from ..utils.extras import require
 from .format import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
@@ -80,7 +81,7 @@ _MAE_CITATION = """@inproceedings{he2022masked,
 
 
 # -- reading: a Hub model from the local Hugging Face cache -------------------------------------------------------
-def is_hub_id(source: Any) -> bool:
+def is_hub_id(source: Any) -> TypeGuard[str]:
     """Whether ``source`` names a Hub repository (``"hf-hub:ORG/NAME[@REVISION]"``)."""
     return isinstance(source, str) and source.startswith(HUB_PREFIX)
 
@@ -157,6 +158,7 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
     hf = require("huggingface_hub", "hub", "uploading weights to the Hugging Face Hub")
     repo_id, pinned = parse_hub_id(repo_id)
     revision = revision or pinned
+    assert isinstance(model, Capabilities)  # a crate-mae model (save_pretrained says so otherwise)
     name = model.model_name or model.config.architecture
     api = hf.HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="crate-mae-hub-") as tmp:
@@ -169,6 +171,7 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
 def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | None = None, data: str | None = None,
                source: str | None = None, weights_sha256: str | None = None) -> str:
     """The model card (Markdown with Hub YAML metadata) of ``model``; see :func:`save_for_hub` for the fields."""
+    assert isinstance(model, Capabilities)  # a crate-mae model: it has a config
     config = {**model.config.to_dict(), "model": model.model_name}
     recorded = model.provenance.get("weights_source")
     recorded = recorded if isinstance(recorded, Mapping) else {}

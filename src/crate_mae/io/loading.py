@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from ..models.base import Capabilities
 from ..models.crate_mae import CrateEncoder, CrateEncoderConfig, CrateMAE
 from ..models.crate_supervised import SupervisedCrate
 from ..models.registry import architecture_factory, build_model, is_registered, list_architectures
@@ -114,6 +115,7 @@ def build_from_config(config: Mapping[str, Any], where: str = "config") -> nn.Mo
         model = cls(model_config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
+    assert isinstance(model, Capabilities)  # every architecture class keeps the model contract
     model.model_name = config.get("model") or None
     model.data_config = dict(config.get("data") or {})
     own = model_config.to_dict()
@@ -211,6 +213,7 @@ def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device
     if is_registered(str(source)) and not path.exists():
         torch.manual_seed(seed)
         model = build_model(str(source), **overrides).eval()
+        assert isinstance(model, Capabilities)  # as every registered model
         model.provenance.update(random_init=True, seed=seed)
         sha = state_sha256(model)
     elif is_hub_id(source):
@@ -221,6 +224,7 @@ def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device
             raise FileNotFoundError(f"checkpoint not found: {source} (nor is it a registered model name; see "
                                     "`crate-mae models`)")
         model, sha = load_checkpoint(path, **overrides), checkpoint_sha256(path)
+    assert isinstance(model, Capabilities)  # as every model a checkpoint builds
     model.provenance["checkpoint"] = str(source)
     return (model.to(device) if device is not None else model), sha
 

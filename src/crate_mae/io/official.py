@@ -55,6 +55,7 @@ def model_from_official(state: Mapping[str, torch.Tensor], overrides: Mapping[st
     point at the caller of the function that called this one (:func:`crate_mae.io.load_checkpoint`)."""
     overrides = dict(overrides)
     fmt = detect_format(state)
+    model: CrateMAE | SupervisedCrate | ViTMAE
     if fmt == "crate_mae_official":
         model = _build_crate_official(state, overrides)
         load_exact(model, from_official(state), where)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol, TypeVar, cast
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .embedding import tokens_with_mask_tokens, visible_tokens
+from .embedding import LearnedPositionTable, PositionTable, tokens_with_mask_tokens, visible_tokens
 from .masking import masked_mse, normalize_patches, patchify, unpatchify
 
 ConfigT = TypeVar("ConfigT", bound="ModelConfig")
@@ -76,7 +76,7 @@ class ModelConfig:
         if d.get("architecture", cls.architecture) != cls.architecture:
             raise ValueError(f"{where}: architecture {d.get('architecture')!r} is not {cls.architecture!r}")
         known = {f.name: f for f in fields(cls)}
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         problems = [p for k, v in kwargs.items() if (p := _type_problem(k, v, known[k].default))]
         if problems:
             raise ValueError(f"{where}: " + "; ".join(problems))
@@ -141,17 +141,21 @@ class Capabilities:
     config_class: ClassVar[type[ModelConfig]]
     has_decoder: ClassVar[bool] = False
     white_box: ClassVar[bool] = False
-    config: ModelConfig
+    config: ModelConfig  # each model narrows it to its own config class
     model_name: str | None
     data_config: dict[str, Any]
     provenance: dict[str, Any]
+    # What the defaults below use and the model provides: nn.Module's parameters(), the encoder's blocks.
+    parameters: Callable[..., Iterator[nn.Parameter]]
+    blocks: nn.ModuleList | nn.Sequential
 
     @classmethod
-    def make_config(cls, config: ModelConfig | None, kwargs: Mapping[str, Any]) -> ModelConfig:
+    def make_config(cls, config: ConfigT | None, kwargs: Mapping[str, Any]) -> ConfigT:
         """A constructor's config: ``config`` as given, or built from keyword arguments (the old signature);
         a mix of both, or another architecture's config, is a TypeError."""
         if config is None:
-            return cls.config_class(**kwargs)
+            # config_class is the config class that the constructor's ``config`` parameter names (ConfigT)
+            return cast(ConfigT, cls.config_class(**kwargs))
         if kwargs:
             raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__} or keyword arguments, not both "
                             f"(got config and {', '.join(sorted(kwargs))})")
@@ -192,9 +196,25 @@ class Capabilities:
         return self.blocks
 
 
+class ModelClass(Protocol):
+    """What the registry holds: a model class (each keeps the contract of :class:`Capabilities`), called with its
+    config or with keyword arguments."""
+
+    @property
+    def config_class(self) -> type[ModelConfig]: ...
+
+    def __call__(self, config: Any = ..., /, **kwargs: Any) -> nn.Module: ...
+
+
 class PatchTokens:
     """The encoder input of both architectures, in either masking frame (see embedding.py). Needs ``patch_embed``,
     ``cls_token``, ``pos_embed`` (a PositionTable), ``patch_size``, ``in_chans``."""
+
+    patch_embed: nn.Module
+    cls_token: nn.Parameter
+    pos_embed: PositionTable | LearnedPositionTable
+    patch_size: int
+    in_chans: int
 
     def grid_size(self, imgs: torch.Tensor) -> tuple[int, int]:
         check_images(imgs, self.patch_size, self.in_chans)
@@ -217,6 +237,10 @@ class MaskedAutoencoder(Capabilities, nn.Module):
     CRATE-MAE and ViT-MAE. Needs ``patch_size``, ``in_chans``, ``norm_pix_loss`` and ``grid_size(imgs)``."""
 
     has_decoder = True
+    patch_size: int
+    in_chans: int
+    norm_pix_loss: bool
+    grid_size: Callable[[torch.Tensor], tuple[int, int]]  # PatchTokens.grid_size, or the model's own
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         self.grid_size(imgs)
@@ -258,7 +282,7 @@ class MaskedAutoencoder(Capabilities, nn.Module):
                 "mask": out.mask, "loss": out.loss.detach()}
 
 
-def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
     """Apply ``blocks`` in order; with ``grad_checkpointing`` (and autograd on) each block's activations are
     recomputed in backward instead of stored."""
     for blk in blocks:
@@ -272,7 +296,9 @@ def init_weights(model: nn.Module, patch_embed: nn.Module, tokens: list[nn.Param
     Linear weights, zero Linear biases, N(0, 0.02) tokens, unit LayerNorms. The patch-embedding bias keeps Conv2d's
     default; raw square parameters (ISTA dictionaries, decoder linears) keep the kaiming-uniform init their
     modules give them (see layers.py)."""
-    w = patch_embed.proj.weight
+    proj = patch_embed.proj
+    assert isinstance(proj, (nn.Conv2d, nn.Linear))  # timm's PatchEmbed has a Conv2d, supervised CRATE's a Linear
+    w = proj.weight
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
     for t in tokens:
         nn.init.normal_(t, std=0.02)
@@ -325,7 +351,7 @@ def layer_index(layer: int, n: int, what: str = "encoder") -> int:
     return layer % n
 
 
-def official_shape_kwargs(state: dict[str, torch.Tensor], enc_key: str, dec_key: str) -> dict:
+def official_shape_kwargs(state: Mapping[str, torch.Tensor], enc_key: str, dec_key: str) -> dict:
     """Constructor keywords read off an official state dict's shapes: width, channels, patch, depths (keys
     ``enc_key`` / ``dec_key`` formatted with a block index), image size from the stored position table."""
     if "patch_embed.proj.weight" not in state:

@@ -12,7 +12,7 @@ gives the faster visible-only variant (MAE's frame, see ``embedding.py``), which
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence, cast
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,9 @@ from .layers import ISTA, MSSA, InverseISTA
 from .masking import random_masking
 from .outputs import Intermediates, MAEOutput
 from .tracing import LayerRecorder
+
+if TYPE_CHECKING:  # the other CRATE classifier, whose module builds on this one
+    from .crate_supervised import SupervisedCrateConfig
 
 BLOCK_LN_EPS = 1e-5  # PreNorm's nn.LayerNorm default in the official blocks
 FINAL_LN_EPS = 1e-6  # the encoder's and decoder's final norms
@@ -87,6 +90,7 @@ class CrateMAEConfig(ModelConfig):
             raise ValueError(f"decoder_depth must be >= 1, got {self.decoder_depth}")
         check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth,
                      self.ista_step_size, self.ista_lambda)
+        assert self.decoder_num_heads is not None  # __post_init__ filled it in
         if self.embed_dim % self.decoder_num_heads:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by decoder_num_heads="
                              f"{self.decoder_num_heads}")
@@ -139,6 +143,15 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
     """
 
     white_box = True
+    config: CrateEncoderConfig | SupervisedCrateConfig
+    embed_dim: int
+    num_classes: int
+    global_pool: str
+    blocks: nn.ModuleList
+    norm: nn.Module
+    head: nn.Module
+    grad_checkpointing: bool
+    forward_head: Callable[..., torch.Tensor]
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
@@ -178,7 +191,7 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
         x = self.prepare_tokens(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
-        blk = self.blocks[layer]
+        blk = cast(CrateBlock, self.blocks[layer])
         return blk.attn.attention(blk.norm1(x))
 
     def trace_layers(self, imgs: torch.Tensor, encoder_layers: list[int] | None = None) -> Intermediates:
@@ -200,7 +213,8 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
         Returns ``intermediates`` or ``(final features, intermediates)``."""
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take, max_index = feature_take_indices(len(self.blocks), indices)
+        # timm annotates indices List[int] (for TorchScript); it reads any sequence
+        take, max_index = feature_take_indices(len(self.blocks), indices)  # type: ignore[arg-type]
         h, w = self.grid_size(x)
         z = self.prepare_tokens(x)
         blocks = self.blocks[:max_index + 1] if stop_early or intermediates_only else self.blocks
@@ -223,7 +237,7 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
                                   prune_head: bool = True) -> list[int]:
         """Drop the layers after the last of ``indices`` (and the final norm / head when asked); returns the
         absolute indices kept, as timm's feature wrappers expect."""
-        take, max_index = feature_take_indices(len(self.blocks), indices)
+        take, max_index = feature_take_indices(len(self.blocks), indices)  # type: ignore[arg-type]  # as above
         self.blocks = self.blocks[:max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
@@ -250,6 +264,7 @@ class CrateEncoder(CrateClassifierBase):
     """
 
     config_class = CrateEncoderConfig
+    config: CrateEncoderConfig
 
     def __init__(self, config: CrateEncoderConfig | None = None, **kwargs: Any):
         """``CrateEncoder(config)``, or ``CrateEncoder(embed_dim=..., ...)`` with the config's fields."""
@@ -314,11 +329,13 @@ class CrateMAE(MaskedAutoencoder):
     white_box = True
 
     config_class = CrateMAEConfig
+    config: CrateMAEConfig
 
     def __init__(self, config: CrateMAEConfig | None = None, **kwargs: Any):
         """``CrateMAE(config)``, or ``CrateMAE(embed_dim=..., ...)`` with the config's fields."""
         super().__init__()
         c = self.make_config(config, kwargs)
+        assert c.decoder_num_heads is not None  # the config filled it in
         self.init_contract(c)
         self.patch_size = c.patch_size
         self.in_chans = c.in_chans

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, cast
 
 import torch
 import torch.nn as nn
@@ -82,6 +82,7 @@ class SupervisedCrate(CrateClassifierBase):
     """
 
     config_class = SupervisedCrateConfig
+    config: SupervisedCrateConfig
 
     def __init__(self, config: SupervisedCrateConfig | None = None, **kwargs: Any):
         """``SupervisedCrate(config)``, or ``SupervisedCrate(embed_dim=..., ...)`` with the config's fields."""
@@ -101,7 +102,7 @@ class SupervisedCrate(CrateClassifierBase):
         self.blocks = nn.ModuleList(
             CrateBlock(c.embed_dim, c.num_heads, c.ista_step_size, c.ista_lambda, dpr[i]) for i in range(c.depth))
         if c.num_heads == 1:  # the official Attention has no output projection when one head spans the width
-            for blk in self.blocks:
+            for blk in cast("Iterable[CrateBlock]", self.blocks):
                 blk.attn.proj = nn.Identity()
         self.norm = nn.Identity()  # no final norm before pooling (timm's ViT does the same when it has fc_norm)
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=BLOCK_LN_EPS)

@@ -14,6 +14,8 @@ official code, whose table is an fp32 parameter.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,12 +35,14 @@ class PositionTable(nn.Module):
     table for the new grid. Tables for other grids are computed once per (grid, device) and cached.
     """
 
+    table: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, embed_dim: int, grid_size: tuple[int, int], mode: str = "interpolate"):
         super().__init__()
         if mode not in POS_EMBED_MODES:
             raise ValueError(f"pos_embed_mode must be one of {POS_EMBED_MODES}, got {mode!r}")
         self.mode = mode
-        self.grid_size = tuple(grid_size)
+        self.grid_size = cast("tuple[int, int]", tuple(grid_size))  # (h, w), also when given as a list
         # Never trained, never saved: the official checkpoints store it frozen; we recompute it.
         self.register_buffer("table", sincos_pos_embed(embed_dim, self.grid_size).unsqueeze(0), persistent=False)
         self._cache: dict[tuple, torch.Tensor] = {}
@@ -48,7 +52,7 @@ class PositionTable(nn.Module):
         return self.table.shape[1]
 
     def forward(self, grid: tuple[int, int]) -> torch.Tensor:
-        grid = tuple(grid)
+        grid = cast("tuple[int, int]", tuple(grid))
         if grid == self.grid_size:
             return self.table
         key = (grid, self.table.device, self.mode)
@@ -85,7 +89,7 @@ class LearnedPositionTable(nn.Module):
 
     def __init__(self, embed_dim: int, grid_size: tuple[int, int]):
         super().__init__()
-        self.grid_size = tuple(grid_size)
+        self.grid_size = cast("tuple[int, int]", tuple(grid_size))  # (h, w), also when given as a list
         self.table = nn.Parameter(torch.randn(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
 
     @property
@@ -93,7 +97,7 @@ class LearnedPositionTable(nn.Module):
         return self.table.shape[1]
 
     def forward(self, grid: tuple[int, int]) -> torch.Tensor:
-        grid = tuple(grid)
+        grid = cast("tuple[int, int]", tuple(grid))
         if grid == self.grid_size:
             return self.table
         return resample_abs_pos_embed(self.table, list(grid), list(self.grid_size), num_prefix_tokens=1)
@@ -108,6 +112,7 @@ def tokens_with_mask_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos:
 
     ``patches`` (N, L, D), ``mask`` (N, L) with 1 = masked (None: nothing masked) -> (N, 1 + L, D)."""
     if mask is not None:
+        assert mask_token is not None, "a mask needs a mask_token"
         patches = torch.where(mask.unsqueeze(-1).bool(), mask_token, patches)
     x = torch.cat([cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
     return x + pos

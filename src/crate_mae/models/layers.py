@@ -29,7 +29,7 @@ class MSSA(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
+        self.proj: nn.Module = nn.Linear(dim, dim)  # an Identity in supervised CRATE's one-head layers
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """U_k^T z for every head: (B, N, d) -> (B, K, N, p)."""

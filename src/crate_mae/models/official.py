@@ -16,7 +16,7 @@ This module also owns the mapping between the official key names and ours (:func
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Iterable, Mapping, cast
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 
 from .base import official_shape_kwargs
+from .crate_mae import CrateMAE
 from .layers import sincos_pos_embed
 from .masking import masked_mse, patchify
 
@@ -90,7 +91,7 @@ class EncoderBlock(nn.Module):
                                                     PreNorm(dim, ISTA(dim, step_size, lambd))])])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for attn, ff in self.layers:
+        for attn, ff in cast("Iterable[nn.ModuleList]", self.layers):  # each layer a ModuleList of two
             x = ff(attn(x) + x)
         return x
 
@@ -101,7 +102,7 @@ class DecoderBlock(nn.Module):
         self.layers = nn.ModuleList([nn.ModuleList([PreNorm(dim, Linear(dim)), PreNorm(dim, Attention(dim, heads))])])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for ff, attn in self.layers:
+        for ff, attn in cast("Iterable[nn.ModuleList]", self.layers):
             y = ff(x)
             x = y - attn(y)
         return x
@@ -217,7 +218,7 @@ def from_official(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {official_to_ours(k) or f"<unrecognised>{k}": v for k, v in state.items() if k not in UNUSED}
 
 
-def to_official(model: nn.Module) -> dict[str, torch.Tensor]:
+def to_official(model: CrateMAE) -> dict[str, torch.Tensor]:
     """A :class:`~crate_mae.models.CrateMAE`'s weights under the official names, with the two sin-cos tables and a
     zero ``decoder_embed`` that the official module also holds: ``OfficialCrateMAE(...).load_state_dict(...)``."""
     out = {}

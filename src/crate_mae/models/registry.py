@@ -14,18 +14,19 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from .base import Capabilities, ModelClass
 from .crate_mae import CrateEncoder, CrateMAE
 from .crate_supervised import SupervisedCrate
 from .vit_mae import MAEViTClassifier, ViTMAE
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: dict[str, ModelClass] = {}
 _DEFAULTS: dict[str, dict] = {}
 # config.json's "architecture" -> what builds it (the constructor keywords are the rest of config.json).
-_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+_ARCHITECTURES: dict[str, ModelClass] = {
     cls.config_class.architecture: cls for cls in (CrateMAE, CrateEncoder, ViTMAE, MAEViTClassifier, SupervisedCrate)}
 
 
-def register_model(name: str, factory: Callable[..., nn.Module], **defaults) -> None:
+def register_model(name: str, factory: ModelClass, **defaults) -> None:
     _MODELS[name] = factory
     _DEFAULTS[name] = defaults
 
@@ -46,7 +47,7 @@ def is_registered(name: str) -> bool:
     return name in _MODELS
 
 
-def model_factory(name: str) -> Callable[..., nn.Module]:
+def model_factory(name: str) -> ModelClass:
     """The class (or function) that builds the preset ``name``."""
     _check_name(name)
     return _MODELS[name]
@@ -68,7 +69,7 @@ def list_architectures() -> list[str]:
     return sorted(_ARCHITECTURES)
 
 
-def architecture_factory(architecture: str) -> Callable[..., nn.Module]:
+def architecture_factory(architecture: str) -> ModelClass:
     """The class that builds ``architecture``; ValueError for an unknown one."""
     if architecture not in _ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {list_architectures()}")
@@ -84,6 +85,7 @@ def build_model(name: str, **overrides) -> nn.Module:
         model = _MODELS[name](**kwargs)
     except TypeError as e:
         raise ValueError(f"bad argument for model {name!r}: {e}") from None
+    assert isinstance(model, Capabilities)  # every registered class keeps the model contract
     model.model_name = name
     return model
 

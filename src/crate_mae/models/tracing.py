@@ -24,11 +24,12 @@ from .base import Capabilities
 from .outputs import LayerTrace
 
 
-def crate_blocks(model: nn.Module) -> dict[str, nn.ModuleList]:
+def crate_blocks(model: nn.Module) -> dict[str, nn.ModuleList | nn.Sequential]:
     """The CRATE layer stacks of a model: {"encoder": blocks} or {"encoder": ..., "decoder": ...}."""
     if isinstance(model, Capabilities) and model.white_box:  # CrateMAE or a CRATE classifier
-        return ({"encoder": model.encoder.blocks, "decoder": model.decoder.blocks} if model.has_decoder
-                else {"encoder": model.blocks})
+        # CrateMAE's submodules (torch types a module's attributes Tensor | Module)
+        return ({"encoder": model.encoder.blocks, "decoder": model.decoder.blocks}  # type: ignore[union-attr, dict-item]
+                if model.has_decoder else {"encoder": model.blocks})
     raise ValueError(f"layer-wise analysis needs a CRATE model (CrateMAE or CrateEncoder), got "
                      f"{type(model).__name__}; ViT-MAE layers have no subspaces or sparse codes to measure")
 
@@ -66,7 +67,8 @@ class LayerRecorder:
         for part, blocks in self.stacks.items():
             for i, blk in enumerate(blocks):
                 key = (part, i)
-                for sub, kind, name in blk.TRACE:  # each block declares where its LayerTrace fields are
+                # each block class declares where its LayerTrace fields are (torch types attributes Tensor | Module)
+                for sub, kind, name in blk.TRACE:  # type: ignore[union-attr]
                     m = blk.get_submodule(sub)
                     self._handles.append(m.register_forward_pre_hook(self._in(key, name)) if kind == "in"
                                          else m.register_forward_hook(self._out(key, name)))

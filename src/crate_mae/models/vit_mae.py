@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping, cast
 
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from .base import (
     Capabilities,
@@ -86,6 +86,8 @@ class ViTConfig(ModelConfig):
 
 class ViTMAE(PatchTokens, MaskedAutoencoder):
     config_class = ViTMAEConfig
+    config: ViTMAEConfig
+    patch_embed: PatchEmbed
 
     def __init__(self, config: ViTMAEConfig | None = None, **kwargs: Any):
         """``ViTMAE(config)``, or ``ViTMAE(embed_dim=..., ...)`` with the config's fields."""
@@ -102,15 +104,17 @@ class ViTMAE(PatchTokens, MaskedAutoencoder):
         grid = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.pos_embed = PositionTable(c.embed_dim, grid, c.pos_embed_mode)
+        # timm annotates norm_layer as a class; it only calls it, as it does with the partials it passes itself
         self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias,
-                                          norm_layer=norm_layer) for _ in range(c.depth))
+                                          norm_layer=norm_layer) for _ in range(c.depth))  # type: ignore[arg-type]
         self.norm = norm_layer(c.embed_dim)
         if not c.mask_tokens_in_encoder:
             self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
             self.decoder_pos_embed = PositionTable(c.decoder_embed_dim, grid, c.pos_embed_mode)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.decoder_blocks = nn.ModuleList(
-            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias, norm_layer=norm_layer)
+            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias,
+                  norm_layer=norm_layer)  # type: ignore[arg-type]  # as above
             for _ in range(c.decoder_depth))
         self.decoder_norm = norm_layer(c.decoder_embed_dim)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size**2 * c.in_chans)
@@ -158,9 +162,10 @@ class ViTMAE(PatchTokens, MaskedAutoencoder):
         x = self.prepare_tokens(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
-        attn = self.blocks[layer].attn
+        blk = cast(Block, self.blocks[layer])
+        attn = cast(Attention, blk.attn)  # Block's default attention layer
         B, N, C = x.shape
-        qkv = attn.qkv(self.blocks[layer].norm1(x)).reshape(B, N, 3, attn.num_heads, C // attn.num_heads)
+        qkv = attn.qkv(blk.norm1(x)).reshape(B, N, 3, attn.num_heads, C // attn.num_heads)
         q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
         return torch.softmax((q * attn.scale) @ k.transpose(-2, -1), dim=-1)
@@ -190,14 +195,17 @@ class MAEViTClassifier(VisionTransformer, Capabilities):
     :class:`Capabilities`."""
 
     config_class = ViTConfig
+    config: ViTConfig
+    blocks: nn.Sequential  # timm's
 
     def __init__(self, config: ViTConfig | None = None, **kwargs: Any):
         """``MAEViTClassifier(config)``, or keyword arguments with the config's fields."""
         c = self.make_config(config, kwargs)
+        # global_pool: timm types it as a Literal of the names it accepts (and checks the value itself)
         super().__init__(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, embed_dim=c.embed_dim,
                          depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
-                         num_classes=c.num_classes, global_pool=c.global_pool, fc_norm=False,
-                         drop_path_rate=c.drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
+                         num_classes=c.num_classes, fc_norm=False, drop_path_rate=c.drop_path_rate,
+                         norm_layer=partial(nn.LayerNorm, eps=LN_EPS), global_pool=c.global_pool)  # type: ignore[arg-type]
         self.init_contract(c)
 
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -217,7 +225,7 @@ def vit_classifier(config: ViTConfig | None = None, **kwargs: Any) -> MAEViTClas
     return MAEViTClassifier(config, **kwargs)
 
 
-def kwargs_from_official(state: dict[str, torch.Tensor]) -> dict:
+def kwargs_from_official(state: Mapping[str, torch.Tensor]) -> dict:
     """ViTMAE keywords read off a facebookresearch/mae (or CRATE-repo ``mae_vit_*``) state dict; heads and the
     masking frame are not stored."""
     cfg = official_shape_kwargs(state, "blocks.{}.attn.qkv.weight", "decoder_blocks.{}.attn.qkv.weight")

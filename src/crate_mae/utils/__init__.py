@@ -74,7 +74,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], object]) -> Path:
     """Write a file so that readers see either the old or the complete new version, never a torn one.
 
     ``write_fn(tmp_path)`` writes a temporary file in the same directory; it is fsynced and renamed over ``path``.
