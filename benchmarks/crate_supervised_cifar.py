@@ -31,13 +31,32 @@ CIFAR_MEAN, CIFAR_STD = "[0.4914,0.4822,0.4465]", "[0.2470,0.2435,0.2616]"
 
 def train_argv(data: Path, out: Path, epochs: int = 25, batch_size: int = 128) -> list[str]:
     """The ``crate-mae finetune`` command line of the run (README / docs quote it)."""
-    return ["finetune", "--ckpt", "crate_supervised_tiny", "--data", str(data), "--output-dir", str(out),
-            "data.img_size=32", f"data.mean={CIFAR_MEAN}", f"data.std={CIFAR_STD}",
-            'model.overrides={"patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4}',
-            "model.drop_path_rate=0", "aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.reprob=0",
-            "aug.scale=[0.35,1]", "optim.lr=0.001", "optim.layer_decay=1.0", f"optim.epochs={epochs}",
-            f"optim.warmup_epochs={min(2, epochs)}", f"optim.batch_size={batch_size}", "data.num_workers=0",
-            "run.progress=false"]
+    return [
+        "finetune",
+        "--ckpt",
+        "crate_supervised_tiny",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "data.img_size=32",
+        f"data.mean={CIFAR_MEAN}",
+        f"data.std={CIFAR_STD}",
+        'model.overrides={"patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4}',
+        "model.drop_path_rate=0",
+        "aug.rand_augment=null",
+        "aug.mixup=0",
+        "aug.cutmix=0",
+        "aug.reprob=0",
+        "aug.scale=[0.35,1]",
+        "optim.lr=0.001",
+        "optim.layer_decay=1.0",
+        f"optim.epochs={epochs}",
+        f"optim.warmup_epochs={min(2, epochs)}",
+        f"optim.batch_size={batch_size}",
+        "data.num_workers=0",
+        "run.progress=false",
+    ]
 
 
 def train(args) -> int:
@@ -73,9 +92,11 @@ def evaluate(args) -> int:
     figures = args.out / "figures"
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, metric, title in ((axes[0], "rc_mssa_in", "compression R^c(LN(Z^l) | U^l)"),
-                              (axes[1], "rate_out", "coding rate R(Z^{l+1})"),
-                              (axes[2], "l0", "non-zeros ||Z^{l+1}||_0 / (N d)")):
+    for ax, metric, title in (
+        (axes[0], "rc_mssa_in", "compression R^c(LN(Z^l) | U^l)"),
+        (axes[1], "rate_out", "coding rate R(Z^{l+1})"),
+        (axes[2], "l0", "non-zeros ||Z^{l+1}||_0 / (N d)"),
+    ):
         for k, st in stats.items():
             mean, std = st.series("encoder", metric)
             layers = list(range(1, len(mean) + 1))
@@ -84,19 +105,31 @@ def evaluate(args) -> int:
         ax.set_title(title, fontsize=9)
         ax.set_xticks(layers)
         ax.legend()
-    fig.suptitle("supervised CRATE (32 px, patch 4, width 128, depth 4) on 512 cifar10-dev val images, official "
-                 "convention", fontsize=9)
+    fig.suptitle(
+        "supervised CRATE (32 px, patch 4, width 128, depth 4) on 512 cifar10-dev val images, official convention",
+        fontsize=9,
+    )
     fig.tight_layout()
     save_figure(fig, figures / "layerwise_init_vs_trained.png")
-    curves = {k: {m: [round(float(x), 4) for x in st.series("encoder", m)[0]]
-                  for m in ("rc_mssa_in", "rc_z_half", "rate_out", "l0")} for k, st in stats.items()}
+    curves = {
+        k: {
+            m: [round(float(x), 4) for x in st.series("encoder", m)[0]]
+            for m in ("rc_mssa_in", "rc_z_half", "rate_out", "l0")
+        }
+        for k, st in stats.items()
+    }
     (figures / "layerwise_init_vs_trained.json").write_text(json.dumps(curves, indent=2))
     print(json.dumps(curves, indent=2))
     # = crate-mae report --ckpt OUT --images DATA/val --num-images 8 --out OUT/report
     print(write_report(trained, args.out / "report", images=args.data / "val", num_images=8, device="cpu"))
     result = json.loads((args.out / "result.json").read_text())
-    print({k: round(v, 2) for k, v in result["metrics"].items()}, "epochs", result["details"]["epochs"],
-          "minutes", round(result["details"]["elapsed_s"] / 60, 1))
+    print(
+        {k: round(v, 2) for k, v in result["metrics"].items()},
+        "epochs",
+        result["details"]["epochs"],
+        "minutes",
+        round(result["details"]["elapsed_s"] / 60, 1),
+    )
     return 0
 
 

@@ -67,10 +67,20 @@ def model_only(cfg, steps: int, skip: int) -> float:
 
 def variant_config(args, cache: str, workers: str, out: Path):
     cache_value = {"files": "false", "cache": "true", "auto": "auto"}[cache]
-    return load_config(args.config, [f"data.path={args.data}", f"data.cache={cache_value}",
-                                     f"data.num_workers={workers}", f"run.max_steps={args.steps + args.skip}",
-                                     "run.log_every=1", "run.ckpt_every_steps=0", "run.vis_every_epochs=0",
-                                     "run.progress=false", f"run.output_dir={out}"])
+    return load_config(
+        args.config,
+        [
+            f"data.path={args.data}",
+            f"data.cache={cache_value}",
+            f"data.num_workers={workers}",
+            f"run.max_steps={args.steps + args.skip}",
+            "run.log_every=1",
+            "run.ckpt_every_steps=0",
+            "run.vis_every_epochs=0",
+            "run.progress=false",
+            f"run.output_dir={out}",
+        ],
+    )
 
 
 def loader_alone(cfg, batches: int, skip: int) -> float:
@@ -100,19 +110,33 @@ def pipeline(args, cache: str, workers: str, out: Path) -> float:
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own log lines
         pretrain(cfg, device="cpu")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["img_per_s"] for r in rows if "event" not in r][args.skip:]
+    rates = [r["img_per_s"] for r in rows if "event" not in r][args.skip :]
     return statistics.median(rates)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs" / "pretrain_cifar.yaml"))
-    p.add_argument("--data", default=str(next((d for d in (REPO / "data" / "cifar10-dev",
-                                                          REPO.parent / "shared" / "data" / "cifar10-dev")
-                                                if d.is_dir()), REPO / "data" / "cifar10-dev")),
-                   help="cifar10-dev (python benchmarks/make_cifar10_dev.py writes data/cifar10-dev)")
-    p.add_argument("--variants", nargs="+", default=["files,0", "cache,0", "cache,1", "auto,auto"],
-                   help="CACHE,WORKERS pairs: CACHE in files|cache|auto, WORKERS an integer or auto")
+    p.add_argument(
+        "--data",
+        default=str(
+            next(
+                (
+                    d
+                    for d in (REPO / "data" / "cifar10-dev", REPO.parent / "shared" / "data" / "cifar10-dev")
+                    if d.is_dir()
+                ),
+                REPO / "data" / "cifar10-dev",
+            )
+        ),
+        help="cifar10-dev (python benchmarks/make_cifar10_dev.py writes data/cifar10-dev)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["files,0", "cache,0", "cache,1", "auto,auto"],
+        help="CACHE,WORKERS pairs: CACHE in files|cache|auto, WORKERS an integer or auto",
+    )
     p.add_argument("--steps", type=int, default=12, help="measured optimizer steps per run")
     p.add_argument("--skip", type=int, default=3, help="steps left out at the start of each run")
     p.add_argument("--rounds", type=int, default=3)
@@ -126,27 +150,32 @@ def main() -> None:
     alone = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
-            alone[name] = loader_alone(variant_config(args, *name.split(","), Path(tmp) / "unused"), args.steps,
-                                       args.skip)
+            alone[name] = loader_alone(
+                variant_config(args, *name.split(","), Path(tmp) / "unused"), args.steps, args.skip
+            )
             print(f"loader alone: {name}: {alone[name]:.1f} img/s", flush=True)
         for r in range(args.rounds):
-            for k, name in enumerate(names[r % len(names):] + names[:r % len(names)]):
+            for k, name in enumerate(names[r % len(names) :] + names[: r % len(names)]):
                 if name == "model only":
                     rates[name].append(model_only(cfg, args.steps, args.skip))
                 else:
                     cache, workers = name.split(",")
                     rates[name].append(pipeline(args, cache, workers, Path(tmp) / f"r{r}_{k}"))
                 print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} img/s", flush=True)
-    print(f"\n{Path(args.config).name} on {args.data}, batch {cfg.optim.batch_size}, {torch.get_num_threads()} "
-          f"threads, data.num_workers=auto -> {resolve_num_workers('auto', 'cpu')} here; medians of {args.rounds} "
-          f"interleaved rounds")
+    print(
+        f"\n{Path(args.config).name} on {args.data}, batch {cfg.optim.batch_size}, {torch.get_num_threads()} "
+        f"threads, data.num_workers=auto -> {resolve_num_workers('auto', 'cpu')} here; medians of {args.rounds} "
+        f"interleaved rounds"
+    )
     print("| contender (cache, workers) | loader alone img/s | training img/s | vs model only (rounds) |")
     print("|---|---:|---:|---:|")
     base = rates["model only"]
     for name in names:
         per = sorted(a / b for a, b in zip(rates[name], base))
-        print(f"| {name} | {alone[name]:.0f} |" if name in alone else f"| {name} | |",
-              f"{statistics.median(rates[name]):.1f} | {statistics.median(per):.2f} ({per[0]:.2f}-{per[-1]:.2f}) |")
+        print(
+            f"| {name} | {alone[name]:.0f} |" if name in alone else f"| {name} | |",
+            f"{statistics.median(rates[name]):.1f} | {statistics.median(per):.2f} ({per[0]:.2f}-{per[-1]:.2f}) |",
+        )
 
 
 if __name__ == "__main__":

@@ -122,9 +122,16 @@ def analyze_parts(model, root: Path, n: int, batch: int, check: bool) -> dict[st
     t_decode, imgs = timed(lambda: load_images(find_images(root, n), resolve_data_config(model)["img_size"], norm))
     conv = RateConvention.make("official")
     stacks = crate_blocks(model)
-    parts = dict.fromkeys(["model (forward under the recorder)", "projections U_k^T z (float64)",
-                           "compression rates R^c (float64 logdets)", "coding rates R (float64 logdets)",
-                           "sparsity"], 0.0)
+    parts = dict.fromkeys(
+        [
+            "model (forward under the recorder)",
+            "projections U_k^T z (float64)",
+            "compression rates R^c (float64 logdets)",
+            "coding rates R (float64 logdets)",
+            "sparsity",
+        ],
+        0.0,
+    )
     model.eval()
     gen = torch.Generator().manual_seed(0)
     clock = Clock(parts)
@@ -158,15 +165,18 @@ def ab_factorizations(model, root: Path, n: int, rounds: int, batch: int) -> Non
     times, stats = {k: [] for k in variants}, {}
     try:
         for r in range(rounds):
-            for name, ctx in (list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]):
+            for name, ctx in list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]:
                 rates.serial_factorizations = ctx
                 t, stats[name] = timed(lambda: measure_layers(model, imgs, batch_size=batch))
                 times[name].append(t)
     finally:
         rates.serial_factorizations = one_thread
     a, b = stats.values()
-    diff = max(float(abs(a.values[k][m] - b.values[k][m]).max() / max(abs(a.values[k][m]).max(), 1e-300))
-               for k in a.values for m in a.values[k])
+    diff = max(
+        float(abs(a.values[k][m] - b.values[k][m]).max() / max(abs(a.values[k][m]).max(), 1e-300))
+        for k in a.values
+        for m in a.values[k]
+    )
     print(f"\nmeasure_layers on {n} images, {torch.get_num_threads()} threads, {rounds} alternating rounds:")
     for name, ts in times.items():
         med = statistics.median(ts)
@@ -208,18 +218,41 @@ def main(argv: list[str] | None = None) -> int:
     root = make_folder(work / "images", args.images)
     n = args.images
     load0 = os.getloadavg()[0]
-    print(f"# {args.model}, {n} photos of 224 px from flowers12 in {root}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {load0:.2f}")
+    print(
+        f"# {args.model}, {n} photos of 224 px from flowers12 in {root}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {load0:.2f}"
+    )
     if not args.skip_cli:
-        t_f = cli(args, "features", "--ckpt", args.model, "--data", str(root.parent), "--split", "train", "--out",
-                  str(work / "features.safetensors"))
-        t_a = cli(args, "analyze", "--ckpt", args.model, "--data", str(root), "--num-images", str(n), "--out",
-                  str(work / "analyze"))
+        t_f = cli(
+            args,
+            "features",
+            "--ckpt",
+            args.model,
+            "--data",
+            str(root.parent),
+            "--split",
+            "train",
+            "--out",
+            str(work / "features.safetensors"),
+        )
+        t_a = cli(
+            args,
+            "analyze",
+            "--ckpt",
+            args.model,
+            "--data",
+            str(root),
+            "--num-images",
+            str(n),
+            "--out",
+            str(work / "analyze"),
+        )
         print("\n| command (end to end, fresh process) | s | images/s |")
         print("|---|---:|---:|")
         print(f"| crate-mae features --ckpt {args.model} --data DIR --split train | {t_f:.1f} | {n / t_f:.1f} |")
-        print(f"| crate-mae analyze --ckpt {args.model} --data DIR/train --num-images {n} | {t_a:.1f} | "
-              f"{n / t_a:.1f} |")
+        print(
+            f"| crate-mae analyze --ckpt {args.model} --data DIR/train --num-images {n} | {t_a:.1f} | {n / t_a:.1f} |"
+        )
     torch.manual_seed(0)
     model = crate_mae.create_model(args.model)
     show("features, by part", n, features_parts(model, root, 128))

@@ -27,8 +27,11 @@ def deviations() -> dict[str, dict[str, float]]:
         meta = json.loads((FIXTURES / f"{name}.json").read_text())
         io = load_file(str(FIXTURES / f"{name}.io.safetensors"))
         # what official weight files do not store, as the test passes it
-        keys = ["num_heads"] if name == "crate_mae_micro" else ["num_heads", "decoder_num_heads", "norm_pix_loss",
-                                                                  "mask_tokens_in_encoder"]
+        keys = (
+            ["num_heads"]
+            if name == "crate_mae_micro"
+            else ["num_heads", "decoder_num_heads", "norm_pix_loss", "mask_tokens_in_encoder"]
+        )
         kw = {k: meta[k] for k in keys if k in meta}
         model = crate_mae.load_checkpoint(FIXTURES / f"{name}.official_state_dict.safetensors", **kw)
         with torch.no_grad():
@@ -43,8 +46,10 @@ def deviations() -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
     worst = 0.0
     for name, devs in deviations().items():
         print(f"{name}: " + ", ".join(f"{k} {v:.1e}" for k, v in devs.items()))

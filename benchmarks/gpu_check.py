@@ -73,11 +73,26 @@ class Check:
 
     def pretrain_run(self, out: str, *overrides: str) -> dict:
         overrides_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in self.kw.items()) + "}"
-        cfg = load_config(None, [
-            "model.name=crate_mae_tiny", f"model.overrides={overrides_yaml}", "data.demo=true",
-            f"data.img_size={self.size}", "data.num_workers=0", f"optim.batch_size={self.batch}", "optim.epochs=1",
-            "optim.warmup_epochs=0", "optim.blr=1e-3", "run.log_every=1000", "run.vis_every_epochs=0",
-            "run.progress=false", "run.ckpt_every_steps=0", f"run.output_dir={self.workdir / out}", *overrides])
+        cfg = load_config(
+            None,
+            [
+                "model.name=crate_mae_tiny",
+                f"model.overrides={overrides_yaml}",
+                "data.demo=true",
+                f"data.img_size={self.size}",
+                "data.num_workers=0",
+                f"optim.batch_size={self.batch}",
+                "optim.epochs=1",
+                "optim.warmup_epochs=0",
+                "optim.blr=1e-3",
+                "run.log_every=1000",
+                "run.vis_every_epochs=0",
+                "run.progress=false",
+                "run.ckpt_every_steps=0",
+                f"run.output_dir={self.workdir / out}",
+                *overrides,
+            ],
+        )
         g = torch.Generator().manual_seed(2)
         data = TensorDataset(torch.rand(self.batch * 6, 3, self.size, self.size, generator=g))
         with contextlib.redirect_stdout(io.StringIO()):  # the run's own log lines
@@ -93,8 +108,18 @@ class Check:
         for args in (["visualize", "reconstruct"], ["visualize", "attention"], ["visualize", "pca"], ["analyze"]):
             extra = ["--num-images", "2"] if args[0] == "analyze" else []
             with contextlib.redirect_stdout(io.StringIO()):  # the commands print their tables and paths
-                rc = main([*args, "--ckpt", str(ckpt), "--device", str(self.device), "--out",
-                           str(self.workdir / "vis"), *extra])
+                rc = main(
+                    [
+                        *args,
+                        "--ckpt",
+                        str(ckpt),
+                        "--device",
+                        str(self.device),
+                        "--out",
+                        str(self.workdir / "vis"),
+                        *extra,
+                    ]
+                )
             if rc != 0:
                 raise RuntimeError(f"`crate-mae {' '.join(args)} --device {self.device}` exited {rc}")
             outs.append(args[-1])
@@ -123,8 +148,10 @@ class Check:
         c = self.pretrain_run("det_c", "run.deterministic=true", "run.resume=auto")
         shas = {a["weights_sha256"], b["weights_sha256"], c["weights_sha256"]}
         if len(shas) != 1:
-            raise AssertionError(f"weights differ: run 1 {a['weights_sha256'][:12]}, run 2 {b['weights_sha256'][:12]}"
-                                 f", stopped at step 3 and resumed {c['weights_sha256'][:12]}")
+            raise AssertionError(
+                f"weights differ: run 1 {a['weights_sha256'][:12]}, run 2 {b['weights_sha256'][:12]}"
+                f", stopped at step 3 and resumed {c['weights_sha256'][:12]}"
+            )
         return f"2 runs and a resumed run: identical weights after {a['steps']} steps (sha {a['weights_sha256'][:12]})"
 
     def graph_breaks(self) -> str:
@@ -138,8 +165,9 @@ class Check:
             found[name] = dynamo.explain(model)(imgs, mask_ratio=0.75, noise=noise)
         breaks = {n: e.graph_break_count for n, e in found.items()}
         if any(breaks.values()):
-            reasons = "; ".join(f"{n}: {str(e.break_reasons[0].reason).splitlines()[0]}" for n, e in found.items()
-                                if e.break_reasons)
+            reasons = "; ".join(
+                f"{n}: {str(e.break_reasons[0].reason).splitlines()[0]}" for n, e in found.items() if e.break_reasons
+            )
             raise AssertionError(f"graph breaks {breaks} ({reasons})")
         return f"no graph breaks in a training forward ({', '.join(breaks)})"
 
@@ -199,13 +227,19 @@ class Check:
             raise AssertionError(f"profiler saw {len(steps)} optimizer steps, the run made {s['steps']}")
         if not cuda:
             return "SKIP", f"profiled {len(steps)} engine steps; a CPU run has no host-device synchronisation to count"
-        syncs = [e for e in events if "Synchronize" in e.name  # cudaStreamSynchronize, cudaDeviceSynchronize, ...
-                 and any(r.start <= e.time_range.start and e.time_range.end <= r.end for r in ranges)]
+        syncs = [
+            e
+            for e in events
+            if "Synchronize" in e.name  # cudaStreamSynchronize, cudaDeviceSynchronize, ...
+            and any(r.start <= e.time_range.start and e.time_range.end <= r.end for r in ranges)
+        ]
         per_step = len(syncs) / len(steps)
         if per_step > 1:
             names = sorted({e.name for e in syncs})
-            raise AssertionError(f"{per_step:.1f} CUDA synchronisations per optimizer step (budget 1: the loss "
-                                 f"check); {', '.join(names)}")
+            raise AssertionError(
+                f"{per_step:.1f} CUDA synchronisations per optimizer step (budget 1: the loss "
+                f"check); {', '.join(names)}"
+            )
         return f"{per_step:.1f} CUDA synchronisations per optimizer step over {len(steps)} steps"
 
 
@@ -224,10 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         check = Check(device, args.micro, Path(tmp))
         items: dict[str, Callable[[], str]] = {
-            "visualize": check.visualize, "analysis_precision": check.analysis_precision,
-            "determinism": check.determinism, "graph_breaks": check.graph_breaks,
-            "recompiles": lambda: check.recompiles(backend), "bf16_gap": check.bf16_gap,
-            "host_syncs": check.host_syncs}
+            "visualize": check.visualize,
+            "analysis_precision": check.analysis_precision,
+            "determinism": check.determinism,
+            "graph_breaks": check.graph_breaks,
+            "recompiles": lambda: check.recompiles(backend),
+            "bf16_gap": check.bf16_gap,
+            "host_syncs": check.host_syncs,
+        }
         for name, fn in items.items():
             if args.only and name not in args.only:
                 continue
@@ -242,11 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r["item"] for r in results if r["status"] == "FAIL"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     passed = sum(r["status"] == "PASS" for r in results)
-    print(f"{passed}/{len(results)} passed on {device} ({name}), torch {torch.__version__}, "
-          f"{time.perf_counter() - t0:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{passed}/{len(results)} passed on {device} ({name}), torch {torch.__version__}, "
+        f"{time.perf_counter() - t0:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "name": name, "torch": torch.__version__,
-                                               "results": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"device": str(device), "name": name, "torch": torch.__version__, "results": results}, indent=2)
+        )
     return 1 if failed else 0
 
 

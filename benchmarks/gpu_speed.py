@@ -55,13 +55,24 @@ from crate_mae.models.official import OfficialCrateMAE, to_official  # noqa: E40
 
 # Dense (no sparsity) peak TFLOP/s by device name, first match wins: (bf16 tensor cores, fp32 without TF32), from
 # NVIDIA's datasheets.
-PEAK_TFLOPS = {"H200 NVL": (835.0, 60.0), "H200": (989.0, 67.0), "H100 NVL": (835.0, 60.0),
-               "H100 PCIe": (756.0, 51.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5)}
+PEAK_TFLOPS = {
+    "H200 NVL": (835.0, 60.0),
+    "H200": (989.0, 67.0),
+    "H100 NVL": (835.0, 60.0),
+    "H100 PCIe": (756.0, 51.0),
+    "H100": (989.0, 67.0),
+    "A100": (312.0, 19.5),
+}
 
 MICRO = dict(img_size=32, patch_size=8, depth=2, decoder_depth=2)
 MICRO_WIDTH = {"crate_mae_base": dict(embed_dim=64, num_heads=4), "crate_mae_tiny": dict(embed_dim=32, num_heads=2)}
-MODES = [("official", "fp32", False), ("official", "bf16", False), ("ours", "fp32", False), ("ours", "bf16", False),
-         ("ours", "bf16", True)]
+MODES = [
+    ("official", "fp32", False),
+    ("official", "bf16", False),
+    ("ours", "fp32", False),
+    ("ours", "bf16", False),
+    ("ours", "bf16", True),
+]
 SWEEP_MODES = [("official", "fp32", False), ("ours", "fp32", False), ("ours", "bf16", False)]
 
 
@@ -70,8 +81,9 @@ def peak_tflops(device: torch.device, bf16: float | None, fp32: float | None) ->
         return bf16, fp32, "given" if bf16 or fp32 else "none (not a GPU)"
     name = torch.cuda.get_device_name(device)
     known = next((v for k, v in PEAK_TFLOPS.items() if k in name), (None, None))
-    source = ("given" if bf16 or fp32
-              else ("built-in table" if known[0] else f"unknown GPU {name!r}: give --peak-tflops"))
+    source = (
+        "given" if bf16 or fp32 else ("built-in table" if known[0] else f"unknown GPU {name!r}: give --peak-tflops")
+    )
     return bf16 or known[0], fp32 or known[1], source
 
 
@@ -82,9 +94,19 @@ def build(name: str, impl: str, micro: bool, device: torch.device, img_size: int
     if impl == "ours":
         return ours.to(device)
     c = ours.config
-    official = OfficialCrateMAE(c.img_size, c.patch_size, c.in_chans, c.embed_dim, c.depth, c.num_heads,
-                                c.decoder_depth, c.decoder_num_heads, c.ista_step_size, c.ista_lambda,
-                                c.norm_pix_loss)
+    official = OfficialCrateMAE(
+        c.img_size,
+        c.patch_size,
+        c.in_chans,
+        c.embed_dim,
+        c.depth,
+        c.num_heads,
+        c.decoder_depth,
+        c.decoder_num_heads,
+        c.ista_step_size,
+        c.ista_lambda,
+        c.norm_pix_loss,
+    )
     official.load_state_dict(to_official(ours))
     return official.to(device)
 
@@ -104,16 +126,28 @@ def flops_per_image(model: torch.nn.Module, task: str, batch: int, img_size: int
     return counter.get_total_flops() / batch
 
 
-def make_step(model, impl: str, task: str, bf16: bool, compiled: bool, backend: str, batch: int, img_size: int,
-              device: torch.device):
+def make_step(
+    model,
+    impl: str,
+    task: str,
+    bf16: bool,
+    compiled: bool,
+    backend: str,
+    batch: int,
+    img_size: int,
+    device: torch.device,
+):
     """A closure running one step of ``task`` on fixed random inputs."""
     imgs = torch.randn(batch, 3, img_size, img_size, device=device)
     noise = torch.rand(batch, (img_size // model.patch_size) ** 2, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     if task == "pretrain":
         model.train()
-        opt = (torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95)) if impl == "official"
-               else build_optimizer(model, 1e-6, 0.05, (0.9, 0.95)))
+        opt = (
+            torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95))
+            if impl == "official"
+            else build_optimizer(model, 1e-6, 0.05, (0.9, 0.95))
+        )
         fn = torch.compile(model, backend=backend) if compiled else model
 
         def step():
@@ -122,6 +156,7 @@ def make_step(model, impl: str, task: str, bf16: bool, compiled: bool, backend: 
             (out[0] if isinstance(out, tuple) else out.loss).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return step
     model.eval()
     fn = torch.compile(model.forward_features, backend=backend) if compiled else model.forward_features
@@ -129,6 +164,7 @@ def make_step(model, impl: str, task: str, bf16: bool, compiled: bool, backend: 
     def features():
         with torch.no_grad(), autocast:
             fn(imgs)
+
     return features
 
 
@@ -162,40 +198,65 @@ def run_sweep(args, device, t0: float) -> list[dict]:
     for px in args.sweep_sizes:
         for task in ("pretrain", "features"):
             for impl, precision, compiled in SWEEP_MODES:
-                row = dict(px=px, tokens=1 + (px // (8 if args.micro else 16)) ** 2, task=task, impl=impl,
-                           precision=precision, batch=args.sweep_batch)
+                row = dict(
+                    px=px,
+                    tokens=1 + (px // (8 if args.micro else 16)) ** 2,
+                    task=task,
+                    impl=impl,
+                    precision=precision,
+                    batch=args.sweep_batch,
+                )
                 if time.perf_counter() - t0 > args.sweep_budget_s:
                     row.update(status=f"skipped (past --sweep-budget-s {args.sweep_budget_s:.0f})")
                 else:
                     try:
-                        row.update(run_row(args, device, name, task, impl, precision, compiled, args.sweep_batch, px,
-                                           None))
+                        row.update(
+                            run_row(args, device, name, task, impl, precision, compiled, args.sweep_batch, px, None)
+                        )
                     except Exception as e:  # noqa: BLE001 -- the official computation running out of memory is a result
                         row.update(status=f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                 rows.append(row)
-                print(f"# sweep {px} px {task} {impl} {precision}: {row.get('img_s', 0):.1f} img/s, {row['status']}",
-                      flush=True)
+                print(
+                    f"# sweep {px} px {task} {impl} {precision}: {row.get('img_s', 0):.1f} img/s, {row['status']}",
+                    flush=True,
+                )
     return rows
 
 
 def print_sweep(rows: list[dict]) -> None:
-    print("| px | tokens | task | implementation | precision | batch | img/s | ms/step | vs official fp32 | "
-          "peak mem GiB | mem vs official fp32 | status |")
+    print(
+        "| px | tokens | task | implementation | precision | batch | img/s | ms/step | vs official fp32 | "
+        "peak mem GiB | mem vs official fp32 | status |"
+    )
     print("|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
-        base = next((r for r in rows if r["px"] == row["px"] and r["task"] == row["task"] and r["impl"] == "official"
-                     and r["precision"] == "fp32" and "img_s" in r), None)
-        lead = (f"| {row['px']} | {row['tokens']} | {row['task']} | {row['impl']} | {row['precision']} | "
-                f"{row['batch']} |")
+        base = next(
+            (
+                r
+                for r in rows
+                if r["px"] == row["px"]
+                and r["task"] == row["task"]
+                and r["impl"] == "official"
+                and r["precision"] == "fp32"
+                and "img_s" in r
+            ),
+            None,
+        )
+        lead = (
+            f"| {row['px']} | {row['tokens']} | {row['task']} | {row['impl']} | {row['precision']} | {row['batch']} |"
+        )
         if "img_s" not in row:
             print(f"{lead} | | | | | {row['status']} |")
             continue
         speed = f"{row['img_s'] / base['img_s']:.2f}x" if base else ""
         mem = f"{row['peak_gib']:.2f}" if row.get("peak_gib") is not None else "n/a"
-        mem_ratio = f"{row['peak_gib'] / base['peak_gib']:.2f}x" if base and row.get("peak_gib") and base.get(
-            "peak_gib") else ""
+        mem_ratio = (
+            f"{row['peak_gib'] / base['peak_gib']:.2f}x"
+            if base and row.get("peak_gib") and base.get("peak_gib")
+            else ""
+        )
         print(f"{lead} {row['img_s']:.1f} | {row['ms']:.1f} | {speed} | {mem} | {mem_ratio} | {row['status']} |")
 
 
@@ -211,11 +272,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops-fp32", type=float, default=None, help="fp32 peak of this device")
     p.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, eager on CPU")
     p.add_argument("--budget-s", type=float, default=240.0, help="rows still to run after this are skipped")
-    p.add_argument("--sweep-sizes", nargs="*", type=int, default=None,
-                   help="resolution sweep sizes (default: 224 320 448 640; 32 48 with --micro; none: no sweep)")
+    p.add_argument(
+        "--sweep-sizes",
+        nargs="*",
+        type=int,
+        default=None,
+        help="resolution sweep sizes (default: 224 320 448 640; 32 48 with --micro; none: no sweep)",
+    )
     p.add_argument("--sweep-batch", type=int, default=None, help="sweep batch (default 16; 2 with --micro)")
-    p.add_argument("--sweep-budget-s", type=float, default=180.0, help="sweep rows still to run after this are "
-                                                                      "skipped (counted from the sweep's start)")
+    p.add_argument(
+        "--sweep-budget-s",
+        type=float,
+        default=180.0,
+        help="sweep rows still to run after this are skipped (counted from the sweep's start)",
+    )
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -229,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     img_size = 32 if args.micro else 224
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    print(f"# crate-mae gpu_speed: {dev_name}, torch {torch.__version__}, {img_size} px, {args.steps} timed steps "
-          f"after {args.warmup}, compile backend {args.compile_backend}, TF32 matmuls {'on' if tf32 else 'off'}")
+    print(
+        f"# crate-mae gpu_speed: {dev_name}, torch {torch.__version__}, {img_size} px, {args.steps} timed steps "
+        f"after {args.warmup}, compile backend {args.compile_backend}, TF32 matmuls {'on' if tf32 else 'off'}"
+    )
     print(f"# peak TFLOP/s for MFU: bf16 {bf16_peak or 'n/a'}, fp32 {fp32_peak or 'n/a'} ({source})", flush=True)
 
     t0 = time.perf_counter()
@@ -240,53 +312,83 @@ def main(argv: list[str] | None = None) -> int:
         for task in ("pretrain", "features"):
             flops = {}
             for impl, precision, compiled in MODES:
-                row = dict(model=name if not args.micro else f"{name} (micro)", task=task, impl=impl,
-                           precision=precision, compiled=compiled, batch=batch)
+                row = dict(
+                    model=name if not args.micro else f"{name} (micro)",
+                    task=task,
+                    impl=impl,
+                    precision=precision,
+                    compiled=compiled,
+                    batch=batch,
+                )
                 if time.perf_counter() - t0 > args.budget_s:
                     row.update(status=f"skipped (past --budget-s {args.budget_s:.0f})")
                     rows.append(row)
                     continue
                 try:
                     if impl not in flops:
-                        flops[impl] = flops_per_image(build(name, impl, args.micro, torch.device("cpu")), task,
-                                                      batch, img_size)
-                    row.update(run_row(args, device, name, task, impl, precision, compiled, batch, img_size,
-                                       flops[impl]))
+                        flops[impl] = flops_per_image(
+                            build(name, impl, args.micro, torch.device("cpu")), task, batch, img_size
+                        )
+                    row.update(
+                        run_row(args, device, name, task, impl, precision, compiled, batch, img_size, flops[impl])
+                    )
                 except Exception as e:  # noqa: BLE001 -- one configuration failing is a result, not a crash
                     row.update(status=f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                 rows.append(row)
-                print(f"# {name} {task} {impl} {precision}{' compiled' if compiled else ''}: "
-                      f"{row.get('img_s', 0):.1f} img/s, {row['status']}", flush=True)
+                print(
+                    f"# {name} {task} {impl} {precision}{' compiled' if compiled else ''}: "
+                    f"{row.get('img_s', 0):.1f} img/s, {row['status']}",
+                    flush=True,
+                )
 
     print()
-    print("| model | task | implementation | precision | compile | batch | img/s | vs official fp32 | "
-          "GFLOP/img | MFU | peak mem GiB | mem vs official fp32 | status |")
+    print(
+        "| model | task | implementation | precision | compile | batch | img/s | vs official fp32 | "
+        "GFLOP/img | MFU | peak mem GiB | mem vs official fp32 | status |"
+    )
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
-        base = next((r for r in rows if r["model"] == row["model"] and r["task"] == row["task"]
-                     and r["impl"] == "official" and r["precision"] == "fp32" and "img_s" in r), None)
+        base = next(
+            (
+                r
+                for r in rows
+                if r["model"] == row["model"]
+                and r["task"] == row["task"]
+                and r["impl"] == "official"
+                and r["precision"] == "fp32"
+                and "img_s" in r
+            ),
+            None,
+        )
         ok = "img_s" in row
         peak = bf16_peak if row["precision"] == "bf16" else fp32_peak
         mfu = f"{100 * row['img_s'] * row['flops_img'] / (peak * 1e12):.1f} %" if ok and peak else "n/a"
         speed = f"{row['img_s'] / base['img_s']:.2f}x" if ok and base else ""
         mem = f"{row['peak_gib']:.2f}" if ok and row.get("peak_gib") is not None else "n/a"
-        mem_ratio = (f"{row['peak_gib'] / base['peak_gib']:.2f}x" if ok and base and row.get("peak_gib")
-                     and base.get("peak_gib") else "")
-        print(f"| {row['model']} | {row['task']} | {row['impl']} | {row['precision']} | "
-              f"{'yes' if row['compiled'] else 'no'} | {row['batch']} | {row['img_s']:.1f} | {speed} | "
-              f"{row['flops_img'] / 1e9:.3g} | {mfu} | {mem} | {mem_ratio} | {row['status']} |" if ok else
-              f"| {row['model']} | {row['task']} | {row['impl']} | {row['precision']} | "
-              f"{'yes' if row['compiled'] else 'no'} | {row['batch']} | | | | | | | {row['status']} |")
+        mem_ratio = (
+            f"{row['peak_gib'] / base['peak_gib']:.2f}x"
+            if ok and base and row.get("peak_gib") and base.get("peak_gib")
+            else ""
+        )
+        print(
+            f"| {row['model']} | {row['task']} | {row['impl']} | {row['precision']} | "
+            f"{'yes' if row['compiled'] else 'no'} | {row['batch']} | {row['img_s']:.1f} | {speed} | "
+            f"{row['flops_img'] / 1e9:.3g} | {mfu} | {mem} | {mem_ratio} | {row['status']} |"
+            if ok
+            else f"| {row['model']} | {row['task']} | {row['impl']} | {row['precision']} | "
+            f"{'yes' if row['compiled'] else 'no'} | {row['batch']} | | | | | | | {row['status']} |"
+        )
     sweep = run_sweep(args, device, time.perf_counter()) if args.sweep_sizes else []
     if sweep:
         print(f"\nResolution sweep: crate_mae_tiny, batch {args.sweep_batch}")
         print_sweep(sweep)
     print(f"\n{time.perf_counter() - t0:.0f} s in all")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(device=dev_name, torch=torch.__version__, rows=rows, sweep=sweep),
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps(dict(device=dev_name, torch=torch.__version__, rows=rows, sweep=sweep), indent=2)
+        )
     failed = [r for r in rows + [r for r in sweep if r["impl"] == "ours"] if r["status"].startswith("FAIL")]
     return 1 if failed else 0
 

@@ -48,8 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 # cifar10-dev: data/cifar10-dev as benchmarks/make_cifar10_dev.py writes it, else the development workspace's copy.
 # Relative to the repository root (every command runs there), so the path recorded in a run's config is the same on
 # every machine and a run started elsewhere resumes here.
-DATA = next((d for d in (Path("data/cifar10-dev"), Path("../shared/data/cifar10-dev")) if d.is_dir()),
-            Path("data/cifar10-dev"))
+DATA = next(
+    (d for d in (Path("data/cifar10-dev"), Path("../shared/data/cifar10-dev")) if d.is_dir()), Path("data/cifar10-dev")
+)
 CONFIG = REPO / "src" / "crate_mae" / "configs" / "pretrain_cifar.yaml"
 FT_CONFIG = REPO / "src" / "crate_mae" / "configs" / "finetune_cifar.yaml"
 OUT = Path("runs/long")
@@ -63,8 +64,8 @@ class Run:
 
     title: str
     base: str = "crate"
-    model: dict = field(default_factory=dict)   # constructor overrides on top of the base
-    optim: dict = field(default_factory=dict)   # optimiser overrides (e.g. a longer warm-up)
+    model: dict = field(default_factory=dict)  # constructor overrides on top of the base
+    optim: dict = field(default_factory=dict)  # optimiser overrides (e.g. a longer warm-up)
     seed: int = 0
     keep_epochs: tuple[int, ...] = ()
 
@@ -81,9 +82,9 @@ class Run:
 
 # The runs of the second pass were made when configs/pretrain_cifar.yaml held the book's ISTA setting; each names
 # its setting, so they mean the same whatever the config holds now (the official code's default since).
-BOOK_ISTA = {"ista_step_size": 1.0, "ista_lambda": 0.1}       # the authors' book's CRATE-MAE setting
-OFFICIAL_ISTA = {"ista_step_size": 0.1, "ista_lambda": 0.5}   # the official code's default, the config's now
-FIRST_ISTA = {"ista_step_size": 0.1, "ista_lambda": 5.0}      # the official repository's first commit
+BOOK_ISTA = {"ista_step_size": 1.0, "ista_lambda": 0.1}  # the authors' book's CRATE-MAE setting
+OFFICIAL_ISTA = {"ista_step_size": 0.1, "ista_lambda": 0.5}  # the official code's default, the config's now
+FIRST_ISTA = {"ista_step_size": 0.1, "ista_lambda": 5.0}  # the official repository's first commit
 RUNS = {
     "crate": Run("CRATE-MAE, ISTA (1.0, 0.1)", model=BOOK_ISTA, keep_epochs=TREND),
     "crate_s1": Run("CRATE-MAE, ISTA (1.0, 0.1), seed 1", model=BOOK_ISTA, seed=1, keep_epochs=TREND),
@@ -93,10 +94,13 @@ RUNS = {
     "crate_ista_official_s2": Run("CRATE-MAE, ISTA (0.1, 0.5), seed 2", model=OFFICIAL_ISTA, seed=2),
     "crate_ista_first": Run("CRATE-MAE, ISTA (0.1, 5.0)", model=FIRST_ISTA),
     "crate_normpix": Run("CRATE-MAE, ISTA (1.0, 0.1), norm_pix_loss", model={**BOOK_ISTA, "norm_pix_loss": True}),
-    "crate_warmup20": Run("CRATE-MAE, ISTA (1.0, 0.1), 20 warm-up epochs", model=BOOK_ISTA,
-                          optim={"warmup_epochs": 20}),
-    "crate_visible": Run("CRATE-MAE, ISTA (1.0, 0.1), visible-only encoder (not the paper's frame)",
-                         model={**BOOK_ISTA, "mask_tokens_in_encoder": False}),
+    "crate_warmup20": Run(
+        "CRATE-MAE, ISTA (1.0, 0.1), 20 warm-up epochs", model=BOOK_ISTA, optim={"warmup_epochs": 20}
+    ),
+    "crate_visible": Run(
+        "CRATE-MAE, ISTA (1.0, 0.1), visible-only encoder (not the paper's frame)",
+        model={**BOOK_ISTA, "mask_tokens_in_encoder": False},
+    ),
     "vit_paper": Run(BASES["vit_paper"], base="vit_paper"),
     "vit_mae": Run(BASES["vit_mae"], base="vit_mae"),
 }
@@ -109,9 +113,16 @@ def base_spec(base: str) -> tuple[str, dict]:
     if base == "crate":
         return raw["model"]["name"], over
     d, heads = over["embed_dim"], over["num_heads"]
-    vit = dict(patch_size=over["patch_size"], embed_dim=d, depth=over["depth"], num_heads=heads, decoder_embed_dim=d,
-               decoder_depth=over["decoder_depth"], decoder_num_heads=heads,
-               norm_pix_loss=over.get("norm_pix_loss", False))
+    vit = dict(
+        patch_size=over["patch_size"],
+        embed_dim=d,
+        depth=over["depth"],
+        num_heads=heads,
+        decoder_embed_dim=d,
+        decoder_depth=over["decoder_depth"],
+        decoder_num_heads=heads,
+        norm_pix_loss=over.get("norm_pix_loss", False),
+    )
     return ("vit_mae_base_paper", vit) if base == "vit_paper" else ("vit_mae_base", vit)
 
 
@@ -138,12 +149,28 @@ def pretrain_config(name: str, args, workers: int | str = 0, **run_keys):
 
     run = RUNS[name]
     model, over = run_spec(name)
-    return load_config(CONFIG, {
-        "model.name": model, "model.overrides": over, "data.path": str(args.data), "data.split": "train",
-        "data.kind": "imagefolder", "data.num_workers": workers, "run.output_dir": str(args.out / name),
-        "run.vis_every_epochs": 0, "run.resume": "auto", "run.progress": False, "run.amp": "off",
-        "run.seed": run.seed, "run.keep_epochs": list(run.keep_epochs), "run.keep_checkpoints": 1,
-        "run.knn_every_epochs": args.knn_every, "run.knn_data": str(args.data), **run_keys})
+    return load_config(
+        CONFIG,
+        {
+            "model.name": model,
+            "model.overrides": over,
+            "data.path": str(args.data),
+            "data.split": "train",
+            "data.kind": "imagefolder",
+            "data.num_workers": workers,
+            "run.output_dir": str(args.out / name),
+            "run.vis_every_epochs": 0,
+            "run.resume": "auto",
+            "run.progress": False,
+            "run.amp": "off",
+            "run.seed": run.seed,
+            "run.keep_epochs": list(run.keep_epochs),
+            "run.keep_checkpoints": 1,
+            "run.knn_every_epochs": args.knn_every,
+            "run.knn_data": str(args.data),
+            **run_keys,
+        },
+    )
 
 
 def budget(args) -> int:
@@ -175,8 +202,10 @@ def pretrain(args) -> int:
     cfg.validate()
     summary = run_pretraining(cfg)
     (args.out / args.run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"{run.title}: {summary['steps']} steps, {summary['epochs']} of {epochs} epochs ({summary['stopped']}), "
-          f"{summary['elapsed_s']:.0f} s")
+    print(
+        f"{run.title}: {summary['steps']} steps, {summary['epochs']} of {epochs} epochs ({summary['stopped']}), "
+        f"{summary['elapsed_s']:.0f} s"
+    )
     return 0
 
 
@@ -188,8 +217,20 @@ def parallel(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     procs = {}
     for name in names:
-        cmd = [sys.executable, __file__, "pretrain", name, "--data", str(args.data), "--out", str(args.out),
-               "--workers", str(args.workers), "--knn-every", str(args.knn_every)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "pretrain",
+            name,
+            "--data",
+            str(args.data),
+            "--out",
+            str(args.out),
+            "--workers",
+            str(args.workers),
+            "--knn-every",
+            str(args.knn_every),
+        ]
         if args.max_minutes:
             cmd += ["--max-minutes", str(args.max_minutes)]
         log = open(args.out / f"{name}.log", "a")
@@ -213,8 +254,11 @@ def pack(args) -> int:
     for run in [out / name for name in RUNS] + sorted(out.glob("finetune_*")):
         if not run.is_dir():
             continue
-        items += [p for p in (run / "metrics.jsonl", run / "config.yaml", run / "summary.json", run / "result.json")
-                  if p.is_file()]
+        items += [
+            p
+            for p in (run / "metrics.jsonl", run / "config.yaml", run / "summary.json", run / "result.json")
+            if p.is_file()
+        ]
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
         items += sorted((run / "epochs").glob("*/*"))
         if summary.get("stopped") == "completed":
@@ -232,13 +276,15 @@ def pack(args) -> int:
         size += n
     parts.append(part)
     if len(parts) > args.parts:
-        print(f"warning: {len(parts)} parts needed, keeping the first {args.parts}; left out: "
-              + ", ".join(str(p) for q in parts[args.parts:] for p in q))
-    for i, part in enumerate(parts[:args.parts]):
+        print(
+            f"warning: {len(parts)} parts needed, keeping the first {args.parts}; left out: "
+            + ", ".join(str(p) for q in parts[args.parts :] for p in q)
+        )
+    for i, part in enumerate(parts[: args.parts]):
         with tarfile.open(dest / f"long_runs_{i}.tar", "w") as tar:
             for p in part:
                 tar.add(p)
-    print(f"{sum(len(p) for p in parts[:args.parts])} files in {min(len(parts), args.parts)} tar files in {dest}")
+    print(f"{sum(len(p) for p in parts[: args.parts])} files in {min(len(parts), args.parts)} tar files in {dest}")
     return 0
 
 
@@ -255,8 +301,9 @@ def masked_val_loss(model, data: Path, mean, std, mask_ratio: float = 0.75) -> f
     with torch.no_grad():
         for imgs, _ in DataLoader(ds, batch_size=250):
             h, w = model.grid_size(imgs)
-            total += model(imgs, mask_ratio=mask_ratio, noise=torch.rand(len(imgs), h * w, generator=gen)).loss.item() \
-                * len(imgs)
+            total += model(
+                imgs, mask_ratio=mask_ratio, noise=torch.rand(len(imgs), h * w, generator=gen)
+            ).loss.item() * len(imgs)
     return total / len(ds)
 
 
@@ -266,20 +313,43 @@ def score(label: str, model, args, layers: bool) -> dict:
 
     mean, std = data_stats()
     depth = len(model.encoder.blocks if model.white_box else model.blocks)
-    feats = {s: compute_features(model, args.data, s, layers=list(range(depth)) if layers else None, batch_size=250,
-                                 num_workers=0, progress=False, mean=mean, std=std, img_size=32, fingerprint=label)
-             for s in ("train", "val")}
+    feats = {
+        s: compute_features(
+            model,
+            args.data,
+            s,
+            layers=list(range(depth)) if layers else None,
+            batch_size=250,
+            num_workers=0,
+            progress=False,
+            mean=mean,
+            std=std,
+            img_size=32,
+            fingerprint=label,
+        )
+        for s in ("train", "val")
+    }
     tr, va = feats["train"], feats["val"]
-    res = {"logreg": linprobe(tr, va, "sklearn"), "lars": linprobe(tr, va, "mae"), "knn": knn(tr, va),
-           "mean_logreg": linprobe(tr, va, "sklearn", pool="mean"), "mean_knn": knn(tr, va, pool="mean")}
+    res = {
+        "logreg": linprobe(tr, va, "sklearn"),
+        "lars": linprobe(tr, va, "mae"),
+        "knn": knn(tr, va),
+        "mean_logreg": linprobe(tr, va, "sklearn", pool="mean"),
+        "mean_knn": knn(tr, va, pool="mean"),
+    }
     if layers:
         for i in range(depth):
             for pool in ("cls", "mean"):
                 res[f"layer{i + 1}_{pool}"] = linprobe(tr, va, "sklearn", pool=pool, layer=i)
     row = {k: round(r["metrics"]["top1"], 2) for k, r in res.items()}
     row["ci95"] = {k: [round(x, 2) for x in r["details"]["top1_ci95"]] for k, r in res.items()}
-    row.update(label=label, params=sum(p.numel() for p in model.parameters()), depth=depth,
-               val_loss=round(masked_val_loss(model, args.data, mean, std), 4), knn_k=res["knn"]["details"]["best_k"])
+    row.update(
+        label=label,
+        params=sum(p.numel() for p in model.parameters()),
+        depth=depth,
+        val_loss=round(masked_val_loss(model, args.data, mean, std), 4),
+        knn_k=res["knn"]["details"]["best_k"],
+    )
     return row
 
 
@@ -319,18 +389,33 @@ def evaluate(args) -> int:
     for name in names:
         run = RUNS[name]
         layers = run.seed == 0
-        cached_row(f"init_{run.init_key}", f"{BASES[run.base]} random init ({run.init_key})", args,
-                   lambda n=name: init_model(n), layers)
+        cached_row(
+            f"init_{run.init_key}",
+            f"{BASES[run.base]} random init ({run.init_key})",
+            args,
+            lambda n=name: init_model(n),
+            layers,
+        )
         if not finished(args, name):
             print(f"skipping {name}: not finished (pretrain it first)")
             continue
-        cached_row(name, f"{run.title} pretrained", args,
-                   lambda n=name: crate_mae.from_pretrained(args.out / n / "model"), layers)
+        cached_row(
+            name,
+            f"{run.title} pretrained",
+            args,
+            lambda n=name: crate_mae.from_pretrained(args.out / n / "model"),
+            layers,
+        )
         for epoch in run.keep_epochs:
             path = args.out / name / "epochs" / f"epoch_{epoch:04d}"
             if path.is_dir():
-                cached_row(f"{name}_epoch{epoch}", f"{run.title} at epoch {epoch}", args,
-                           lambda p=path: crate_mae.from_pretrained(p), False)
+                cached_row(
+                    f"{name}_epoch{epoch}",
+                    f"{run.title} at epoch {epoch}",
+                    args,
+                    lambda p=path: crate_mae.from_pretrained(p),
+                    False,
+                )
     return 0
 
 
@@ -351,8 +436,9 @@ def cls_study(args) -> int:
 
     mean, std = data_stats()
     val = build_dataset(args.data, split="val", transform=eval_transform(32, 1.0, mean, std))
-    imgs = next(iter(DataLoader(Subset(val, torch.linspace(0, len(val) - 1, 512).round().long().tolist()),
-                                batch_size=512)))[0]
+    imgs = next(
+        iter(DataLoader(Subset(val, torch.linspace(0, len(val) - 1, 512).round().long().tolist()), batch_size=512))
+    )[0]
     results = {}
     for name in args.runs or [n for n in RUNS if RUNS[n].base == "crate"]:
         models = {"init": init_model(name)}
@@ -397,7 +483,8 @@ def cls_measures(model, imgs: torch.Tensor) -> dict:
                 "patch_to_cls_attention": attn[:, :, 1:, 0].mean().item(),
                 "cls_attention_entropy": ent[:, :, 0].mean().item(),
                 "patch_attention_entropy": ent[:, :, 1:].mean().item(),
-                "cls_norm": 0.0, "patch_norm": 0.0,
+                "cls_norm": 0.0,
+                "patch_norm": 0.0,
                 "cls_grad_share": (g[:, 0].norm() / g.norm()).item(),
                 "cls_grad_share_uniform": 1 / g.shape[1] ** 0.5,
             }
@@ -425,18 +512,40 @@ def finetune(args) -> int:
     model, over = run_spec(args.source)
     if run.base != "crate" and args.start != "pretrained":
         raise SystemExit("from scratch needs a registered classifier: only the crate runs have one (crate_*)")
-    enc_over = {k: over[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "ista_step_size",
-                                     "ista_lambda") if k in over}
+    enc_over = {
+        k: over[k]
+        for k in ("patch_size", "embed_dim", "depth", "num_heads", "ista_step_size", "ista_lambda")
+        if k in over
+    }
     mean, std = data_stats()  # scratch has no checkpoint to read them from
-    starts = {"pretrained": {"model.checkpoint": str(args.out / args.source / "model")},
-              "scratch": {"model.checkpoint": None, "model.name": model.replace("crate_mae_", "crate_"),
-                          "model.overrides": enc_over, "data.img_size": 32, "data.mean": mean, "data.std": std}}
+    starts = {
+        "pretrained": {"model.checkpoint": str(args.out / args.source / "model")},
+        "scratch": {
+            "model.checkpoint": None,
+            "model.name": model.replace("crate_mae_", "crate_"),
+            "model.overrides": enc_over,
+            "data.img_size": 32,
+            "data.mean": mean,
+            "data.std": std,
+        },
+    }
     for label in [args.start] if args.start != "both" else list(starts):
-        cfg = load_finetune_config(FT_CONFIG, {
-            **starts[label], "data.path": str(args.data), "data.num_workers": args.workers,
-            "optim.epochs": args.epochs, "optim.warmup_epochs": max(1, args.epochs // 20),
-            "run.output_dir": str(args.out / f"finetune_{args.source}_{label}"), "run.resume": "auto",
-            "run.progress": False, "run.seed": run.seed, "run.amp": "off", "run.max_minutes": args.max_minutes})
+        cfg = load_finetune_config(
+            FT_CONFIG,
+            {
+                **starts[label],
+                "data.path": str(args.data),
+                "data.num_workers": args.workers,
+                "optim.epochs": args.epochs,
+                "optim.warmup_epochs": max(1, args.epochs // 20),
+                "run.output_dir": str(args.out / f"finetune_{args.source}_{label}"),
+                "run.resume": "auto",
+                "run.progress": False,
+                "run.seed": run.seed,
+                "run.amp": "off",
+                "run.max_minutes": args.max_minutes,
+            },
+        )
         r = run_finetune(cfg)
         result = {"epochs": args.epochs, **{k: round(v, 2) for k, v in r["metrics"].items()}}
         (args.out / f"finetune_{args.source}_{label}.json").write_text(json.dumps(result, indent=2))
@@ -449,8 +558,14 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
 
 
-COLUMNS = [("val_loss", "masked val loss"), ("logreg", "cls logreg"), ("mean_logreg", "mean logreg"),
-           ("lars", "cls BN+LARS"), ("knn", "cls k-NN"), ("mean_knn", "mean k-NN")]
+COLUMNS = [
+    ("val_loss", "masked val loss"),
+    ("logreg", "cls logreg"),
+    ("mean_logreg", "mean logreg"),
+    ("lars", "cls BN+LARS"),
+    ("knn", "cls k-NN"),
+    ("mean_knn", "mean k-NN"),
+]
 
 
 def seed_groups() -> dict[str, list[str]]:
@@ -472,8 +587,11 @@ def cell(rows: list[dict], key: str) -> str:
         m, s = mean_std(vals)
         return f"{m:.2f} ± {s:.2f}" if key != "val_loss" else f"{m:.3f} ± {s:.3f}"
     ci = rows[0].get("ci95", {}).get(key)
-    return f"{vals[0]:.2f} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else (f"{vals[0]:.3f}" if key == "val_loss"
-                                                                    else f"{vals[0]:.2f}")
+    return (
+        f"{vals[0]:.2f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+        if ci
+        else (f"{vals[0]:.3f}" if key == "val_loss" else f"{vals[0]:.2f}")
+    )
 
 
 def verdict(diffs: list[float], threshold: float, ci: tuple[float, float] | None = None) -> str:
@@ -497,8 +615,9 @@ def report(args) -> int:
         inits = [rows[k] for k in dict.fromkeys(f"init_{RUNS[n].init_key}" for n in names) if k in rows]
         for rs, what in ((trained, "pretrained"), (inits, "random init")):
             if rs:
-                lines.append(f"| {RUNS[group].title} {what} | {len(rs)} | "
-                             + " | ".join(cell(rs, k) for k, _ in COLUMNS) + " |")
+                lines.append(
+                    f"| {RUNS[group].title} {what} | {len(rs)} | " + " | ".join(cell(rs, k) for k, _ in COLUMNS) + " |"
+                )
     text = ["## Results (cifar10-dev val, top-1 %)", "", *lines, ""]
     # claims (a) and (b), per ISTA setting and pool, over the seeds
     text += ["## Claims", "", "| claim | setting | pool | value | interval | verdict |", "|---|---|---|---:|---|---|"]
@@ -510,8 +629,10 @@ def report(args) -> int:
         for key, pool in (("logreg", "cls"), ("mean_logreg", "mean-pool")):
             gains = [rows[n][key] - rows[f"init_{RUNS[n].init_key}"][key] for n in seeds]
             m, s = mean_std(gains)
-            text.append(f"| (a) gain over init > 10 | {setting} | {pool} | {m:+.2f} | ± {2 * s:.2f} (2 sd, "
-                        f"{len(gains)} seeds) | {verdict(gains, 10.0)} |")
+            text.append(
+                f"| (a) gain over init > 10 | {setting} | {pool} | {m:+.2f} | ± {2 * s:.2f} (2 sd, "
+                f"{len(gains)} seeds) | {verdict(gains, 10.0)} |"
+            )
             if "vit_paper" in rows:
                 vit = rows["vit_paper"]
                 lo_v, hi_v = vit["ci95"][key]
@@ -520,8 +641,10 @@ def report(args) -> int:
                 half = (((hi_v - lo_v) / 2) ** 2 + (2 * cs) ** 2) ** 0.5
                 lo, hi = gap - half, gap + half
                 v = "held" if hi < 3 else "not held" if lo > 3 else "within noise"
-                text.append(f"| (b) ViT-MAE minus CRATE-MAE < 3 | {setting} | {pool} | {gap:+.2f} | "
-                            f"[{lo:+.2f}, {hi:+.2f}] | {v} |")
+                text.append(
+                    f"| (b) ViT-MAE minus CRATE-MAE < 3 | {setting} | {pool} | {gap:+.2f} | "
+                    f"[{lo:+.2f}, {hi:+.2f}] | {v} |"
+                )
     text.append("")
     ft = finetune_comparison(args)
     if ft:
@@ -556,18 +679,25 @@ def finetune_comparison(args) -> str:
             model = crate_mae.load_checkpoint(sorted((run / "checkpoints").glob("step_*"))[-1]).eval()
             with torch.no_grad():
                 correct[label] = torch.cat([(model(x).argmax(1) == y) for x, y in DataLoader(val, batch_size=500)])
-        diff = (correct["pretrained"].double() - correct["scratch"].double())
+        diff = correct["pretrained"].double() - correct["scratch"].double()
         idx = torch.randint(0, len(diff), (2000, len(diff)), generator=torch.Generator().manual_seed(0))
         lo, hi = torch.quantile(100 * diff[idx].mean(1), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
         p, s = (100 * correct[k].double().mean().item() for k in ("pretrained", "scratch"))
         epochs = json.loads((pre / "result.json").read_text())["details"]["epochs"]
         verdict = "held" if lo > 0 else "not held" if hi < 0 else "within noise"
-        lines.append(f"| {pre.name.removeprefix('finetune_').removesuffix('_pretrained')} | {epochs} | {p:.2f} | "
-                     f"{s:.2f} | {p - s:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict} |")
+        lines.append(
+            f"| {pre.name.removeprefix('finetune_').removesuffix('_pretrained')} | {epochs} | {p:.2f} | "
+            f"{s:.2f} | {p - s:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict} |"
+        )
     if not lines:
         return ""
-    return "\n".join(["| source | epochs | pretrained top-1 | scratch top-1 | gain [paired 95 % interval] | (d) |",
-                      "|---|---:|---:|---:|---:|---|", *lines])
+    return "\n".join(
+        [
+            "| source | epochs | pretrained top-1 | scratch top-1 | gain [paired 95 % interval] | (d) |",
+            "|---|---:|---:|---:|---:|---|",
+            *lines,
+        ]
+    )
 
 
 def trend_table(args, rows) -> str:
@@ -579,8 +709,9 @@ def trend_table(args, rows) -> str:
         cells = []
         for epoch in (*run.keep_epochs, "final"):
             r = rows.get(f"{name}_epoch{epoch}") if epoch != "final" else rows[name]
-            cells.append(f"{r['logreg'] - init['logreg']:+.2f} / {r['mean_logreg'] - init['mean_logreg']:+.2f}"
-                         if r else "")
+            cells.append(
+                f"{r['logreg'] - init['logreg']:+.2f} / {r['mean_logreg'] - init['mean_logreg']:+.2f}" if r else ""
+            )
         lines.append(f"| {run.title} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
@@ -608,18 +739,30 @@ def figures(args, rows) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         curves = {}
         for color, name in zip(("C0", "C1", "C2"), settings):
-            for when, model in (("init", init_model(name)), ("trained", crate_mae.from_pretrained(
-                    args.out / name / "model"))):
+            for when, model in (
+                ("init", init_model(name)),
+                ("trained", crate_mae.from_pretrained(args.out / name / "model")),
+            ):
                 st = measure_layers(model.eval(), DataLoader(subset, batch_size=64), parts=("encoder",))
                 ista = RUNS[name].model or yaml.safe_load(CONFIG.read_text())["model"]["overrides"]
                 label = f"η {ista['ista_step_size']}, λ {ista['ista_lambda']} {when}"
-                curves[label] = {m: [round(float(x), 4) for x in st.series("encoder", m)[0]]
-                                 for m in ("rc_mssa_in", "rc_z_half", "l0", "rate_out")}
+                curves[label] = {
+                    m: [round(float(x), 4) for x in st.series("encoder", m)[0]]
+                    for m in ("rc_mssa_in", "rc_z_half", "l0", "rate_out")
+                }
                 for ax, metric in zip(axes, ("rc_mssa_in", "l0")):
                     m, s = st.series("encoder", metric)
-                    ax.errorbar(range(1, len(m) + 1), m, yerr=s, marker="o", capsize=3, color=color,
-                                linestyle="-" if when == "trained" else ":", label=label,
-                                markerfacecolor=color if when == "trained" else "white")
+                    ax.errorbar(
+                        range(1, len(m) + 1),
+                        m,
+                        yerr=s,
+                        marker="o",
+                        capsize=3,
+                        color=color,
+                        linestyle="-" if when == "trained" else ":",
+                        label=label,
+                        markerfacecolor=color if when == "trained" else "white",
+                    )
         axes[0].set_title("compression R^c(LN(Z^l) | U^l)", fontsize=9)
         axes[1].set_title("non-zeros ||Z^{l+1}||_0 / (N d)", fontsize=9)
         for ax in axes:
@@ -635,8 +778,13 @@ def figures(args, rows) -> None:
     imgs = torch.stack([val[i][0] for i in range(0, len(val), len(val) // 8)][:8])
     for name in ("crate", "crate_ista_official", "vit_paper"):
         if finished(args, name):
-            save_reconstructions(crate_mae.from_pretrained(args.out / name / "model").eval(), imgs,
-                                 Normalization(tuple(mean), tuple(std)), out / f"reconstruct_{name}.png", seed=0)
+            save_reconstructions(
+                crate_mae.from_pretrained(args.out / name / "model").eval(),
+                imgs,
+                Normalization(tuple(mean), tuple(std)),
+                out / f"reconstruct_{name}.png",
+                seed=0,
+            )
     ft = {p.name.removeprefix("finetune_"): p for p in sorted(args.out.glob("finetune_*")) if p.is_dir()}
     if ft:
         fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -654,8 +802,16 @@ def figures(args, rows) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    cmds = {"budget": budget, "pretrain": pretrain, "parallel": parallel, "pack": pack, "evaluate": evaluate,
-            "cls-study": cls_study, "finetune": finetune, "report": report}
+    cmds = {
+        "budget": budget,
+        "pretrain": pretrain,
+        "parallel": parallel,
+        "pack": pack,
+        "evaluate": evaluate,
+        "cls-study": cls_study,
+        "finetune": finetune,
+        "report": report,
+    }
     for cmd in cmds:
         s = sub.add_parser(cmd)
         s.add_argument("--data", type=Path, default=DATA)
@@ -686,8 +842,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
     if cmd_needs_data(args.cmd) and not args.data.is_dir():
-        print(f"data not found: {args.data} (run from the repository root; build it: python "
-              "benchmarks/make_cifar10_dev.py CIFAR10_BATCHES data/cifar10-dev)", file=sys.stderr)
+        print(
+            f"data not found: {args.data} (run from the repository root; build it: python "
+            "benchmarks/make_cifar10_dev.py CIFAR10_BATCHES data/cifar10-dev)",
+            file=sys.stderr,
+        )
         return 2
     t = time.perf_counter()
     rc = cmds[args.cmd](args)

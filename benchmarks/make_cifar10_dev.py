@@ -45,8 +45,10 @@ def select(labels: list[int], num_classes: int) -> dict[str, list[tuple[int, int
         seen[label] += 1
     short = [c for c in range(num_classes) if seen[c] < TRAIN_PER_CLASS + VAL_PER_CLASS]
     if short:
-        raise ValueError(f"classes {short} have fewer than {TRAIN_PER_CLASS + VAL_PER_CLASS} training images: these "
-                         "are not the full CIFAR-10 training batches")
+        raise ValueError(
+            f"classes {short} have fewer than {TRAIN_PER_CLASS + VAL_PER_CLASS} training images: these "
+            "are not the full CIFAR-10 training batches"
+        )
     return out
 
 

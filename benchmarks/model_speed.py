@@ -111,9 +111,19 @@ def create(model: str, px: int, overrides: dict, **kw) -> torch.nn.Module:
 
 def official_of(ours) -> OfficialCrateMAE:
     c = ours.config
-    official = OfficialCrateMAE(c.img_size, c.patch_size, c.in_chans, c.embed_dim, c.depth, c.num_heads,
-                                c.decoder_depth, c.decoder_num_heads, c.ista_step_size, c.ista_lambda,
-                                c.norm_pix_loss)
+    official = OfficialCrateMAE(
+        c.img_size,
+        c.patch_size,
+        c.in_chans,
+        c.embed_dim,
+        c.depth,
+        c.num_heads,
+        c.decoder_depth,
+        c.decoder_num_heads,
+        c.ista_step_size,
+        c.ista_lambda,
+        c.norm_pix_loss,
+    )
     official.load_state_dict(to_official(ours))
     return official
 
@@ -157,6 +167,7 @@ def make_step(model, task: str, imgs, noise, amp: bool = False, compiled: bool =
         def features():
             with torch.no_grad(), autocast:
                 fn(imgs)
+
         return features
     fn = torch.compile(model) if compiled else model
     opt = make_optimizer(model) if task == "train" else None
@@ -177,6 +188,7 @@ def make_step(model, task: str, imgs, noise, amp: bool = False, compiled: bool =
         with record_function("optimizer") if phases else _nothing():
             opt.step()
             opt.zero_grad(set_to_none=True)
+
     return train if task == "train" else masked
 
 
@@ -212,7 +224,7 @@ def time_case(args, model: str, px: int, batch: int, threads: int, device) -> li
         steps = {k: make_step(m, task, imgs, noise, amp, compiled) for k, (m, amp, compiled) in models.items()}
         names, times, loads = list(steps), {k: [] for k in steps}, [load_avg()]
         for i in range(args.warmup + args.repeats):
-            for name in names[i % len(names):] + names[:i % len(names)]:
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 sync(device)
                 t0 = time.perf_counter()
                 steps[name]()
@@ -224,17 +236,38 @@ def time_case(args, model: str, px: int, batch: int, threads: int, device) -> li
         flops = {k: step_flops(m, task, batch, px) for k, (m, _, _) in models.items() if k in ("official", "ours")}
         for name, ts in times.items():
             per_round, med = sorted(b / c for b, c in zip(times["official"], ts)), statistics.median(ts)
-            rows.append(dict(case=case_name(model, px, batch), model=model, px=px, batch=batch, task=task,
-                             threads=n, contender=name, ms=1e3 * med, img_s=batch / med, ratio=base / med,
-                             lo=per_round[0], hi=per_round[-1], times_s=ts, load=(min(loads), max(loads)),
-                             gflop=flops[name] / 1e9 if name in flops else None))
+            rows.append(
+                dict(
+                    case=case_name(model, px, batch),
+                    model=model,
+                    px=px,
+                    batch=batch,
+                    task=task,
+                    threads=n,
+                    contender=name,
+                    ms=1e3 * med,
+                    img_s=batch / med,
+                    ratio=base / med,
+                    lo=per_round[0],
+                    hi=per_round[-1],
+                    times_s=ts,
+                    load=(min(loads), max(loads)),
+                    gflop=flops[name] / 1e9 if name in flops else None,
+                )
+            )
         if "visible-only" in times:
             per = sorted(a / b for a, b in zip(times["ours"], times["visible-only"]))
-            rows[-1]["vs_ours"] = (statistics.median(times["ours"]) / statistics.median(times["visible-only"]),
-                                   per[0], per[-1])
-        print(f"# {case_name(model, px, batch)} {task} {n} threads: " + ", ".join(
-            f"{r['contender']} {r['ms']:.0f} ms" for r in rows if r["task"] == task and r["threads"] == n)
-            + f" (load {min(loads):.1f}-{max(loads):.1f})", flush=True)
+            rows[-1]["vs_ours"] = (
+                statistics.median(times["ours"]) / statistics.median(times["visible-only"]),
+                per[0],
+                per[-1],
+            )
+        print(
+            f"# {case_name(model, px, batch)} {task} {n} threads: "
+            + ", ".join(f"{r['contender']} {r['ms']:.0f} ms" for r in rows if r["task"] == task and r["threads"] == n)
+            + f" (load {min(loads):.1f}-{max(loads):.1f})",
+            flush=True,
+        )
     return rows
 
 
@@ -250,8 +283,11 @@ def tensor_peak_mib(step) -> float:
     """Peak of tensor bytes allocated during ``step()`` above those live before it (torch profiler events)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type().name == "CPU")
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type().name == "CPU"
+    )
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -280,8 +316,19 @@ def measure_memory(args) -> dict:
 
 def memory(args, model: str, px: int, batch: int, task: str, impl: str) -> dict:
     """``measure_memory`` of one model in a fresh process."""
-    cmd = [sys.executable, __file__, "--memory-child", impl, task, "--cases", case_name(model, px, batch),
-           "--threads", str(args.threads[0]), "--set", *[f"{k}={json.dumps(v)}" for k, v in args.overrides.items()]]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        impl,
+        task,
+        "--cases",
+        case_name(model, px, batch),
+        "--threads",
+        str(args.threads[0]),
+        "--set",
+        *[f"{k}={json.dumps(v)}" for k, v in args.overrides.items()],
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         return dict(error=(proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:160])
@@ -310,17 +357,26 @@ def print_speed_table(rows: list[dict]) -> None:
     print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         gflop = f"{r['gflop']:,.1f}" if r.get("gflop") else ""
-        print(f"| {r['case']} | {r['task']} | {r['threads']} | {r['contender']} | {r['ms']:,.0f} | {r['img_s']:.2f} | "
-              f"{fmt_ratio(r)} | {gflop} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |")
+        print(
+            f"| {r['case']} | {r['task']} | {r['threads']} | {r['contender']} | {r['ms']:,.0f} | {r['img_s']:.2f} | "
+            f"{fmt_ratio(r)} | {gflop} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |"
+        )
 
 
 def print_memory_table(mems: dict) -> None:
-    print("| case | task | peak RSS MiB official | ours | ours/official | step tensors MiB official | ours | "
-          "ours/official |")
+    print(
+        "| case | task | peak RSS MiB official | ours | ours/official | step tensors MiB official | ours | "
+        "ours/official |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for (case, task), mem in mems.items():
-        print(f"| {case} | {task} | " + " | ".join(mem_cells(mem, "rss_peak_mib")) + " | "
-              + " | ".join(mem_cells(mem, "tensor_peak_mib")) + " |")
+        print(
+            f"| {case} | {task} | "
+            + " | ".join(mem_cells(mem, "rss_peak_mib"))
+            + " | "
+            + " | ".join(mem_cells(mem, "tensor_peak_mib"))
+            + " |"
+        )
 
 
 # -- FLOPs, activations (contender extras) ---------------------------------------------------------------------------
@@ -385,15 +441,21 @@ def print_extras(args, rows: list[dict], model: str, px: int, batch: int, device
         for r in rows:
             if "vs_ours" in r:
                 t, lo, hi = r["vs_ours"]
-                print(f"visible-only vs ours (faithful), {r['task']}, {r['threads']} threads: {t:.2f}x "
-                      f"({lo:.2f}-{hi:.2f})")
+                print(
+                    f"visible-only vs ours (faithful), {r['task']}, {r['threads']} threads: {t:.2f}x "
+                    f"({lo:.2f}-{hi:.2f})"
+                )
         f = visible_only_bounds(args, model, px, batch)
         o, v = f["ours"], f["visible-only"]
-        print(f"training FLOPs (forward + backward): official {f['official']['total'] / 1e9:.1f} G, ours "
-              f"{o['total'] / 1e9:.1f} G (encoder {o['encoder'] / 1e9:.1f} G), visible-only {v['total'] / 1e9:.1f} G "
-              f"(encoder {v['encoder'] / 1e9:.1f} G)")
-        print(f"visible-only vs ours at equal FLOP rate: {o['total'] / v['total']:.2f}x; even with an encoder that "
-              f"cost nothing: {o['total'] / o['rest']:.2f}x")
+        print(
+            f"training FLOPs (forward + backward): official {f['official']['total'] / 1e9:.1f} G, ours "
+            f"{o['total'] / 1e9:.1f} G (encoder {o['encoder'] / 1e9:.1f} G), visible-only {v['total'] / 1e9:.1f} G "
+            f"(encoder {v['encoder'] / 1e9:.1f} G)"
+        )
+        print(
+            f"visible-only vs ours at equal FLOP rate: {o['total'] / v['total']:.2f}x; even with an encoder that "
+            f"cost nothing: {o['total'] / o['rest']:.2f}x"
+        )
     if args.grad_checkpointing:
         torch.manual_seed(0)
         ours = create(model, px, args.overrides).to(device).train()
@@ -401,13 +463,20 @@ def print_extras(args, rows: list[dict], model: str, px: int, batch: int, device
         plain = saved_activation_bytes(ours, imgs, noise)
         ours.set_grad_checkpointing(True)
         ckpt = saved_activation_bytes(ours, imgs, noise)
-        print(f"activations saved for backward: {plain / 2**20:.1f} MiB plain, {ckpt / 2**20:.1f} MiB with "
-              f"per-block checkpointing ({ckpt / plain:.2f}x)")
+        print(
+            f"activations saved for backward: {plain / 2**20:.1f} MiB plain, {ckpt / 2**20:.1f} MiB with "
+            f"per-block checkpointing ({ckpt / plain:.2f}x)"
+        )
 
 
 # -- profile --------------------------------------------------------------------------------------------------------
-GROUPS = ("linear products (mm, addmm)", "attention (SDPA kernels; bmm, softmax)", "layer norm",
-          "other forward/backward ops", "optimizer step")
+GROUPS = (
+    "linear products (mm, addmm)",
+    "attention (SDPA kernels; bmm, softmax)",
+    "layer norm",
+    "other forward/backward ops",
+    "optimizer step",
+)
 
 
 def op_group(name: str) -> str:
@@ -462,8 +531,11 @@ def run_profile(args, device) -> None:
         print("|---|" + "---:|" * len(head))
         for g in (*GROUPS, "total (wall)"):
             cells = [mib(res[impl, n][g]) for impl in ("official", "ours") for n in ns]
-            cells += [f"{res[impl, ns[0]][g] / max(res[impl, n][g], 1e-9):.2f}x" for impl in ("official", "ours")
-                      for n in ns[1:]]
+            cells += [
+                f"{res[impl, ns[0]][g] / max(res[impl, n][g], 1e-9):.2f}x"
+                for impl in ("official", "ours")
+                for n in ns[1:]
+            ]
             cells += [f"{res['official', n][g] / max(res['ours', n][g], 1e-9):.2f}x" for n in ns]
             print(f"| {g} | " + " | ".join(cells) + " |")
 
@@ -482,8 +554,13 @@ def plot_sweep(rows: list[dict], mems: dict, path: Path, title: str) -> None:
             pts = [(r["px"], r["ms"]) for r in rows if r["contender"] == impl and r["task"] == task]
             if pts:
                 ax_t.plot(*zip(*pts), style, color=colors[impl], label=f"{impl}, {task}")
-            mpts = [(r["px"], m["tensor_peak_mib"]) for r in rows if r["contender"] == impl and r["task"] == task
-                    and "tensor_peak_mib" in (m := mems[r["case"], task].get(impl, {}))]
+            mpts = [
+                (r["px"], m["tensor_peak_mib"])
+                for r in rows
+                if r["contender"] == impl
+                and r["task"] == task
+                and "tensor_peak_mib" in (m := mems[r["case"], task].get(impl, {}))
+            ]
             if mpts:
                 ax_m.plot(*zip(*mpts), style, color=colors[impl], label=f"{impl}, {task}")
     for ax, ylabel in ((ax_t, "ms per step (median of rounds)"), (ax_m, "step tensors, MiB (peak above the model)")):
@@ -520,16 +597,22 @@ def run_cases(args, cases: list[str], device) -> tuple[list[dict], dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", action="store_true", help=f"the cases {CASES} at torch's default threads and at 1, "
-                                                        "with memory")
+    p.add_argument(
+        "--suite", action="store_true", help=f"the cases {CASES} at torch's default threads and at 1, with memory"
+    )
     p.add_argument("--sweep", action="store_true", help="step time and memory against resolution (table + plot)")
     p.add_argument("--profile", action="store_true", help="op-level profile of the train step of both models")
     p.add_argument("--cases", nargs="+", default=None, help="SIZE/PX/BATCH cases (default: tiny/224/8; the suite: all)")
     p.add_argument("--sizes", nargs="+", type=int, default=SWEEP_SIZES, help="--sweep: image sizes")
     p.add_argument("--sweep-case", default="tiny/0/2", help="--sweep: SIZE/PX/BATCH with PX ignored")
     p.add_argument("--plot", default=str(PLOT), help="--sweep: where the plot goes")
-    p.add_argument("--threads", nargs="+", type=int, default=None,
-                   help="thread counts, 0 = torch's default (default: 0; the suite: 0 1; --profile: 1 0)")
+    p.add_argument(
+        "--threads",
+        nargs="+",
+        type=int,
+        default=None,
+        help="thread counts, 0 = torch's default (default: 0; the suite: 0 1; --profile: 1 0)",
+    )
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=["train", "features"])
     p.add_argument("--memory", action="store_true", help="also peak memory, each model in its own process")
     p.add_argument("--config", help="take model, overrides, image size and batch from this pretraining YAML")
@@ -545,8 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--visible-only", action="store_true", help="also ours with mask_tokens_in_encoder=False")
     p.add_argument("--grad-checkpointing", action="store_true", help="also ours checkpointed; activation memory")
     p.add_argument("--json", help="also write every row (with the time of each round) here")
-    p.add_argument("--flops", action="store_true", help="only count the training FLOPs (forward + backward) of the "
-                   "official computation and of ours per case, and their ratio (no timing; seconds)")
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="only count the training FLOPs (forward + backward) of the "
+        "official computation and of ours per case, and their ratio (no timing; seconds)",
+    )
     p.add_argument("--memory-child", nargs=2, metavar=("IMPL", "TASK"), help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
@@ -568,8 +655,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             ours = create(model, px, args.overrides)
             f_off, f_ours = train_flops(official_of(ours), batch, px), train_flops(ours, batch, px)
-            print(f"{case}: training FLOPs (forward + backward) official {f_off / 1e9:.1f} G, ours "
-                  f"{f_ours / 1e9:.1f} G; ours / official = {f_ours / f_off:.3f} ({1 - f_ours / f_off:.0%} fewer)")
+            print(
+                f"{case}: training FLOPs (forward + backward) official {f_off / 1e9:.1f} G, ours "
+                f"{f_ours / 1e9:.1f} G; ours / official = {f_ours / f_off:.3f} ({1 - f_ours / f_off:.0%} fewer)"
+            )
         return 0
     device = torch.device(args.device) if args.device else default_device()
     args.threads = args.threads or ([1, 0] if args.profile else [0, 1] if args.suite else [0])
@@ -577,8 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory and device.type != "cpu":
         raise ValueError("peak memory here is the CPU's; on a GPU use benchmarks/gpu_speed.py")
     load0, t0 = load_avg(), time.perf_counter()
-    print(f"# torch {torch.__version__} on {device}, default threads {DEFAULT_THREADS}, {os.cpu_count()} CPUs, "
-          f"load average {load0:.2f}; medians of {args.repeats} interleaved rounds after {args.warmup}")
+    print(
+        f"# torch {torch.__version__} on {device}, default threads {DEFAULT_THREADS}, {os.cpu_count()} CPUs, "
+        f"load average {load0:.2f}; medians of {args.repeats} interleaved rounds after {args.warmup}"
+    )
     if args.profile:
         run_profile(args, device)
         return 0
@@ -596,14 +687,24 @@ def main(argv: list[str] | None = None) -> int:
     loads = f"load average {load0:.2f} at the start, {load_avg():.2f} at the end"
     print(f"\n{time.perf_counter() - t0:.0f} s in all; {loads}")
     if args.sweep:
-        title = (f"crate_mae_{args.sweep_case.split('/')[0]}, batch {args.sweep_case.split('/')[2]}, "
-                 f"{rows[0]['threads']} threads, CPU; {loads}\n`python benchmarks/model_speed.py {' '.join(argv)}`")
+        title = (
+            f"crate_mae_{args.sweep_case.split('/')[0]}, batch {args.sweep_case.split('/')[2]}, "
+            f"{rows[0]['threads']} threads, CPU; {loads}\n`python benchmarks/model_speed.py {' '.join(argv)}`"
+        )
         plot_sweep(rows, mems, Path(args.plot), title)
         print(f"plot: {args.plot}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(torch=torch.__version__, rows=rows, load_start=load0,
-                                                   memory=[dict(case=c, task=t, **m) for (c, t), m in mems.items()]),
-                                              indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                dict(
+                    torch=torch.__version__,
+                    rows=rows,
+                    load_start=load0,
+                    memory=[dict(case=c, task=t, **m) for (c, t), m in mems.items()],
+                ),
+                indent=1,
+            )
+        )
     return 0
 
 

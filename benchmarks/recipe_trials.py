@@ -36,8 +36,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # cifar10-dev: data/cifar10-dev as benchmarks/make_cifar10_dev.py writes it, else the development workspace's copy
-DATA = next((d for d in (REPO / "data" / "cifar10-dev", REPO.parent / "shared" / "data" / "cifar10-dev") if d.is_dir()),
-            REPO / "data" / "cifar10-dev")
+DATA = next(
+    (d for d in (REPO / "data" / "cifar10-dev", REPO.parent / "shared" / "data" / "cifar10-dev") if d.is_dir()),
+    REPO / "data" / "cifar10-dev",
+)
 CONFIG = REPO / "src" / "crate_mae" / "configs" / "pretrain_cifar.yaml"
 RUNS = REPO / "runs" / "study"
 
@@ -88,8 +90,10 @@ def layer_curves(model, data: Path, mean, std, img_size: int, n: int = 512) -> d
     ds = build_dataset(data, split="val", transform=eval_transform(img_size, 1.0, mean, std))
     ds = Subset(ds, torch.linspace(0, len(ds) - 1, min(n, len(ds))).round().long().tolist())
     stats = measure_layers(model, DataLoader(ds, batch_size=64), parts=("encoder",))
-    return {"rc": [round(float(x), 2) for x in stats.series("encoder", "rc_mssa_in")[0]],
-            "l0": [round(float(x), 4) for x in stats.series("encoder", "l0")[0]]}
+    return {
+        "rc": [round(float(x), 2) for x in stats.series("encoder", "rc_mssa_in")[0]],
+        "l0": [round(float(x), 4) for x in stats.series("encoder", "l0")[0]],
+    }
 
 
 def run_trial(args: argparse.Namespace) -> dict:
@@ -99,13 +103,32 @@ def run_trial(args: argparse.Namespace) -> dict:
     from crate_mae.training import load_config, pretrain
 
     out = RUNS / args.name
-    cfg = load_config(CONFIG, [f"data.path={args.data}", "data.split=train", "data.kind=imagefolder",
-                               "data.num_workers=0", f"run.output_dir={out}", "run.progress=false",
-                               "run.vis_every_epochs=0", "run.resume=auto", f"run.seed={args.seed}",
-                               f"optim.epochs={args.epochs}",
-                               f"optim.warmup_epochs={max(1, round(args.epochs / 10))}", *args.overrides])
-    line: dict = {"name": args.name, "overrides": args.overrides, "epochs": args.epochs, "seed": args.seed,
-                  "C": args.C, "model": cfg.model.name, "legacy_init": args.legacy_init}
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.path={args.data}",
+            "data.split=train",
+            "data.kind=imagefolder",
+            "data.num_workers=0",
+            f"run.output_dir={out}",
+            "run.progress=false",
+            "run.vis_every_epochs=0",
+            "run.resume=auto",
+            f"run.seed={args.seed}",
+            f"optim.epochs={args.epochs}",
+            f"optim.warmup_epochs={max(1, round(args.epochs / 10))}",
+            *args.overrides,
+        ],
+    )
+    line: dict = {
+        "name": args.name,
+        "overrides": args.overrides,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "C": args.C,
+        "model": cfg.model.name,
+        "legacy_init": args.legacy_init,
+    }
     if args.random_init:
         torch.manual_seed(args.seed)
         with legacy_init() if args.legacy_init else contextlib.nullcontext():
@@ -116,35 +139,67 @@ def run_trial(args: argparse.Namespace) -> dict:
         with legacy_init() if args.legacy_init else contextlib.nullcontext():
             summary = pretrain(cfg)
         model = crate_mae.from_pretrained(summary["model_dir"])
-        line.update(train_s=round(time.perf_counter() - t), steps=summary["steps"],
-                    img_per_s=round(summary["img_per_s"]),
-                    fixed_loss=[round(summary["fixed_loss_before"], 4), round(summary["fixed_loss_after"], 4)])
+        line.update(
+            train_s=round(time.perf_counter() - t),
+            steps=summary["steps"],
+            img_per_s=round(summary["img_per_s"]),
+            fixed_loss=[round(summary["fixed_loss_before"], 4), round(summary["fixed_loss_after"], 4)],
+        )
     line["params"] = sum(p.numel() for p in model.parameters())
     mean, std, size = cfg.data.mean, cfg.data.std, cfg.data.img_size
     line["val_loss"] = round(masked_val_loss(model, args.data, mean, std, size, cfg.model.mask_ratio), 4)
     depth = len(model.encoder_blocks())
-    feats = {s: compute_features(model, args.data, s, layers=list(range(depth)), batch_size=256, num_workers=0,
-                                 progress=False, mean=mean, std=std, img_size=size, fingerprint=args.name)
-             for s in ("train", "val")}
+    feats = {
+        s: compute_features(
+            model,
+            args.data,
+            s,
+            layers=list(range(depth)),
+            batch_size=256,
+            num_workers=0,
+            progress=False,
+            mean=mean,
+            std=std,
+            img_size=size,
+            fingerprint=args.name,
+        )
+        for s in ("train", "val")
+    }
     tr, va = feats["train"], feats["val"]
 
     def logreg(pool: str, layer: int | None) -> float:
-        return round(logistic_probe(tr.get(pool, layer), tr.labels, va.get(pool, layer), va.labels, Cs=(args.C,),
-                                    max_iter=300)["top1"], 2)
+        return round(
+            logistic_probe(tr.get(pool, layer), tr.labels, va.get(pool, layer), va.labels, Cs=(args.C,), max_iter=300)[
+                "top1"
+            ],
+            2,
+        )
 
     for pool in ("cls", "mean"):
         line[pool] = logreg(pool, None)
         line[f"layers_{pool}"] = [logreg(pool, i) for i in range(depth)]
-        line[f"knn_{pool}"] = round(knn_evaluate(tr.get(pool), tr.labels, va.get(pool), va.labels,
-                                                 len(tr.classes), ks=(20,))[20]["top1"], 2)
+        line[f"knn_{pool}"] = round(
+            knn_evaluate(tr.get(pool), tr.labels, va.get(pool), va.labels, len(tr.classes), ks=(20,))[20]["top1"], 2
+        )
     if model.white_box:  # CRATE: the white-box measurements
         line.update(layer_curves(model, args.data, mean, std, size))
     return line
 
 
-COLUMNS = [("name", "trial"), ("epochs", "ep"), ("seed", "seed"), ("val_loss", "val loss"), ("cls", "cls"),
-           ("mean", "mean"), ("knn_cls", "kNN cls"), ("knn_mean", "kNN mean"), ("layers_cls", "cls per layer"),
-           ("layers_mean", "mean per layer"), ("rc", "R^c per layer"), ("l0", "non-zeros per layer")]
+COLUMNS = [
+    ("name", "trial"),
+    ("epochs", "ep"),
+    ("seed", "seed"),
+    ("val_loss", "val loss"),
+    ("cls", "cls"),
+    ("mean", "mean"),
+    ("knn_cls", "kNN cls"),
+    ("knn_mean", "kNN mean"),
+    ("layers_cls", "cls per layer"),
+    ("layers_mean", "mean per layer"),
+    ("rc", "R^c per layer"),
+    ("l0", "non-zeros per layer"),
+]
 
 
 def table(log: Path) -> str:
@@ -176,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         print(table(args.log))
         return 0
     if not args.data.is_dir():
-        print(f"data not found: {args.data} (build it: python benchmarks/make_cifar10_dev.py CIFAR10_BATCHES "
-              "data/cifar10-dev)", file=sys.stderr)
+        print(
+            f"data not found: {args.data} (build it: python benchmarks/make_cifar10_dev.py CIFAR10_BATCHES "
+            "data/cifar10-dev)",
+            file=sys.stderr,
+        )
         return 2
     line = run_trial(args)
     print(json.dumps(line))

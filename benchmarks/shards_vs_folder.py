@@ -77,14 +77,21 @@ def index_costs(manifest: Path) -> str:
         shard[k]
     lookup = (time.perf_counter() - t0) / len(picks)
     shard.close()
-    return (f"index {statistics.median(sizes) / n:.0f} bytes per sample, open + index {statistics.median(opens):.2f} s "
-            f"for {n} samples, lookup {lookup * 1e6:.1f} us per sample (no decoding)")
+    return (
+        f"index {statistics.median(sizes) / n:.0f} bytes per sample, open + index {statistics.median(opens):.2f} s "
+        f"for {n} samples, lookup {lookup * 1e6:.1f} us per sample (no decoding)"
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--set", action="append", default=None, metavar="NAME=PATH@SIZE",
-                   help="image folder to compare (repeatable); default: the two development sets in ../shared")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="NAME=PATH@SIZE",
+        help="image folder to compare (repeatable); default: the two development sets in ../shared",
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per reader and worker count")
     p.add_argument("--batch", type=int, default=64)
@@ -103,14 +110,19 @@ def main() -> None:
             desc = make_shards(src, out, shard_size=args.shard_size, progress=False)
             n_img = desc["crate_mae"]["num_samples"]
             mib = sum(s["filesize"] for s in desc["shardlist"]) / 2**20
-            print(f"{name}: make-shards {n_img} images -> {len(desc['shardlist'])} shard(s), {mib:.1f} MiB in "
-                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+            print(
+                f"{name}: make-shards {n_img} images -> {len(desc['shardlist'])} shard(s), {mib:.1f} MiB in "
+                f"{time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
             if args.index_costs:
                 print(f"  {index_costs(out / 'shards.json')}", flush=True)
                 continue
             for w in args.workers:
-                loaders = {"folder": loader(Path(src), int(size), w, args.batch),
-                           "shards": loader(out, int(size), w, args.batch)}
+                loaders = {
+                    "folder": loader(Path(src), int(size), w, args.batch),
+                    "shards": loader(out, int(size), w, args.batch),
+                }
                 firsts = {k: epoch(*v, 0)[2] for k, v in loaders.items()}  # warm-up
                 assert torch.equal(firsts["folder"], firsts["shards"]), "readers disagree"
                 rates: dict[str, list[float]] = {"folder": [], "shards": []}
@@ -120,10 +132,13 @@ def main() -> None:
                         rates[k].append(n / dt)
                 med = {k: statistics.median(v) for k, v in rates.items()}
                 rows.append((name, size, n_img, w, med["folder"], med["shards"]))
-                print(f"  workers={w}: folder {med['folder']:.0f} img/s, shards {med['shards']:.0f} img/s "
-                      f"(x{med['shards'] / med['folder']:.2f}); "
-                      f"per epoch folder {[round(v) for v in rates['folder']]}, "
-                      f"shards {[round(v) for v in rates['shards']]}", flush=True)
+                print(
+                    f"  workers={w}: folder {med['folder']:.0f} img/s, shards {med['shards']:.0f} img/s "
+                    f"(x{med['shards'] / med['folder']:.2f}); "
+                    f"per epoch folder {[round(v) for v in rates['folder']]}, "
+                    f"shards {[round(v) for v in rates['shards']]}",
+                    flush=True,
+                )
                 del loaders
     if not rows:
         return

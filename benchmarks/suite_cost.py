@@ -98,16 +98,24 @@ def write_stand_ins(root: Path, cifar_images: int = 60_000, flowers_images: int 
     per = cifar_images // 6  # five train batches and one test batch, as the original
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(cifar / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (per, 3072), dtype=np.uint8),
-                         b"labels": rng.integers(0, 10, per).tolist()}, f, protocol=4)
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (per, 3072), dtype=np.uint8),
+                    b"labels": rng.integers(0, 10, per).tolist(),
+                },
+                f,
+                protocol=4,
+            )
     flowers = root / "flowers-102"
     (flowers / "jpg").mkdir(parents=True)
     with Pool() as pool:
         pool.map(_flower_jpeg, [(flowers / "jpg", i) for i in range(1, flowers_images + 1)], chunksize=32)
     savemat(flowers / "imagelabels.mat", {"labels": rng.integers(1, 103, (1, flowers_images)).astype(np.uint8)})
     ids, third = np.arange(1, flowers_images + 1), flowers_images // 3
-    savemat(flowers / "setid.mat", {"trnid": ids[None, :third], "valid": ids[None, third:2 * third],
-                                    "tstid": ids[None, 2 * third:]})
+    savemat(
+        flowers / "setid.mat",
+        {"trnid": ids[None, :third], "valid": ids[None, third : 2 * third], "tstid": ids[None, 2 * third :]},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds of the measurement")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak of the estimate (dense bf16)")
-    p.add_argument("--utilisation", type=float, nargs="+", default=[1.0, 0.4],
-                   help="fractions of the peak the estimate assumes (1.0: an upper bound)")
+    p.add_argument(
+        "--utilisation",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.4],
+        help="fractions of the peak the estimate assumes (1.0: an upper bound)",
+    )
     p.add_argument("--json", help="also write the numbers here")
     p.add_argument("--stand-ins", metavar="DIR", help="only write stand-in data sets of the real sizes to DIR")
     p.add_argument("--cifar-images", type=int, default=60_000, help="--stand-ins: CIFAR-10 images (train + test)")
@@ -127,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.stand_ins:
         write_stand_ins(Path(args.stand_ins), args.cifar_images, args.flowers_images)
-        print(f"stand-ins in {args.stand_ins}: CIFAR-10 {args.cifar_images:,} images, Flowers-102 "
-              f"{args.flowers_images:,} JPEGs (random labels: for timing only)")
+        print(
+            f"stand-ins in {args.stand_ins}: CIFAR-10 {args.cifar_images:,} images, Flowers-102 "
+            f"{args.flowers_images:,} JPEGs (random labels: for timing only)"
+        )
         return 0
     torch.manual_seed(0)
     model = crate_mae.create_model(args.model, **parse_key_values(args.overrides))
@@ -140,23 +155,42 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(SUITE_IMAGES.values())
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     dtype = amp_dtype("auto", device)
-    print(f"{args.model} {' '.join(args.overrides)} at {size} px: {flops / 1e9:.4g} GFLOPs per image "
-          "(forward_features, FlopCounterMode)")
+    print(
+        f"{args.model} {' '.join(args.overrides)} at {size} px: {flops / 1e9:.4g} GFLOPs per image "
+        "(forward_features, FlopCounterMode)"
+    )
     rate = f"{img_s:,.0f}" if img_s >= 100 else f"{img_s:.3g}"
-    print(f"measured on {where} ({str(dtype or torch.float32).replace('torch.', '')}, batch {args.batch_size}): "
-          f"{rate} img/s = {1000 / img_s:.3g} s per 1,000 images; the suite's {total:,} images: "
-          f"{total / img_s / 60:.1f} min of forward passes")
+    print(
+        f"measured on {where} ({str(dtype or torch.float32).replace('torch.', '')}, batch {args.batch_size}): "
+        f"{rate} img/s = {1000 / img_s:.3g} s per 1,000 images; the suite's {total:,} images: "
+        f"{total / img_s / 60:.1f} min of forward passes"
+    )
     estimates = []
     for u in args.utilisation:
         est = args.peak_tflops * 1e12 * u / flops
         estimates.append({"utilisation": u, "img_s": est, "suite_minutes": total / est / 60})
-        print(f"ESTIMATE (not measured) at {u:.0%} of {args.peak_tflops:g} TFLOP/s: {est:,.0f} img/s; the suite's "
-              f"forward passes {total / est:.1f} s")
+        print(
+            f"ESTIMATE (not measured) at {u:.0%} of {args.peak_tflops:g} TFLOP/s: {est:,.0f} img/s; the suite's "
+            f"forward passes {total / est:.1f} s"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "overrides": args.overrides, "img_size": size,
-                                               "flops_per_image": flops, "device": where, "img_s": img_s,
-                                               "batch_size": args.batch_size, "suite_images": total,
-                                               "peak_tflops": args.peak_tflops, "estimates": estimates}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "overrides": args.overrides,
+                    "img_size": size,
+                    "flops_per_image": flops,
+                    "device": where,
+                    "img_s": img_s,
+                    "batch_size": args.batch_size,
+                    "suite_images": total,
+                    "peak_tflops": args.peak_tflops,
+                    "estimates": estimates,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -30,9 +30,21 @@ def dataset(n: int = 48) -> TensorDataset:
 
 
 def config(overrides: list[str]):
-    base = ["model.name=crate_mae_tiny", f"model.overrides={TINY}", "data.demo=true", "data.img_size=32",
-            "data.num_workers=0", "optim.batch_size=8", "optim.epochs=2", "optim.warmup_epochs=1", "optim.blr=1e-2",
-            "run.log_every=1", "run.vis_every_epochs=0", "run.progress=false", "run.deterministic=true"]
+    base = [
+        "model.name=crate_mae_tiny",
+        f"model.overrides={TINY}",
+        "data.demo=true",
+        "data.img_size=32",
+        "data.num_workers=0",
+        "optim.batch_size=8",
+        "optim.epochs=2",
+        "optim.warmup_epochs=1",
+        "optim.blr=1e-2",
+        "run.log_every=1",
+        "run.vis_every_epochs=0",
+        "run.progress=false",
+        "run.deterministic=true",
+    ]
     return load_config(None, base + overrides)
 
 

@@ -87,8 +87,9 @@ def write_pets(root: Path, per_split: dict[str, int] | None = None, seed: int = 
     return base
 
 
-def write_image_folder(root: Path, splits=("train", "val"), classes: int = 3, per_class: int = 4,
-                       seed: int = 3) -> Path:
+def write_image_folder(
+    root: Path, splits=("train", "val"), classes: int = 3, per_class: int = 4, seed: int = 3
+) -> Path:
     rng = np.random.default_rng(seed)
     for split in splits:
         for k in range(classes):

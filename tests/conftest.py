@@ -38,7 +38,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-
 def pytest_configure(config):
     """torch.compile's cache for this test session alone, set before anything asks torch for it (inductor writes
     its default into the environment on first use). The default, /tmp/torchinductor_$USER, is shared with every

@@ -34,12 +34,12 @@ CODE_LANGS = ("python", "bash", "yaml")
 
 @dataclass
 class Block:
-    doc: str                      # path relative to the repository
-    line: int                     # line of the opening fence (1-based)
+    doc: str  # path relative to the repository
+    line: int  # line of the opening fence (1-based)
     lang: str
     code: str
-    mode: str                     # "run", "not-run" or "text"
-    reason: str = ""              # why not run
+    mode: str  # "run", "not-run" or "text"
+    reason: str = ""  # why not run
     slow: bool = False
     subs: list[tuple[str, str]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -69,7 +69,7 @@ def parse(path: Path) -> list[Block]:
         j = i + 1
         while j < len(lines) and not lines[j].strip().startswith("```"):
             j += 1
-        code = "\n".join(line[len(indent):] if line.startswith(indent) else line for line in lines[i + 1:j])
+        code = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines[i + 1 : j])
         block = Block(doc, i + 1, lang, code, "run")
         k = i - 1
         while k >= 0 and MARKER.match(lines[k]):
@@ -129,8 +129,10 @@ def shell_commands(code: str, where: str, lenient: bool = False) -> list[list[st
                     out.append(cmd)
                 cmd = []
             elif set(t) <= set("&|"):
-                raise ValueError(f"{where}: {raw.strip()!r} uses {t!r}; the docs test runs plain command lines "
-                                 "(mark the block not-run with a reason)")
+                raise ValueError(
+                    f"{where}: {raw.strip()!r} uses {t!r}; the docs test runs plain command lines "
+                    "(mark the block not-run with a reason)"
+                )
             else:
                 cmd.append(t)
         if cmd:
@@ -165,7 +167,7 @@ def cli_argv(argv: list[str]) -> list[str] | None:
     if "-m" in argv and (Path(argv[0]).name.startswith("python") or argv[0] == "torchrun"):
         at = argv.index("-m")
         if at + 1 < len(argv) and argv[at + 1] in ("crate_mae", "crate_mae.cli"):
-            return argv[at + 2:]
+            return argv[at + 2 :]
     return None
 
 
@@ -198,11 +200,13 @@ def check_cli_parses(args: list[str], where: str) -> None:
             ns, extra = parser.parse_known_args(args)
     except SystemExit as e:
         if e.code:
-            raise AssertionError(f"{where}: `crate-mae {' '.join(args)}` does not parse: "
-                                 f"{err.getvalue().strip()}") from None
+            raise AssertionError(
+                f"{where}: `crate-mae {' '.join(args)}` does not parse: {err.getvalue().strip()}"
+            ) from None
         return  # --help
-    if extra and not (isinstance(getattr(ns, "overrides", None), list)
-                      and all("=" in e and not e.startswith("-") for e in extra)):
+    if extra and not (
+        isinstance(getattr(ns, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra)
+    ):
         raise AssertionError(f"{where}: `crate-mae {' '.join(args)}`: unrecognized arguments {extra}")
     if not getattr(ns, "func", None):
         raise AssertionError(f"{where}: `crate-mae {' '.join(args)}` names no command")
@@ -218,8 +222,9 @@ def check_shell(code: str, where: str) -> None:
         module = module_of(argv)
         if module is not None and module.split(".")[0] == "crate_mae":
             spec = importlib.util.find_spec(module)
-            main = spec is not None and (spec.submodule_search_locations is None
-                                         or importlib.util.find_spec(module + ".__main__") is not None)
+            main = spec is not None and (
+                spec.submodule_search_locations is None or importlib.util.find_spec(module + ".__main__") is not None
+            )
             assert main, f"{where}: `python -m {module}` cannot run: no such module or no {module}.__main__"
         for word in argv:
             if word.startswith("benchmarks/") and word.endswith(".py"):
@@ -249,6 +254,7 @@ def check_python(code: str, where: str) -> None:
                     if not isinstance(obj, type(importlib)):
                         break  # attributes of classes / functions are the code's business, not an import's
                     dotted += "." + attr
-                    assert hasattr(obj, attr), (f"{where}: line {node.lineno}: {dotted} does not exist after the "
-                                                "block's imports")
+                    assert hasattr(obj, attr), (
+                        f"{where}: line {node.lineno}: {dotted} does not exist after the block's imports"
+                    )
                     obj = getattr(obj, attr)

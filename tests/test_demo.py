@@ -51,8 +51,16 @@ def _budget_cfg(*extra):
     from crate_mae.demo import demo_config_path
     from crate_mae.training import load_config
 
-    return load_config(demo_config_path(), ["optim.batch_size=8", "model.overrides.embed_dim=32",
-                                            "model.overrides.depth=1", "model.overrides.decoder_depth=1", *extra])
+    return load_config(
+        demo_config_path(),
+        [
+            "optim.batch_size=8",
+            "model.overrides.embed_dim=32",
+            "model.overrides.depth=1",
+            "model.overrides.decoder_depth=1",
+            *extra,
+        ],
+    )
 
 
 def test_epoch_budget_counts_data_loading_time():
@@ -77,7 +85,8 @@ def test_epoch_budget_is_timed_in_the_training_precision(monkeypatch):
     def spy(*args, **kwargs):
         model = create(*args, **kwargs)
         model.register_forward_pre_hook(
-            lambda m, a: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+            lambda m, a: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        )
         return model
 
     monkeypatch.setattr(crate_mae.demo, "create_model", spy)

@@ -58,8 +58,15 @@ PATHS = {
     "tests/fixtures/": str(REPO / "tests" / "fixtures") + "/",
     "my_folder": "{world}/cifar10-dev",  # a labelled ImageFolder tree of the user's
 }
-TRAIN = ["run.max_steps=2", "optim.batch_size=4", "optim.accum_iter=1", "data.num_workers=0", "run.progress=false",
-         "run.fit_to_minutes=null", "run.ckpt_every_steps=0"]
+TRAIN = [
+    "run.max_steps=2",
+    "optim.batch_size=4",
+    "optim.accum_iter=1",
+    "data.num_workers=0",
+    "run.progress=false",
+    "run.fit_to_minutes=null",
+    "run.ckpt_every_steps=0",
+]
 SIZES = {
     "pretrain": TRAIN,
     "finetune": TRAIN + ["optim.epochs=1", "optim.warmup_epochs=0"],
@@ -159,8 +166,9 @@ class Session:
             except BaseException as e:  # noqa: BLE001  (a SystemExit from argparse included)
                 self.outcome[i] = f"{block.name}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
             if i < index and self.outcome[i] is not None:
-                raise AssertionError(f"an earlier block of {self.doc} failed, so this one cannot run:\n"
-                                     f"{self.outcome[i]}")
+                raise AssertionError(
+                    f"an earlier block of {self.doc} failed, so this one cannot run:\n{self.outcome[i]}"
+                )
         if self.outcome.get(index):
             raise AssertionError(self.outcome[index])
 
@@ -184,7 +192,7 @@ class Session:
             if argv[0] == "for":  # for VAR in WORDS; do CMD; ...; done
                 end = next(j for j in range(i, len(commands)) if commands[j] == ["done"])
                 var, words = argv[1], [expand(w, self.variables) for w in argv[3:]]
-                body = [commands[i + 1][1:], *commands[i + 2:end]]
+                body = [commands[i + 1][1:], *commands[i + 2 : end]]
                 for w in words:
                     self.variables[var] = w
                     for cmd in body:
@@ -196,8 +204,12 @@ class Session:
 
     def run_command(self, argv: list[str], where: str) -> None:
         env, argv = split_env([expand(w, self.variables) for w in argv])
-        argv = [g for w in argv for g in (sorted(glob.glob(os.path.expanduser(w))) if set("*?[") & set(w) else [])
-                or [os.path.expanduser(w)]]
+        argv = [
+            g
+            for w in argv
+            for g in (sorted(glob.glob(os.path.expanduser(w))) if set("*?[") & set(w) else [])
+            or [os.path.expanduser(w)]
+        ]
         if not argv:  # VAR=value
             self.variables.update(env)
             return
@@ -215,13 +227,21 @@ class Session:
             assert check(args) == 0, f"{where}: `python -m crate_mae.data {' '.join(args)}` failed"
             return
         if Path(argv[0]).name.startswith("python") and len(argv) > 1 and argv[1].startswith("benchmarks/"):
-            out = subprocess.run([sys.executable, *argv[1:]], cwd=self.cwd, env={**os.environ, **env},
-                                 capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+            out = subprocess.run(
+                [sys.executable, *argv[1:]],
+                cwd=self.cwd,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=SCRIPT_TIMEOUT_S,
+            )
             assert out.returncode == 0, f"{where}: `{' '.join(argv)}` failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}"
             print(out.stdout)
             return
-        raise AssertionError(f"{where}: the docs test cannot run `{' '.join(argv)}`; mark the block "
-                             "<!-- not-run: REASON --> or run it another way (tests/docs_blocks.py)")
+        raise AssertionError(
+            f"{where}: the docs test cannot run `{' '.join(argv)}`; mark the block "
+            "<!-- not-run: REASON --> or run it another way (tests/docs_blocks.py)"
+        )
 
 
 def all_blocks() -> list[Block]:
@@ -309,8 +329,10 @@ def parse_outside(path: Path) -> list[Block]:
 def inventory() -> str:
     """Counts for the record: blocks run, not run (by reason), text."""
     blocks = all_blocks()
-    lines = [f"{sum(b.mode == 'run' for b in blocks)} run, {sum(b.mode == 'not-run' for b in blocks)} not run, "
-             f"{sum(b.mode == 'text' for b in blocks)} text (not code)"]
+    lines = [
+        f"{sum(b.mode == 'run' for b in blocks)} run, {sum(b.mode == 'not-run' for b in blocks)} not run, "
+        f"{sum(b.mode == 'text' for b in blocks)} text (not code)"
+    ]
     reasons: dict[str, list[str]] = {}
     for b in blocks:
         if b.mode == "not-run":

@@ -27,8 +27,18 @@ LAYERS = [
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 # Imported where they are needed: slow to import, optional, or platform-specific.
-HEAVY = ("sklearn", "skimage", "matplotlib", "scipy", "huggingface_hub", "wids", "webdataset", "threadpoolctl",
-         "torch.utils.tensorboard", "fcntl")
+HEAVY = (
+    "sklearn",
+    "skimage",
+    "matplotlib",
+    "scipy",
+    "huggingface_hub",
+    "wids",
+    "webdataset",
+    "threadpoolctl",
+    "torch.utils.tensorboard",
+    "fcntl",
+)
 PEERS = {frozenset({"analysis", "evaluation"})}
 
 
@@ -72,9 +82,13 @@ def imports(path: Path):
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(up + ([base] if base else []))
             # "from . import x" names a submodule when x is one
-            targets = [f"{base}.{a.name}" if (SRC / Path(*f"{base}.{a.name}".split("."))).exists()
-                       or (SRC / Path(*f"{base}.{a.name}".split("."))).with_suffix(".py").exists() else base
-                       for a in node.names]
+            targets = [
+                f"{base}.{a.name}"
+                if (SRC / Path(*f"{base}.{a.name}".split("."))).exists()
+                or (SRC / Path(*f"{base}.{a.name}".split("."))).with_suffix(".py").exists()
+                else base
+                for a in node.names
+            ]
         for t in targets:
             if t == "crate_mae" or t.startswith("crate_mae."):
                 yield node.lineno, t, id(node) in in_function
@@ -92,14 +106,20 @@ def test_every_module_has_a_layer():
 
 
 def test_imports_go_down_the_layers():
-    bad = [f"{p.relative_to(SRC)}:{line}: {src} ({layer_of(src)}) imports {dst} ({layer_of(dst)})"
-           for p, line, src, dst, _ in edges() if not allowed(src, dst)]
+    bad = [
+        f"{p.relative_to(SRC)}:{line}: {src} ({layer_of(src)}) imports {dst} ({layer_of(dst)})"
+        for p, line, src, dst, _ in edges()
+        if not allowed(src, dst)
+    ]
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
 def test_no_package_import_hides_inside_a_function():
-    bad = [f"{p.relative_to(SRC)}:{line}: {src} imports {dst} inside a function"
-           for p, line, src, dst, inside in edges() if inside]
+    bad = [
+        f"{p.relative_to(SRC)}:{line}: {src} imports {dst} inside a function"
+        for p, line, src, dst, inside in edges()
+        if inside
+    ]
     assert not bad, "move these imports to the top of the module:\n" + "\n".join(bad)
 
 

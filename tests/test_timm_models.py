@@ -17,9 +17,16 @@ SMALL = {**TINY_ENCODER, "depth": 3}
 
 
 def test_registered_with_timm():
-    assert timm.list_models("crate*") == ["crate_base", "crate_large", "crate_small", "crate_supervised_base",
-                                          "crate_supervised_large", "crate_supervised_small", "crate_supervised_tiny",
-                                          "crate_tiny"]
+    assert timm.list_models("crate*") == [
+        "crate_base",
+        "crate_large",
+        "crate_small",
+        "crate_supervised_base",
+        "crate_supervised_large",
+        "crate_supervised_small",
+        "crate_supervised_tiny",
+        "crate_tiny",
+    ]
     assert isinstance(timm.create_model("crate_supervised_tiny", depth=1), SupervisedCrate)
     model = timm.create_model("crate_base", num_classes=10)
     assert isinstance(model, CrateEncoder) and model.num_classes == 10 and model.embed_dim == 768
@@ -32,8 +39,8 @@ def test_pretrained_explains_where_weights_come_from():
     # the message names where the official weights are, and the README section it points to exists and links them
     assert "github.com/Ma-Lab-Berkeley/CRATE" in str(e.value) and "'Official weights'" in str(e.value)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Official weights"):]
-    assert "https://github.com/Ma-Lab-Berkeley/CRATE" in section[:section.index("\n## ", 3)]
+    section = readme[readme.index("## Official weights") :]
+    assert "https://github.com/Ma-Lab-Berkeley/CRATE" in section[: section.index("\n## ", 3)]
 
 
 def test_timm_model_contract():
@@ -75,16 +82,22 @@ def test_layer_decay_scales_through_group_matcher():
     """timm's param_groups_layer_decay gives facebookresearch/mae's per-parameter scales (get_layer_id_for_vit):
     stem decay^(depth+1), block i decay^(depth-i), final norm and head 1."""
     model = timm.create_model("crate_tiny", num_classes=5, **SMALL)
-    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5,
-                                      no_weight_decay_list=model.no_weight_decay())
+    groups = param_groups_layer_decay(
+        model, weight_decay=0.05, layer_decay=0.5, no_weight_decay_list=model.no_weight_decay()
+    )
     scale = {n: g["lr_scale"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
     depth = 3
     assert scale["cls_token"] == scale["patch_embed.proj.weight"] == 0.5 ** (depth + 1)
     for i in range(depth):
         assert scale[f"blocks.{i}.attn.qkv.weight"] == scale[f"blocks.{i}.ista.dictionary"] == 0.5 ** (depth - i)
     assert scale["norm.weight"] == scale["head.weight"] == scale["head.bias"] == 1.0
-    decayed = {n for g in groups if g["weight_decay"] > 0 for n, p in model.named_parameters()
-               if any(p is q for q in g["params"])}
+    decayed = {
+        n
+        for g in groups
+        if g["weight_decay"] > 0
+        for n, p in model.named_parameters()
+        if any(p is q for q in g["params"])
+    }
     assert "cls_token" not in decayed and "norm.weight" not in decayed and "blocks.0.ista.dictionary" in decayed
 
 
@@ -106,14 +119,27 @@ def test_local_pretrained_files(tmp_path):
     """Our CRATE-MAE checkpoint and an official state dict both load as timm encoders (the head stays fresh)."""
     mae = crate_mae.create_model("crate_mae_tiny", **SMALL)
     crate_mae.save_pretrained(mae, tmp_path / "mae")
-    enc = timm.create_model("crate_tiny", pretrained=True, num_classes=4, **SMALL,
-                            pretrained_cfg_overlay=dict(file=str(tmp_path / "mae" / "model.safetensors")))
+    enc = timm.create_model(
+        "crate_tiny",
+        pretrained=True,
+        num_classes=4,
+        **SMALL,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "mae" / "model.safetensors")),
+    )
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(enc.forward_features(x), mae.eval().forward_features(x))
     official = official_state_dict_path("crate_mae_micro")
-    enc = timm.create_model("crate_tiny", pretrained=True, img_size=32, patch_size=4, embed_dim=64, depth=3,
-                            num_heads=4, pretrained_cfg_overlay=dict(file=str(official)))
+    enc = timm.create_model(
+        "crate_tiny",
+        pretrained=True,
+        img_size=32,
+        patch_size=4,
+        embed_dim=64,
+        depth=3,
+        num_heads=4,
+        pretrained_cfg_overlay=dict(file=str(official)),
+    )
     ref = crate_mae.load_checkpoint(official, num_heads=4)
     with torch.no_grad():
         torch.testing.assert_close(enc.eval().forward_features(x), ref.forward_features(x))
@@ -136,10 +162,11 @@ def test_supervised_crate_in_timm():
     net = timm.create_model("crate_supervised_tiny", features_only=True, out_indices=(-1,), **SMALL)
     assert [tuple(o.shape) for o in net(x)] == [(2, 32, 4, 4)]
     model = timm.create_model("crate_supervised_tiny", num_classes=5, **SMALL)
-    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5,
-                                      no_weight_decay_list=model.no_weight_decay())
+    groups = param_groups_layer_decay(
+        model, weight_decay=0.05, layer_decay=0.5, no_weight_decay_list=model.no_weight_decay()
+    )
     scale = {n: g["lr_scale"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
-    assert scale["pos_embed.table"] == scale["patch_embed.proj.weight"] == scale["cls_token"] == 0.5 ** 4
+    assert scale["pos_embed.table"] == scale["patch_embed.proj.weight"] == scale["cls_token"] == 0.5**4
     assert scale["blocks.2.ista.dictionary"] == 0.5
     assert scale["fc_norm.weight"] == scale["head.weight"] == 1.0
 
@@ -149,10 +176,20 @@ def test_supervised_crate_official_file_as_timm_pretrained():
     official = official_state_dict_path("crate_micro")
     micro = dict(img_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4)
     ref = crate_mae.load_checkpoint(official, num_heads=4)
-    same = timm.create_model("crate_supervised_tiny", pretrained=True, num_classes=10, **micro,
-                             pretrained_cfg_overlay=dict(file=str(official))).eval()
-    other = timm.create_model("crate_supervised_tiny", pretrained=True, num_classes=3, **micro,
-                              pretrained_cfg_overlay=dict(file=str(official))).eval()
+    same = timm.create_model(
+        "crate_supervised_tiny",
+        pretrained=True,
+        num_classes=10,
+        **micro,
+        pretrained_cfg_overlay=dict(file=str(official)),
+    ).eval()
+    other = timm.create_model(
+        "crate_supervised_tiny",
+        pretrained=True,
+        num_classes=3,
+        **micro,
+        pretrained_cfg_overlay=dict(file=str(official)),
+    ).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(same(x), ref(x))

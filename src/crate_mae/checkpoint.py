@@ -10,11 +10,33 @@ from . import io
 from .models import registry
 
 # The public names this module had; each now lives in crate_mae.io.
-_MOVED = ("CONFIG_NAME", "WEIGHTS_NAME", "CRATE_CLASSIFIERS", "POS_TABLES", "HUB_PREFIX", "CARD_NAME",
-          "CheckpointError", "save_pretrained", "from_pretrained", "read_config", "build_from_config", "create_model",
-          "load_model", "load_checkpoint", "load_encoder", "load_weights_into", "is_hub_id", "parse_hub_id",
-          "hub_snapshot", "read_state_dict", "checkpoint_sha256", "resolve_run_dir", "weights_file",
-          "unwrap_state_dict", "detect_format")
+_MOVED = (
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CRATE_CLASSIFIERS",
+    "POS_TABLES",
+    "HUB_PREFIX",
+    "CARD_NAME",
+    "CheckpointError",
+    "save_pretrained",
+    "from_pretrained",
+    "read_config",
+    "build_from_config",
+    "create_model",
+    "load_model",
+    "load_checkpoint",
+    "load_encoder",
+    "load_weights_into",
+    "is_hub_id",
+    "parse_hub_id",
+    "hub_snapshot",
+    "read_state_dict",
+    "checkpoint_sha256",
+    "resolve_run_dir",
+    "weights_file",
+    "unwrap_state_dict",
+    "detect_format",
+)
 
 
 def __getattr__(name: str):
@@ -27,6 +49,9 @@ def __getattr__(name: str):
         new = "crate_mae.models.registry.architecture_factory / list_architectures"
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"crate_mae.checkpoint.{name} is deprecated and goes in the next release: use {new}",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"crate_mae.checkpoint.{name} is deprecated and goes in the next release: use {new}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return value

@@ -30,8 +30,9 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("crate_mae") / "configs" / "demo.yaml"))
 
 
-def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: bool = False,
-             overrides: list[str] | None = None) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: bool = False, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Pretrain the demo model for about ``minutes`` of training on this machine (``quick``: a few steps, for
     tests), write the reconstruction grid and the white-box report.
 
@@ -44,19 +45,35 @@ def run_demo(out_dir: str | Path = "runs/demo", minutes: float = 3.0, quick: boo
     """
     base = [f"run.output_dir={out_dir}"]
     if quick:
-        base += ["data.demo_samples=32", "optim.batch_size=8", "optim.epochs=1", "optim.warmup_epochs=0",
-                 "run.max_steps=3", "run.vis_every_epochs=1", "run.vis_images=4", "run.progress=false",
-                 "run.fit_to_minutes=null", "run.min_steps=0", "run.threads=null"]
+        base += [
+            "data.demo_samples=32",
+            "optim.batch_size=8",
+            "optim.epochs=1",
+            "optim.warmup_epochs=0",
+            "run.max_steps=3",
+            "run.vis_every_epochs=1",
+            "run.vis_images=4",
+            "run.progress=false",
+            "run.fit_to_minutes=null",
+            "run.min_steps=0",
+            "run.threads=null",
+        ]
     else:
         base += [f"run.fit_to_minutes={minutes}", f"run.max_minutes={2 * minutes}"]
     return _train_and_picture(load_config(demo_config_path(), base + list(overrides or [])))
 
 
 def _train_and_picture(cfg: PretrainConfig) -> dict[str, Any]:
-    print(f"crate-mae demo: pretraining {cfg.model.name} {cfg.model.overrides} on {cfg.data.demo_samples} "
-          f"scikit-image photo crops ({cfg.data.img_size} px)" + (
-              f", fitting its length to {cfg.run.fit_to_minutes:g} minutes of training on this machine (at least "
-              f"{cfg.run.min_steps} steps)" if cfg.run.fit_to_minutes else ""))
+    print(
+        f"crate-mae demo: pretraining {cfg.model.name} {cfg.model.overrides} on {cfg.data.demo_samples} "
+        f"scikit-image photo crops ({cfg.data.img_size} px)"
+        + (
+            f", fitting its length to {cfg.run.fit_to_minutes:g} minutes of training on this machine (at least "
+            f"{cfg.run.min_steps} steps)"
+            if cfg.run.fit_to_minutes
+            else ""
+        )
+    )
     summary = pretrain(cfg)
     out = Path(cfg.run.output_dir)
     grid = out / "reconstruction.png"
@@ -66,27 +83,40 @@ def _train_and_picture(cfg: PretrainConfig) -> dict[str, Any]:
     summary["report"] = str(report)
     b, a = summary["fixed_loss_before"], summary["fixed_loss_after"]
     plan = summary.get("plan")
-    print(f"\nmasked-patch loss (MSE in normalised pixels) on the {min(cfg.run.vis_images, cfg.data.demo_samples)} "
-          f"fixed training crops with fixed masks: {b:.4f} before -> {a:.4f} after")
+    print(
+        f"\nmasked-patch loss (MSE in normalised pixels) on the {min(cfg.run.vis_images, cfg.data.demo_samples)} "
+        f"fixed training crops with fixed masks: {b:.4f} before -> {a:.4f} after"
+    )
     line = f"  {summary['steps']} steps in {summary['elapsed_s']:.0f} s of training, {summary['img_per_s']:.0f} img/s"
     if plan:
-        line += (f"; length fitted {plan['fits']} time(s) to the {plan['budget_minutes']:g}-minute budget from the "
-                 f"measured speed (last: {plan['s_per_step'] * 1000:.0f} ms per step)")
+        line += (
+            f"; length fitted {plan['fits']} time(s) to the {plan['budget_minutes']:g}-minute budget from the "
+            f"measured speed (last: {plan['s_per_step'] * 1000:.0f} ms per step)"
+        )
         if plan.get("binding"):
-            line += (f"; the budget held fewer steps on this busy machine, so it trained the guaranteed minimum of "
-                     f"{plan['min_steps']}")
+            line += (
+                f"; the budget held fewer steps on this busy machine, so it trained the guaranteed minimum of "
+                f"{plan['min_steps']}"
+            )
     print(line + f"; stopped: {summary['stopped']}")
     print(f"  model:            {summary['model_dir']}")
     print(f"  reconstructions:  {grid}  (the same crops and masks; per-epoch grids in {out / 'recon'})")
     print(f"  metrics:          {out / 'metrics.jsonl'}  (tensorboard --logdir {out / 'tb'})")
-    print(f"  white-box report: {report}  (its reconstruction MSE is on other images: centre crops of whole "
-          "photos, mask seed 0)")
+    print(
+        f"  white-box report: {report}  (its reconstruction MSE is on other images: centre crops of whole "
+        "photos, mask seed 0)"
+    )
     return summary
 
 
-def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
-                      dataset: torch.utils.data.Dataset | None = None, device: torch.device | str | None = None,
-                      clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
+def epochs_for_budget(
+    cfg: PretrainConfig,
+    minutes: float,
+    num_samples: int,
+    dataset: torch.utils.data.Dataset | None = None,
+    device: torch.device | str | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[int, float]:
     """Time optimizer steps of the configured model on real batches and return ``(epochs, warmup_epochs)`` that fill
     ``minutes`` on this machine, keeping the config's warm-up fraction.
 
@@ -102,10 +132,14 @@ def epochs_for_budget(cfg: PretrainConfig, minutes: float, num_samples: int,
     torch.manual_seed(0)
     model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides).to(device)
     opt = adamw(model.parameters(), 1e-4, (0.9, 0.95))  # the training run's optimizer, fused where possible
-    loader = DataLoader(dataset if dataset is not None else build_pretrain_dataset(cfg),
-                        batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                        num_workers=resolve_num_workers(cfg.data.num_workers, device),
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset if dataset is not None else build_pretrain_dataset(cfg),
+        batch_size=cfg.optim.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=resolve_num_workers(cfg.data.num_workers, device),
+        generator=torch.Generator().manual_seed(0),
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # CUDA runs ahead of the host
     times: list[float] = []
     start = clock()
@@ -141,5 +175,12 @@ def _final_grid(out: Path, path: Path, cfg: PretrainConfig) -> None:
     ds = SeededSamples(build_pretrain_dataset(cfg), cfg.run.seed, num_patches=h * w)
     items = [ds[(0, i)] for i in range(min(8, len(ds)))]
     imgs, noise = torch.stack([x for x, _ in items]), torch.stack([z for _, z in items])
-    save_reconstructions(model, imgs, Normalization(tuple(cfg.data.mean), tuple(cfg.data.std)), path,
-                         cfg.model.mask_ratio, noise=noise, title="CRATE-MAE demo: masked completion")
+    save_reconstructions(
+        model,
+        imgs,
+        Normalization(tuple(cfg.data.mean), tuple(cfg.data.std)),
+        path,
+        cfg.model.mask_ratio,
+        noise=noise,
+        title="CRATE-MAE demo: masked completion",
+    )

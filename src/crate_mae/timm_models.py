@@ -30,26 +30,47 @@ from .models.crate_supervised import from_official as crate_supervised_from_offi
 from .models.official import from_official
 from .models.registry import list_models, model_defaults, model_factory
 
-NO_WEIGHTS = ("crate-mae publishes no pretrained weights for {name}; the CRATE authors' checkpoints (CRATE-MAE-Base, "
-              "supervised CRATE) are downloads linked from the Ma-Lab-Berkeley/CRATE README "
-              "(https://github.com/Ma-Lab-Berkeley/CRATE; crate-mae README, 'Official weights'). Load a local file "
-              "instead: timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH')) with "
-              "our model.safetensors or an official CRATE .pth, or crate_mae.load_encoder(PATH)")
+NO_WEIGHTS = (
+    "crate-mae publishes no pretrained weights for {name}; the CRATE authors' checkpoints (CRATE-MAE-Base, "
+    "supervised CRATE) are downloads linked from the Ma-Lab-Berkeley/CRATE README "
+    "(https://github.com/Ma-Lab-Berkeley/CRATE; crate-mae README, 'Official weights'). Load a local file "
+    "instead: timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH')) with "
+    "our model.safetensors or an official CRATE .pth, or crate_mae.load_encoder(PATH)"
+)
 
 
 def pretrained_cfg(name: str) -> dict[str, Any]:
     d = model_defaults(name)
     size = d["img_size"]
     if model_factory(name) is SupervisedCrate:  # its patch embedding is a Linear, not a conv timm could adapt
-        return dict(url="", num_classes=d["num_classes"], input_size=(3, size, size), pool_size=None, crop_pct=0.875,
-                    interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv=None,
-                    classifier="head", license="mit",
-                    source="crate-mae; supervised CRATE of Ma-Lab-Berkeley/CRATE model/crate.py (Yu et al., "
-                           "NeurIPS 2023)")
-    return dict(url="", num_classes=0, input_size=(3, size, size), pool_size=None, crop_pct=0.875,
-                interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv="patch_embed.proj",
-                classifier="head", license="mit",
-                source="crate-mae; architecture of Ma-Lab-Berkeley/CRATE (Pai et al., ICLR 2024)")
+        return dict(
+            url="",
+            num_classes=d["num_classes"],
+            input_size=(3, size, size),
+            pool_size=None,
+            crop_pct=0.875,
+            interpolation="bicubic",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            first_conv=None,
+            classifier="head",
+            license="mit",
+            source="crate-mae; supervised CRATE of Ma-Lab-Berkeley/CRATE model/crate.py (Yu et al., NeurIPS 2023)",
+        )
+    return dict(
+        url="",
+        num_classes=0,
+        input_size=(3, size, size),
+        pool_size=None,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        first_conv="patch_embed.proj",
+        classifier="head",
+        license="mit",
+        source="crate-mae; architecture of Ma-Lab-Berkeley/CRATE (Pai et al., ICLR 2024)",
+    )
 
 
 def encoder_weights(state_dict: dict[str, torch.Tensor], model: CrateClassifierBase) -> dict[str, torch.Tensor]:
@@ -63,7 +84,7 @@ def encoder_weights(state_dict: dict[str, torch.Tensor], model: CrateClassifierB
     elif fmt == "crate_supervised_official":
         state = crate_supervised_from_official(state)
     if any(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     own = model.state_dict()
     for k in [k for k in state if k.startswith("head.")]:
         if k not in own or own[k].shape != state[k].shape:
@@ -81,10 +102,16 @@ def _entrypoint(name: str):
         cfg = pretrained_cfg(name)
         if pretrained:  # a local file: encoder_weights decides about its head, timm must not drop it first
             cfg["num_classes"] = kwargs.get("num_classes", 0)
-        return build_model_with_cfg(model_factory(name), name, pretrained, pretrained_cfg=cfg,
-                                    pretrained_cfg_overlay=pretrained_cfg_overlay,
-                                    feature_cfg=dict(feature_cls="getter"), pretrained_filter_fn=encoder_weights,
-                                    **kwargs)
+        return build_model_with_cfg(
+            model_factory(name),
+            name,
+            pretrained,
+            pretrained_cfg=cfg,
+            pretrained_cfg_overlay=pretrained_cfg_overlay,
+            feature_cfg=dict(feature_cls="getter"),
+            pretrained_filter_fn=encoder_weights,
+            **kwargs,
+        )
 
     create.__name__ = create.__qualname__ = name
     create.__module__ = __name__

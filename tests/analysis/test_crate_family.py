@@ -25,9 +25,11 @@ SUPERVISED = {**TINY_ENCODER, "num_classes": 3}
 
 def family():
     """One small model of each CRATE architecture."""
-    return {"crate_mae_tiny": crate_mae.create_model("crate_mae_tiny", **TINY).eval(),
-            "crate_tiny": crate_mae.create_model("crate_tiny", **TINY_ENCODER, num_classes=3).eval(),
-            "crate_supervised_tiny": crate_mae.create_model("crate_supervised_tiny", **SUPERVISED).eval()}
+    return {
+        "crate_mae_tiny": crate_mae.create_model("crate_mae_tiny", **TINY).eval(),
+        "crate_tiny": crate_mae.create_model("crate_tiny", **TINY_ENCODER, num_classes=3).eval(),
+        "crate_supervised_tiny": crate_mae.create_model("crate_supervised_tiny", **SUPERVISED).eval(),
+    }
 
 
 def test_layerwise_on_official_supervised_crate_uses_the_vis_utils_hook_points():
@@ -36,10 +38,14 @@ def test_layerwise_on_official_supervised_crate_uses_the_vis_utils_hook_points()
     model = crate_mae.load_checkpoint(OFFICIAL, num_heads=4)
     imgs = torch.randn(4, 3, 32, 32)
     seen = {}
-    hooks = [blk.attn.qkv.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("qkv", i), out))
-             for i, blk in enumerate(model.blocks)]
-    hooks += [blk.ista.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("ista", i), out))
-              for i, blk in enumerate(model.blocks)]
+    hooks = [
+        blk.attn.qkv.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("qkv", i), out))
+        for i, blk in enumerate(model.blocks)
+    ]
+    hooks += [
+        blk.ista.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("ista", i), out))
+        for i, blk in enumerate(model.blocks)
+    ]
     with torch.no_grad():
         model(imgs)
     for h in hooks:
@@ -48,18 +54,35 @@ def test_layerwise_on_official_supervised_crate_uses_the_vis_utils_hook_points()
     assert [k for k in stats.layers] == [("encoder", 0), ("encoder", 1), ("encoder", 2)]  # no decoder rows
     for i in range(3):
         heads = seen[("qkv", i)].double().view(4, 65, 4, 16).transpose(1, 2)  # 'b n (h d) -> b h n d'
-        torch.testing.assert_close(torch.from_numpy(stats.values[("encoder", i)]["rc_mssa_in"]),
-                                   compression_rate(heads, "official"))
-        torch.testing.assert_close(torch.from_numpy(stats.values[("encoder", i)]["sparsity"]),
-                                   sparsity(seen[("ista", i)]).double())
+        torch.testing.assert_close(
+            torch.from_numpy(stats.values[("encoder", i)]["rc_mssa_in"]), compression_rate(heads, "official")
+        )
+        torch.testing.assert_close(
+            torch.from_numpy(stats.values[("encoder", i)]["sparsity"]), sparsity(seen[("ista", i)]).double()
+        )
     with pytest.raises(ValueError, match="mask_ratio > 0 needs a CRATE-MAE model"):
         measure_layers(model, imgs, mask_ratio=0.5)
 
 
 def test_analyze_command_on_official_weights(tmp_path, capsys):
     out = tmp_path / "an"
-    assert main(["analyze", "--ckpt", str(OFFICIAL), "num_heads=4", "--out", str(out), "--num-images", "3",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--ckpt",
+                str(OFFICIAL),
+                "num_heads=4",
+                "--out",
+                str(out),
+                "--num-images",
+                "3",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert all((out / f"layerwise.{ext}").is_file() for ext in ("json", "csv", "png"))
     rows = (out / "layerwise.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 and all(r.startswith("encoder,") for r in rows[1:])
@@ -87,13 +110,32 @@ def test_segmentation_views_on_every_crate_model():
         assert ((v.owner >= 0) == v.union).all(), name
 
 
-@pytest.mark.parametrize("ckpt,words", [(str(OFFICIAL), ["num_heads=4"]),
-                                        ("crate_mae_tiny", cli_words({**TINY, "decoder_depth": 1}))])
+@pytest.mark.parametrize(
+    "ckpt,words", [(str(OFFICIAL), ["num_heads=4"]), ("crate_mae_tiny", cli_words({**TINY, "decoder_depth": 1}))]
+)
 def test_visualize_attention_writes_the_segmentation_view(ckpt, words, tmp_path, image_dir):
     out = tmp_path / "pics"
     for kind in ("attention", "pca"):
-        assert main(["visualize", kind, "--ckpt", ckpt, *words, "--images", image_dir, "--num-images", "2",
-                     "--out", str(out), "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "visualize",
+                    kind,
+                    "--ckpt",
+                    ckpt,
+                    *words,
+                    "--images",
+                    image_dir,
+                    "--num-images",
+                    "2",
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     for png in ("attention.png", "segmentation.png", "pca.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -109,17 +151,47 @@ def test_report_of_a_classifier_shows_its_top5_predictions(tmp_path):
     probs, idx = top_predictions(model, imgs, k=5)
     assert probs.shape == (2, 3)  # k is capped at the number of classes
     best = ["cat", "dog", "fox"][idx[0, 0]]
-    assert f"<td class=\"\">{best} ({probs[0, 0].item():.1%})</td>" in page
+    assert f'<td class="">{best} ({probs[0, 0].item():.1%})</td>' in page
 
 
 def test_report_command_on_official_weights(tmp_path, image_dir):
-    assert main(["report", "--ckpt", str(OFFICIAL), "num_heads=4", "--out", str(tmp_path / "rep"), "--num-images",
-                 "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--ckpt",
+                str(OFFICIAL),
+                "num_heads=4",
+                "--out",
+                str(tmp_path / "rep"),
+                "--num-images",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "<h2>Predictions</h2>" in page and "class names: none recorded with the weights" in page
     assert "46,186" in page  # the official parameter count on the model card
-    assert main(["report", "--ckpt", str(OFFICIAL), "num_heads=4", "--images", image_dir, "--out",
-                 str(tmp_path / "rep2"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--ckpt",
+                str(OFFICIAL),
+                "num_heads=4",
+                "--images",
+                image_dir,
+                "--out",
+                str(tmp_path / "rep2"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     page = (tmp_path / "rep2" / "index.html").read_text()
     assert all(f'<td class="k">class_a/{i}.png</td>' in page for i in range(3))  # rows named by file and folder
 

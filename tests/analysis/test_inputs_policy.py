@@ -13,8 +13,18 @@ from crate_mae.cli import main
 
 COMMANDS = {
     "analyze": lambda ckpt, imgs, out: ["analyze", "--ckpt", ckpt, "--data", imgs, "--out", out, "--num-images", "4"],
-    "visualize": lambda ckpt, imgs, out: ["visualize", "attention", "--ckpt", ckpt, "--images", imgs, "--out", out,
-                                          "--num-images", "4"],
+    "visualize": lambda ckpt, imgs, out: [
+        "visualize",
+        "attention",
+        "--ckpt",
+        ckpt,
+        "--images",
+        imgs,
+        "--out",
+        out,
+        "--num-images",
+        "4",
+    ],
     "report": lambda ckpt, imgs, out: ["report", "--ckpt", ckpt, "--images", imgs, "--out", out, "--num-images", "4"],
 }
 
@@ -29,8 +39,9 @@ def with_corrupt(image_dir):
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_a_corrupt_image_is_skipped_with_one_warning_naming_it(command, with_corrupt, tiny_ckpt, tmp_path, caplog,
-                                                               capsys):
+def test_a_corrupt_image_is_skipped_with_one_warning_naming_it(
+    command, with_corrupt, tiny_ckpt, tmp_path, caplog, capsys
+):
     images, bad = with_corrupt
     args = COMMANDS[command](tiny_ckpt, images, str(tmp_path / "out"))
     with caplog.at_level(logging.WARNING, logger="crate_mae.data"):
@@ -53,11 +64,31 @@ def test_visualize_puts_the_images_on_the_models_device(kind, tmp_path, image_di
     def spy(model, imgs, *args, **kwargs):
         seen.append((imgs.device.type, next(model.parameters()).device.type))
 
-    for module, name in ((reconstruction, "save_reconstructions"), (attention, "save_attention"),
-                         (attention, "save_segmentation"), (pca, "save_pca")):
+    for module, name in (
+        (reconstruction, "save_reconstructions"),
+        (attention, "save_attention"),
+        (attention, "save_segmentation"),
+        (pca, "save_pca"),
+    ):
         monkeypatch.setattr(module, name, spy)
-    assert main(["visualize", kind, "--ckpt", "crate_mae_tiny", *cli_words({**TINY, "decoder_depth": 1}),
-                 "--images", image_dir, "--device", "meta", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "visualize",
+                kind,
+                "--ckpt",
+                "crate_mae_tiny",
+                *cli_words({**TINY, "decoder_depth": 1}),
+                "--images",
+                image_dir,
+                "--device",
+                "meta",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert seen == [("meta", "meta")] * (2 if kind == "attention" else 1)  # attention: + segmentation.png
 
 
@@ -68,7 +99,8 @@ def test_layerwise_measurements_run_without_tf32(tiny_model_kwargs):
     model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
     flags = []
     model.encoder.patch_embed.register_forward_pre_hook(
-        lambda m, a: flags.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+        lambda m, a: flags.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+    )
     torch.backends.cudnn.allow_tf32 = True  # cuDNN's default, which GPU convolutions then use
     measure_layers(model, torch.randn(2, 3, 32, 32))
     assert flags == [(False, False)] and torch.backends.cudnn.allow_tf32 is True

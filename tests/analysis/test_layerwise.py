@@ -59,8 +59,10 @@ def test_measure_layers_equals_direct_computation(model):
     imgs = torch.randn(5, 3, 32, 32)
     stats = measure_layers(model, imgs, batch_size=2)  # batching must not matter
     inter = model.trace_layers(imgs)
-    for part, traces, blocks in (("encoder", inter.encoder, model.encoder.blocks),
-                                 ("decoder", inter.decoder, model.decoder.blocks)):
+    for part, traces, blocks in (
+        ("encoder", inter.encoder, model.encoder.blocks),
+        ("decoder", inter.decoder, model.decoder.blocks),
+    ):
         for i, tr in traces.items():
             v = stats.values[(part, i)]
             attn = blocks[i].attn
@@ -92,8 +94,28 @@ def test_masked_measurement_is_seeded(model):
 
 def test_analyze_command_writes_tables_and_plot(tmp_path, image_dir, capsys):
     out = tmp_path / "an"
-    rc = main(["analyze", "--ckpt", "crate_mae_tiny", *cli_words(TINY), "--data", image_dir, "--num-images", "3",
-               "--convention", "raw", "--eps", "0.5", "--mask-ratio", "0.5", "--out", str(out), "--device", "cpu"])
+    rc = main(
+        [
+            "analyze",
+            "--ckpt",
+            "crate_mae_tiny",
+            *cli_words(TINY),
+            "--data",
+            image_dir,
+            "--num-images",
+            "3",
+            "--convention",
+            "raw",
+            "--eps",
+            "0.5",
+            "--mask-ratio",
+            "0.5",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0 and "encoder" in capsys.readouterr().out
     data = json.loads((out / "layerwise.json").read_text())
     assert data["meta"]["convention"] == "raw" and data["meta"]["eps"] == 0.5 and data["meta"]["mask_ratio"] == 0.5
@@ -109,7 +131,9 @@ def test_encoder_classifier_and_errors(tiny_encoder):
     assert [k for k in stats.layers] == [("encoder", 0), ("encoder", 1)]
     with pytest.raises(ValueError, match="mask_ratio"):
         measure_layers(clf, torch.randn(2, 3, 32, 32), mask_ratio=0.5)
-    vit = crate_mae.create_model("vit_mae_base", **{**tiny_kwargs("vit_mae_base"), "depth": 1, "num_heads": 2,
-                                                    "decoder_embed_dim": 32, "decoder_depth": 1})
+    vit = crate_mae.create_model(
+        "vit_mae_base",
+        **{**tiny_kwargs("vit_mae_base"), "depth": 1, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1},
+    )
     with pytest.raises(ValueError, match="CRATE model"):
         measure_layers(vit, torch.randn(2, 3, 32, 32))

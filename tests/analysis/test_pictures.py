@@ -88,14 +88,20 @@ def test_patch_features_kinds(tiny_model_kwargs):
         patch_features(model, imgs, kind="keys")
 
 
-@pytest.mark.parametrize("kind,extra", [("reconstruct", ["--mask-ratio", "0.5", "--seed", "1"]),
-                                        ("attention", ["--img-size", "0", "--layer", "0"]),
-                                        ("pca", ["--features", "output"]),
-                                        ("pca", ["--pca-style", "official", "--layer", "-2"])])
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("reconstruct", ["--mask-ratio", "0.5", "--seed", "1"]),
+        ("attention", ["--img-size", "0", "--layer", "0"]),
+        ("pca", ["--features", "output"]),
+        ("pca", ["--pca-style", "official", "--layer", "-2"]),
+    ],
+)
 def test_visualize_commands_write_pngs(kind, extra, tiny_ckpt, image_dir, tmp_path):
     out = tmp_path / "out"
-    rc = main(["visualize", kind, "--ckpt", tiny_ckpt, "--images", image_dir, "--num-images", "2", "--out", str(out),
-               *extra])
+    rc = main(
+        ["visualize", kind, "--ckpt", tiny_ckpt, "--images", image_dir, "--num-images", "2", "--out", str(out), *extra]
+    )
     assert rc == 0
     png = out / f"{kind}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,8 +110,21 @@ def test_visualize_commands_write_pngs(kind, extra, tiny_ckpt, image_dir, tmp_pa
 def test_visualize_errors(tiny_ckpt, tmp_path, capsys):
     assert main(["visualize", "pca", "--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
     assert "nor is it a registered model name" in capsys.readouterr().err
-    assert main(["visualize", "reconstruct", "--ckpt", tiny_ckpt, "--images", str(tmp_path / "nope"),
-                 "--out", str(tmp_path)]) == 1
+    assert (
+        main(
+            [
+                "visualize",
+                "reconstruct",
+                "--ckpt",
+                tiny_ckpt,
+                "--images",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
     assert "not found" in capsys.readouterr().err
 
 

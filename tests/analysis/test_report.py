@@ -39,22 +39,43 @@ def _chromium() -> str:
 
 def test_report_renders_every_figure_in_headless_chromium(tmp_path, tiny_ckpt, image_dir):
     exe = _chromium()
-    assert main(["report", "--ckpt", tiny_ckpt, "--images", image_dir, "--num-images", "2",
-                 "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        main(
+            ["report", "--ckpt", tiny_ckpt, "--images", image_dir, "--num-images", "2", "--out", str(tmp_path / "rep")]
+        )
+        == 0
+    )
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "randomly initialised" not in page and "[0.5, 0.5, 0.5]" in page  # the checkpoint's normalisation
     assert f"checkpoint: {tiny_ckpt}" in page
     # The product page has no script; this copy gets one that records how many images decoded.
-    probe = ("<script>window.addEventListener('load', () => { const im = [...document.images];"
-             "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0).length"
-             " + '/' + im.length); });</script></body>")
+    probe = (
+        "<script>window.addEventListener('load', () => { const im = [...document.images];"
+        "document.body.setAttribute('data-decoded', im.filter(i => i.complete && i.naturalWidth > 0).length"
+        " + '/' + im.length); });</script></body>"
+    )
     test_page = tmp_path / "rep" / "probe.html"
     test_page.write_text(page.replace("</body>", probe))
     with tempfile.TemporaryDirectory() as profile:
-        res = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--disable-component-update", "--disable-sync", "--no-first-run",
-                              f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom",
-                              test_page.as_uri()], capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                test_page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     m = re.search(r'data-decoded="(\d+)/(\d+)"', res.stdout)
     assert m, f"chromium did not run the page: rc={res.returncode} {res.stderr[-500:]}"
     assert m.groups() == (str(FIGURES), str(FIGURES))
@@ -63,8 +84,10 @@ def test_report_renders_every_figure_in_headless_chromium(tmp_path, tiny_ckpt, i
 def test_report_on_vit_mae_skips_white_box_sections(tmp_path):
     import crate_mae
 
-    vit = crate_mae.create_model("vit_mae_base", **{**tiny_kwargs("vit_mae_base"), "depth": 1, "num_heads": 2,
-                                                    "decoder_embed_dim": 32, "decoder_depth": 1})
+    vit = crate_mae.create_model(
+        "vit_mae_base",
+        **{**tiny_kwargs("vit_mae_base"), "depth": 1, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1},
+    )
     page = write_report(vit, tmp_path / "vit", num_images=1).read_text()
     assert page.count("<img") == 2  # reconstructions and attention; no layer-wise curves or PCA
     assert "is not a white-box (CRATE) model" in page

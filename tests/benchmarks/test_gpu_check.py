@@ -27,8 +27,15 @@ def test_gpu_check_runs_on_cpu_at_micro_size(tmp_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     status = {r["item"]: r["status"] for r in report["results"]}
     printed = capsys.readouterr().out
-    assert list(status) == ["visualize", "analysis_precision", "determinism", "graph_breaks", "recompiles",
-                            "bf16_gap", "host_syncs"]
+    assert list(status) == [
+        "visualize",
+        "analysis_precision",
+        "determinism",
+        "graph_breaks",
+        "recompiles",
+        "bf16_gap",
+        "host_syncs",
+    ]
     assert all(f"{s}  {item}" in printed for item, s in status.items())
     # What a CPU can confirm must pass; graph breaks depend on the model (mask.sum() in models/masking.py).
     for item in ("visualize", "analysis_precision", "determinism", "recompiles", "bf16_gap"):

@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_speed.py"
-MODES = [("official", "fp32", False), ("official", "bf16", False), ("ours", "fp32", False), ("ours", "bf16", False),
-         ("ours", "bf16", True)]
+MODES = [
+    ("official", "fp32", False),
+    ("official", "bf16", False),
+    ("ours", "fp32", False),
+    ("ours", "bf16", False),
+    ("ours", "bf16", True),
+]
 
 
 def _run(tmp_path, *argv: str) -> tuple[int, list[dict]]:
@@ -33,8 +38,9 @@ def _run(tmp_path, *argv: str) -> tuple[int, list[dict]]:
 def test_gpu_speed_runs_every_row_on_cpu_at_micro_size(tmp_path, capsys):
     rc, rows = _run(tmp_path)
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| crate_mae")]
-    expected = [(m, t, *mode) for m in ("crate_mae_base", "crate_mae_tiny") for t in ("pretrain", "features")
-                for mode in MODES]
+    expected = [
+        (m, t, *mode) for m in ("crate_mae_base", "crate_mae_tiny") for t in ("pretrain", "features") for mode in MODES
+    ]
     assert [(r["model"].split()[0], r["task"], r["impl"], r["precision"], r["compiled"]) for r in rows] == expected
     assert len(table) == len(expected) and rc == 0
     for row, line in zip(rows, table):
@@ -66,8 +72,11 @@ def test_gpu_speed_resolution_sweep_rows_on_cpu_at_micro_size(tmp_path, capsys):
     sweep = json.loads((tmp_path / "rows.json").read_text())["sweep"]
     assert rc == 0
     assert [(r["px"], r["task"], r["impl"], r["precision"]) for r in sweep] == [
-        (px, t, impl, prec) for px in (32, 48) for t in ("pretrain", "features")
-        for impl, prec in (("official", "fp32"), ("ours", "fp32"), ("ours", "bf16"))]
+        (px, t, impl, prec)
+        for px in (32, 48)
+        for t in ("pretrain", "features")
+        for impl, prec in (("official", "fp32"), ("ours", "fp32"), ("ours", "bf16"))
+    ]
     assert all(r["status"] == "ok" and r["img_s"] > 0 for r in sweep)
     assert [r["tokens"] for r in sweep[::6]] == [17, 37]  # cls + (px / 8)^2 patches at micro size
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 32 |", "| 48 |"))]

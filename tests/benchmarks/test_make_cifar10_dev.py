@@ -57,8 +57,9 @@ def test_the_rebuild_is_deterministic_and_compare_finds_a_changed_file(tool, tmp
     base, _, _ = fake_batches(tmp_path / "cifar")
     tool.build(base, tmp_path / "a")
     tool.build(base, tmp_path / "b")
-    assert tool.compare(tmp_path / "a", tmp_path / "b")["identical"] and \
-        not any(tool.compare(tmp_path / "a", tmp_path / "b")[k] for k in ("close", "different", "missing"))
+    assert tool.compare(tmp_path / "a", tmp_path / "b")["identical"] and not any(
+        tool.compare(tmp_path / "a", tmp_path / "b")[k] for k in ("close", "different", "missing")
+    )
     Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "b" / "val" / "c3" / "0004.jpg", quality=75)
     res = tool.compare(tmp_path / "a", tmp_path / "b")
     assert res["different"] == ["val/c3/0004.jpg"]

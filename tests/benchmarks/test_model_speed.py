@@ -10,8 +10,20 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model_speed.py"
-MICRO = ["--set", "patch_size=8", "depth=2", "decoder_depth=2", "embed_dim=32", "num_heads=2",
-         "--repeats", "1", "--warmup", "0", "--threads", "1"]
+MICRO = [
+    "--set",
+    "patch_size=8",
+    "depth=2",
+    "decoder_depth=2",
+    "embed_dim=32",
+    "num_heads=2",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--threads",
+    "1",
+]
 
 
 def _module():
@@ -36,8 +48,12 @@ def test_cases_with_memory_in_child_processes(tmp_path, capsys, one_thread):
     assert _module().main(["--cases", "tiny/32/2", "--memory", "--json", str(out), *MICRO]) == 0
     res = json.loads(out.read_text())
     rows = [(r["task"], r["contender"], r["threads"]) for r in res["rows"]]
-    assert rows == [("train", "official", 1), ("train", "ours", 1), ("features", "official", 1),
-                    ("features", "ours", 1)]
+    assert rows == [
+        ("train", "official", 1),
+        ("train", "ours", 1),
+        ("features", "official", 1),
+        ("features", "ours", 1),
+    ]
     assert all(len(r["times_s"]) == 1 and r["ms"] > 0 for r in res["rows"])
     assert [(m["case"], m["task"]) for m in res["memory"]] == [("tiny/32/2", "train"), ("tiny/32/2", "features")]
     for m in res["memory"]:
@@ -53,8 +69,9 @@ def test_cases_with_memory_in_child_processes(tmp_path, capsys, one_thread):
 @pytest.mark.slow
 def test_resolution_sweep_writes_table_and_plot(tmp_path, capsys, one_thread):
     plot = tmp_path / "sweep.png"
-    assert _module().main(["--sweep", "--sizes", "32", "48", "--sweep-case", "tiny/0/1", "--plot", str(plot),
-                           *MICRO]) == 0
+    assert (
+        _module().main(["--sweep", "--sizes", "32", "48", "--sweep-case", "tiny/0/1", "--plot", str(plot), *MICRO]) == 0
+    )
     text = capsys.readouterr().out
     assert plot.stat().st_size > 0
     for px in (32, 48):
@@ -63,11 +80,20 @@ def test_resolution_sweep_writes_table_and_plot(tmp_path, capsys, one_thread):
 
 def test_profile_groups_cover_the_step(capsys, one_thread):
     assert _module().main(["--profile", "--cases", "tiny/32/1", *MICRO]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines()
-             if line.startswith("| ") and not line.startswith("| group")]
+    lines = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and not line.startswith("| group")
+    ]
     groups = [line.split("|")[1].strip() for line in lines]
-    assert groups == ["linear products (mm, addmm)", "attention (SDPA kernels; bmm, softmax)", "layer norm",
-                      "other forward/backward ops", "optimizer step", "total (wall)"]
+    assert groups == [
+        "linear products (mm, addmm)",
+        "attention (SDPA kernels; bmm, softmax)",
+        "layer norm",
+        "other forward/backward ops",
+        "optimizer step",
+        "total (wall)",
+    ]
     values = {g: float(line.split("|")[2].replace(",", "")) for g, line in zip(groups, lines)}
     assert values["linear products (mm, addmm)"] > 0 and values["optimizer step"] > 0
     # the self times of the groups cannot exceed the wall time of the steps they were measured in

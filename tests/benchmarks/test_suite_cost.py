@@ -35,13 +35,37 @@ def test_flops_count_every_product_of_the_encoder():
 def test_cli_prints_the_measurement_and_the_labelled_estimate(tmp_path, capsys):
     out = tmp_path / "cost.json"
     words = cli_words(MICRO)
-    assert _module().main(["crate_mae_tiny", *words, "--device", "cpu", "--seconds", "0.2", "--batch-size", "4",
-                           "--peak-tflops", "100", "--utilisation", "0.5", "--json", str(out)]) == 0
+    assert (
+        _module().main(
+            [
+                "crate_mae_tiny",
+                *words,
+                "--device",
+                "cpu",
+                "--seconds",
+                "0.2",
+                "--batch-size",
+                "4",
+                "--peak-tflops",
+                "100",
+                "--utilisation",
+                "0.5",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["suite_images"] == 135_538 and r["img_s"] > 0
-    assert r["estimates"] == [{"utilisation": 0.5, "img_s": 50e12 / r["flops_per_image"],
-                               "suite_minutes": 135_538 / (50e12 / r["flops_per_image"]) / 60}]
+    assert r["estimates"] == [
+        {
+            "utilisation": 0.5,
+            "img_s": 50e12 / r["flops_per_image"],
+            "suite_minutes": 135_538 / (50e12 / r["flops_per_image"]) / 60,
+        }
+    ]
     assert "ESTIMATE (not measured) at 50% of 100 TFLOP/s" in text and "measured on CPU" in text
 
 

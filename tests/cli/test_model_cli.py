@@ -15,8 +15,9 @@ def test_info_reports_both_conventions(capsys):
 
 
 def test_info_forward_with_overrides(capsys):
-    assert main(["info", "crate_mae_tiny", "img_size=32", "patch_size=8", "depth=1", "decoder_depth=1",
-                 "--forward"]) == 0
+    assert (
+        main(["info", "crate_mae_tiny", "img_size=32", "patch_size=8", "depth=1", "decoder_depth=1", "--forward"]) == 0
+    )
     out = capsys.readouterr().out
     assert "params (official)" in out and "'masked': 12" in out
 
@@ -51,13 +52,49 @@ def test_every_command_names_a_model_the_same_way(tmp_path, capsys):
     run = tmp_path / "run"
     crate_mae.save_pretrained(crate_mae.create_model("crate_mae_tiny", **kwargs), run / "model")
     for ckpt in (str(run), str(run / "model"), str(run / "model" / "model.safetensors")):
-        assert main(["visualize", "reconstruct", "--ckpt", ckpt, "--out", str(tmp_path / "v"), "--num-images",
-                     "1", "--device", "cpu"]) == 0
-    assert main(["visualize", "reconstruct", "--ckpt", "crate_mae_tiny", "--seed", "3", "--out",
-                 str(tmp_path / "v"), *small, "--num-images", "1", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "visualize",
+                    "reconstruct",
+                    "--ckpt",
+                    ckpt,
+                    "--out",
+                    str(tmp_path / "v"),
+                    "--num-images",
+                    "1",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "visualize",
+                "reconstruct",
+                "--ckpt",
+                "crate_mae_tiny",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "v"),
+                *small,
+                "--num-images",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert main(["info", str(run), "--json"]) == 0 and '"embed_dim": 32' in capsys.readouterr().out
-    for argv in (["analyze", "--model", "crate_mae_tiny"], ["visualize", "pca", "--set", "a=1"],
-                 ["features", "--override", "a=1"]):
+    for argv in (
+        ["analyze", "--model", "crate_mae_tiny"],
+        ["visualize", "pca", "--set", "a=1"],
+        ["features", "--override", "a=1"],
+    ):
         with pytest.raises(SystemExit):
             main(argv)
 
@@ -79,7 +116,8 @@ def test_convert_official_supervised_crate(tmp_path, capsys):
     assert "White-Box Transformers via Sparse Rate Reduction" in card and "pipeline_tag: image-classification" in card
     io = load_file(str(src.with_name("crate_micro.io.safetensors")))
     with torch.no_grad():
-        torch.testing.assert_close(crate_mae.load_checkpoint(tmp_path / "out")(io["imgs"]), io["logits"],
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            crate_mae.load_checkpoint(tmp_path / "out")(io["imgs"]), io["logits"], rtol=1e-4, atol=1e-5
+        )
     assert main(["info", str(tmp_path / "out"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params_official"] == 46_186

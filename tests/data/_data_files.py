@@ -47,12 +47,19 @@ def write_cifar10(root: Path, n_per_batch: int = 4, num_train_batches: int = 2, 
         data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
         labels = [(j * n_per_batch + r) % 10 for r in range(n_per_batch)]
         with open(base / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels,
-                         b"filenames": [b"x.png"] * n_per_batch}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"data": data,
+                    b"labels": labels,
+                    b"filenames": [b"x.png"] * n_per_batch,
+                },
+                f,
+                protocol=2,
+            )
     if meta:
         with open(base / "batches.meta", "wb") as f:
-            pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}, f,
-                        protocol=2)
+            pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}, f, protocol=2)
     return base
 
 
@@ -62,9 +69,22 @@ def write_cifar100(root: Path, n: int = 5) -> Path:
     rng = np.random.default_rng(1)
     for name in ("train", "test"):
         with open(base / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"fine_labels": [7 * r % 100 for r in range(n)], b"coarse_labels": [0] * n}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    b"fine_labels": [7 * r % 100 for r in range(n)],
+                    b"coarse_labels": [0] * n,
+                },
+                f,
+                protocol=2,
+            )
     with open(base / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}, f, protocol=2)
+        pickle.dump(
+            {
+                b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+            },
+            f,
+            protocol=2,
+        )
     return base

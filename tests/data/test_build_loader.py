@@ -51,8 +51,9 @@ def test_distributed_sampler_single_process_group(tmp_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(batch_size=0), "batch_size"),
-                                           (dict(batch_size=2, num_workers=-1), "num_workers")])
+@pytest.mark.parametrize(
+    "kwargs, match", [(dict(batch_size=0), "batch_size"), (dict(batch_size=2, num_workers=-1), "num_workers")]
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_loader(_ds(), **kwargs)

@@ -81,10 +81,22 @@ def test_full_seeding_still_reaches_numpy_and_random(image_tree):
     assert not _same(_samples(ds, torch_only=True), _samples(ds, torch_only=True))
 
 
-@pytest.mark.parametrize("cores,local,threads,device,expected", [
-    (2, 1, 2, "cpu", 0), (2, 1, 1, "cpu", 1), (4, 1, 4, "cpu", 0), (16, 1, 16, "cpu", 4), (16, 1, 8, "cpu", 4),
-    (32, 4, 1, "cpu", 4), (32, 4, 8, "cpu", 2), (2, 1, 2, "cuda", 1), (16, 1, 16, "cuda", 8), (16, 2, 1, "cuda", 7),
-    (1, 1, 1, "cuda", 0)])
+@pytest.mark.parametrize(
+    "cores,local,threads,device,expected",
+    [
+        (2, 1, 2, "cpu", 0),
+        (2, 1, 1, "cpu", 1),
+        (4, 1, 4, "cpu", 0),
+        (16, 1, 16, "cpu", 4),
+        (16, 1, 8, "cpu", 4),
+        (32, 4, 1, "cpu", 4),
+        (32, 4, 8, "cpu", 2),
+        (2, 1, 2, "cuda", 1),
+        (16, 1, 16, "cuda", 8),
+        (16, 2, 1, "cuda", 7),
+        (1, 1, 1, "cuda", 0),
+    ],
+)
 def test_auto_workers_by_device_cores_and_threads(monkeypatch, cores, local, threads, device, expected):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)

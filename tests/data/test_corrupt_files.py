@@ -17,10 +17,10 @@ def tree_with_bad_files(tmp_path: Path) -> Path:
     root = tmp_path / "tree" / "train"
     for i in range(4):
         write_image(root / "a" / f"{i}.jpg", i)
-    write_truncated_jpeg(root / "a" / "1b_truncated.jpg")      # sorts between 1.jpg and 2.jpg
+    write_truncated_jpeg(root / "a" / "1b_truncated.jpg")  # sorts between 1.jpg and 2.jpg
     (root / "b").mkdir()
     write_image(root / "b" / "ok.png", 10)
-    (root / "b" / "empty.png").write_bytes(b"")                # zero bytes: unidentified
+    (root / "b" / "empty.png").write_bytes(b"")  # zero bytes: unidentified
     (root / "b" / "text.jpg").write_text("this is not a JPEG")  # wrong content
     return tmp_path / "tree"
 
@@ -48,7 +48,7 @@ def test_bad_files_are_skipped_counted_and_warned_once(tree_with_bad_files: Path
     assert ds.num_skipped == 3
     assert sorted(Path(p).name for p in ds.skipped_files) == ["1b_truncated.jpg", "empty.png", "text.jpg"]
     warnings = [r.getMessage() for r in caplog.records if "skipping unreadable image" in r.getMessage()]
-    assert len(warnings) == 3                                  # once per file over three epochs
+    assert len(warnings) == 3  # once per file over three epochs
     assert any("1b_truncated.jpg" in w and "truncated" in w for w in warnings)
 
 
@@ -57,7 +57,7 @@ def test_strict_raises_naming_the_file(tree_with_bad_files: Path):
     ds[0]
     with pytest.raises(UnreadableImageError, match=r"1b_truncated\.jpg.*strict"):
         ds[_names(ds).index("1b_truncated.jpg")]
-    with pytest.raises(ValueError, match=r"empty\.png"):      # UnreadableImageError is a ValueError
+    with pytest.raises(ValueError, match=r"empty\.png"):  # UnreadableImageError is a ValueError
         ds[_names(ds).index("empty.png")]
 
 

@@ -27,7 +27,7 @@ def test_photos_load_offline(monkeypatch):
     for name, a in photos:
         assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 and min(a.shape[:2]) >= 100, name
         assert not a.flags.writeable
-    assert len({a.tobytes()[:4096] for _, a in photos}) == len(photos)   # no duplicated photo
+    assert len({a.tobytes()[:4096] for _, a in photos}) == len(photos)  # no duplicated photo
 
 
 def test_shrunk_photos_keep_aspect():
@@ -43,7 +43,7 @@ def test_crops_are_a_function_of_seed_and_index():
     b = DemoPhotos(num_samples=40, img_size=16, seed=1)
     c = DemoPhotos(num_samples=40, img_size=16, seed=2)
     P = len(a.classes)
-    order = [37, 3, 3, 20]                          # any access order gives the same samples
+    order = [37, 3, 3, 20]  # any access order gives the same samples
     for i in order:
         xa, ya = a[i]
         xb, yb = b[i]
@@ -77,14 +77,19 @@ def test_demo_images_fixed_centre_crops():
     assert a.shape == (3, 3, 32, 32) and torch.equal(a, demo_images(32, n=3))
     pix = denormalize(a)
     assert pix.min() >= 0 and pix.max() <= 1 and pix.std() > 0.1
-    more = demo_images(16, n=len(PHOTO_NAMES) + 1)     # beyond P photos: a zoomed-in centre of photo 0
+    more = demo_images(16, n=len(PHOTO_NAMES) + 1)  # beyond P photos: a zoomed-in centre of photo 0
     assert more.shape[0] == len(PHOTO_NAMES) + 1 and not torch.equal(more[0], more[-1])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_samples=0), "num_samples"), (dict(seed=-1), "seed"), (dict(img_size=0), "img_size"),
-    (dict(scale=(0, 1)), "scale"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_samples=0), "num_samples"),
+        (dict(seed=-1), "seed"),
+        (dict(img_size=0), "img_size"),
+        (dict(scale=(0, 1)), "scale"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DemoPhotos(**kwargs)

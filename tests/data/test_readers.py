@@ -53,7 +53,7 @@ def test_flat_folder_recursive_unlabelled_ignores_non_images(tmp_path: Path):
     write_image(root / "a.png", 1)
     write_image(root / "2020" / "c.webp", 2)
     write_image(root / ".hidden" / "d.png", 3)
-    write_image(root / "._e.jpg", 4)           # macOS resource-fork style name
+    write_image(root / "._e.jpg", 4)  # macOS resource-fork style name
     (root / "notes.txt").write_text("not an image")
     ds = build_dataset(root, kind="folder")
     assert isinstance(ds, FlatImageFolder) and ds.classes == []
@@ -64,14 +64,14 @@ def test_flat_folder_recursive_unlabelled_ignores_non_images(tmp_path: Path):
 # --------------------------------------------------------------------------------------------------------- CIFAR
 def test_cifar10_batches_train_test_and_pixel_layout(tmp_path: Path):
     base = write_cifar10(tmp_path, n_per_batch=4, num_train_batches=2)
-    for path in (tmp_path, base):                  # the batch folder or its parent
+    for path in (tmp_path, base):  # the batch folder or its parent
         train = build_dataset(path, split="train")
         assert isinstance(train, CIFARBatches) and train.kind == "cifar10" and len(train) == 8
     assert train.classes == [f"class{i}" for i in range(10)]
     assert train.targets == list(range(8)) and train.samples[5] == (f"{base / 'data_batch_2'}[1]", 5)
     test = build_dataset(tmp_path, split="test", kind="cifar10")
     assert len(test) == 4 and test.targets == [8, 9, 0, 1]
-    assert len(build_dataset(tmp_path, split="val")) == 4     # val = test (CIFAR has no separate validation set)
+    assert len(build_dataset(tmp_path, split="val")) == 4  # val = test (CIFAR has no separate validation set)
     # Row layout: 1024 red, 1024 green, 1024 blue values, each a row-major 32 x 32 plane.
     with open(base / "data_batch_2", "rb") as f:
         row = pickle.load(f, encoding="bytes")[b"data"][1]

@@ -90,8 +90,9 @@ def test_manifest_is_a_wids_descriptor(tree: Path, tmp_path: Path):
     import wids
 
     make_shards(tree, tmp_path / "shards", shard_size=4)
-    w = wids.ShardListDataset(str(tmp_path / "shards" / MANIFEST_NAME), cache_dir=str(tmp_path / "wids_cache"),
-                              transformations=lambda s: s)
+    w = wids.ShardListDataset(
+        str(tmp_path / "shards" / MANIFEST_NAME), cache_dir=str(tmp_path / "wids_cache"), transformations=lambda s: s
+    )
     assert len(w) == 9
     sample = w[5]
     assert sample["__key__"] == "000000005" and int(sample[".cls"].read()) == 1
@@ -135,7 +136,7 @@ def test_dataloader_workers_and_pickling(tree: Path, tmp_path: Path):
     ds = build_dataset(tmp_path / "shards", transform=pretrain_transform(16))
     keys = [(0, i) for i in range(len(ds))]
     seeded = SeededSamples(ds, num_patches=4, seed=0)
-    ref = torch.stack([seeded[k][0] for k in keys])       # opens shards in this process
+    ref = torch.stack([seeded[k][0] for k in keys])  # opens shards in this process
     clone = pickle.loads(pickle.dumps(SeededSamples(ds, num_patches=4, seed=0)))  # memory maps are not pickled
     assert ds._open and not clone.dataset._open
     assert torch.equal(clone[(0, 3)][0], ref[3])
@@ -147,17 +148,32 @@ def test_pretraining_on_shards_equals_pretraining_on_the_folder(tree: Path, tmp_
     from crate_mae.training import load_config, pretrain
 
     make_shards(tree, tmp_path / "shards", shard_size=4)
-    base = ["model.name=crate_mae_tiny", f"model.overrides={model_overrides({**TINY, 'depth': 1, 'decoder_depth': 1})}",
-            "data.img_size=16", "data.split=null", "optim.batch_size=4", "optim.epochs=1",
-            "optim.warmup_epochs=0", "run.log_every=1", "run.vis_every_epochs=0", "run.progress=false",
-            "run.deterministic=true", "run.vis_images=2"]
+    base = [
+        "model.name=crate_mae_tiny",
+        f"model.overrides={model_overrides({**TINY, 'depth': 1, 'decoder_depth': 1})}",
+        "data.img_size=16",
+        "data.split=null",
+        "optim.batch_size=4",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        "run.log_every=1",
+        "run.vis_every_epochs=0",
+        "run.progress=false",
+        "run.deterministic=true",
+        "run.vis_images=2",
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        a = pretrain(load_config(None, base + [f"data.path={tree}", "data.num_workers=0",
-                                               f"run.output_dir={tmp_path / 'a'}"]))
-        b = pretrain(load_config(None, base + [f"data.path={tmp_path / 'shards'}", "data.num_workers=2",
-                                               f"run.output_dir={tmp_path / 'b'}"]))
+        a = pretrain(
+            load_config(None, base + [f"data.path={tree}", "data.num_workers=0", f"run.output_dir={tmp_path / 'a'}"])
+        )
+        b = pretrain(
+            load_config(
+                None,
+                base + [f"data.path={tmp_path / 'shards'}", "data.num_workers=2", f"run.output_dir={tmp_path / 'b'}"],
+            )
+        )
     finally:
         torch.set_num_threads(threads)
     assert a["steps"] == b["steps"] == 2
@@ -188,7 +204,7 @@ def _corrupt_member(shard: Path, member: str) -> None:
     with tarfile.open(shard) as t:
         info = t.getmember(member)
     data = bytearray(shard.read_bytes())
-    data[info.offset_data:info.offset_data + info.size] = b"\x00" * info.size
+    data[info.offset_data : info.offset_data + info.size] = b"\x00" * info.size
     shard.write_bytes(bytes(data))
 
 
@@ -202,7 +218,7 @@ def test_undecodable_sample_is_skipped_like_a_bad_file(tree: Path, tmp_path: Pat
     with caplog.at_level(logging.WARNING, logger="crate_mae.data"):
         for _epoch in range(2):
             got = [ds[i] for i in range(len(ds))]
-    assert _same(got[5], ref[6])                            # the next readable sample, every time
+    assert _same(got[5], ref[6])  # the next readable sample, every time
     assert all(_same(got[i], ref[i]) for i in range(len(ds)) if i != 5)
     assert ds.num_skipped == 1 and "shard-000001.tar sample 1 (index 5)" in ds.skipped_files[0]
     assert sum("skipping unreadable" in r.getMessage() for r in caplog.records) == 1
@@ -219,7 +235,7 @@ def test_truncated_shard_skips_all_its_samples(tree: Path, tmp_path: Path):
     shard.write_bytes(shard.read_bytes()[:1000])
     ds = build_dataset(out)
     for i in range(4, 8):
-        assert _same(ds[i], ref)                            # the first sample of the next shard
+        assert _same(ds[i], ref)  # the first sample of the next shard
     assert ds.num_skipped == 1 and "shard-000001.tar (all 4 samples)" in ds.skipped_files[0]
     with pytest.raises(UnreadableImageError, match=r"shard-000001\.tar.*strict"):
         build_dataset(out, strict=True)[6]
@@ -251,12 +267,13 @@ def test_bad_manifests_are_named(tree: Path, tmp_path: Path):
     make_shards(tree, out, shard_size=4)
     manifest = out / MANIFEST_NAME
     desc = json.loads(manifest.read_text())
-    cases = [("{not json", "not a JSON shard manifest"),
-             (json.dumps({"shardlist": desc["shardlist"]}), "wids_version 1"),
-             (json.dumps({**desc, "shardlist": []}), "lists no shards"),
-             (json.dumps({**desc, "shardlist": [{"url": "https://example.org/a.tar", "nsamples": 3}]}),
-              "not a local file"),
-             (json.dumps({**desc, "shardlist": [{"url": "shard-000000.tar", "nsamples": 0}]}), "positive 'nsamples'")]
+    cases = [
+        ("{not json", "not a JSON shard manifest"),
+        (json.dumps({"shardlist": desc["shardlist"]}), "wids_version 1"),
+        (json.dumps({**desc, "shardlist": []}), "lists no shards"),
+        (json.dumps({**desc, "shardlist": [{"url": "https://example.org/a.tar", "nsamples": 3}]}), "not a local file"),
+        (json.dumps({**desc, "shardlist": [{"url": "shard-000000.tar", "nsamples": 0}]}), "positive 'nsamples'"),
+    ]
     for text, match in cases:
         manifest.write_text(text)
         with pytest.raises(ValueError, match=match) as e:
@@ -292,7 +309,7 @@ def test_make_shards_bad_arguments(tree: Path, tmp_path: Path):
 
 def test_missing_extra_is_one_clear_line(tree: Path, tmp_path: Path, monkeypatch, capsys):
     make_shards(tree, tmp_path / "shards", shard_size=4)
-    monkeypatch.setitem(sys.modules, "wids", None)       # import wids -> ImportError
+    monkeypatch.setitem(sys.modules, "wids", None)  # import wids -> ImportError
     with pytest.raises(ImportError, match=r"pip install 'crate-mae\[shards\]'"):
         build_dataset(tmp_path / "shards")
     monkeypatch.setitem(sys.modules, "webdataset", None)
@@ -307,8 +324,10 @@ def test_cli_make_shards_splits_and_check_data(tmp_path: Path, capsys):
     _tree(src / "train")
     _tree(src / "val", counts=(("bird", 1), ("cat", 1), ("dog", 1)))
     out = tmp_path / "shards"
-    assert main(["make-shards", str(src), str(out), "--split", "train", "--split", "val", "--shard-size", "4",
-                 "--quiet"]) == 0
+    assert (
+        main(["make-shards", str(src), str(out), "--split", "train", "--split", "val", "--shard-size", "4", "--quiet"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "wrote 9 samples (3 classes)" in text and "into 3 shard(s)" in text and "wrote 3 samples" in text
     assert main(["check-data", str(out), "--split", "val", "--img-size", "16"]) == 0

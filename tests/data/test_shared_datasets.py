@@ -8,17 +8,22 @@ import torch
 from crate_mae.data import build_dataset, detect_kind, eval_transform, pretrain_transform
 
 
-@pytest.mark.parametrize("name, split, n, num_classes, size", [
-    ("cifar10-dev", "train", 10_000, 10, 32), ("cifar10-dev", "val", 2_000, 10, 32),
-    ("flowers12", "train", 720, 12, 224), ("flowers12", "val", 240, 12, 224),
-])
+@pytest.mark.parametrize(
+    "name, split, n, num_classes, size",
+    [
+        ("cifar10-dev", "train", 10_000, 10, 32),
+        ("cifar10-dev", "val", 2_000, 10, 32),
+        ("flowers12", "train", 720, 12, 224),
+        ("flowers12", "val", 240, 12, 224),
+    ],
+)
 def test_shared_sets_readable(shared_dir, name, split, n, num_classes, size):
     root = shared_dir / "data" / name
     assert detect_kind(root, split) == "imagefolder"
     ds = build_dataset(root, split=split)
     assert len(ds) == n and len(ds.classes) == num_classes
     assert sorted(set(ds.targets)) == list(range(num_classes))
-    for i in (0, n // 2, n - 1):   # a few images from different classes decode at their stored size
+    for i in (0, n // 2, n - 1):  # a few images from different classes decode at their stored size
         x, y = ds[i]
         assert x.shape == (3, size, size) and 0 <= y < num_classes
     assert ds.num_skipped == 0

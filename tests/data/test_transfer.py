@@ -99,8 +99,11 @@ def test_a_missing_split_file_is_named(tmp_path):
 
 
 def test_bad_files_and_names_fail_with_one_clear_error(tmp_path, root):
-    with pytest.raises(FileNotFoundError, match=r"data set pets: found neither torchvision's layout "
-                                                r"\(oxford-iiit-pet\) or an ImageFolder tree"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"data set pets: found neither torchvision's layout "
+        r"\(oxford-iiit-pet\) or an ImageFolder tree",
+    ):
         find_transfer_data("pets", tmp_path)
     with pytest.raises(ValueError, match="must be letters"):
         find_transfer_data("../x", root)

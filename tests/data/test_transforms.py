@@ -22,7 +22,7 @@ def test_pretrain_transform_shape_dtype_and_torch_seeded():
     torch.manual_seed(4)
     c = t(img)
     assert a.shape == (3, 24, 24) and a.dtype == torch.float32
-    assert torch.equal(a, b)            # augmentation follows the torch generator (SeededSamples relies on this)
+    assert torch.equal(a, b)  # augmentation follows the torch generator (SeededSamples relies on this)
     assert not torch.equal(a, c)
 
 
@@ -31,8 +31,9 @@ def test_pretrain_transform_full_scale_no_flip_is_plain_normalisation():
     the whole image; at the same size that is the identity, leaving exactly ToTensor + Normalize."""
     img = _photo(32, 32)
     out = pretrain_transform(32, scale=(1.0, 1.0), hflip=False)(img)
-    ref = (torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
-           - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    ref = (
+        torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    ) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
@@ -64,20 +65,22 @@ def test_denormalize_inverts_normalize_and_clamps():
     img = _photo(16, 16)
     x = eval_transform(16, crop_pct=1.0)(img)
     back = denormalize(x)
-    torch.testing.assert_close(back, torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(back, torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, atol=1e-5, rtol=0)
     batch = denormalize(torch.stack([x, x * 100]), IMAGENET_MEAN, IMAGENET_STD)
     assert batch.shape == (2, 3, 16, 16) and batch.min() >= 0 and batch.max() <= 1
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: pretrain_transform(0), "img_size"),
-    (lambda: pretrain_transform(32, scale=(0.5, 0.2)), "scale"),
-    (lambda: eval_transform(32, crop_pct=1.5), "crop_pct"),
-    (lambda: eval_transform(32, std=(1, 0, 1)), "std"),
-    (lambda: denormalize(torch.zeros(4, 16, 16, 1)), "channels"),
-    (lambda: denormalize(torch.zeros(16, 16)), "shape"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: pretrain_transform(0), "img_size"),
+        (lambda: pretrain_transform(32, scale=(0.5, 0.2)), "scale"),
+        (lambda: eval_transform(32, crop_pct=1.5), "crop_pct"),
+        (lambda: eval_transform(32, std=(1, 0, 1)), "std"),
+        (lambda: denormalize(torch.zeros(4, 16, 16, 1)), "channels"),
+        (lambda: denormalize(torch.zeros(16, 16)), "shape"),
+    ],
+)
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()

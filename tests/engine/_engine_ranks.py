@@ -43,8 +43,9 @@ real_wrap = engine.wrap_model
 
 def counting_wrap(model, info, compile=False):
     net = real_wrap(model, info, compile)
-    counts["broadcast_buffers"] = (net.forward_sync_buffers if hasattr(net, "forward_sync_buffers")
-                                   else net.broadcast_buffers)
+    counts["broadcast_buffers"] = (
+        net.forward_sync_buffers if hasattr(net, "forward_sync_buffers") else net.broadcast_buffers
+    )
 
     def hook(state, bucket):
         counts["grad_all_reduce"] += 1
@@ -84,15 +85,29 @@ def scenario(name, fn, *overrides):
 
 
 def run_pretrain(out, overrides):
-    return pretrain(pretrain_config([f"run.output_dir={out}", "optim.batch_size=4", *overrides]),
-                    dataset=tensor_dataset(), device="cpu")
+    return pretrain(
+        pretrain_config([f"run.output_dir={out}", "optim.batch_size=4", *overrides]),
+        dataset=tensor_dataset(),
+        device="cpu",
+    )
 
 
 def run_finetune(out, overrides, nan_at=None):
-    base = ["data.path=in-memory", "data.num_workers=0", "run.progress=false", "run.log_every=1000",
-            "model.overrides={img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}",
-            "aug.rand_augment=null", "aug.mixup=0", "aug.cutmix=0", "aug.reprob=0", "optim.batch_size=4",
-            "optim.epochs=1", "optim.warmup_epochs=0", f"run.output_dir={out}"]
+    base = [
+        "data.path=in-memory",
+        "data.num_workers=0",
+        "run.progress=false",
+        "run.log_every=1000",
+        "model.overrides={img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}",
+        "aug.rand_augment=null",
+        "aug.mixup=0",
+        "aug.cutmix=0",
+        "aug.reprob=0",
+        "optim.batch_size=4",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        f"run.output_dir={out}",
+    ]
     return finetune(load_finetune_config(None, base + overrides), labelled(48, nan_at), labelled(8), device="cpu")
 
 
@@ -112,8 +127,9 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     for task, fn in (("pretrain", run_pretrain), ("finetune", run_finetune)):
         for accum in (1, 2):  # 3 optimizer steps either way
-            scenario(f"{task}_accum{accum}", fn, f"optim.accum_iter={accum}", "run.max_steps=3",
-                     "run.ckpt_every_steps=0")
+            scenario(
+                f"{task}_accum{accum}", fn, f"optim.accum_iter={accum}", "run.max_steps=3", "run.ckpt_every_steps=0"
+            )
     real_clock = engine.clock
     engine.clock = RacingClock(10_000.0 if RANK == 1 else 0.0)  # only rank 0's clock may stop the run
     scenario("rank1_late_clock", run_pretrain, "run.max_minutes=60", "run.max_steps=4")

@@ -50,8 +50,18 @@ def test_compiled_training_step_equals_eager(tmp_path):
     for mode in ("eager", "compiled"):
         dynamo.reset()
         out = tmp_path / mode
-        runs[mode] = pretrain(config([f"run.output_dir={out}", "run.max_steps=1", "optim.warmup_epochs=0",
-                                      f"run.compile={mode == 'compiled'}"]), dataset=dataset(), device="cpu")
+        runs[mode] = pretrain(
+            config(
+                [
+                    f"run.output_dir={out}",
+                    "run.max_steps=1",
+                    "optim.warmup_epochs=0",
+                    f"run.compile={mode == 'compiled'}",
+                ]
+            ),
+            dataset=dataset(),
+            device="cpu",
+        )
         runs[mode]["weights"] = load_file(str(list_run_states(out)[-1] / "model.safetensors"))
     before = crate_mae.create_model("crate_mae_tiny", img_size=32, **_tiny()).state_dict()
     eager, compiled = runs["eager"], runs["compiled"]

@@ -18,8 +18,11 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    with pytest.raises(ValueError, match=r"LOCAL_RANK 1 needs GPU cuda:1 but this node has 1 visible GPU.*"
-                                         r"--nproc_per_node=1"):
+    with pytest.raises(
+        ValueError,
+        match=r"LOCAL_RANK 1 needs GPU cuda:1 but this node has 1 visible GPU.*"
+        r"--nproc_per_node=1",
+    ):
         init_distributed("cuda")
 
 

@@ -26,10 +26,23 @@ from crate_mae.training import pretrain
 
 TASKS = ["pretrain", "finetune"]
 TINY_ENCODER = "{img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}"
-FT_BASE = ["data.path=in-memory", "data.num_workers=0", "run.progress=false", "run.deterministic=true",
-           "run.log_every=1", f"model.overrides={TINY_ENCODER}", "model.drop_path_rate=0.1", "aug.rand_augment=null",
-           "aug.mixup=0", "aug.cutmix=0", "aug.reprob=0", "optim.batch_size=8", "optim.epochs=2",
-           "optim.warmup_epochs=1", "optim.lr=1e-3"]
+FT_BASE = [
+    "data.path=in-memory",
+    "data.num_workers=0",
+    "run.progress=false",
+    "run.deterministic=true",
+    "run.log_every=1",
+    f"model.overrides={TINY_ENCODER}",
+    "model.drop_path_rate=0.1",
+    "aug.rand_augment=null",
+    "aug.mixup=0",
+    "aug.cutmix=0",
+    "aug.reprob=0",
+    "optim.batch_size=8",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.lr=1e-3",
+]
 
 
 def labelled(n: int) -> torch.utils.data.Dataset:
@@ -70,8 +83,14 @@ def test_nan_weights_are_never_checkpointed(task, tmp_path):
     finite; such a step must not become "the last good checkpoint"."""
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as e:
-        train(task, out, "optim.lr=1e6" if task == "finetune" else "optim.blr=1e6", "optim.clip_grad=null",
-              "run.ckpt_every_steps=1", "run.keep_checkpoints=1")
+        train(
+            task,
+            out,
+            "optim.lr=1e6" if task == "finetune" else "optim.blr=1e6",
+            "optim.clip_grad=null",
+            "run.ckpt_every_steps=1",
+            "run.keep_checkpoints=1",
+        )
     ckpts = list_run_states(out)
     assert all(finite(c) for c in ckpts)
     assert f"last good checkpoint ({ckpts[-1] if ckpts else 'none written yet'})" in str(e.value)
@@ -106,8 +125,15 @@ def test_resume_refuses_a_changed_config_unless_allowed(task, tmp_path, capsys):
     assert "optim.batch_size: 8 -> 4" in msg and "run.seed: 0 -> 1" in msg and "--allow-config-change" in msg
     assert "\n" not in msg
     # bookkeeping keys may change; the flag lets a schedule change through, with a warning naming it
-    result = train(task, out, "run.resume=auto", "optim.epochs=3", "run.log_every=2", "run.keep_checkpoints=3",
-                   "run.allow_config_change=true")
+    result = train(
+        task,
+        out,
+        "run.resume=auto",
+        "optim.epochs=3",
+        "run.log_every=2",
+        "run.keep_checkpoints=3",
+        "run.allow_config_change=true",
+    )
     steps = result["steps"] if task == "pretrain" else result["details"]["steps"]
     assert steps == 18
     assert "optim.epochs: 2 -> 3" in capsys.readouterr().out
@@ -149,8 +175,11 @@ def test_a_second_run_on_the_same_folder_is_refused(task, tmp_path):
     lock = RunLock(out)
     assert lock.acquire() is None
     try:
-        with pytest.raises(ValueError, match=rf"in use by another run \(pid {os.getpid()} on host "
-                                             rf"{socket.gethostname()}"):
+        with pytest.raises(
+            ValueError,
+            match=rf"in use by another run \(pid {os.getpid()} on host "
+            rf"{socket.gethostname()}",
+        ):
             train(task, out, "run.max_steps=1")
         assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
     finally:
@@ -230,8 +259,9 @@ def test_same_step_saved_twice_leaves_a_complete_checkpoint_at_every_instant(tmp
     import crate_mae
     from crate_mae.engine.run_state import save_run_state
 
-    model = crate_mae.create_model("crate_mae_tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4,
-                                   decoder_depth=1)
+    model = crate_mae.create_model(
+        "crate_mae_tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4, decoder_depth=1
+    )
     save_run_state(tmp_path, model, {"step": 5, "tag": "first"}, keep=1)
 
     def intact():
@@ -244,6 +274,7 @@ def test_same_step_saved_twice_leaves_a_complete_checkpoint_at_every_instant(tmp
             result = fn(*args, **kwargs)
             intact()
             return result
+
         return wrapper
 
     monkeypatch.setattr(shutil, "rmtree", checked(shutil.rmtree))
@@ -324,8 +355,13 @@ def test_run_files_are_as_readable_as_plain_files(tmp_path):
         train("pretrain", out, "run.max_steps=1")
     finally:
         os.umask(old)
-    files = [out / "config.yaml", out / "metrics.jsonl", out / "model" / "model.safetensors",
-             out / "model" / "config.json", *find_latest_run_state(out).iterdir()]
+    files = [
+        out / "config.yaml",
+        out / "metrics.jsonl",
+        out / "model" / "model.safetensors",
+        out / "model" / "config.json",
+        *find_latest_run_state(out).iterdir(),
+    ]
     assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o644"}
 
 
@@ -340,8 +376,15 @@ def test_collectives_under_torchrun(tmp_path):
     from processes import free_port, repeatable_env
 
     script = Path(__file__).with_name("_engine_ranks.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(script), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(script),
+        str(tmp_path),
+    ]
     p = subprocess.run(cmd, env=repeatable_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -375,14 +418,22 @@ def test_online_knn_probe_is_logged_and_leaves_training_unchanged(tmp_path):
                 img[..., 2 * k] += 150
                 Image.fromarray(img.astype(np.uint8)).save(tmp_path / "labelled" / split / name / f"{i}.png")
     plain = train("pretrain", tmp_path / "plain")
-    watched = train("pretrain", tmp_path / "knn", "run.knn_every_epochs=1", f"run.knn_data={tmp_path / 'labelled'}",
-                    "run.knn_k=3")
+    watched = train(
+        "pretrain", tmp_path / "knn", "run.knn_every_epochs=1", f"run.knn_data={tmp_path / 'labelled'}", "run.knn_k=3"
+    )
     knn_rows = [r for r in rows(tmp_path / "knn") if r.get("event") == "knn"]
     assert [r["epoch"] for r in knn_rows] == [1, 2] and [r["step"] for r in knn_rows] == [6, 12]
-    assert all(0 <= r[f"{p}top1"] <= 100 and r[f"{p}top5"] == 100.0  # 2 classes: top-5 is certain
-               for r in knn_rows for p in ("", "mean_"))
-    assert watched["knn"] == {"top1": knn_rows[-1]["top1"], "top5": 100.0,
-                              "mean_top1": knn_rows[-1]["mean_top1"], "mean_top5": 100.0}
+    assert all(
+        0 <= r[f"{p}top1"] <= 100 and r[f"{p}top5"] == 100.0  # 2 classes: top-5 is certain
+        for r in knn_rows
+        for p in ("", "mean_")
+    )
+    assert watched["knn"] == {
+        "top1": knn_rows[-1]["top1"],
+        "top5": 100.0,
+        "mean_top1": knn_rows[-1]["mean_top1"],
+        "mean_top5": 100.0,
+    }
     events = EventAccumulator(str(tmp_path / "knn" / "tb")).Reload()
     assert [e.step for e in events.Scalars("knn/top1")] == [1, 2]
     assert [e.step for e in events.Scalars("knn/mean_top1")] == [1, 2]
@@ -416,6 +467,7 @@ def step_clock(monkeypatch):
         monkeypatch.setattr(engine, "clock", fake)
         monkeypatch.setattr(engine.Runner, "_step", timed)
         return fake
+
     return install
 
 
@@ -490,4 +542,5 @@ def test_auto_threads_keep_the_count_whose_steps_were_faster(tmp_path, step_cloc
     assert seen[:8] == [2, 1] * 4 and set(seen[8:]) == {1 if busy else 2}
     (row,) = [r for r in rows(out) if r.get("event") == "threads"]
     assert row["threads"] == (1 if busy else 2) and row["ms_per_step"] == pytest.approx(
-        {str(k): 1000 * v for k, v in cost.items()})
+        {str(k): 1000 * v for k, v in cost.items()}
+    )

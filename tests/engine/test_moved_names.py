@@ -82,11 +82,13 @@ def test_unknown_names_are_still_attribute_errors():
 
 def test_the_package_imports_no_deprecated_name():
     """Every module of the package imports without touching an alias (which would raise here)."""
-    code = ("import importlib, pkgutil, warnings\n"
-            "warnings.filterwarnings('error', r'crate_mae\\..* is deprecated and will be', DeprecationWarning)\n"
-            "import crate_mae\n"
-            "for m in pkgutil.walk_packages(crate_mae.__path__, 'crate_mae.'):\n"
-            "    if not m.name.endswith('__main__'):\n"
-            "        importlib.import_module(m.name)\n")
+    code = (
+        "import importlib, pkgutil, warnings\n"
+        "warnings.filterwarnings('error', r'crate_mae\\..* is deprecated and will be', DeprecationWarning)\n"
+        "import crate_mae\n"
+        "for m in pkgutil.walk_packages(crate_mae.__path__, 'crate_mae.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -16,11 +16,11 @@ def test_warmup_cosine_known_steps():
     s = WarmupCosine(base_lr=1.0, total_steps=100, warmup_steps=10, min_lr=0.1)
     assert s(0) == 0.0
     assert s(5) == pytest.approx(0.5)
-    assert s(10) == pytest.approx(1.0)                      # warm-up ends at the peak
-    assert s(55) == pytest.approx(0.1 + 0.9 * 0.5)          # half way through the cosine
+    assert s(10) == pytest.approx(1.0)  # warm-up ends at the peak
+    assert s(55) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
     assert s(55 - 22.5) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
     assert s(100) == pytest.approx(0.1)
-    assert all(s(i) >= s(i + 1) for i in range(10, 100))    # monotone decay after warm-up
+    assert all(s(i) >= s(i + 1) for i in range(10, 100))  # monotone decay after warm-up
 
 
 def test_schedule_sets_every_group():
@@ -52,10 +52,20 @@ def test_mae_weight_decay_groups(tiny_model_kwargs):
     opt, decay, no_decay = _groups(model, "mae")
     assert all(dict(model.named_parameters())[n].ndim >= 2 for n in decay)
     assert all(dict(model.named_parameters())[n].ndim == 1 for n in no_decay)
-    assert {"encoder.cls_token", "mask_token", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.ista.dictionary",
-            "decoder_pred.weight", "encoder.patch_embed.proj.weight"} <= decay
-    assert {"encoder.norm.weight", "encoder.norm.bias", "decoder_pred.bias",
-            "encoder.blocks.0.norm1.weight"} <= no_decay
+    assert {
+        "encoder.cls_token",
+        "mask_token",
+        "encoder.blocks.0.attn.qkv.weight",
+        "encoder.blocks.0.ista.dictionary",
+        "decoder_pred.weight",
+        "encoder.patch_embed.proj.weight",
+    } <= decay
+    assert {
+        "encoder.norm.weight",
+        "encoder.norm.bias",
+        "decoder_pred.bias",
+        "encoder.blocks.0.norm1.weight",
+    } <= no_decay
 
 
 def test_timm_weight_decay_groups_exempt_tokens(tiny_model_kwargs):
@@ -98,17 +108,28 @@ def test_given_param_groups_are_used_as_they_are_and_fused(tiny_model_kwargs):
     groups that leave a trainable parameter out are refused."""
     from crate_mae.evaluation.finetune import param_groups_lrd
 
-    model = crate_mae.create_model("crate_tiny", num_classes=3, img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                   num_heads=4)
+    model = crate_mae.create_model(
+        "crate_tiny", num_classes=3, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4
+    )
     groups = param_groups_lrd(model, weight_decay=0.05, layer_decay=0.5, no_weight_decay_list={"cls_token"})
     opt = build_optimizer(model, 1e-3, 0.05, (0.9, 0.999), param_groups=groups)
     assert len(opt.param_groups) == len(groups)
     for g, want in zip(opt.param_groups, groups):
         assert [id(p) for p in g["params"]] == [id(p) for p in want["params"]]
         assert (g["weight_decay"], g["lr_scale"], g["betas"], g["lr"], g["fused"]) == (
-            want["weight_decay"], want["lr_scale"], (0.9, 0.999), 1e-3, True)
+            want["weight_decay"],
+            want["lr_scale"],
+            (0.9, 0.999),
+            1e-3,
+            True,
+        )
     bare = [{"params": [p for p in model.parameters()]}]
     assert build_optimizer(model, 1e-3, 0.02, (0.9, 0.999), param_groups=bare).param_groups[0]["weight_decay"] == 0.02
     with pytest.raises(ValueError, match=r"leave 1 trainable parameters of CrateEncoder out \(e.g. head.bias\)"):
-        build_optimizer(model, 1e-3, 0.05, (0.9, 0.999),
-                        param_groups=[{"params": [p for n, p in model.named_parameters() if n != "head.bias"]}])
+        build_optimizer(
+            model,
+            1e-3,
+            0.05,
+            (0.9, 0.999),
+            param_groups=[{"params": [p for n, p in model.named_parameters() if n != "head.bias"]}],
+        )

@@ -71,8 +71,9 @@ class Regression(Task):
         self.model = ToyLinear()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(16, 4, generator=g)
-        self.train_set = SeededSamples(torch.utils.data.TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0])),
-                                       cfg.run.seed)
+        self.train_set = SeededSamples(
+            torch.utils.data.TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0])), cfg.run.seed
+        )
         self.extra = {"task": "regression"}
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
@@ -153,8 +154,18 @@ def test_train_state_serialises_itself():
 def test_train_state_reads_a_state_written_before_it_serialised_itself(tmp_path):
     """training_state.pt as earlier versions wrote it: the fields at the top level, built by hand; the oldest lack
     the epoch's loss sums."""
-    old = {"step": 7, "epoch": 1, "iter_in_epoch": 3, "optimizer": {"state": {}, "param_groups": []},
-           "scaler": None, "schedule": {}, "rng": [], "world_size": 1, "config": {}, "task": {}}
+    old = {
+        "step": 7,
+        "epoch": 1,
+        "iter_in_epoch": 3,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": None,
+        "schedule": {},
+        "rng": [],
+        "world_size": 1,
+        "config": {},
+        "task": {},
+    }
     assert TrainState.from_state_dict(old) == TrainState(epoch=1, step=7, iter_in_epoch=3)
     assert TrainState.from_state_dict({**old, "loss_sum": 2.0, "loss_steps": 3}).loss_steps == 3
 

@@ -12,13 +12,23 @@ from crate_mae.evaluation import compare_table, make_result, read_result
 
 
 def _result(task, metrics, label=None):
-    return make_result(task, metrics, checkpoint="runs/x/model", checkpoint_sha256="ab" * 32,
-                       dataset={"path": "/data/cifar10-dev", "val": "val"}, config={"label": label})
+    return make_result(
+        task,
+        metrics,
+        checkpoint="runs/x/model",
+        checkpoint_sha256="ab" * 32,
+        dataset={"path": "/data/cifar10-dev", "val": "val"},
+        config={"label": label},
+    )
 
 
 def test_compare_table_layout():
-    table = compare_table([_result("linprobe", {"top1": 71.234, "top5": 98.0}, label="CRATE-MAE"),
-                           _result("knn", {"top1": 60.0, "k20_top1": 59.5})])
+    table = compare_table(
+        [
+            _result("linprobe", {"top1": 71.234, "top5": 98.0}, label="CRATE-MAE"),
+            _result("knn", {"top1": 60.0, "k20_top1": 59.5}),
+        ]
+    )
     lines = table.splitlines()
     assert lines[0] == "| task | checkpoint | sha256 | dataset | top1 | top5 | k20_top1 |"
     assert lines[1] == "|---|---|---|---|---:|---:|---:|"
@@ -37,10 +47,30 @@ def test_cli_features_probe_compare(image_folder, tmp_path, capsys):
     common = ["--ckpt", "crate_mae_tiny", "--data", str(image_folder), "--workers", "0", *over]
     for split in ("train", "val"):
         assert main(["features", *common, "--split", split, "--out", str(tmp_path / f"{split}.safetensors")]) == 0
-    feats = ["--train-features", str(tmp_path / "train.safetensors"), "--val-features",
-             str(tmp_path / "val.safetensors")]
-    assert main(["linprobe", *feats, "--protocol", "both", "--epochs", "2", "--Cs", "0.1", "1",
-                 "--out", str(tmp_path / "lin.json")]) == 0
+    feats = [
+        "--train-features",
+        str(tmp_path / "train.safetensors"),
+        "--val-features",
+        str(tmp_path / "val.safetensors"),
+    ]
+    assert (
+        main(
+            [
+                "linprobe",
+                *feats,
+                "--protocol",
+                "both",
+                "--epochs",
+                "2",
+                "--Cs",
+                "0.1",
+                "1",
+                "--out",
+                str(tmp_path / "lin.json"),
+            ]
+        )
+        == 0
+    )
     assert main(["knn", *feats, "--k", "5", "10", "--out", str(tmp_path / "knn.json")]) == 0
     lin = read_result(tmp_path / "lin_sklearn.json")
     assert lin["task"] == "linprobe" and lin["config"]["protocol"] == "sklearn"
@@ -48,8 +78,7 @@ def test_cli_features_probe_compare(image_folder, tmp_path, capsys):
     assert read_result(tmp_path / "lin_mae.json")["config"]["optimizer"] == "lars"
     assert set(read_result(tmp_path / "knn.json")["metrics"]) >= {"top1", "k5_top1", "k10_top5"}
     capsys.readouterr()
-    assert main(["compare", str(tmp_path / "lin_sklearn.json"), str(tmp_path / "knn.json"), "--metrics",
-                 "top1"]) == 0
+    assert main(["compare", str(tmp_path / "lin_sklearn.json"), str(tmp_path / "knn.json"), "--metrics", "top1"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 4 and "| linprobe |" in out and "| knn |" in out
     # features of one model, --ckpt naming another: refused with both fingerprints

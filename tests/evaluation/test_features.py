@@ -11,8 +11,16 @@ from crate_mae.evaluation import FeatureSet, check_compatible, compute_features,
 
 
 def _features(source, data, split, tiny_encoder, **kw):
-    return compute_features(source, data, split, num_workers=0, progress=False, batch_size=7,
-                            model_overrides={**tiny_encoder, "decoder_depth": 1}, **kw)
+    return compute_features(
+        source,
+        data,
+        split,
+        num_workers=0,
+        progress=False,
+        batch_size=7,
+        model_overrides={**tiny_encoder, "decoder_depth": 1},
+        **kw,
+    )
 
 
 def test_features_are_deterministic_and_round_trip(image_folder, tmp_path, tiny_encoder):
@@ -54,11 +62,15 @@ def test_pooling_and_layers_match_the_model(tiny_encoder):
 
 
 def test_vit_mae_and_encoder_classifiers_give_features(tiny_encoder):
-    for model in (crate_mae.create_model("vit_mae_base", decoder_embed_dim=32, decoder_depth=1,
-                                         decoder_num_heads=4, **tiny_encoder),
-                  crate_mae.create_model("crate_tiny", num_classes=3, **tiny_encoder)):
-        out = extract_features(model, [(torch.randn(2, 3, 32, 32), torch.zeros(2))], layers=[-1], device="cpu",
-                               progress=False)
+    for model in (
+        crate_mae.create_model(
+            "vit_mae_base", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4, **tiny_encoder
+        ),
+        crate_mae.create_model("crate_tiny", num_classes=3, **tiny_encoder),
+    ):
+        out = extract_features(
+            model, [(torch.randn(2, 3, 32, 32), torch.zeros(2))], layers=[-1], device="cpu", progress=False
+        )
         assert out["cls"].shape == (2, 32) and out["layers"][1]["mean"].shape == (2, 32)
 
 
@@ -93,9 +105,15 @@ def test_probes_on_an_official_crate_mae_state_dict(make_folder, tmp_path):
 def test_features_record_their_precision_and_refuse_to_mix(image_folder, tiny_encoder):
     a = _features("crate_mae_tiny", image_folder, "train", tiny_encoder, limit=4, device="cpu")
     assert a.meta["precision"] == {"device": "cpu", "dtype": "float32"}
-    b = FeatureSet(cls=a.cls, mean=a.mean, labels=a.labels, classes=a.classes,
-                   meta={**a.meta, "precision": {"device": "cuda", "dtype": "bfloat16"}})
-    with pytest.raises(ValueError, match="computed differently: train .* on cpu in float32, val .* on cuda in "
-                                         "bfloat16"):
+    b = FeatureSet(
+        cls=a.cls,
+        mean=a.mean,
+        labels=a.labels,
+        classes=a.classes,
+        meta={**a.meta, "precision": {"device": "cuda", "dtype": "bfloat16"}},
+    )
+    with pytest.raises(
+        ValueError, match="computed differently: train .* on cpu in float32, val .* on cuda in bfloat16"
+    ):
         check_compatible(a, b)
     check_compatible(a, a)

@@ -10,8 +10,7 @@ from crate_mae.evaluation.finetune_config import load_finetune_config
 
 def test_finetune_config_errors_are_collected(tmp_path):
     with pytest.raises(ValueError) as e:
-        load_finetune_config(None, ["optim.layer_decay=1.5", "aug.mixup=-1", "model.global_pool=max",
-                                    "optim.bogus=1"])
+        load_finetune_config(None, ["optim.layer_decay=1.5", "aug.mixup=-1", "model.global_pool=max", "optim.bogus=1"])
     assert "optim.bogus: unknown key" in str(e.value)
     with pytest.raises(ValueError) as e:
         load_finetune_config(None, ["optim.layer_decay=1.5", "aug.mixup=-1", "model.global_pool=max"])

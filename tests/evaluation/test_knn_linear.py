@@ -66,8 +66,7 @@ def test_knn_scores_match_the_dino_formula_by_hand():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
     # k larger than the training set means all of it
     got = knn_scores(train, labels, query, k=200, num_classes=2, temperature=T)
-    torch.testing.assert_close(got[0, 1], torch.tensor(math.exp(cos[1] / T) + math.exp(cos[2] / T)), rtol=1e-5,
-                               atol=0)
+    torch.testing.assert_close(got[0, 1], torch.tensor(math.exp(cos[1] / T) + math.exp(cos[2] / T)), rtol=1e-5, atol=0)
 
 
 def test_knn_exact_accuracy_on_separable_clusters():

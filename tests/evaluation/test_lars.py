@@ -4,14 +4,14 @@ from crate_mae.evaluation import LARS
 
 
 def test_lars_step_matches_hand_computed_update():
-    w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))          # ||w|| = 5
+    w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
     b = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
     opt = LARS([w, b], lr=2.0, weight_decay=0.5, momentum=0.9, trust_coefficient=0.01)
     w.grad = torch.tensor([[1.0, 0.0]])
     b.grad = torch.tensor([0.5, 0.5])
     opt.step()
     # matrix: d = g + 0.5 w = [2.5, 2]; ||d|| = sqrt(10.25); q = 0.01 * 5 / sqrt(10.25); mu = q d; w -= 2 mu
-    q = 0.01 * 5 / 10.25 ** 0.5
+    q = 0.01 * 5 / 10.25**0.5
     w1 = torch.tensor([[3.0, 4.0]]) - 2.0 * q * torch.tensor([[2.5, 2.0]])
     torch.testing.assert_close(w.data, w1)
     # vector (bias): no decay, no adaptation: w -= lr * g

@@ -53,8 +53,9 @@ def test_masks_are_fixed_per_image_whatever_the_batching(image_folder):
 
 
 def test_sweep_with_the_probe_on_the_masked_view(image_folder):
-    res = mask_ratio_sweep("crate_mae_tiny", image_folder, ratios=[0.25, 0.9], probe=True, Cs=[1.0], overrides=MODEL,
-                           **FAST)
+    res = mask_ratio_sweep(
+        "crate_mae_tiny", image_folder, ratios=[0.25, 0.9], probe=True, Cs=[1.0], overrides=MODEL, **FAST
+    )
     rows = res["details"]["rows"]
     assert [r["mask_ratio"] for r in rows] == [0.25, 0.9] and all(r["num_train"] == 20 for r in rows)
     # tinted classes: the cls token of a view with a quarter of the patches masked still tells them apart
@@ -82,10 +83,45 @@ def test_bad_requests_fail_with_one_clear_error(image_folder):
 def test_cli_recon_loss_and_mask_sweep_feed_compare(image_folder, tmp_path, capsys):
     words = cli_words(MODEL)
     rec, sweep = tmp_path / "recon.json", tmp_path / "sweep.json"
-    assert main(["recon-loss", "--ckpt", "crate_mae_tiny", "--data", str(image_folder), "--workers", "0",
-                 "--out", str(rec), "--label", "tiny", *words]) == 0
-    assert main(["mask-sweep", "--ckpt", "crate_mae_tiny", "--data", str(image_folder), "--ratios", "0.5", "0.75",
-                 "--workers", "0", "--out", str(sweep), *words]) == 0
+    assert (
+        main(
+            [
+                "recon-loss",
+                "--ckpt",
+                "crate_mae_tiny",
+                "--data",
+                str(image_folder),
+                "--workers",
+                "0",
+                "--out",
+                str(rec),
+                "--label",
+                "tiny",
+                *words,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "mask-sweep",
+                "--ckpt",
+                "crate_mae_tiny",
+                "--data",
+                str(image_folder),
+                "--ratios",
+                "0.5",
+                "0.75",
+                "--workers",
+                "0",
+                "--out",
+                str(sweep),
+                *words,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     r, s = json.loads(rec.read_text()), json.loads(sweep.read_text())
     assert r["metrics"]["loss_pixel"] == pytest.approx(s["metrics"]["loss_pixel@0.75"], rel=1e-6)

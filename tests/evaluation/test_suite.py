@@ -42,8 +42,13 @@ def test_suite_json_holds_what_the_table_needs(suite):
     out, s = suite
     assert json.loads((out / "suite.json").read_text()) == json.loads(json.dumps(s))
     assert s["format"] == "crate_mae.suite/1" and len(s["checkpoint_sha256"]) == 64 and s["random_init"]
-    assert s["protocol"]["view"] == {"img_size": 32, "crop_pct": 224 / 256, "resize": 36,
-                                     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert s["protocol"]["view"] == {
+        "img_size": 32,
+        "crop_pct": 224 / 256,
+        "resize": 36,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
     counts = {n: (r["dataset"]["num_train"], r["dataset"]["num_test"]) for n, r in s["datasets"].items()}
     assert counts == {"cifar10": (18, 9), "cifar100": (18, 9), "flowers102": (11, 5), "pets": (12, 6)}
     flowers = s["datasets"]["flowers102"]["dataset"]
@@ -62,8 +67,9 @@ def test_suite_json_holds_what_the_table_needs(suite):
 def test_the_paper_number_is_linprobe_on_the_cached_features(suite):
     out, s = suite
     for name, r in s["datasets"].items():
-        fit, test = (FeatureSet.load(next((out / "features").glob(f"{name}-*.{p}.safetensors"))) for p in ("fit",
-                                                                                                           "test"))
+        fit, test = (
+            FeatureSet.load(next((out / "features").glob(f"{name}-*.{p}.safetensors"))) for p in ("fit", "test")
+        )
         assert fit.meta["suite_dataset"] == name and fit.meta["checkpoint_sha256"] == s["checkpoint_sha256"]
         ref = linprobe(fit, test, Cs=CS, max_iter=200)
         assert (r["top1"], r["top5"], r["C"]) == (ref["metrics"]["top1"], ref["metrics"]["top5"], ref["details"]["C"])
@@ -76,13 +82,13 @@ def test_the_grid_is_separate_and_its_best_cell_is_chosen_on_held_out_train(suit
     assert len(cells) == 2 * 2 * len(CS) and r["grid"]["last4_blocks"] == [0, 1, 2]
     best = max(cells, key=lambda c: c["holdout_top1"])
     assert r["grid"]["best"]["holdout_top1"] == best["holdout_top1"]
-    fit, test = (FeatureSet.load(next((out / "features").glob(f"cifar10-*.{p}.safetensors"))) for p in ("fit",
-                                                                                                      "test"))
+    fit, test = (FeatureSet.load(next((out / "features").glob(f"cifar10-*.{p}.safetensors"))) for p in ("fit", "test"))
     x = suite_mod.grid_features(fit, "mean", "last4")
     assert x.shape == (18, 4 * 32)  # final output + blocks 0, 1, 2
     cell = next(c for c in cells if (c["pool"], c["layers"], c["C"]) == ("mean", "last4", 1.0))
-    ref = logistic_probe(x, fit.labels, suite_mod.grid_features(test, "mean", "last4"), test.labels, Cs=[1.0],
-                         max_iter=200)
+    ref = logistic_probe(
+        x, fit.labels, suite_mod.grid_features(test, "mean", "last4"), test.labels, Cs=[1.0], max_iter=200
+    )
     assert (cell["top1"], cell["top5"]) == (ref["top1"], ref["top5"])
     md = (out / "suite.md").read_text()
     head = md.splitlines()[4]
@@ -98,9 +104,12 @@ def test_compare_reads_suite_json(suite, capsys):
     out, s = suite
     rows = read_results(out / "suite.json")
     assert [r["dataset"]["name"] for r in rows] == ["cifar10", "cifar100", "flowers102", "pets"]
-    assert rows[0]["metrics"] == {"top1": s["datasets"]["cifar10"]["top1"], "top5": s["datasets"]["cifar10"]["top5"],
-                                  "grid_top1": s["datasets"]["cifar10"]["grid"]["best"]["top1"],
-                                  "grid_top5": s["datasets"]["cifar10"]["grid"]["best"]["top5"]}
+    assert rows[0]["metrics"] == {
+        "top1": s["datasets"]["cifar10"]["top1"],
+        "top5": s["datasets"]["cifar10"]["top5"],
+        "grid_top1": s["datasets"]["cifar10"]["grid"]["best"]["top1"],
+        "grid_top5": s["datasets"]["cifar10"]["grid"]["best"]["top5"],
+    }
     assert main(["compare", str(out / "suite.json"), "--metrics", "top1", "grid_top1"]) == 0
     table = capsys.readouterr().out
     assert table == compare_table(rows, ["top1", "grid_top1"]) + "\n" and "| suite |" in table and "| pets |" in table
@@ -142,9 +151,30 @@ def test_a_killed_suite_resumes_without_recomputing_finished_data_sets(root, tmp
 def test_cli_with_image_folders_overrides_and_seed(tmp_path, capsys):
     tree = write_image_folder(tmp_path / "flowers12", splits=("train", "val"))
     out = tmp_path / "out"
-    argv = ["eval-suite", "--ckpt", "crate_mae_tiny", "--datasets", f"flowers12={tree}", "--test-split", "val",
-            "--out", str(out), "--seed", "3", "--workers", "0", "--probe-jobs", "1", "--Cs", "1", "--grid-Cs", "1",
-            "--max-iter", "100", *WORDS]
+    argv = [
+        "eval-suite",
+        "--ckpt",
+        "crate_mae_tiny",
+        "--datasets",
+        f"flowers12={tree}",
+        "--test-split",
+        "val",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+        "--workers",
+        "0",
+        "--probe-jobs",
+        "1",
+        "--Cs",
+        "1",
+        "--grid-Cs",
+        "1",
+        "--max-iter",
+        "100",
+        *WORDS,
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     s = json.loads((out / "suite.json").read_text())
@@ -154,8 +184,12 @@ def test_cli_with_image_folders_overrides_and_seed(tmp_path, capsys):
     row = next(line for line in printed.splitlines() if line.startswith("| flowers12 |"))
     assert f"| {r['top1']:.2f} |" in row and row.endswith("| – | – | – | – |")
     # a data set that is not there: one line, exit 1
-    assert main(["eval-suite", "--ckpt", "crate_mae_tiny", "--root", str(tmp_path), "--datasets", "pets",
-                 "--out", str(out)]) == 1
+    assert (
+        main(
+            ["eval-suite", "--ckpt", "crate_mae_tiny", "--root", str(tmp_path), "--datasets", "pets", "--out", str(out)]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data set pets: found neither torchvision's layout (oxford-iiit-pet)" in err[0]
 
@@ -170,8 +204,9 @@ def test_on_cuda_features_are_bf16_and_probe_like_fp32(root, tmp_path):
         assert g["features"]["precision"] == {"device": "cuda", "dtype": "bfloat16"}
         assert c["features"]["precision"] == {"device": "cpu", "dtype": "float32"}
         assert g["dataset"] == c["dataset"] and g["top1"] > 60
-        fg, fc = (FeatureSet.load(next((tmp_path / d / "features").glob(f"{name}-*.fit.safetensors")))
-                  for d in ("gpu", "cpu"))
+        fg, fc = (
+            FeatureSet.load(next((tmp_path / d / "features").glob(f"{name}-*.fit.safetensors"))) for d in ("gpu", "cpu")
+        )
         # bf16 autocast against fp32: 1.2-1.5 % of the norm under CPU bf16 autocast, single values off by up to 0.13
         assert (fg.cls - fc.cls).norm() / fc.cls.norm() < 0.05
 
@@ -180,16 +215,54 @@ def test_on_cuda_features_are_bf16_and_probe_like_fp32(root, tmp_path):
 def test_torchrun_shards_feature_extraction(root, tmp_path):
     """2 gloo processes share out each data set's images; rank 0 gets every row in order: same features, same
     table as one process."""
-    args = ["eval-suite", "--ckpt", "crate_mae_tiny", "--root", str(root), "--datasets", "flowers102,pets",
-            "--workers", "0", "--probe-jobs", "1", "--Cs", *map(str, CS), "--no-grid", "--max-iter", "200",
-            "--device", "cpu", *WORDS]
+    args = [
+        "eval-suite",
+        "--ckpt",
+        "crate_mae_tiny",
+        "--root",
+        str(root),
+        "--datasets",
+        "flowers102,pets",
+        "--workers",
+        "0",
+        "--probe-jobs",
+        "1",
+        "--Cs",
+        *map(str, CS),
+        "--no-grid",
+        "--max-iter",
+        "200",
+        "--device",
+        "cpu",
+        *WORDS,
+    ]
     env = repeatable_env()
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "-m", "crate_mae", *args, "--out", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            "-m",
+            "crate_mae",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "crate_mae", *args, "--out", str(tmp_path / "one")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "crate_mae", *args, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.stdout.count("| Oxford-IIIT Pets") == 1  # rank 0 alone prints the table
     a, b = (json.loads((tmp_path / d / "suite.json").read_text()) for d in ("one", "two"))
@@ -197,8 +270,10 @@ def test_torchrun_shards_feature_extraction(root, tmp_path):
         assert b["datasets"][name]["features"]["world_size"] == 2
         assert b["datasets"][name]["dataset"] == a["datasets"][name]["dataset"]  # skipped files of both ranks
         for part in ("fit", "test"):
-            fa, fb = (FeatureSet.load(next((tmp_path / d / "features").glob(f"{name}-*.{part}.safetensors")))
-                      for d in ("one", "two"))
+            fa, fb = (
+                FeatureSet.load(next((tmp_path / d / "features").glob(f"{name}-*.{part}.safetensors")))
+                for d in ("one", "two")
+            )
             assert torch.equal(fa.labels, fb.labels)
             torch.testing.assert_close(fb.cls, fa.cls, rtol=1e-4, atol=1e-5)  # two processes: not bit for bit
     assert len(b["datasets"]["flowers102"]["dataset"]["skipped_files"]["test"]) == 1

@@ -45,18 +45,22 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
     assert "pickled code ran" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("text,why", [
-    ('{"architecture": "crate_mae", "embed_dim": ', "not valid JSON \\(line 1, column"),
-    ('[1, 2]', "must hold a JSON object of model settings, not a list"),
-    ('{"architecture": "crate_mae", "embed_dim": "32"}', "embed_dim = '32' must be a int"),
-    ('{"architecture": "crate_mae", "depth": null}', "depth = None must be a int"),
-    ('{"architecture": "crate_mae", "norm_pix_loss": 1}', "norm_pix_loss = 1 must be a bool"),
-    ('{"architecture": "crate_mae", "ista_lambda": -1.0}', "ista_lambda must be >= 0"),
-    ('{"architecture": "nope"}', "unknown architecture 'nope'"),
-])
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ('{"architecture": "crate_mae", "embed_dim": ', "not valid JSON \\(line 1, column"),
+        ("[1, 2]", "must hold a JSON object of model settings, not a list"),
+        ('{"architecture": "crate_mae", "embed_dim": "32"}', "embed_dim = '32' must be a int"),
+        ('{"architecture": "crate_mae", "depth": null}', "depth = None must be a int"),
+        ('{"architecture": "crate_mae", "norm_pix_loss": 1}', "norm_pix_loss = 1 must be a bool"),
+        ('{"architecture": "crate_mae", "ista_lambda": -1.0}', "ista_lambda must be >= 0"),
+        ('{"architecture": "nope"}', "unknown architecture 'nope'"),
+    ],
+)
 def test_bad_config_json_is_one_line_naming_the_file(tmp_path, text, why):
-    model = crate_mae.create_model("crate_mae_tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4,
-                                   decoder_depth=1)
+    model = crate_mae.create_model(
+        "crate_mae_tiny", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4, decoder_depth=1
+    )
     crate_mae.save_pretrained(model, tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(text)
     with pytest.raises(CheckpointError, match=why) as e:

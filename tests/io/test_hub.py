@@ -81,8 +81,11 @@ def test_load_checkpoint_and_load_encoder_accept_hub_ids(model, tmp_path: Path, 
 
 
 def test_not_cached_explains_and_never_downloads_unless_asked(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match=r"hf-hub:org/absent is not in the local Hugging Face cache .*"
-                                                r"download=True.*hf download org/absent"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"hf-hub:org/absent is not in the local Hugging Face cache .*"
+        r"download=True.*hf download org/absent",
+    ):
         crate_mae.from_pretrained("hf-hub:org/absent", cache_dir=tmp_path)
     # Asked to download while HF_HUB_OFFLINE=1: refused by huggingface_hub, explained, still no socket opened.
     with pytest.raises(FileNotFoundError, match="could not be downloaded .HF_HUB_OFFLINE is set"):
@@ -173,9 +176,9 @@ def test_missing_extra_is_one_clear_line(model, tmp_path: Path, monkeypatch, cap
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ImportError, match=r"pip install 'crate-mae\[hub\]'"):
         crate_mae.from_pretrained("hf-hub:org/tiny")
-    with pytest.raises(RuntimeError, match=r"crate-mae\[hub\]"):   # the command line prints it as one line
+    with pytest.raises(RuntimeError, match=r"crate-mae\[hub\]"):  # the command line prints it as one line
         push_to_hub(model, "org/tiny")
-    save_for_hub(model, tmp_path / "ready")                   # writing an upload folder needs no extra
+    save_for_hub(model, tmp_path / "ready")  # writing an upload folder needs no extra
     assert (tmp_path / "ready" / CARD_NAME).is_file()
     assert main(["info", "hf-hub:org/tiny"]) == 1
     err = capsys.readouterr().err.strip()
@@ -185,8 +188,22 @@ def test_missing_extra_is_one_clear_line(model, tmp_path: Path, monkeypatch, cap
 def test_convert_writes_a_ready_to_upload_folder(tmp_path: Path, capsys):
     src = official_state_dict_path("crate_mae_micro")
     out = tmp_path / "upload"
-    assert main(["convert", str(src), str(out), "num_heads=4", "--model-card", "--repo-id", "me/crate-mae-micro",
-                 "--data", "nothing (a test fixture)"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(src),
+                str(out),
+                "num_heads=4",
+                "--model-card",
+                "--repo-id",
+                "me/crate-mae-micro",
+                "--data",
+                "nothing (a test fixture)",
+            ]
+        )
+        == 0
+    )
     assert "README.md" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     card = (out / CARD_NAME).read_text()
@@ -202,7 +219,6 @@ def test_convert_writes_a_ready_to_upload_folder(tmp_path: Path, capsys):
     assert main(["convert", str(src), str(tmp_path / "plain"), "num_heads=4"]) == 0
     assert not (tmp_path / "plain" / CARD_NAME).exists()
     vit = official_state_dict_path("vit_mae_micro")
-    assert main(["convert", str(vit), str(tmp_path / "vit"), "num_heads=4", "decoder_num_heads=4",
-                 "--model-card"]) == 0
+    assert main(["convert", str(vit), str(tmp_path / "vit"), "num_heads=4", "decoder_num_heads=4", "--model-card"]) == 0
     card = (tmp_path / "vit" / CARD_NAME).read_text()
     assert "license: cc-by-nc-4.0" in card and "facebookresearch/mae" in card and "he2022masked" in card

@@ -26,12 +26,29 @@ def test_load_encoder_from_crate_mae_and_vit(tmp_path, tiny_model_kwargs):
     with torch.no_grad():
         assert torch.equal(again(imgs), clf(imgs))
     # create_model(pretrained=...) puts a CRATE-MAE encoder under a fresh head
-    fresh = crate_mae.create_model("crate_tiny", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
-                                   num_classes=4, pretrained=str(tmp_path / "m"))
+    fresh = crate_mae.create_model(
+        "crate_tiny",
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        num_classes=4,
+        pretrained=str(tmp_path / "m"),
+    )
     with torch.no_grad():
         assert torch.equal(fresh.forward_features(imgs), model.forward_features(imgs))
-    vit = crate_mae.create_model("vit_mae_base", img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4,
-                                 decoder_embed_dim=32, decoder_num_heads=4, decoder_depth=1)
+    vit = crate_mae.create_model(
+        "vit_mae_base",
+        img_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=1,
+        num_heads=4,
+        decoder_embed_dim=32,
+        decoder_num_heads=4,
+        decoder_depth=1,
+    )
     vclf = crate_mae.load_encoder(vit, num_classes=3)
     with torch.no_grad():
         assert torch.allclose(vclf.forward_features(imgs), vit.forward_features(imgs), atol=1e-6)
@@ -40,8 +57,17 @@ def test_load_encoder_from_crate_mae_and_vit(tmp_path, tiny_model_kwargs):
 
 def test_vit_classifier_roundtrip(tmp_path):
     """A fine-tuned ViT-MAE encoder (timm VisionTransformer) is saved and read back in our format."""
-    vit = crate_mae.create_model("vit_mae_base", img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4,
-                                 decoder_embed_dim=32, decoder_num_heads=4, decoder_depth=1)
+    vit = crate_mae.create_model(
+        "vit_mae_base",
+        img_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=1,
+        num_heads=4,
+        decoder_embed_dim=32,
+        decoder_num_heads=4,
+        decoder_depth=1,
+    )
     clf = crate_mae.load_encoder(vit, num_classes=3, global_pool="avg")
     crate_mae.save_pretrained(clf, tmp_path / "vit")
     again = crate_mae.load_checkpoint(tmp_path / "vit")
@@ -65,10 +91,12 @@ def test_every_entry_point_goes_through_load_checkpoint(tmp_path, monkeypatch, t
     encoder_kw = {k: v for k, v in tiny_model_kwargs.items() if k != "decoder_depth"}
     entry_points = {
         "from_pretrained": lambda: crate_mae.from_pretrained(tmp_path / "m"),
-        "create_model(pretrained=)": lambda: crate_mae.create_model("crate_tiny", **encoder_kw, num_classes=3,
-                                                                    pretrained=tmp_path / "m"),
-        "load_weights_into": lambda: load_weights_into(crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs),
-                                                       tmp_path / "m"),
+        "create_model(pretrained=)": lambda: crate_mae.create_model(
+            "crate_tiny", **encoder_kw, num_classes=3, pretrained=tmp_path / "m"
+        ),
+        "load_weights_into": lambda: load_weights_into(
+            crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs), tmp_path / "m"
+        ),
         "load_encoder": lambda: crate_mae.load_encoder(tmp_path / "m", num_classes=3),
         "load_model": lambda: load_model(tmp_path / "m"),
     }

@@ -23,16 +23,23 @@ def _to_official(model):
     sd = model.state_dict()
     out = {}
     for k, v in sd.items():
-        k2 = (k.replace("encoder.blocks.", "blocks.").replace("decoder.blocks.", "decoder_blocks.")
-              .replace(".norm1.", ".layers.0.0.norm.").replace(".ista.dictionary", ".layers.0.1.fn.weight"))
+        k2 = (
+            k.replace("encoder.blocks.", "blocks.")
+            .replace("decoder.blocks.", "decoder_blocks.")
+            .replace(".norm1.", ".layers.0.0.norm.")
+            .replace(".ista.dictionary", ".layers.0.1.fn.weight")
+        )
         if k2.startswith("blocks."):
             k2 = k2.replace(".attn.qkv.", ".layers.0.0.fn.qkv.").replace(".attn.proj.", ".layers.0.0.fn.to_out.0.")
             k2 = k2.replace(".norm2.", ".layers.0.1.norm.")
         elif k2.startswith("decoder_blocks."):
             k2 = k2.replace(".linear.weight", ".layers.0.0.fn.weight").replace(".norm2.", ".layers.0.1.norm.")
             k2 = k2.replace(".attn.qkv.", ".layers.0.1.fn.qkv.").replace(".attn.proj.", ".layers.0.1.fn.to_out.0.")
-        k2 = {"encoder.cls_token": "cls_token", "decoder.norm.weight": "decoder_norm.weight",
-              "decoder.norm.bias": "decoder_norm.bias"}.get(k2, k2)
+        k2 = {
+            "encoder.cls_token": "cls_token",
+            "decoder.norm.weight": "decoder_norm.weight",
+            "decoder.norm.bias": "decoder_norm.bias",
+        }.get(k2, k2)
         k2 = k2.replace("encoder.patch_embed", "patch_embed").replace("encoder.norm", "norm")
         out[k2] = v
     d = model.encoder.embed_dim
@@ -102,15 +109,21 @@ def test_mismatched_and_truncated_checkpoints_are_named(tmp_path):
 
 
 def test_convert_official_crate_keeps_unknown_keys_visible():
-    out = convert_official_crate({"blocks.0.layers.0.0.fn.qkv.weight": torch.zeros(1), "weird.key": torch.zeros(1),
-                                  "decoder_embed.weight": torch.zeros(1)})
+    out = convert_official_crate(
+        {
+            "blocks.0.layers.0.0.fn.qkv.weight": torch.zeros(1),
+            "weird.key": torch.zeros(1),
+            "decoder_embed.weight": torch.zeros(1),
+        }
+    )
     assert "encoder.blocks.0.attn.qkv.weight" in out and "<unrecognised>weird.key" in out
     assert not any("decoder_embed" in k for k in out)
 
 
 def test_vit_mae_with_and_without_decoder(tmp_path):
-    vit = crate_mae.create_model("vit_mae_base", img_size=32, patch_size=8, embed_dim=768, depth=1, num_heads=12,
-                                 decoder_depth=1)
+    vit = crate_mae.create_model(
+        "vit_mae_base", img_size=32, patch_size=8, embed_dim=768, depth=1, num_heads=12, decoder_depth=1
+    )
     sd = dict(vit.state_dict())
     sd["pos_embed"] = vit.pos_embed.table
     loaded = crate_mae.load_checkpoint(sd)  # heads from the preset for width 768 / decoder width 512

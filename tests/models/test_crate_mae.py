@@ -62,7 +62,7 @@ def test_masked_patches_only_see_the_mask_token(model):
     masked_idx = int(mask[0].nonzero()[0])
     r, c = divmod(masked_idx, 4)
     imgs2 = imgs.clone()
-    imgs2[..., r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 5.0
+    imgs2[..., r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] += 5.0
     a, b = model(imgs, noise=noise), model(imgs2, noise=noise)
     assert torch.allclose(a.latent, b.latent) and torch.allclose(a.pred, b.pred)
 
@@ -181,7 +181,7 @@ def test_both_masking_frames(name, tiny_model_kwargs):
     mask, _, _ = random_masking(2, 16, 0.75, noise)
     imgs2 = imgs.clone()
     r, c = divmod(int(mask[0].nonzero()[0]), 4)
-    imgs2[0, :, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 5.0
+    imgs2[0, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] += 5.0
     for in_encoder in (True, False):
         model = crate_mae.create_model(name, **kw, mask_tokens_in_encoder=in_encoder)
         out = model(imgs, noise=noise)
@@ -202,8 +202,9 @@ def test_frame_round_trip_and_override(tmp_path, tiny_model_kwargs):
     assert crate_mae.load_checkpoint(tmp_path / "m", mask_tokens_in_encoder=True).mask_tokens_in_encoder is True
     imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
     with torch.no_grad():
-        torch.testing.assert_close(crate_mae.load_checkpoint(tmp_path / "m")(imgs, noise=noise).pred,
-                                   model(imgs, noise=noise).pred)
+        torch.testing.assert_close(
+            crate_mae.load_checkpoint(tmp_path / "m")(imgs, noise=noise).pred, model(imgs, noise=noise).pred
+        )
 
 
 def test_visible_only_intermediates_match_forward(tiny_model_kwargs):
@@ -217,8 +218,10 @@ def test_visible_only_intermediates_match_forward(tiny_model_kwargs):
 
 
 def test_paper_vit_mae_has_no_dead_layers():
-    model = crate_mae.create_model("vit_mae_base_paper", **{**tiny_kwargs("vit_mae_base_paper"), "depth": 1,
-                                                            "decoder_depth": 1, "decoder_num_heads": 4})
+    model = crate_mae.create_model(
+        "vit_mae_base_paper",
+        **{**tiny_kwargs("vit_mae_base_paper"), "depth": 1, "decoder_depth": 1, "decoder_num_heads": 4},
+    )
     names = [k for k, _ in model.named_parameters()]
     assert not any(k.startswith("decoder_embed") for k in names)
     assert not any(k.endswith("qkv.bias") for k in names)

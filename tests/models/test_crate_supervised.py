@@ -74,8 +74,9 @@ def test_heads_come_from_the_preset_of_the_width_or_must_be_given():
 
 def test_shapes_are_read_off_the_state_dict():
     sd = load_file(str(official_fixture("crate_micro")[0]))
-    assert kwargs_from_official(sd) == dict(embed_dim=64, in_chans=3, patch_size=4, depth=3, num_classes=10,
-                                            img_size=32)
+    assert kwargs_from_official(sd) == dict(
+        embed_dim=64, in_chans=3, patch_size=4, depth=3, num_classes=10, img_size=32
+    )
     # a one-channel model: the patch dimension p*p*C is ambiguous without in_chans
     gray = to_official(SupervisedCrate(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=4))
     with pytest.raises(CheckpointError, match="patch dimension 16 is not p\\*p\\*3"):

@@ -17,8 +17,11 @@ def dino_interpolate_pos_encoding(pos_embed, h, w):
     n = pos_embed.shape[1] - 1
     dim = pos_embed.shape[-1]
     h0, w0 = h + 0.1, w + 0.1
-    patch = F.interpolate(pos_embed[:, 1:].reshape(1, int(math.sqrt(n)), int(math.sqrt(n)), dim).permute(0, 3, 1, 2),
-                          scale_factor=(h0 / math.sqrt(n), w0 / math.sqrt(n)), mode="bicubic")
+    patch = F.interpolate(
+        pos_embed[:, 1:].reshape(1, int(math.sqrt(n)), int(math.sqrt(n)), dim).permute(0, 3, 1, 2),
+        scale_factor=(h0 / math.sqrt(n), w0 / math.sqrt(n)),
+        mode="bicubic",
+    )
     patch = patch.permute(0, 2, 3, 1).view(1, -1, dim)
     return torch.cat((pos_embed[:, 0].unsqueeze(0), patch), dim=1)
 

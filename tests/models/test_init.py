@@ -46,21 +46,39 @@ def fresh_like(name: str):
     path, _, meta = official_fixture(name)
     official = load_file(str(path))
     if name == "crate_micro":  # supervised CRATE: default PyTorch inits, N(0, 1) tokens and position table
-        model = crate_mae.create_model("crate_supervised_tiny", img_size=meta["img_size"],
-                                       patch_size=meta["patch_size"], embed_dim=meta["embed_dim"], depth=meta["depth"],
-                                       num_heads=meta["num_heads"], num_classes=meta["num_classes"])
+        model = crate_mae.create_model(
+            "crate_supervised_tiny",
+            img_size=meta["img_size"],
+            patch_size=meta["patch_size"],
+            embed_dim=meta["embed_dim"],
+            depth=meta["depth"],
+            num_heads=meta["num_heads"],
+            num_classes=meta["num_classes"],
+        )
         return model, convert_official_supervised_crate(official)
-    common = dict(img_size=meta["img_size"], patch_size=meta["patch_size"], embed_dim=meta["embed_dim"],
-                  depth=meta["depth"], num_heads=meta["num_heads"], decoder_depth=meta["decoder_depth"])
+    common = dict(
+        img_size=meta["img_size"],
+        patch_size=meta["patch_size"],
+        embed_dim=meta["embed_dim"],
+        depth=meta["depth"],
+        num_heads=meta["num_heads"],
+        decoder_depth=meta["decoder_depth"],
+    )
     if name == "crate_mae_micro":
         model = crate_mae.create_model("crate_mae_tiny", **common)
         return model, convert_official_crate(official)
-    kw = dict(decoder_embed_dim=meta["decoder_embed_dim"], decoder_num_heads=meta["decoder_num_heads"],
-              qkv_bias=meta["qkv_bias"], mlp_ratio=meta["mlp_ratio"])
-    model = crate_mae.create_model("vit_mae_base_paper" if meta.get("mask_tokens_in_encoder") else "vit_mae_base",
-                                   **common, **kw)
-    unused = ("pos_embed", "decoder_pos_embed") + (("decoder_embed.weight", "decoder_embed.bias")
-                                                   if model.mask_tokens_in_encoder else ())
+    kw = dict(
+        decoder_embed_dim=meta["decoder_embed_dim"],
+        decoder_num_heads=meta["decoder_num_heads"],
+        qkv_bias=meta["qkv_bias"],
+        mlp_ratio=meta["mlp_ratio"],
+    )
+    model = crate_mae.create_model(
+        "vit_mae_base_paper" if meta.get("mask_tokens_in_encoder") else "vit_mae_base", **common, **kw
+    )
+    unused = ("pos_embed", "decoder_pos_embed") + (
+        ("decoder_embed.weight", "decoder_embed.bias") if model.mask_tokens_in_encoder else ()
+    )
     return model, {k: v for k, v in official.items() if k not in unused}
 
 

@@ -21,10 +21,12 @@ def _mae_table(d, h, w):
     """facebookresearch/mae's construction, written independently: meshgrid(w, h) so that the FIRST half of the
     channels is driven by the column index, the second by the row index; omega = 1 / 10000^(i / (d/4))."""
     gw, gh = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))  # 'xy' indexing
+
     def one(pos):
         omega = 1.0 / 10000 ** (np.arange(d // 4, dtype=np.float64) / (d / 4.0))
         out = np.outer(pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
     table = np.concatenate([one(gw), one(gh)], axis=1)
     return np.concatenate([np.zeros([1, d]), table], axis=0)
 
@@ -82,8 +84,9 @@ def test_step_matrix_gradient_is_the_gradient_of_its_formula():
     assert torch.autograd.gradgradcheck(lambda d: StepMatrix.apply(d, 0.3), (D,))
 
 
-@pytest.mark.parametrize("tokens,backward,one", [(2, True, False), (6, True, True), (40, True, True),
-                                                 (6, False, False), (9, False, True)])
+@pytest.mark.parametrize(
+    "tokens,backward,one", [(2, True, False), (6, True, True), (40, True, True), (6, False, False), (9, False, True)]
+)
 def test_ista_either_product_order_equals_the_official_three_products(tokens, backward, one):
     """Both forms of ISTA (one product with M, or the official three, chosen by size) give the official outputs
     and gradients for x and D in float64."""

@@ -62,8 +62,9 @@ def test_a_config_builds_the_model_the_keywords_build(cls, config_class, kw):
 def test_to_dict_and_from_dict_round_trip(cls, config_class, kw):
     config = config_class(**kw)
     d = config.to_dict()
-    assert d["architecture"] == config_class.architecture and list(d)[1:] == [f.name for f in
-                                                                                dataclasses.fields(config)]
+    assert d["architecture"] == config_class.architecture and list(d)[1:] == [
+        f.name for f in dataclasses.fields(config)
+    ]
     assert json.loads(json.dumps(d)) == d
     assert config_class.from_dict(d) == config
     assert config_class.from_dict({**d, "run": "ignored"}) == config
@@ -94,8 +95,9 @@ def test_encoder_configs_derive_from_the_autoencoder_config():
     assert (enc.embed_dim, enc.depth, enc.ista_lambda, enc.pos_embed_mode) == (32, 2, 0.3, "sincos")
     assert (enc.num_classes, enc.global_pool, enc.drop_path_rate) == (5, "token", 0.2)
     assert CrateMAE(mae).encoder.config == CrateEncoderConfig.from_mae(mae)
-    vit = ViTConfig.from_mae(ViTMAEConfig(**TINY, qkv_bias=False, decoder_embed_dim=32, decoder_num_heads=4),
-                             num_classes=2)
+    vit = ViTConfig.from_mae(
+        ViTMAEConfig(**TINY, qkv_bias=False, decoder_embed_dim=32, decoder_num_heads=4), num_classes=2
+    )
     assert (vit.embed_dim, vit.qkv_bias, vit.num_classes) == (32, False, 2)
     assert isinstance(vit_classifier(vit), MAEViTClassifier) and vit_classifier(**TINY).config == ViTConfig(**TINY)
 
@@ -136,11 +138,24 @@ def test_changes_after_construction_replace_the_config():
 
 def test_a_config_json_of_earlier_releases_loads_and_is_written_back_the_same(tmp_path):
     """The keys and values save_pretrained wrote before configs were dataclasses (crate-mae 0.1.0)."""
-    old = {"architecture": "crate_supervised", "classes": ["a", "b", "c"], "crate_mae_version": crate_mae.__version__,
-           "data": {"img_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, "depth": 1,
-           "drop_path_rate": 0.0, "embed_dim": 32, "global_pool": "token", "img_size": 32, "in_chans": 3,
-           "ista_lambda": 0.1, "ista_step_size": 0.1, "model": "crate_supervised_tiny", "num_classes": 3,
-           "num_heads": 4, "patch_size": 8}
+    old = {
+        "architecture": "crate_supervised",
+        "classes": ["a", "b", "c"],
+        "crate_mae_version": crate_mae.__version__,
+        "data": {"img_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "depth": 1,
+        "drop_path_rate": 0.0,
+        "embed_dim": 32,
+        "global_pool": "token",
+        "img_size": 32,
+        "in_chans": 3,
+        "ista_lambda": 0.1,
+        "ista_step_size": 0.1,
+        "model": "crate_supervised_tiny",
+        "num_classes": 3,
+        "num_heads": 4,
+        "patch_size": 8,
+    }
     model = build_from_config(old, where="old config.json")
     assert isinstance(model, SupervisedCrate) and model.model_name == "crate_supervised_tiny"
     assert model.provenance == {"classes": ["a", "b", "c"]} and model.data_config == old["data"]
@@ -174,8 +189,9 @@ def _check_contract(model: nn.Module, name: str) -> None:
     assert isinstance(model, Capabilities) and model.model_name == name
     assert isinstance(model.config, type(model).config_class) and model.data_config == {} and model.provenance == {}
     assert isinstance(model.has_decoder, bool) and isinstance(model.white_box, bool)
-    assert isinstance(model.no_weight_decay(), set) and "cls_token" in {k.split(".")[-1]
-                                                                          for k in model.no_weight_decay()}
+    assert isinstance(model.no_weight_decay(), set) and "cls_token" in {
+        k.split(".")[-1] for k in model.no_weight_decay()
+    }
     assert model.num_params("trainable") == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert len(model.encoder_blocks()) == model.config.depth
     model.set_grad_checkpointing(True)

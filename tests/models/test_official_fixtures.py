@@ -18,8 +18,15 @@ def test_transcription_of_the_official_code_reproduces_the_fixture():
     """models/official.py, the baseline of every speed ratio, takes the official state dict as is and computes what
     the official code computed (same mask, floats within TOL on any CPU)."""
     path, io, meta = official_fixture("crate_mae_micro")
-    model = OfficialCrateMAE(meta["img_size"], meta["patch_size"], meta["in_chans"], meta["embed_dim"], meta["depth"],
-                             meta["num_heads"], meta["decoder_depth"])
+    model = OfficialCrateMAE(
+        meta["img_size"],
+        meta["patch_size"],
+        meta["in_chans"],
+        meta["embed_dim"],
+        meta["depth"],
+        meta["num_heads"],
+        meta["decoder_depth"],
+    )
     model.load_state_dict(load_file(str(path)))
     assert sum(p.numel() for p in model.parameters()) == meta["n_parameters"]
     with torch.no_grad():
@@ -56,8 +63,12 @@ def test_crate_mae_micro_train_mode_is_the_same_model():
 
 def test_vit_mae_micro_reproduces_official_outputs():
     path, io, meta = official_fixture("vit_mae_micro")
-    model = crate_mae.load_checkpoint(path, num_heads=meta["num_heads"], decoder_num_heads=meta["decoder_num_heads"],
-                                      norm_pix_loss=meta["norm_pix_loss"])
+    model = crate_mae.load_checkpoint(
+        path,
+        num_heads=meta["num_heads"],
+        decoder_num_heads=meta["decoder_num_heads"],
+        norm_pix_loss=meta["norm_pix_loss"],
+    )
     assert model.num_params("official") == meta["n_parameters"]
     with torch.no_grad():
         out = model(io["imgs"], mask_ratio=meta["mask_ratio"], noise=io["noise"])
@@ -70,8 +81,9 @@ def test_vit_mae_micro_reproduces_official_outputs():
 def test_paper_vit_mae_micro_reproduces_official_outputs():
     """The CRATE repo's ViT-MAE baseline: the same key names as facebookresearch/mae, the other frame."""
     path, io, meta = official_fixture("paper_vit_mae_micro")
-    model = crate_mae.load_checkpoint(path, mask_tokens_in_encoder=True, num_heads=meta["num_heads"],
-                                      decoder_num_heads=meta["decoder_num_heads"])
+    model = crate_mae.load_checkpoint(
+        path, mask_tokens_in_encoder=True, num_heads=meta["num_heads"], decoder_num_heads=meta["decoder_num_heads"]
+    )
     assert model.mask_tokens_in_encoder and not model.config.qkv_bias
     assert model.num_params("official") == meta["n_parameters"]
     with torch.no_grad():
@@ -100,13 +112,18 @@ def test_to_official_inverts_the_conversion():
     official = load_file(str(path))
     back = to_official(crate_mae.load_checkpoint(path, num_heads=4))
     assert sorted(back) == sorted(official)
-    assert all(torch.equal(back[k], official[k]) for k in official if k not in
-               ("pos_embed", "decoder_pos_embed", "decoder_embed.weight"))  # tables equal to 1 ulp; dead layer zeroed
+    assert all(
+        torch.equal(back[k], official[k])
+        for k in official
+        if k not in ("pos_embed", "decoder_pos_embed", "decoder_embed.weight")
+    )  # tables equal to 1 ulp; dead layer zeroed
 
 
 def test_fixture_roundtrip_through_our_format(tmp_path):
-    for name, kw in [("crate_mae_micro", dict(num_heads=4)),
-                     ("paper_vit_mae_micro", dict(num_heads=4, decoder_num_heads=4, mask_tokens_in_encoder=True))]:
+    for name, kw in [
+        ("crate_mae_micro", dict(num_heads=4)),
+        ("paper_vit_mae_micro", dict(num_heads=4, decoder_num_heads=4, mask_tokens_in_encoder=True)),
+    ]:
         path, io, meta = official_fixture(name)
         crate_mae.save_pretrained(crate_mae.load_checkpoint(path, **kw), tmp_path / name)
         model = crate_mae.from_pretrained(tmp_path / name)

@@ -29,17 +29,26 @@ def test_every_model_forwards_and_backwards(name):
     assert model.model_name == name
 
 
-@pytest.mark.parametrize("name,official_m", [("crate_mae_tiny", 11.56), ("crate_mae_small", 25.41),
-                                             ("crate_mae_base", 44.64), ("crate_mae_large", 154.27),
-                                             ("vit_mae_base_paper", 143.79), ("vit_mae_base", 111.91)])
+@pytest.mark.parametrize(
+    "name,official_m",
+    [
+        ("crate_mae_tiny", 11.56),
+        ("crate_mae_small", 25.41),
+        ("crate_mae_base", 44.64),
+        ("crate_mae_large", 154.27),
+        ("vit_mae_base_paper", 143.79),
+        ("vit_mae_base", 111.91),
+    ],
+)
 def test_official_parameter_counts(name, official_m):
     model = crate_mae.create_model(name)
     assert round(model.num_params("official") / 1e6, 2) == official_m
     assert model.num_params("trainable") < model.num_params("official")
 
 
-@pytest.mark.parametrize("size,count", [("tiny", 6_090_856), ("small", 13_116_328), ("base", 22_796_008),
-                                        ("large", 77_641_192)])
+@pytest.mark.parametrize(
+    "size,count", [("tiny", 6_090_856), ("small", 13_116_328), ("base", 22_796_008), ("large", 77_641_192)]
+)
 def test_supervised_crate_has_the_official_parameter_counts(size, count):
     """model/crate.py CRATE_tiny/small/base/large with 1000 classes, as the official code counts them (every tensor
     trains, the learned position table included)."""
@@ -51,14 +60,19 @@ def test_supervised_crate_has_the_official_parameter_counts(size, count):
 
 
 def test_crate_mae_base_is_about_31_percent_of_paper_vit_mae_base():
-    ratio = (crate_mae.create_model("crate_mae_base").num_params("official")
-             / crate_mae.create_model("vit_mae_base_paper").num_params("official"))
+    ratio = crate_mae.create_model("crate_mae_base").num_params("official") / crate_mae.create_model(
+        "vit_mae_base_paper"
+    ).num_params("official")
     assert 0.30 < ratio < 0.32
 
 
 def test_presets():
-    for size, (d, h, depth) in {"tiny": (384, 6, 12), "small": (576, 12, 12), "base": (768, 12, 12),
-                                "large": (1024, 16, 24)}.items():
+    for size, (d, h, depth) in {
+        "tiny": (384, 6, 12),
+        "small": (576, 12, 12),
+        "base": (768, 12, 12),
+        "large": (1024, 16, 24),
+    }.items():
         cfg = model_defaults(f"crate_mae_{size}")
         assert (cfg["embed_dim"], cfg["num_heads"], cfg["depth"], cfg["decoder_depth"]) == (d, h, depth, depth)
         assert (cfg["patch_size"], cfg["img_size"]) == (16, 224)
@@ -73,8 +87,12 @@ def test_unknown_model_and_bad_kwarg():
 
 def test_classes():
     assert isinstance(crate_mae.create_model("crate_mae_tiny", **TINY_ENCODER, decoder_depth=1), CrateMAE)
-    assert isinstance(crate_mae.create_model("vit_mae_base", **TINY_ENCODER, decoder_embed_dim=16, decoder_num_heads=2,
-                                             decoder_depth=1), ViTMAE)
+    assert isinstance(
+        crate_mae.create_model(
+            "vit_mae_base", **TINY_ENCODER, decoder_embed_dim=16, decoder_num_heads=2, decoder_depth=1
+        ),
+        ViTMAE,
+    )
 
 
 def test_one_registry_holds_presets_and_architectures():

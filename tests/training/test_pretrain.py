@@ -21,8 +21,13 @@ SCRIPT = Path(__file__).parents[1] / "_pretrain_tensors.py"
 
 
 def run(out: Path, *overrides: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, str(SCRIPT), f"run.output_dir={out}", *overrides],
-                       env=repeatable_env(**(env or {})), capture_output=True, text=True, timeout=240)
+    p = subprocess.run(
+        [sys.executable, str(SCRIPT), f"run.output_dir={out}", *overrides],
+        env=repeatable_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -69,8 +74,12 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     run(ref, "run.ckpt_every_steps=1")
     out = tmp_path / "killed"
     kill_after = random.Random(20).randint(2, 9)  # optimizer steps (of 12); seeded so a failure reproduces
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), f"run.output_dir={out}", "run.ckpt_every_steps=1"],
-                            env=repeatable_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), f"run.output_dir={out}", "run.ckpt_every_steps=1"],
+        env=repeatable_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         latest = find_latest_run_state(out)
@@ -142,8 +151,17 @@ def test_torchrun_two_processes_match_one_process_with_double_batch(tmp_path):
     one = tmp_path / "one"
     run(one, "optim.batch_size=8", "optim.epochs=1")
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(SCRIPT), f"run.output_dir={two}", "optim.batch_size=4", "optim.epochs=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(SCRIPT),
+        f"run.output_dir={two}",
+        "optim.batch_size=4",
+        "optim.epochs=1",
+    ]
     p = subprocess.run(cmd, env=repeatable_env(), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout + p.stderr
     s0, s1, s = summary(two, 0), summary(two, 1), summary(one)
@@ -170,9 +188,19 @@ def test_a_cached_image_folder_trains_and_resumes_as_the_files_do(tmp_path, monk
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+
         def train(name: str, *overrides: str) -> dict:
-            return pretrain(config(["data.demo=false", f"data.path={tmp_path / 'data'}",
-                                    f"run.output_dir={tmp_path / name}", *overrides]), device="cpu")
+            return pretrain(
+                config(
+                    [
+                        "data.demo=false",
+                        f"data.path={tmp_path / 'data'}",
+                        f"run.output_dir={tmp_path / name}",
+                        *overrides,
+                    ]
+                ),
+                device="cpu",
+            )
 
         files = train("files", "data.cache=false")
         cached = train("cached", "data.cache=true")

@@ -23,10 +23,16 @@ def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   OSError(errno.EDQUOT, "Disk quota exceeded"),
-                                   RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
-                                                "message: \"No space left on device\" })")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        RuntimeError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        ),
+    ],
+)
 def test_a_full_disk_is_named_with_the_path_and_the_old_file_survives(tmp_path, error):
     target = tmp_path / "x.bin"
     target.write_text("old")

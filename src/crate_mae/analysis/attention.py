@@ -36,7 +36,7 @@ def crop_to_patch_multiple(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     if h == 0 or w == 0:
         raise ValueError(f"image {H}x{W} is smaller than the patch size {patch_size}")
     top, left = (H - h) // 2, (W - w) // 2
-    return imgs[..., top:top + h, left:left + w]
+    return imgs[..., top : top + h, left : left + w]
 
 
 @torch.no_grad()
@@ -82,8 +82,9 @@ class SegmentationViews:
 
 
 @torch.no_grad()
-def segmentation_views(model: nn.Module, imgs: torch.Tensor, layer: int = -1, threshold: float = 0.6
-                       ) -> SegmentationViews:
+def segmentation_views(
+    model: nn.Module, imgs: torch.Tensor, layer: int = -1, threshold: float = 0.6
+) -> SegmentationViews:
     """The emergent-segmentation views of layer ``layer`` (default the last) for any model with ``attention_maps``."""
     attn = cls_attention(model, imgs, layer)
     return views_from_attention(attn, threshold)
@@ -122,8 +123,14 @@ def _layer_number(model: nn.Module, layer: int) -> tuple[int, int]:
     return layer % n_layers + 1, n_layers
 
 
-def plot_attention(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: int = -1,
-                   threshold: float = 0.6, max_heads: int | None = None):
+def plot_attention(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    norm: Normalization,
+    layer: int = -1,
+    threshold: float = 0.6,
+    max_heads: int | None = None,
+):
     """Two rows per image: the photo, each head's map (nearest-upsampled, per-head colour scale) and the mean over
     heads; the photo, each head's mass-threshold mask as contours over the photo and the union of all heads'
     masks (the emergent segmentation)."""
@@ -161,15 +168,18 @@ def plot_attention(model: nn.Module, imgs: torch.Tensor, norm: Normalization, la
         if i == 0:
             ax.set_title("mean of heads", fontsize=7)
             axes[1][heads + 1].set_title(f"union of {views.attn.shape[1]} heads", fontsize=7)
-    fig.suptitle(f"encoder layer {layer_no}/{n_layers}: cls-token attention per head (nearest-upsampled), "
-                 f"DINO masks keeping {threshold:.0%} of the attention mass, and their union over heads",
-                 fontsize=9)
+    fig.suptitle(
+        f"encoder layer {layer_no}/{n_layers}: cls-token attention per head (nearest-upsampled), "
+        f"DINO masks keeping {threshold:.0%} of the attention mass, and their union over heads",
+        fontsize=9,
+    )
     fig.subplots_adjust(wspace=0.04, hspace=0.08, top=0.94)  # tight_layout is slow on big grids
     return fig
 
 
-def plot_segmentation(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: int = -1,
-                      threshold: float = 0.6):
+def plot_segmentation(
+    model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: int = -1, threshold: float = 0.6
+):
     """One row per image: photo | union of the heads' masks over the photo | the union coloured by the head that
     claims each patch (largest max-normalised attention among the heads whose mask holds it)."""
     plt = pyplot()
@@ -200,17 +210,28 @@ def plot_segmentation(model: nn.Module, imgs: torch.Tensor, norm: Normalization,
         axes[i][1].set_xlabel(f"{kept:.0%} of patches", fontsize=7)
     for j, title in enumerate(("photo", "union of the heads' masks", f"which head (of {K}) claims each patch")):
         axes[0][j].set_title(title, fontsize=8)
-    fig.suptitle(f"emergent segmentation, encoder layer {layer_no}/{n_layers}: per-head cls attention thresholded "
-                 f"at {threshold:.0%} of its mass (DINO), union over heads", fontsize=8)
+    fig.suptitle(
+        f"emergent segmentation, encoder layer {layer_no}/{n_layers}: per-head cls attention thresholded "
+        f"at {threshold:.0%} of its mass (DINO), union over heads",
+        fontsize=8,
+    )
     fig.subplots_adjust(wspace=0.04, hspace=0.12, top=1 - 0.7 / (2.4 * n + 0.5))  # title just above the grid
     return fig
 
 
-def save_segmentation(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path, layer: int = -1,
-                      threshold: float = 0.6) -> Path:
+def save_segmentation(
+    model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path, layer: int = -1, threshold: float = 0.6
+) -> Path:
     return save_figure(plot_segmentation(model, imgs, norm, layer, threshold), path)
 
 
-def save_attention(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path, layer: int = -1,
-                   threshold: float = 0.6, max_heads: int | None = None) -> Path:
+def save_attention(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    norm: Normalization,
+    path: str | Path,
+    layer: int = -1,
+    threshold: float = 0.6,
+    max_heads: int | None = None,
+) -> Path:
     return save_figure(plot_attention(model, imgs, norm, layer, threshold, max_heads), path)

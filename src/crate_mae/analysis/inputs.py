@@ -78,8 +78,13 @@ def find_images(sources: str | Path | Sequence[str | Path], num_images: int | No
     return files
 
 
-def load_images(files: Sequence[str | Path], img_size: int | None, norm: Normalization,
-                patch_size: int | None = None, strict: bool = False) -> torch.Tensor:
+def load_images(
+    files: Sequence[str | Path],
+    img_size: int | None,
+    norm: Normalization,
+    patch_size: int | None = None,
+    strict: bool = False,
+) -> torch.Tensor:
     """Normalised batch (N, 3, H, W). ``img_size``: the eval view with ``crop_pct=1`` (shorter side resized to
     ``img_size``, centre square kept, nothing else cut). ``img_size=None``: each photo at its own size, centre-cropped
     to a multiple of ``patch_size``; the photos must then share a size.

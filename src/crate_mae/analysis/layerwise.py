@@ -73,9 +73,14 @@ class LayerwiseStats:
         return out
 
     def to_dict(self) -> dict:
-        return {"meta": self.meta, "summary": self.rows(),
-                "per_image": [{"part": p, "layer": i + 1, **{m: self.values[(p, i)][m].tolist() for m in METRICS}}
-                              for p, i in self.layers]}
+        return {
+            "meta": self.meta,
+            "summary": self.rows(),
+            "per_image": [
+                {"part": p, "layer": i + 1, **{m: self.values[(p, i)][m].tolist() for m in METRICS}}
+                for p, i in self.layers
+            ],
+        }
 
     def save(self, out_dir: str | Path, stem: str = "layerwise") -> dict[str, Path]:
         """Write ``stem.json`` (meta, summary, per-image values), ``stem.csv`` (summary) and ``stem.png``."""
@@ -104,18 +109,32 @@ class LayerwiseStats:
         parts = [p for p in ("encoder", "decoder") if any(k[0] == p for k in self.layers)]
         n_enc = sum(1 for k in self.layers if k[0] == "encoder")
         colors = {"encoder": "tab:blue", "decoder": "tab:orange"}
-        panels = [(axes[0], [("rc_mssa_in", "-o", "MSSA input LN(Z)"), ("rc_z_half", "--s", "half step")],
-                   "compression R^c(Z | U_[K])"),
-                  (axes[1], [("rate_out", "-o", "layer output")], "coding rate R(Z)"),
-                  (axes[2], [("l0", "-o", "layer output")], "||Z||_0 / (N d)  (1 - fraction of zeros)")]
+        panels = [
+            (
+                axes[0],
+                [("rc_mssa_in", "-o", "MSSA input LN(Z)"), ("rc_z_half", "--s", "half step")],
+                "compression R^c(Z | U_[K])",
+            ),
+            (axes[1], [("rate_out", "-o", "layer output")], "coding rate R(Z)"),
+            (axes[2], [("l0", "-o", "layer output")], "||Z||_0 / (N d)  (1 - fraction of zeros)"),
+        ]
         for ax, metrics, title in panels:
             for part in parts:
                 offset = 0 if part == "encoder" else n_enc
                 for metric, style, what in metrics:
                     mean, std = self.series(part, metric)
                     x = np.arange(1, len(mean) + 1) + offset
-                    ax.errorbar(x, mean, yerr=std, fmt=style, color=colors[part], capsize=2, ms=4,
-                                label=f"{part}: {what}", alpha=0.9 if style.startswith("-") else 0.6)
+                    ax.errorbar(
+                        x,
+                        mean,
+                        yerr=std,
+                        fmt=style,
+                        color=colors[part],
+                        capsize=2,
+                        ms=4,
+                        label=f"{part}: {what}",
+                        alpha=0.9 if style.startswith("-") else 0.6,
+                    )
             if "decoder" in parts:
                 ax.axvline(n_enc + 0.5, color="gray", ls=":", lw=1)
             ax.set_title(title, fontsize=10)
@@ -123,16 +142,26 @@ class LayerwiseStats:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         m = self.meta
-        fig.suptitle(f"{m.get('model', 'model')}: {m.get('num_images', '?')} images, mask ratio "
-                     f"{m.get('mask_ratio', 0)}, convention {m.get('convention_description', '')}", fontsize=10)
+        fig.suptitle(
+            f"{m.get('model', 'model')}: {m.get('num_images', '?')} images, mask ratio "
+            f"{m.get('mask_ratio', 0)}, convention {m.get('convention_description', '')}",
+            fontsize=10,
+        )
         fig.tight_layout()
         return fig
 
 
 @torch.no_grad()
-def measure_layers(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], mask_ratio: float = 0.0,
-                   convention: str = "official", eps: float = 0.1, batch_size: int = 16, seed: int = 0,
-                   parts: tuple[str, ...] = ("encoder", "decoder")) -> LayerwiseStats:
+def measure_layers(
+    model: nn.Module,
+    images: torch.Tensor | Iterable[torch.Tensor],
+    mask_ratio: float = 0.0,
+    convention: str = "official",
+    eps: float = 0.1,
+    batch_size: int = 16,
+    seed: int = 0,
+    parts: tuple[str, ...] = ("encoder", "decoder"),
+) -> LayerwiseStats:
     """Measure every CRATE layer (see module docstring) on ``images``: a normalised (N, C, H, W) tensor or an
     iterable of such batches. Runs in eval mode on the model's device, TF32 off (:func:`.inputs.full_precision`);
     masks are drawn from a ``seed``-ed generator."""
@@ -162,10 +191,12 @@ def measure_layers(model: nn.Module, images: torch.Tensor | Iterable[torch.Tenso
                     model(imgs)
                 for key, tr in rec:
                     attn = stacks[key[0]][key[1]].attn
-                    vals = {"rc_mssa_in": compression_rate(_project(attn, tr.mssa_in), conv),
-                            "rc_z_half": compression_rate(_project(attn, tr.z_half), conv),
-                            "rate_out": coding_rate(tr.z_out, conv),
-                            "sparsity": sparsity(tr.z_out)}
+                    vals = {
+                        "rc_mssa_in": compression_rate(_project(attn, tr.mssa_in), conv),
+                        "rc_z_half": compression_rate(_project(attn, tr.z_half), conv),
+                        "rate_out": coding_rate(tr.z_out, conv),
+                        "sparsity": sparsity(tr.z_out),
+                    }
                     vals["l0"] = 1.0 - vals["sparsity"]
                     for m, v in vals.items():
                         acc.setdefault(key, {}).setdefault(m, []).append(v.cpu().numpy())
@@ -177,10 +208,18 @@ def measure_layers(model: nn.Module, images: torch.Tensor | Iterable[torch.Tenso
     if n_images == 0:
         raise ValueError("no images to measure")
     values = {k: {m: np.concatenate(v) for m, v in d.items()} for k, d in acc.items()}
-    meta = dict(model=model.model_name or type(model).__name__, convention=conv.name,
-                eps=conv.eps if conv.name == "raw" else None, eps_sq=conv.eps_sq,
-                convention_description=conv.describe(), mask_ratio=mask_ratio, num_images=n_images,
-                tokens_per_image=tokens, seed=seed, metrics=METRIC_LABELS)
+    meta = dict(
+        model=model.model_name or type(model).__name__,
+        convention=conv.name,
+        eps=conv.eps if conv.name == "raw" else None,
+        eps_sq=conv.eps_sq,
+        convention_description=conv.describe(),
+        mask_ratio=mask_ratio,
+        num_images=n_images,
+        tokens_per_image=tokens,
+        seed=seed,
+        metrics=METRIC_LABELS,
+    )
     return LayerwiseStats(values, meta)
 
 

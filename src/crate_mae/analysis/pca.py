@@ -62,14 +62,15 @@ def patch_features(model: nn.Module, imgs: torch.Tensor, layer: int = -1, kind: 
 
 @dataclass
 class PCAResult:
-    rgb: np.ndarray         # (N, h, w, 3) in [0, 1], background black
+    rgb: np.ndarray  # (N, h, w, 3) in [0, 1], background black
     foreground: np.ndarray  # (N, h, w) bool
-    first: np.ndarray       # (N, h, w) stage-1 component, min-max normalised per image (sign-corrected)
+    first: np.ndarray  # (N, h, w) stage-1 component, min-max normalised per image (sign-corrected)
     explained_variance_ratio: np.ndarray  # stage-2, 3 values
 
 
-def two_stage_pca(feats: torch.Tensor, grid: tuple[int, int], fg_threshold: float = 0.5,
-                  foreground: bool = True) -> PCAResult:
+def two_stage_pca(
+    feats: torch.Tensor, grid: tuple[int, int], fg_threshold: float = 0.5, foreground: bool = True
+) -> PCAResult:
     """The two-stage PCA of the module docstring on features (N, h*w, d)."""
     from scipy.ndimage import binary_fill_holes
     from sklearn.decomposition import PCA
@@ -121,14 +122,22 @@ def official_pca(feats: torch.Tensor, grid: tuple[int, int]) -> PCAResult:
     lo, hi = comps.min(axis=1, keepdims=True), comps.max(axis=1, keepdims=True)
     comps = (comps - lo) / np.maximum(hi - lo, 1e-12)
     rgb = np.zeros((N, L, 3))
-    rgb[..., :max(0, n_comp - 1)] = comps[..., 1:]
+    rgb[..., : max(0, n_comp - 1)] = comps[..., 1:]
     ratio = np.zeros(3)
-    ratio[:max(0, n_comp - 1)] = pca.explained_variance_ratio_[1:]
+    ratio[: max(0, n_comp - 1)] = pca.explained_variance_ratio_[1:]
     return PCAResult(rgb.reshape(N, h, w, 3), np.ones((N, h, w), bool), comps[..., 0].reshape(N, h, w), ratio)
 
 
-def plot_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: int = -1, kind: str = "mssa",
-             fg_threshold: float = 0.5, foreground: bool = True, style: str = "two_stage"):
+def plot_pca(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    norm: Normalization,
+    layer: int = -1,
+    kind: str = "mssa",
+    fg_threshold: float = 0.5,
+    foreground: bool = True,
+    style: str = "two_stage",
+):
     """One row per image: photo | stage-1 component | foreground mask | components 1-3 as RGB (``two_stage``), or
     photo | component 1 | all patches | components 2-4 as RGB (``official``)."""
     if style not in PCA_STYLES:
@@ -142,8 +151,12 @@ def plot_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: i
     else:
         res = two_stage_pca(feats, grid, fg_threshold, foreground)
     p = model.patch_size
-    up = lambda a: upsample_nearest(torch.from_numpy(np.ascontiguousarray(a)).float().unsqueeze(1) if a.ndim == 3
-                                    else torch.from_numpy(a).float().permute(0, 3, 1, 2), p)  # noqa: E731
+    up = lambda a: upsample_nearest(
+        torch.from_numpy(np.ascontiguousarray(a)).float().unsqueeze(1)
+        if a.ndim == 3
+        else torch.from_numpy(a).float().permute(0, 3, 1, 2),
+        p,
+    )  # noqa: E731
     first = up(res.first)[:, 0].numpy()
     fgm = up(res.foreground.astype(np.float32))[:, 0].numpy()
     rgb = up(res.rgb).permute(0, 2, 3, 1).numpy()
@@ -152,14 +165,19 @@ def plot_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: i
     encoder = model.encoder if isinstance(model, CrateMAE) else model
     layer_no = layer % len(encoder.blocks) + 1
     what = "U^T LN(Z) (MSSA projection)" if kind == "mssa" else "layer output Z^{l+1}"
-    cols = ["photo", "1st component (stage 1)", f"foreground (> {fg_threshold:g})" if foreground else "all patches",
-            "PCA 1-3 as RGB (stage 2)"]
+    cols = [
+        "photo",
+        "1st component (stage 1)",
+        f"foreground (> {fg_threshold:g})" if foreground else "all patches",
+        "PCA 1-3 as RGB (stage 2)",
+    ]
     if style == "official":
         cols = ["photo", "component 1 (per-image min-max)", "all patches", "components 2-4 as RGB"]
     fig, axes = plt.subplots(n, 4, figsize=(8.5, 2.2 * n + 0.5), squeeze=False)
     for i in range(n):
-        for j, (img, kw) in enumerate(((photos[i], {}), (first[i], {"cmap": "viridis"}), (fgm[i], {"cmap": "gray"}),
-                                       (rgb[i], {}))):
+        for j, (img, kw) in enumerate(
+            ((photos[i], {}), (first[i], {"cmap": "viridis"}), (fgm[i], {"cmap": "gray"}), (rgb[i], {}))
+        ):
             ax = axes[i][j]
             ax.imshow(img, interpolation="nearest", **kw)
             clean_axis(ax)
@@ -172,6 +190,15 @@ def plot_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, layer: i
     return fig
 
 
-def save_pca(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path, layer: int = -1,
-             kind: str = "mssa", fg_threshold: float = 0.5, foreground: bool = True, style: str = "two_stage") -> Path:
+def save_pca(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    norm: Normalization,
+    path: str | Path,
+    layer: int = -1,
+    kind: str = "mssa",
+    fg_threshold: float = 0.5,
+    foreground: bool = True,
+    style: str = "two_stage",
+) -> Path:
     return save_figure(plot_pca(model, imgs, norm, layer, kind, fg_threshold, foreground, style), path)

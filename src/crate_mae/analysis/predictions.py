@@ -33,8 +33,9 @@ def class_names(model: nn.Module) -> tuple[list[str], str]:
         return [str(c) for c in recorded], "recorded with the weights"
     if n == 1000:
         info = ImageNetInfo()
-        return [info.index_to_description(i).split(",")[0] for i in range(n)], \
-            "ImageNet-1K (none recorded with the weights; the head has 1000 outputs)"
+        return [
+            info.index_to_description(i).split(",")[0] for i in range(n)
+        ], "ImageNet-1K (none recorded with the weights; the head has 1000 outputs)"
     return [f"class {i}" for i in range(n)], "none recorded with the weights"
 
 
@@ -55,8 +56,9 @@ def top_predictions(model: nn.Module, imgs: torch.Tensor, k: int = 5) -> tuple[t
     return probs.topk(min(k, probs.shape[-1]), dim=-1)
 
 
-def plot_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, k: int = 5,
-                     labels: list[str] | None = None):
+def plot_predictions(
+    model: nn.Module, imgs: torch.Tensor, norm: Normalization, k: int = 5, labels: list[str] | None = None
+):
     """One row per image: the photo (captioned with ``labels``, e.g. its file) and a bar chart of its top-k classes
     with their probabilities."""
     plt = pyplot()
@@ -64,8 +66,7 @@ def plot_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, 
     names, source = class_names(model)
     photos = to_hwc(norm.denormalize(imgs))
     n, k = probs.shape
-    fig, axes = plt.subplots(n, 2, figsize=(7.5, 1.7 * n + 0.5), squeeze=False,
-                             gridspec_kw=dict(width_ratios=[1, 2.6]))
+    fig, axes = plt.subplots(n, 2, figsize=(7.5, 1.7 * n + 0.5), squeeze=False, gridspec_kw=dict(width_ratios=[1, 2.6]))
     for i in range(n):
         axes[i][0].imshow(photos[i], interpolation="nearest")
         clean_axis(axes[i][0])
@@ -85,6 +86,12 @@ def plot_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, 
     return fig
 
 
-def save_predictions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path,
-                     k: int = 5, labels: list[str] | None = None) -> Path:
+def save_predictions(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    norm: Normalization,
+    path: str | Path,
+    k: int = 5,
+    labels: list[str] | None = None,
+) -> Path:
     return save_figure(plot_predictions(model, imgs, norm, k, labels), path)

@@ -24,8 +24,14 @@ def mask_noise(model: nn.Module, imgs: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruction_panels(model: nn.Module, imgs: torch.Tensor, norm: Normalization, mask_ratio: float = 0.75,
-                          seed: int = 0, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def reconstruction_panels(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    norm: Normalization,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+    noise: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Pixel-space (N, C, H, W) panels ``masked``, ``prediction``, ``pasted``, ``original`` and the scalar ``loss``;
     the mask comes from ``noise`` when given, else from ``seed``."""
     if not 0.0 < mask_ratio < 1.0:
@@ -33,19 +39,35 @@ def reconstruction_panels(model: nn.Module, imgs: torch.Tensor, norm: Normalizat
     r = model.reconstruct(imgs, mask_ratio, noise if noise is not None else mask_noise(model, imgs, seed))
     pix = norm.denormalize
     # masked patches are 0 in the normalised space, so they show as the dataset mean colour
-    return {"masked": pix(r["masked"]), "prediction": pix(r["pred"]), "pasted": pix(r["recon"]),
-            "original": pix(imgs), "loss": r["loss"]}
+    return {
+        "masked": pix(r["masked"]),
+        "prediction": pix(r["pred"]),
+        "pasted": pix(r["recon"]),
+        "original": pix(imgs),
+        "loss": r["loss"],
+    }
 
 
-def plot_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, mask_ratio: float = 0.75,
-                         seed: int = 0, title: str | None = None, noise: torch.Tensor | None = None):
+def plot_reconstructions(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    norm: Normalization,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+    title: str | None = None,
+    noise: torch.Tensor | None = None,
+):
     """A figure with one row per image and the four panels as columns."""
     plt = pyplot()
     p = reconstruction_panels(model, imgs, norm, mask_ratio, seed, noise)
     normpix = " (norm-pix: un-normalised with\nthe target's patch mean/var)" if model.norm_pix_loss else ""
     masking = "fixed masks" if noise is not None else f"seed {seed}"
-    cols = [("masked", f"masked input ({mask_ratio:.0%}, {masking})"), ("prediction", "prediction" + normpix),
-            ("pasted", "prediction + visible patches" + normpix), ("original", "original")]
+    cols = [
+        ("masked", f"masked input ({mask_ratio:.0%}, {masking})"),
+        ("prediction", "prediction" + normpix),
+        ("pasted", "prediction + visible patches" + normpix),
+        ("original", "original"),
+    ]
     n = imgs.shape[0]
     # Size the figure to the images so that the title sits right above the column titles: with a fixed height and
     # matplotlib's default margins, a band of empty space opened between them.
@@ -62,14 +84,26 @@ def plot_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalizati
             clean_axis(ax)
             if i == 0:
                 ax.set_title(label, fontsize=8)
-    fig.subplots_adjust(left=0, right=1, bottom=bottom_in / height, top=1 - top_in / height, wspace=wspace,
-                        hspace=hspace)  # tight_layout is slow on image grids
-    fig.suptitle(title or f"masked-patch MSE {p['loss'].item():.4f} (normalised pixels) on these {n} images",
-                 fontsize=9, y=1 - 0.05 / height, va="top")
+    fig.subplots_adjust(
+        left=0, right=1, bottom=bottom_in / height, top=1 - top_in / height, wspace=wspace, hspace=hspace
+    )  # tight_layout is slow on image grids
+    fig.suptitle(
+        title or f"masked-patch MSE {p['loss'].item():.4f} (normalised pixels) on these {n} images",
+        fontsize=9,
+        y=1 - 0.05 / height,
+        va="top",
+    )
     return fig
 
 
-def save_reconstructions(model: nn.Module, imgs: torch.Tensor, norm: Normalization, path: str | Path,
-                         mask_ratio: float = 0.75, seed: int = 0, title: str | None = None,
-                         noise: torch.Tensor | None = None) -> Path:
+def save_reconstructions(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    norm: Normalization,
+    path: str | Path,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+    title: str | None = None,
+    noise: torch.Tensor | None = None,
+) -> Path:
     return save_figure(plot_reconstructions(model, imgs, norm, mask_ratio, seed, title, noise), path)

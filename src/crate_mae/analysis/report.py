@@ -49,8 +49,7 @@ def _png(fig) -> str:
 
 
 def _figure(uri: str, alt: str, caption: str) -> str:
-    return (f'<figure><img src="{uri}" alt="{html.escape(alt)}"><figcaption>{html.escape(caption)}'
-            "</figcaption></figure>")
+    return f'<figure><img src="{uri}" alt="{html.escape(alt)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
 def _table(rows: Sequence[Sequence], header: Sequence[str] | None = None) -> str:
@@ -58,8 +57,11 @@ def _table(rows: Sequence[Sequence], header: Sequence[str] | None = None) -> str
     if header:
         out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
     for r in rows:
-        out.append("<tr>" + "".join(f'<td class="{"k" if j == 0 else ""}">{html.escape(str(c))}</td>'
-                                    for j, c in enumerate(r)) + "</tr>")
+        out.append(
+            "<tr>"
+            + "".join(f'<td class="{"k" if j == 0 else ""}">{html.escape(str(c))}</td>' for j, c in enumerate(r))
+            + "</tr>"
+        )
     return "".join(out) + "</table>"
 
 
@@ -68,11 +70,21 @@ def _fmt(v: float) -> str:
 
 
 @torch.no_grad()
-def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
-                 images: str | Path | Sequence[str | Path] | torch.Tensor | None = None, num_images: int = 4,
-                 mask_ratio: float = 0.75, seed: int = 0, convention: str = "official", eps: float = 0.1,
-                 attention_layer: int = -1, attention_threshold: float = 0.6, pca_layer: int = -1,
-                 device: torch.device | str | None = None, strict: bool = False) -> Path:
+def write_report(
+    model_or_ckpt: nn.Module | str | Path,
+    out_dir: str | Path,
+    images: str | Path | Sequence[str | Path] | torch.Tensor | None = None,
+    num_images: int = 4,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+    convention: str = "official",
+    eps: float = 0.1,
+    attention_layer: int = -1,
+    attention_threshold: float = 0.6,
+    pca_layer: int = -1,
+    device: torch.device | str | None = None,
+    strict: bool = False,
+) -> Path:
     """Write ``out_dir/index.html`` (plus the layer-wise tables) and return its path.
 
     model_or_ckpt: a model, a checkpoint path (any format ``crate_mae.load_checkpoint`` reads) or a preset name
@@ -107,13 +119,17 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
     cfg = {**model.config.to_dict(), **({"model": model.model_name} if model.model_name is not None else {})}
     name = model.model_name or model.config.architecture
 
-    body = [f"<h1>crate-mae report: {html.escape(str(name))}</h1>",
-            f'<p class="note">checkpoint: {html.escape(source)} &middot; images: {html.escape(img_source)} '
-            f"({imgs.shape[0]} at {imgs.shape[-2]}x{imgs.shape[-1]}) &middot; crate-mae {__version__} &middot; "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
+    body = [
+        f"<h1>crate-mae report: {html.escape(str(name))}</h1>",
+        f'<p class="note">checkpoint: {html.escape(source)} &middot; images: {html.escape(img_source)} '
+        f"({imgs.shape[0]} at {imgs.shape[-2]}x{imgs.shape[-1]}) &middot; crate-mae {__version__} &middot; "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
+    ]
     if model.provenance.get("random_init"):
-        body.append('<p class="warn">This model is <b>randomly initialised</b> (no checkpoint was loaded): the '
-                    "pictures show what an untrained network does, useful as a baseline, not as a result.</p>")
+        body.append(
+            '<p class="warn">This model is <b>randomly initialised</b> (no checkpoint was loaded): the '
+            "pictures show what an untrained network does, useful as a baseline, not as a result.</p>"
+        )
 
     # -- model card
     counts = []
@@ -124,77 +140,115 @@ def write_report(model_or_ckpt: nn.Module | str | Path, out_dir: str | Path,
             pass
     card = counts + [("normalisation mean / std", f"{list(norm.mean)} / {list(norm.std)}")]
     card += [(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in sorted(cfg.items())]
-    body += ["<h2>Model card</h2>", _table(card, ["field", "value"]),
-             '<p class="note">"official" parameter count follows the Ma-Lab-Berkeley/CRATE code, which also counts '
-             "its frozen sin-cos tables and an unused decoder_embed layer.</p>"]
+    body += [
+        "<h2>Model card</h2>",
+        _table(card, ["field", "value"]),
+        '<p class="note">"official" parameter count follows the Ma-Lab-Berkeley/CRATE code, which also counts '
+        "its frozen sin-cos tables and an unused decoder_embed layer.</p>",
+    ]
 
     # -- layer-wise measurements
     body.append("<h2>Layer-wise compression and sparsity</h2>")
     if not model.white_box:
-        body.append(f'<p class="note">{type(model).__name__} is not a white-box (CRATE) model: its layers have no '
-                    "coding-rate or ISTA sparsity to measure.</p>")
+        body.append(
+            f'<p class="note">{type(model).__name__} is not a white-box (CRATE) model: its layers have no '
+            "coding-rate or ISTA sparsity to measure.</p>"
+        )
     else:
         stats = measure_layers(model, imgs, mask_ratio=0.0, convention=convention, eps=eps, seed=seed)
         curves = stats.save(out, "layerwise")["png"]  # drawn once: embedded below and kept beside the page
         uri = "data:image/png;base64," + base64.b64encode(curves.read_bytes()).decode("ascii")
-        body.append(_figure(uri, "layer-wise curves",
-                            f"Unmasked images, convention {stats.meta['convention_description']}; mean ± std over "
-                            f"{stats.meta['num_images']} images, {stats.meta['tokens_per_image']} tokens each "
-                            "(cls + patches). Tables: layerwise.json / .csv / .png beside this page."))
+        body.append(
+            _figure(
+                uri,
+                "layer-wise curves",
+                f"Unmasked images, convention {stats.meta['convention_description']}; mean ± std over "
+                f"{stats.meta['num_images']} images, {stats.meta['tokens_per_image']} tokens each "
+                "(cls + patches). Tables: layerwise.json / .csv / .png beside this page.",
+            )
+        )
         header = ["part", "layer"] + [METRIC_LABELS[m] for m in METRICS]
-        rows = [[r["part"], r["layer"]] + [f"{_fmt(r[m + '_mean'])} ± {_fmt(r[m + '_std'])}" for m in METRICS]
-                for r in stats.rows()]
+        rows = [
+            [r["part"], r["layer"]] + [f"{_fmt(r[m + '_mean'])} ± {_fmt(r[m + '_std'])}" for m in METRICS]
+            for r in stats.rows()
+        ]
         body.append(_table(rows, header))
-        body.append('<p class="note">The paper\'s claim: through the encoder R^c falls (tokens are compressed '
-                    "against each layer's subspaces) and ||Z||_0/(Nd) falls (codes become sparser). The decoder has "
-                    "no ReLU, so its outputs are dense by construction.</p>")
+        body.append(
+            '<p class="note">The paper\'s claim: through the encoder R^c falls (tokens are compressed '
+            "against each layer's subspaces) and ||Z||_0/(Nd) falls (codes become sparser). The decoder has "
+            "no ReLU, so its outputs are dense by construction.</p>"
+        )
 
     # -- reconstructions, or what a classifier predicts
     if is_classifier(model):
         body.append("<h2>Predictions</h2>")
         names, names_from = class_names(model)
-        body.append(_figure(_png(plot_predictions(model, imgs, norm, k=5, labels=labels)), "top-5 predictions",
-                            "Top-5 classes of each image with their softmax probabilities; class names: "
-                            f"{names_from}."))
+        body.append(
+            _figure(
+                _png(plot_predictions(model, imgs, norm, k=5, labels=labels)),
+                "top-5 predictions",
+                f"Top-5 classes of each image with their softmax probabilities; class names: {names_from}.",
+            )
+        )
         probs, idx = top_predictions(model, imgs, k=5)
-        rows = [[labels[i]] + [f"{names[j]} ({p:.1%})" for p, j in zip(probs[i].tolist(), idx[i].tolist())]
-                for i in range(imgs.shape[0])]
+        rows = [
+            [labels[i]] + [f"{names[j]} ({p:.1%})" for p, j in zip(probs[i].tolist(), idx[i].tolist())]
+            for i in range(imgs.shape[0])
+        ]
         body.append(_table(rows, ["image"] + [f"#{r + 1}" for r in range(probs.shape[1])]))
     elif model.has_decoder:
         body.append("<h2>Masked completion</h2>")
         mse = reconstruction_panels(model, imgs, norm, mask_ratio, seed)["loss"].item()
-        body.append(_figure(_png(plot_reconstructions(model, imgs, norm, mask_ratio, seed)), "reconstructions",
-                            f"{mask_ratio:.0%} of patches masked (mask seed {seed}). Columns: masked input, "
-                            "prediction of every patch, prediction with the visible patches pasted back, original. "
-                            f"Masked-patch MSE {mse:.4f}: over the masked patches of these {imgs.shape[0]} images "
-                            f"({img_source}) in normalised pixels. It depends on the images (detailed photos score "
-                            "higher), so compare it only between models on the same images."))
+        body.append(
+            _figure(
+                _png(plot_reconstructions(model, imgs, norm, mask_ratio, seed)),
+                "reconstructions",
+                f"{mask_ratio:.0%} of patches masked (mask seed {seed}). Columns: masked input, "
+                "prediction of every patch, prediction with the visible patches pasted back, original. "
+                f"Masked-patch MSE {mse:.4f}: over the masked patches of these {imgs.shape[0]} images "
+                f"({img_source}) in normalised pixels. It depends on the images (detailed photos score "
+                "higher), so compare it only between models on the same images.",
+            )
+        )
     else:
         body.append("<h2>Masked completion</h2>")
-        body.append('<p class="note">encoder-only model without classes: no decoder, no reconstructions, no '
-                    "predictions.</p>")
+        body.append(
+            '<p class="note">encoder-only model without classes: no decoder, no reconstructions, no predictions.</p>'
+        )
 
     # -- attention
     body.append("<h2>Attention heads</h2>")
-    body.append(_figure(_png(plot_attention(model, imgs, norm, attention_layer, attention_threshold)), "attention",
-                        "cls-token attention of each head over the patches (upper rows, nearest-upsampled; last "
-                        f"column their mean), the smallest patch set holding {attention_threshold:.0%} of it (lower "
-                        "rows, DINO's recipe) and the union of those sets over heads (last column: the emergent "
-                        "segmentation)."))
+    body.append(
+        _figure(
+            _png(plot_attention(model, imgs, norm, attention_layer, attention_threshold)),
+            "attention",
+            "cls-token attention of each head over the patches (upper rows, nearest-upsampled; last "
+            f"column their mean), the smallest patch set holding {attention_threshold:.0%} of it (lower "
+            "rows, DINO's recipe) and the union of those sets over heads (last column: the emergent "
+            "segmentation).",
+        )
+    )
 
     # -- PCA
     body.append("<h2>PCA of patch features</h2>")
     if model.white_box:
-        body.append(_figure(_png(plot_pca(model, imgs, norm, pca_layer)), "pca",
-                            "Two-stage PCA of U^T LN(Z) (the MSSA projection) fitted jointly over the images: the "
-                            "first component thresholded at 0.5 gives the foreground; a second PCA on foreground "
-                            "patches maps components 1-3 to RGB."))
+        body.append(
+            _figure(
+                _png(plot_pca(model, imgs, norm, pca_layer)),
+                "pca",
+                "Two-stage PCA of U^T LN(Z) (the MSSA projection) fitted jointly over the images: the "
+                "first component thresholded at 0.5 gives the foreground; a second PCA on foreground "
+                "patches maps components 1-3 to RGB.",
+            )
+        )
     else:
         body.append('<p class="note">PCA pictures use CRATE\'s MSSA projection; not available for this model.</p>')
 
     body.append(f'<p class="note">generated in {time.time() - t0:.1f}s by crate_mae.analysis.report.write_report</p>')
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>crate-mae report: '
-            f"{html.escape(str(name))}</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>crate-mae report: '
+        f"{html.escape(str(name))}</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
     path = out / "index.html"
     atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return path

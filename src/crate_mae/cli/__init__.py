@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # KEY=VALUE overrides may stand anywhere on the line, also after options (argparse alone takes them only before)
     args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "overrides", None), list) and all(
-            "=" in e and not e.startswith("-") for e in extra):
+    if (
+        extra
+        and isinstance(getattr(args, "overrides", None), list)
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

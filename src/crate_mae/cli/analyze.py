@@ -19,20 +19,30 @@ from .model import add_model_args
 def _model_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p, seed_help="seed of the random masks, and of the random init when --ckpt is a model name")
     p.add_argument("--device", default=None, help="cpu / cuda / cuda:1 (default: cuda when available)")
-    p.add_argument("--strict", action="store_true",
-                   help="fail on an unreadable image file (default: skip it with a warning naming it)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on an unreadable image file (default: skip it with a warning naming it)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="layer-wise compression R^c, coding rate R and sparsity (JSON, CSV, PNG)")
     _model_args(p)
-    p.add_argument("--data", default=None,
-                   help="folder of images (searched recursively, e.g. an ImageFolder split); default: embedded photos")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="folder of images (searched recursively, e.g. an ImageFolder split); default: embedded photos",
+    )
     p.add_argument("--out", required=True, help="output folder for layerwise.{json,csv,png}")
     p.add_argument("--num-images", type=int, default=64, help="images to measure (evenly spaced over the folder)")
     p.add_argument("--mask-ratio", type=float, default=0.0, help="fraction of patches replaced by the mask token")
-    p.add_argument("--convention", choices=["official", "raw"], default="official",
-                   help="official: per-head l2-normalised tokens, 0.01 for eps^2 (CRATE script); raw: formula as is")
+    p.add_argument(
+        "--convention",
+        choices=["official", "raw"],
+        default="official",
+        help="official: per-head l2-normalised tokens, 0.01 for eps^2 (CRATE script); raw: formula as is",
+    )
     p.add_argument("--eps", type=float, default=0.1, help="eps of the raw convention")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_analyze)
@@ -40,30 +50,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("visualize", help="reconstruction, attention (+ emergent segmentation) or PCA pictures (PNG)")
     p.add_argument("kind", choices=["reconstruct", "attention", "pca"])
     _model_args(p)
-    p.add_argument("--images", nargs="*", default=None,
-                   help="image folder(s) or files; default: the embedded photos")
-    p.add_argument("--out", required=True, help="output folder; writes KIND.png (attention: also segmentation.png, "
-                                                "the union of the heads' masks)")
+    p.add_argument("--images", nargs="*", default=None, help="image folder(s) or files; default: the embedded photos")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder; writes KIND.png (attention: also segmentation.png, the union of the heads' masks)",
+    )
     p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--img-size", type=int, default=None,
-                   help="resize+centre-crop to this size (default: the model's); 0 keeps each photo's size, cropped "
-                        "to a multiple of the patch size (the sin-cos position table is recomputed for the grid)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="resize+centre-crop to this size (default: the model's); 0 keeps each photo's size, cropped "
+        "to a multiple of the patch size (the sin-cos position table is recomputed for the grid)",
+    )
     p.add_argument("--mask-ratio", type=float, default=0.75, help="reconstruct: fraction of patches masked")
-    p.add_argument("--layer", type=int, default=-1,
-                   help="attention / pca: encoder layer (0-based, -1 = last; the official attention script's default "
-                        "is 10 of 12, i.e. -2)")
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=-1,
+        help="attention / pca: encoder layer (0-based, -1 = last; the official attention script's default "
+        "is 10 of 12, i.e. -2)",
+    )
     p.add_argument("--threshold", type=float, default=0.6, help="attention: attention mass kept by the masks")
-    p.add_argument("--features", choices=["mssa", "output"], default="mssa",
-                   help="pca: U^T LN(Z) of the layer (mssa) or the layer output")
+    p.add_argument(
+        "--features",
+        choices=["mssa", "output"],
+        default="mssa",
+        help="pca: U^T LN(Z) of the layer (mssa) or the layer output",
+    )
     p.add_argument("--fg-threshold", type=float, default=0.5, help="pca: threshold on the normalised 1st component")
     p.add_argument("--no-foreground", action="store_true", help="pca: skip stage 1, use every patch")
-    p.add_argument("--pca-style", choices=["two_stage", "official"], default="two_stage",
-                   help="pca: our two-stage PCA, or the CRATE authors' display (4 components, 2-4 as RGB, "
-                        "per-image min-max)")
+    p.add_argument(
+        "--pca-style",
+        choices=["two_stage", "official"],
+        default="two_stage",
+        help="pca: our two-stage PCA, or the CRATE authors' display (4 components, 2-4 as RGB, per-image min-max)",
+    )
     p.set_defaults(func=_visualize)
 
-    p = sub.add_parser("report", help="one self-contained HTML page: model card, curves, reconstructions, "
-                                      "attention, PCA")
+    p = sub.add_parser(
+        "report", help="one self-contained HTML page: model card, curves, reconstructions, attention, PCA"
+    )
     _model_args(p)
     p.add_argument("--images", nargs="*", default=None, help="image folder(s) or files; default: embedded photos")
     p.add_argument("--out", default="report", help="output folder (index.html + layerwise tables)")
@@ -74,8 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
-    return load_model(args.ckpt, seed=args.seed, device=args.device or default_device(),
-                      **parse_key_values(args.overrides))[0]
+    return load_model(
+        args.ckpt, seed=args.seed, device=args.device or default_device(), **parse_key_values(args.overrides)
+    )[0]
 
 
 def _images(args, model, sources, img_size=None, keep_size=False):
@@ -94,8 +123,15 @@ def _analyze(args) -> int:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     model = _load(args)
     imgs, _ = _images(args, model, args.data)
-    stats = measure_layers(model, imgs, mask_ratio=args.mask_ratio, convention=args.convention, eps=args.eps,
-                           batch_size=args.batch_size, seed=args.seed)
+    stats = measure_layers(
+        model,
+        imgs,
+        mask_ratio=args.mask_ratio,
+        convention=args.convention,
+        eps=args.eps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     stats.meta["checkpoint"] = args.ckpt
     stats.meta["data"] = args.data or "embedded photos"
     paths = stats.save(args.out)
@@ -114,18 +150,38 @@ def _visualize(args) -> int:
         reconstruction.save_reconstructions(model, imgs, norm, path, args.mask_ratio, args.seed)
     elif args.kind == "attention":
         attention.save_attention(model, imgs, norm, path, args.layer, args.threshold)
-        print(attention.save_segmentation(model, imgs, norm, path.with_name("segmentation.png"), args.layer,
-                                          args.threshold))
+        print(
+            attention.save_segmentation(
+                model, imgs, norm, path.with_name("segmentation.png"), args.layer, args.threshold
+            )
+        )
     else:
-        pca.save_pca(model, imgs, norm, path, args.layer, args.features, args.fg_threshold, not args.no_foreground,
-                     args.pca_style)
+        pca.save_pca(
+            model,
+            imgs,
+            norm,
+            path,
+            args.layer,
+            args.features,
+            args.fg_threshold,
+            not args.no_foreground,
+            args.pca_style,
+        )
     print(path)
     return 0
 
 
 def _report(args) -> int:
     model = _load(args)
-    path = write_report(model, args.out, images=args.images, num_images=args.num_images,
-                        mask_ratio=args.mask_ratio, seed=args.seed, convention=args.convention, strict=args.strict)
+    path = write_report(
+        model,
+        args.out,
+        images=args.images,
+        num_images=args.num_images,
+        mask_ratio=args.mask_ratio,
+        seed=args.seed,
+        convention=args.convention,
+        strict=args.strict,
+    )
     print(path)
     return 0

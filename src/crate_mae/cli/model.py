@@ -20,9 +20,11 @@ from ..io import (
 from ..models import Capabilities, list_models
 from ..utils import file_sha256, parse_key_values
 
-CKPT_HELP = ("a run directory (its model/), a checkpoint (our folder or model.safetensors, an official CRATE-MAE, "
-             "supervised CRATE or MAE .pth or .safetensors), hf-hub:ORG/NAME from the local cache, or a registered "
-             "model name (random init)")
+CKPT_HELP = (
+    "a run directory (its model/), a checkpoint (our folder or model.safetensors, an official CRATE-MAE, "
+    "supervised CRATE or MAE .pth or .safetensors), hf-hub:ORG/NAME from the local cache, or a registered "
+    "model name (random init)"
+)
 OVERRIDES_HELP = "constructor overrides, e.g. img_size=32 patch_size=8 (presets) or num_heads=12 (official files)"
 
 
@@ -38,28 +40,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("convert", help="convert an official CRATE-MAE / supervised CRATE / MAE checkpoint to our "
-                                       "safetensors format")
+    p = sub.add_parser(
+        "convert", help="convert an official CRATE-MAE / supervised CRATE / MAE checkpoint to our safetensors format"
+    )
     p.add_argument("src", help="official .pth / .safetensors file")
     p.add_argument("out_dir", help="output directory (config.json + model.safetensors)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="settings not stored in official weights, e.g. num_heads=12 ista_lambda=0.5")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="settings not stored in official weights, e.g. num_heads=12 ista_lambda=0.5",
+    )
     hub = p.add_argument_group("ready-to-upload folder (Hugging Face Hub)")
-    hub.add_argument("--model-card", action="store_true",
-                     help="also write README.md, a model card naming the source and licence of the weights, so that "
-                          "OUT_DIR can be uploaded as it is (`hf upload ORG/NAME OUT_DIR`)")
+    hub.add_argument(
+        "--model-card",
+        action="store_true",
+        help="also write README.md, a model card naming the source and licence of the weights, so that "
+        "OUT_DIR can be uploaded as it is (`hf upload ORG/NAME OUT_DIR`)",
+    )
     hub.add_argument("--repo-id", default=None, metavar="ORG/NAME", help="the Hub repository named in the card")
-    hub.add_argument("--source", default=None, help="where the weights come from (default for official CRATE-MAE / "
-                                                     "supervised CRATE / MAE weights: their GitHub repository)")
-    hub.add_argument("--license", default=None, help="Hub licence id of the weights (default for official weights: "
-                                                      "mit for CRATE, cc-by-nc-4.0 for facebookresearch/mae)")
-    hub.add_argument("--data", default=None, help="what the weights were trained on, e.g. 'ImageNet-1K' (official "
-                                                   "weight files do not record it)")
+    hub.add_argument(
+        "--source",
+        default=None,
+        help="where the weights come from (default for official CRATE-MAE / "
+        "supervised CRATE / MAE weights: their GitHub repository)",
+    )
+    hub.add_argument(
+        "--license",
+        default=None,
+        help="Hub licence id of the weights (default for official weights: "
+        "mit for CRATE, cc-by-nc-4.0 for facebookresearch/mae)",
+    )
+    hub.add_argument(
+        "--data",
+        default=None,
+        help="what the weights were trained on, e.g. 'ImageNet-1K' (official weight files do not record it)",
+    )
     p.set_defaults(func=_convert)
 
 
-def add_model_args(p: argparse.ArgumentParser, required: bool = True,
-                   seed_help: str = "seed of the random init when --ckpt is a model name") -> None:
+def add_model_args(
+    p: argparse.ArgumentParser,
+    required: bool = True,
+    seed_help: str = "seed of the random init when --ckpt is a model name",
+) -> None:
     """The words every command uses to name a model: --ckpt, --seed, positional KEY=VALUE constructor overrides."""
     p.add_argument("--ckpt", required=required, help=CKPT_HELP)
     p.add_argument("--seed", type=int, default=0, help=seed_help)
@@ -94,8 +118,12 @@ def _info(args) -> int:
         with torch.no_grad():
             out = model(imgs) if model.has_decoder else model.forward_features(imgs)
         if model.has_decoder:
-            info["forward"] = dict(loss=round(float(out.loss), 4), pred=list(out.pred.shape),
-                                   masked=int(out.mask[0].sum()), latent=list(out.latent.shape))
+            info["forward"] = dict(
+                loss=round(float(out.loss), 4),
+                pred=list(out.pred.shape),
+                masked=int(out.mask[0].sum()),
+                latent=list(out.latent.shape),
+            )
         else:
             info["forward"] = dict(features=list(out.shape))
     if args.json:
@@ -111,8 +139,9 @@ def _info(args) -> int:
         if info["architecture"] == "crate_supervised":
             note = "[the official code trains every tensor it has: the same count]"
         else:
-            note = "[counts the frozen sin-cos tables" + (" and the unused decoder_embed]"
-                                                         if info.get("mask_tokens_in_encoder") else "]")
+            note = "[counts the frozen sin-cos tables" + (
+                " and the unused decoder_embed]" if info.get("mask_tokens_in_encoder") else "]"
+            )
         print(f"  {'params (official)':<20} {info['params_official']:,} ({info['params_official'] / 1e6:.2f}M)  {note}")
     if "forward" in info:
         print(f"  {'forward (random)':<20} {info['forward']}")
@@ -126,15 +155,22 @@ def _convert(args) -> int:
     if src.is_file():
         fmt = detect_format(read_state_dict(src))
         known = OFFICIAL_SOURCES.get(model.config.architecture, {}) if fmt.endswith("_official") else {}
-        model.provenance["weights_source"] = {"file": src.name, "sha256": file_sha256(src), "format": fmt, **known,
-                                          **{k: v for k, v in (("upstream", args.source), ("license", args.license),
-                                                               ("data", args.data)) if v}}
+        model.provenance["weights_source"] = {
+            "file": src.name,
+            "sha256": file_sha256(src),
+            "format": fmt,
+            **known,
+            **{k: v for k, v in (("upstream", args.source), ("license", args.license), ("data", args.data)) if v},
+        }
     if args.model_card:
-        out = save_for_hub(model, args.out_dir, repo_id=args.repo_id, license=args.license, data=args.data,
-                           source=args.source)
+        out = save_for_hub(
+            model, args.out_dir, repo_id=args.repo_id, license=args.license, data=args.data, source=args.source
+        )
     else:
         out = save_pretrained(model, args.out_dir)
     card = f" and {out / 'README.md'}" if args.model_card else ""
-    print(f"wrote {out / 'config.json'}, {out / 'model.safetensors'}{card} "
-          f"({model.config.architecture}, {model.num_params('trainable'):,} trainable parameters)")
+    print(
+        f"wrote {out / 'config.json'}, {out / 'model.safetensors'}{card} "
+        f"({model.config.architecture}, {model.num_params('trainable'):,} trainable parameters)"
+    )
     return 0

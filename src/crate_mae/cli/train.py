@@ -12,16 +12,31 @@ from ..training import load_config, pretrain
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="masked-completion pretraining (works unchanged under torchrun)",
-                       description="Pretrain a CRATE-MAE / ViT-MAE. Under torchrun every process runs this command; "
-                                   "rank 0 writes the run folder.")
-    p.add_argument("--config", required=True, metavar="FILE|NAME",
-                   help="a YAML file, or the name of a config installed with the package: "
-                        + ", ".join(n for n in packaged_configs() if not n.startswith("finetune")))
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides with YAML values, e.g. optim.epochs=10 data.path=/data/cifar10")
-    p.add_argument("--resume", default=None, metavar="auto|PATH",
-                   help="'auto': newest complete checkpoint in run.output_dir (fresh start if none); or a checkpoint")
+    p = sub.add_parser(
+        "pretrain",
+        help="masked-completion pretraining (works unchanged under torchrun)",
+        description="Pretrain a CRATE-MAE / ViT-MAE. Under torchrun every process runs this command; "
+        "rank 0 writes the run folder.",
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE|NAME",
+        help="a YAML file, or the name of a config installed with the package: "
+        + ", ".join(n for n in packaged_configs() if not n.startswith("finetune")),
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides with YAML values, e.g. optim.epochs=10 data.path=/data/cifar10",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|PATH",
+        help="'auto': newest complete checkpoint in run.output_dir (fresh start if none); or a checkpoint",
+    )
     p.add_argument("--output-dir", default=None, help="shortcut for run.output_dir=...")
     add_allow_config_change_arg(p)
     p.set_defaults(func=_pretrain)
@@ -50,9 +65,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def add_allow_config_change_arg(p: argparse.ArgumentParser) -> None:
     """``--allow-config-change``, shared by the commands that resume a run (pretrain, finetune)."""
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="resume although model, data or schedule keys differ from the checkpoint's config "
-                        "(shortcut for run.allow_config_change=true)")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume although model, data or schedule keys differ from the checkpoint's config "
+        "(shortcut for run.allow_config_change=true)",
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -51,17 +51,21 @@ def check(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     try:
         kind = detect_kind(args.path, args.split) if args.kind == "auto" else args.kind
-        tf = (eval_transform(args.img_size) if args.transform == "eval" else pretrain_transform(args.img_size))
+        tf = eval_transform(args.img_size) if args.transform == "eval" else pretrain_transform(args.img_size)
         ds = build_dataset(args.path, split=args.split, transform=tf, kind=kind)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{ds!r}\nkind: {kind}   samples: {len(ds)}   classes: {len(ds.classes)} {ds.classes[:10]}"
-          f"{' ...' if len(ds.classes) > 10 else ''}")
+    print(
+        f"{ds!r}\nkind: {kind}   samples: {len(ds)}   classes: {len(ds.classes)} {ds.classes[:10]}"
+        f"{' ...' if len(ds.classes) > 10 else ''}"
+    )
     if kind == "shards":
         written = json.loads(ds.manifest.read_text()).get("crate_mae", {})
-        print(f"shards: {len(ds.shards)} (largest {max(ds.lengths)} samples); source files that make-shards "
-              f"skipped as unreadable: {len(written.get('skipped', []))}")
+        print(
+            f"shards: {len(ds.shards)} (largest {max(ds.lengths)} samples); source files that make-shards "
+            f"skipped as unreadable: {len(written.get('skipped', []))}"
+        )
     subset = ds if args.limit is None else torch.utils.data.Subset(ds, range(min(args.limit, len(ds))))
     # In-process loading (no workers) so that this process's skip counter sees every unreadable file.
     loader = build_loader(subset, batch_size=args.batch_size, shuffle=False, num_workers=0)
@@ -70,8 +74,10 @@ def _check(args: argparse.Namespace) -> int:
         n += x.shape[0]
     dt = time.perf_counter() - t0
     skipped = getattr(ds, "skipped_files", [])
-    print(f"decoded {n} samples at {args.img_size}px ({args.transform} transform) in {dt:.1f} s: "
-          f"{n / dt:.0f} img/s in one process; unreadable files: {len(skipped)}")
+    print(
+        f"decoded {n} samples at {args.img_size}px ({args.transform} transform) in {dt:.1f} s: "
+        f"{n / dt:.0f} img/s in one process; unreadable files: {len(skipped)}"
+    )
     for f in skipped:
         print(f"  unreadable: {f}")
     return 1 if skipped else 0

@@ -26,8 +26,10 @@ def _split_dir(path: Path, split: str | None) -> Path:
     root = path / split
     if not root.is_dir():
         subdirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise FileNotFoundError(f"split folder not found: {root} (sub-folders of {path}: {subdirs or 'none'}; "
-                                "pass split=None to read the path itself)")
+        raise FileNotFoundError(
+            f"split folder not found: {root} (sub-folders of {path}: {subdirs or 'none'}; "
+            "pass split=None to read the path itself)"
+        )
     return root
 
 
@@ -90,9 +92,15 @@ class Repeated(Dataset):
 CACHE_MODES = (True, False, "auto")
 
 
-def build_dataset(path: str | os.PathLike, split: str | None = None, transform: Callable | None = None,
-                  kind: str = "auto", strict: bool = False, cache: bool | str = False,
-                  max_size: int | None = None) -> Dataset:
+def build_dataset(
+    path: str | os.PathLike,
+    split: str | None = None,
+    transform: Callable | None = None,
+    kind: str = "auto",
+    strict: bool = False,
+    cache: bool | str = False,
+    max_size: int | None = None,
+) -> Dataset:
     """A Dataset of ``(image_tensor, label)`` read from ``path``; ``label = -1`` for unlabelled data.
 
     ``kind``:
@@ -125,15 +133,20 @@ def build_dataset(path: str | os.PathLike, split: str | None = None, transform: 
         raise ValueError(f"cache must be true, false or 'auto', got {cache!r}")
     if kind == "shards":
         if cache is True:
-            raise ValueError(f"{path}: shards are read from disk by index and cannot be cached in memory; use "
-                             "cache=false (or 'auto'), or the image folder the shards were written from")
+            raise ValueError(
+                f"{path}: shards are read from disk by index and cannot be cached in memory; use "
+                "cache=false (or 'auto'), or the image folder the shards were written from"
+            )
         if max_size is not None:
-            raise ValueError(f"{path}: max_size applies to image files; shards are decoded as stored (shrink the "
-                             "folder before make-shards)")
+            raise ValueError(
+                f"{path}: max_size applies to image files; shards are decoded as stored (shrink the "
+                "folder before make-shards)"
+            )
         manifest = find_manifest(path, split)
         if manifest is None:
-            raise FileNotFoundError(f"no shard manifest: {(path / split if split else path) / MANIFEST_NAME} "
-                                    "does not exist")
+            raise FileNotFoundError(
+                f"no shard manifest: {(path / split if split else path) / MANIFEST_NAME} does not exist"
+            )
         return ShardDataset(manifest, transform=transform, strict=strict)
     if kind in ("cifar10", "cifar100"):
         return CIFARBatches(path, split=split, kind=kind, transform=transform)

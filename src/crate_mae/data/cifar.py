@@ -32,8 +32,13 @@ SPLIT_ALIASES = {"train": "train", "test": "test", "val": "test"}  # CIFAR has n
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only (what the CIFAR batches contain)."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -72,8 +77,13 @@ class CIFARBatches(Dataset):
     without one. ``.samples`` are ``("<batch file>[row]", label)`` pairs, ``.data`` the (N, 32, 32, 3) uint8 array.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str | None = "train", kind: str = "cifar10",
-                 transform: Callable | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = "train",
+        kind: str = "cifar10",
+        transform: Callable | None = None,
+    ):
         if kind not in CIFAR_DIRS:
             raise ValueError(f"kind must be 'cifar10' or 'cifar100', got {kind!r}")
         split = "train" if split is None else split
@@ -84,9 +94,10 @@ class CIFARBatches(Dataset):
             raise FileNotFoundError(f"CIFAR directory not found: {root}")
         found = find_cifar_dir(root)
         if found is None:
-            expect = ("data_batch_1..5 / test_batch" if kind == "cifar10" else "train / test")
-            raise FileNotFoundError(f"no {kind} python-pickle batches ({expect}) in {root} "
-                                    f"or {root / CIFAR_DIRS[kind]}")
+            expect = "data_batch_1..5 / test_batch" if kind == "cifar10" else "train / test"
+            raise FileNotFoundError(
+                f"no {kind} python-pickle batches ({expect}) in {root} or {root / CIFAR_DIRS[kind]}"
+            )
         if found[0] != kind:
             raise ValueError(f"{found[1]} holds {found[0]} batches, not {kind}; use kind={found[0]!r} or 'auto'")
         self.root, self.kind, self.split = str(found[1]), kind, SPLIT_ALIASES[split]
@@ -96,13 +107,16 @@ class CIFARBatches(Dataset):
         for f in files:
             batch = load_cifar_pickle(f)
             if "data" not in batch or label_key not in batch:
-                raise ValueError(f"{f} lacks the 'data' / '{label_key}' entries of a {kind} batch "
-                                 f"(keys: {sorted(map(str, batch))})")
+                raise ValueError(
+                    f"{f} lacks the 'data' / '{label_key}' entries of a {kind} batch (keys: {sorted(map(str, batch))})"
+                )
             x = np.asarray(batch["data"], dtype=np.uint8)
             y = [int(v) for v in batch[label_key]]
             if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(y) != x.shape[0]:
-                raise ValueError(f"{f}: data of shape {x.shape} with {len(y)} labels; expected (N, 3072) uint8 rows "
-                                 "and one label per row")
+                raise ValueError(
+                    f"{f}: data of shape {x.shape} with {len(y)} labels; expected (N, 3072) uint8 rows "
+                    "and one label per row"
+                )
             data.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.extend(y)
             samples.extend((f"{f}[{r}]", label) for r, label in enumerate(y))
@@ -113,8 +127,9 @@ class CIFARBatches(Dataset):
         self.samples = samples
         self.classes = self._class_names(found[1], max(labels) + 1)
         if max(labels) >= len(self.classes) or min(labels) < 0:
-            raise ValueError(f"{self.root}: labels span [{min(labels)}, {max(labels)}] but there are "
-                             f"{len(self.classes)} class names")
+            raise ValueError(
+                f"{self.root}: labels span [{min(labels)}, {max(labels)}] but there are {len(self.classes)} class names"
+            )
         self.transform = transform if transform is not None else to_tensor_transform()
 
     def _batch_files(self, base: Path) -> list[Path]:
@@ -123,17 +138,21 @@ class CIFARBatches(Dataset):
         elif self.split == "test":
             files = [base / "test_batch"]
         else:  # data_batch_1 .. data_batch_5, in numeric order
-            files = sorted((p for p in base.iterdir() if re.fullmatch(r"data_batch_\d+", p.name)),
-                           key=lambda p: int(p.name.rsplit("_", 1)[1]))
+            files = sorted(
+                (p for p in base.iterdir() if re.fullmatch(r"data_batch_\d+", p.name)),
+                key=lambda p: int(p.name.rsplit("_", 1)[1]),
+            )
         missing = [str(f) for f in files if not f.is_file()]
         if not files or missing:
-            raise FileNotFoundError(f"{self.kind} {self.split} batches missing in {base}: "
-                                    f"{missing or 'no data_batch_<k> file'}")
+            raise FileNotFoundError(
+                f"{self.kind} {self.split} batches missing in {base}: {missing or 'no data_batch_<k> file'}"
+            )
         return files
 
     def _class_names(self, base: Path, num_labels: int) -> list[str]:
-        meta, key = (base / "batches.meta", "label_names") if self.kind == "cifar10" else (base / "meta",
-                                                                                           "fine_label_names")
+        meta, key = (
+            (base / "batches.meta", "label_names") if self.kind == "cifar10" else (base / "meta", "fine_label_names")
+        )
         if meta.is_file():
             names = load_cifar_pickle(meta).get(key)
             if names:

@@ -27,10 +27,20 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, check_img_size, check_mean_
 
 # Our name -> the skimage.data function; every one reads a file inside the scikit-image wheel (no download).
 _PHOTOS: dict[str, str] = {
-    "astronaut": "astronaut", "camera": "camera", "chelsea": "chelsea", "coffee": "coffee", "rocket": "rocket",
-    "hubble_deep_field": "hubble_deep_field", "immunohistochemistry": "immunohistochemistry", "retina": "retina",
+    "astronaut": "astronaut",
+    "camera": "camera",
+    "chelsea": "chelsea",
+    "coffee": "coffee",
+    "rocket": "rocket",
+    "hubble_deep_field": "hubble_deep_field",
+    "immunohistochemistry": "immunohistochemistry",
+    "retina": "retina",
     "motorcycle": "stereo_motorcycle",  # returns (left, right, disparity); the left view is used
-    "moon": "moon", "coins": "coins", "grass": "grass", "gravel": "gravel", "brick": "brick",
+    "moon": "moon",
+    "coins": "coins",
+    "grass": "grass",
+    "gravel": "gravel",
+    "brick": "brick",
 }
 PHOTO_NAMES: tuple[str, ...] = tuple(_PHOTOS)
 
@@ -58,8 +68,10 @@ def _photos(max_side: int | None) -> tuple[tuple[str, np.ndarray], ...]:
             a = getattr(skimage.data, fn)()
             a = _as_rgb_uint8(name, a[0] if isinstance(a, tuple) else a)
         except (ImportError, OSError, AttributeError) as e:  # a stripped-down or unusual scikit-image install
-            raise FileNotFoundError(f"scikit-image {skimage.__version__} could not load its bundled photo "
-                                    f"skimage.data.{name} ({type(e).__name__}: {e}); reinstall scikit-image") from e
+            raise FileNotFoundError(
+                f"scikit-image {skimage.__version__} could not load its bundled photo "
+                f"skimage.data.{name} ({type(e).__name__}: {e}); reinstall scikit-image"
+            ) from e
         if max_side is not None and max(a.shape[:2]) > max_side:
             img = Image.fromarray(a)
             img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # keeps the aspect ratio
@@ -93,9 +105,17 @@ class DemoPhotos(Dataset):
     torch RNG as usual.
     """
 
-    def __init__(self, num_samples: int = 2048, img_size: int = 64, transform: Callable | None = None,
-                 seed: int = 0, scale: tuple[float, float] = (0.1, 1.0), mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, max_side: int = 512):
+    def __init__(
+        self,
+        num_samples: int = 2048,
+        img_size: int = 64,
+        transform: Callable | None = None,
+        seed: int = 0,
+        scale: tuple[float, float] = (0.1, 1.0),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        max_side: int = 512,
+    ):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -108,8 +128,10 @@ class DemoPhotos(Dataset):
         self.transform = transform if transform is not None else v2.Compose(to_normalized_tensor(mean, std))
         self.max_side = max_side
         self.classes = [name for name, _ in _photos(max_side)]
-        self.samples = [(f"skimage.data.{self.classes[i % len(self.classes)]}#crop{i}", i % len(self.classes))
-                        for i in range(num_samples)]
+        self.samples = [
+            (f"skimage.data.{self.classes[i % len(self.classes)]}#crop{i}", i % len(self.classes))
+            for i in range(num_samples)
+        ]
         self.targets = [label for _, label in self.samples]
 
     @property
@@ -143,12 +165,15 @@ class DemoPhotos(Dataset):
         return self.transform(self.crop(index)), index % len(self._images)
 
     def __repr__(self) -> str:
-        return (f"DemoPhotos(num_samples={self.num_samples}, img_size={self.img_size}, seed={self.seed}, "
-                f"photos={len(self.classes)})")
+        return (
+            f"DemoPhotos(num_samples={self.num_samples}, img_size={self.img_size}, seed={self.seed}, "
+            f"photos={len(self.classes)})"
+        )
 
 
-def demo_images(img_size: int = 224, n: int = 8, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def demo_images(
+    img_size: int = 224, n: int = 8, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """A fixed ``(n, 3, img_size, img_size)`` normalised batch: image ``i`` is the centre square of photo
     ``i % P``, zoomed in ``2 ** (i // P)`` times when ``n`` exceeds the number of photos ``P``."""
     check_img_size(img_size)
@@ -163,7 +188,8 @@ def demo_images(img_size: int = 224, n: int = 8, mean: Sequence[float] = IMAGENE
         h, w = a.shape[:2]
         side = max(1, min(h, w) >> (i // len(photos)))
         left, top = (w - side) // 2, (h - side) // 2
-        img = Image.fromarray(np.asarray(a)).resize((img_size, img_size), Image.Resampling.BICUBIC,
-                                                    box=(left, top, left + side, top + side))
+        img = Image.fromarray(np.asarray(a)).resize(
+            (img_size, img_size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+        )
         out.append(to_tensor(img))
     return torch.stack(out)

@@ -87,13 +87,15 @@ def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if img.mode == "F":
         if not (0.0 <= lo and hi <= 1.0):
-            raise ValueError(f"{name}: float image with values in [{lo:g}, {hi:g}], not [0, 1]; convert it to 8 "
-                             "or 16 bits")
+            raise ValueError(
+                f"{name}: float image with values in [{lo:g}, {hi:g}], not [0, 1]; convert it to 8 or 16 bits"
+            )
         scale = 255.0
     else:
         if not (0 <= lo and hi <= 65535):
-            raise ValueError(f"{name}: {img.mode} image with values in [{lo:g}, {hi:g}], beyond 16 bits; convert "
-                             "it to 8 or 16 bits")
+            raise ValueError(
+                f"{name}: {img.mode} image with values in [{lo:g}, {hi:g}], beyond 16 bits; convert it to 8 or 16 bits"
+            )
         scale = 1 / 257
     return Image.fromarray(np.round(a * scale).astype(np.uint8)).convert("RGB")
 
@@ -110,8 +112,11 @@ def walk_images(root: str | os.PathLike, seen: set[tuple[int, int]] | None = Non
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen and dirpath != str(root):
-            log.warning("skipping %s: it leads to a folder already read (%s), e.g. a symlink loop",
-                        dirpath, os.path.realpath(dirpath))
+            log.warning(
+                "skipping %s: it leads to a folder already read (%s), e.g. a symlink loop",
+                dirpath,
+                os.path.realpath(dirpath),
+            )
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -132,9 +137,15 @@ class ImageFiles(Dataset):
     ``(3, H, W)`` tensors in [0, 1] at the file's own size.
     """
 
-    def __init__(self, root: str | os.PathLike, samples: list[tuple[str, int]], classes: list[str],
-                 transform: Callable | None = None, strict: bool = False,
-                 loader: Callable[[str], Image.Image] = pil_rgb_loader):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        samples: list[tuple[str, int]],
+        classes: list[str],
+        transform: Callable | None = None,
+        strict: bool = False,
+        loader: Callable[[str], Image.Image] = pil_rgb_loader,
+    ):
         if not samples:
             raise FileNotFoundError(f"no image files ({', '.join(IMG_EXTENSIONS)}) found under {root}")
         self.root = str(root)
@@ -146,8 +157,8 @@ class ImageFiles(Dataset):
         self.strict = strict
         self.loader = loader
         self.shrink = loader if isinstance(loader, ShrinkingLoader) else None  # decode_all replaces the loader
-        self.skipped_files: list[str] = []   # in the order this process met them
-        self._bad: set[int] = set()           # sample indices known to be unreadable (skipped without re-reading)
+        self.skipped_files: list[str] = []  # in the order this process met them
+        self._bad: set[int] = set()  # sample indices known to be unreadable (skipped without re-reading)
 
     @property
     def num_skipped(self) -> int:
@@ -166,8 +177,9 @@ class ImageFiles(Dataset):
             sample = self.read((index + k) % n)
             if sample is not None:
                 return sample
-        raise UnreadableImageError(f"none of the {n} image files under {self.root} can be read "
-                                   f"(first: {self.samples[0][0]})")
+        raise UnreadableImageError(
+            f"none of the {n} image files under {self.root} can be read (first: {self.samples[0][0]})"
+        )
 
     def read(self, index: int):
         """Sample ``index`` itself as ``(image, label)``, or None when its file is unreadable (skipped and counted
@@ -180,8 +192,10 @@ class ImageFiles(Dataset):
             img = self.loader(path)
         except DECODE_ERRORS as e:
             if self.strict:
-                raise UnreadableImageError(f"cannot read image file {path}: {type(e).__name__}: {e} "
-                                           "(strict mode; set strict=False to skip unreadable files)") from e
+                raise UnreadableImageError(
+                    f"cannot read image file {path}: {type(e).__name__}: {e} "
+                    "(strict mode; set strict=False to skip unreadable files)"
+                ) from e
             self._skip(index, path, e)
             return None
         return self.transform(img), label
@@ -219,12 +233,19 @@ class ImageFiles(Dataset):
     def _skip(self, j: int, path: str, err: BaseException) -> None:
         self._bad.add(j)
         self.skipped_files.append(path)
-        log.warning("skipping unreadable image %s (%s: %s); %d file(s) skipped so far in this process",
-                    path, type(err).__name__, err, len(self.skipped_files))
+        log.warning(
+            "skipping unreadable image %s (%s: %s); %d file(s) skipped so far in this process",
+            path,
+            type(err).__name__,
+            err,
+            len(self.skipped_files),
+        )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(root={self.root!r}, samples={len(self)}, classes={len(self.classes)}, "
-                f"strict={self.strict})")
+        return (
+            f"{type(self).__name__}(root={self.root!r}, samples={len(self)}, classes={len(self.classes)}, "
+            f"strict={self.strict})"
+        )
 
 
 class _Decoded:
@@ -245,14 +266,21 @@ class ImageFolderDataset(ImageFiles):
     their indices. Class folders with no image are kept in ``classes`` (so label indices agree across splits) and
     reported with a warning."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False,
-                 max_size: int | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        strict: bool = False,
+        max_size: int | None = None,
+    ):
         root = _existing_dir(root)
         try:
             classes, class_to_idx = find_classes(str(root))
         except FileNotFoundError:
-            raise FileNotFoundError(f"no class sub-folders in {root} (ImageFolder layout is root/<class>/<image>; "
-                                    "use kind='folder' for a flat folder of unlabelled images)") from None
+            raise FileNotFoundError(
+                f"no class sub-folders in {root} (ImageFolder layout is root/<class>/<image>; "
+                "use kind='folder' for a flat folder of unlabelled images)"
+            ) from None
         # A link inside one class folder must not lead back into the tree (another class, or the root).
         seen = {_identity(root), *(_identity(root / c) for c in classes)}
         samples = [(p, class_to_idx[c]) for c in classes for p in walk_images(root / c, seen)]
@@ -266,8 +294,13 @@ class ImageFolderDataset(ImageFiles):
 class FlatImageFolder(ImageFiles):
     """Every image file under ``root`` (recursively, sorted paths, following symlinks), unlabelled (label -1)."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False,
-                 max_size: int | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        strict: bool = False,
+        max_size: int | None = None,
+    ):
         root = _existing_dir(root)
         super().__init__(root, [(p, -1) for p in walk_images(root)], [], transform, strict, _loader(max_size))
 

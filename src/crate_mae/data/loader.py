@@ -43,8 +43,15 @@ def resolve_num_workers(num_workers: int | str, device: torch.device | str) -> i
     return 0 if cores <= 4 else min(4, cores // 4)
 
 
-def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
-                 distributed: bool = False, seed: int = 0, drop_last: bool = False) -> DataLoader:
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    distributed: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
     """DataLoader over ``dataset``.
 
     - Order: a ``torch.Generator`` seeded with ``seed`` drives shuffling and the worker seeds, so two loaders built
@@ -63,11 +70,21 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_wo
     sampler = None
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("build_loader(distributed=True) needs an initialised torch.distributed process group "
-                             "(launch with torchrun and call init_process_group first)")
+            raise ValueError(
+                "build_loader(distributed=True) needs an initialised torch.distributed process group "
+                "(launch with torchrun and call init_process_group first)"
+            )
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
         shuffle = False  # the sampler shuffles
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=drop_last, generator=generator,
-                      worker_init_fn=seed_worker if num_workers > 0 else None,
-                      persistent_workers=num_workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
+        persistent_workers=num_workers > 0,
+    )

@@ -48,9 +48,15 @@ def _encode_safe(item: tuple[str, int]) -> tuple[str, int, bytes | None, str]:
     return path, label, data, ext
 
 
-def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int = DEFAULT_SHARD_SIZE,
-                kind: str = "auto", strict: bool = False, workers: int = 0,
-                progress: bool | None = None) -> dict:
+def make_shards(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    kind: str = "auto",
+    strict: bool = False,
+    workers: int = 0,
+    progress: bool | None = None,
+) -> dict:
     """Write the images of ``src`` (an ImageFolder tree or a flat folder) as WebDataset shards into ``out``.
 
     ``out`` must not exist or be empty (nothing is overwritten). Every file is decoded first, as the folder readers
@@ -70,14 +76,19 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int 
         raise ValueError(f"make-shards reads image folders (ImageFolder tree or flat folder); {src} is {kind!r}")
     ds = ImageFolderDataset(src) if kind == "imagefolder" else FlatImageFolder(src)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"output folder {out} already exists and is not empty; choose a new folder (nothing is "
-                         "overwritten)")
+        raise ValueError(
+            f"output folder {out} already exists and is not empty; choose a new folder (nothing is overwritten)"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     items = _encoded(ds.samples, workers)
 
-    bar = tqdm(total=len(ds.samples), desc=f"make-shards {src.name}", unit="img",
-               disable=None if progress is None else not progress)  # None: only on a terminal
+    bar = tqdm(
+        total=len(ds.samples),
+        desc=f"make-shards {src.name}",
+        unit="img",
+        disable=None if progress is None else not progress,
+    )  # None: only on a terminal
     shardlist, sources, skipped, counts = [], [], [], [0] * len(ds.classes)
 
     def readable() -> Iterator[tuple[str, int, bytes, str]]:
@@ -87,8 +98,9 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int 
             if data is not None:
                 yield path, label, data, info
             elif strict:
-                raise UnreadableImageError(f"cannot read image file {path}: {info} (strict mode; set "
-                                           "strict=False to skip unreadable files)")
+                raise UnreadableImageError(
+                    f"cannot read image file {path}: {info} (strict mode; set strict=False to skip unreadable files)"
+                )
             else:
                 log.warning("skipping unreadable image %s (%s)", path, info)
                 skipped.append(os.path.relpath(path, src))
@@ -117,23 +129,27 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int 
             name = SHARD_PATTERN.format(len(shardlist))
             before = len(sources)
             atomic_write(out / name, _readable(write))
-            shardlist.append({"url": name, "nsamples": len(sources) - before,
-                              "filesize": (out / name).stat().st_size})
+            shardlist.append({"url": name, "nsamples": len(sources) - before, "filesize": (out / name).stat().st_size})
     finally:
         bar.close()
         items.close()  # a generator: ends the worker pool now, not when it is collected
     if not shardlist:
-        raise UnreadableImageError(f"none of the {len(ds.samples)} image files under {src} can be read; "
-                                   "no shards written")
+        raise UnreadableImageError(
+            f"none of the {len(ds.samples)} image files under {src} can be read; no shards written"
+        )
     desc = {
         "wids_version": 1,
         "name": src.name,
         "shardlist": shardlist,
         "crate_mae": {
-            "format": FORMAT, "classes": list(ds.classes), "class_counts": counts if ds.classes else [],
-            "num_samples": len(sources), "shard_size": shard_size,
+            "format": FORMAT,
+            "classes": list(ds.classes),
+            "class_counts": counts if ds.classes else [],
+            "num_samples": len(sources),
+            "shard_size": shard_size,
             "source": {"path": str(src.resolve()), "kind": kind, "files": len(ds.samples)},
-            "skipped": skipped, "created_by": f"crate-mae {__version__}",
+            "skipped": skipped,
+            "created_by": f"crate-mae {__version__}",
         },
     }
     listing = "".join(f"{s}\n" for s in sources)
@@ -146,11 +162,13 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, shard_size: int 
 def _readable(write: Callable[[str], None]) -> Callable[[str], None]:
     """``write`` followed by the permissions of a normally created file: atomic_write's temporary file is private
     (0600), but shards are usually read by other users and by every rank of a job."""
+
     def wrapped(tmp: str) -> None:
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+
     return wrapped
 
 

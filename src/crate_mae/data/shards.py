@@ -65,8 +65,10 @@ def find_manifest(path: str | os.PathLike, split: str | None = None) -> Path | N
     path = Path(path).expanduser()
     if path.is_file() and path.suffix == ".json":
         if split is not None:
-            raise ValueError(f"{path} is a shard manifest, so split={split!r} cannot apply to it; pass split=None "
-                             "(data.split=null), or the folder that holds the split")
+            raise ValueError(
+                f"{path} is a shard manifest, so split={split!r} cannot apply to it; pass split=None "
+                "(data.split=null), or the folder that holds the split"
+            )
         return path
     root = path / split if split is not None else path
     manifest = root / MANIFEST_NAME
@@ -82,8 +84,10 @@ def tar_hint(root: str | os.PathLike) -> str:
         return ""
     if not n:
         return ""
-    return (f"; it holds {n} .tar file(s) but no {MANIFEST_NAME}: write shards with `crate-mae make-shards` "
-            "(an interrupted run leaves no manifest: remove the folder and run it again)")
+    return (
+        f"; it holds {n} .tar file(s) but no {MANIFEST_NAME}: write shards with `crate-mae make-shards` "
+        "(an interrupted run leaves no manifest: remove the folder and run it again)"
+    )
 
 
 def read_manifest(manifest: str | os.PathLike) -> dict:
@@ -108,8 +112,10 @@ def read_manifest(manifest: str | os.PathLike) -> dict:
         if not isinstance(url, str) or isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"{manifest}: shardlist[{i}] = {s!r} needs a 'url' string and a positive 'nsamples'")
         if "://" in url or url.startswith("pipe:"):
-            raise ValueError(f"{manifest}: shard {url!r} is not a local file; crate-mae reads local shards only "
-                             "(copy them to local disk and list relative paths)")
+            raise ValueError(
+                f"{manifest}: shard {url!r} is not a local file; crate-mae reads local shards only "
+                "(copy them to local disk and list relative paths)"
+            )
         resolved.append({**s, "url": str((manifest.parent / url).resolve())})
     section = desc.get("crate_mae") if isinstance(desc.get("crate_mae"), dict) else {}
     classes = section.get("classes", desc.get("classes", []))
@@ -157,8 +163,13 @@ class ShardDataset(Dataset):
     ``strict=True``, raises :class:`UnreadableImageError` (see the module docstring).
     """
 
-    def __init__(self, manifest: str | os.PathLike, transform: Callable | None = None, strict: bool = False,
-                 max_open: int | None = None):
+    def __init__(
+        self,
+        manifest: str | os.PathLike,
+        transform: Callable | None = None,
+        strict: bool = False,
+        max_open: int | None = None,
+    ):
         require("wids", "shards", "reading WebDataset shards")
         self.manifest = Path(manifest).expanduser()
         desc = read_manifest(self.manifest)
@@ -167,8 +178,9 @@ class ShardDataset(Dataset):
         self.lengths = [int(s["nsamples"]) for s in desc["shardlist"]]
         missing = [p for p in self.shards if not os.path.isfile(p)]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} shard file(s) listed in {self.manifest} are missing, "
-                                    f"first: {missing[0]}")
+            raise FileNotFoundError(
+                f"{len(missing)} shard file(s) listed in {self.manifest} are missing, first: {missing[0]}"
+            )
         self._starts = [0]
         for n in self.lengths:
             self._starts.append(self._starts[-1] + n)
@@ -180,8 +192,8 @@ class ShardDataset(Dataset):
             raise ValueError(f"max_open must be a positive integer, got {max_open!r}")
         self.max_open = max_open or min(len(self.shards), 512)
         self.skipped_files: list[str] = []
-        self._bad: set[int] = set()          # global indices of undecodable samples
-        self._bad_shards: set[int] = set()   # shard indices that cannot be read at all
+        self._bad: set[int] = set()  # global indices of undecodable samples
+        self._bad_shards: set[int] = set()  # shard indices that cannot be read at all
         self._open: OrderedDict[int, object] = OrderedDict()  # LRU of wids IndexedTarSamples, per process
 
     @property
@@ -215,8 +227,10 @@ class ShardDataset(Dataset):
                 except (*DECODE_ERRORS, *_SHARD_ERRORS) as e:
                     where = f"{self.shards[s]} sample {inner} (index {j})"
                     if self.strict:
-                        raise UnreadableImageError(f"cannot read {where}: {type(e).__name__}: {e} (strict mode; "
-                                                   "set strict=False to skip unreadable samples)") from e
+                        raise UnreadableImageError(
+                            f"cannot read {where}: {type(e).__name__}: {e} (strict mode; "
+                            "set strict=False to skip unreadable samples)"
+                        ) from e
                     self._bad.add(j)
                     self._skip(where, e)
                 else:
@@ -233,8 +247,10 @@ class ShardDataset(Dataset):
                 raise ValueError(f"holds {len(shard)} samples, the manifest says {self.lengths[s]}")
         except _SHARD_ERRORS as e:
             if self.strict:
-                raise UnreadableImageError(f"cannot read shard {path}: {type(e).__name__}: {e} (strict mode; set "
-                                           "strict=False to skip unreadable shards)") from e
+                raise UnreadableImageError(
+                    f"cannot read shard {path}: {type(e).__name__}: {e} (strict mode; set "
+                    "strict=False to skip unreadable shards)"
+                ) from e
             self._bad_shards.add(s)
             self._skip(f"{path} (all {self.lengths[s]} samples)", e)
             return False
@@ -246,8 +262,13 @@ class ShardDataset(Dataset):
 
     def _skip(self, what: str, err: BaseException) -> None:
         self.skipped_files.append(what)
-        log.warning("skipping unreadable %s (%s: %s); %d item(s) skipped so far in this process",
-                    what, type(err).__name__, err, len(self.skipped_files))
+        log.warning(
+            "skipping unreadable %s (%s: %s); %d item(s) skipped so far in this process",
+            what,
+            type(err).__name__,
+            err,
+            len(self.skipped_files),
+        )
 
     def close(self) -> None:
         """Unmap every open shard (they are re-opened on the next access)."""
@@ -259,5 +280,7 @@ class ShardDataset(Dataset):
         return {**self.__dict__, "_open": OrderedDict()}
 
     def __repr__(self) -> str:
-        return (f"ShardDataset(manifest={str(self.manifest)!r}, samples={len(self)}, shards={len(self.shards)}, "
-                f"classes={len(self.classes)}, strict={self.strict})")
+        return (
+            f"ShardDataset(manifest={str(self.manifest)!r}, samples={len(self)}, shards={len(self.shards)}, "
+            f"classes={len(self.classes)}, strict={self.strict})"
+        )

@@ -87,12 +87,22 @@ class TransferData:
         return ImageFiles(self.path, samples, classes, transform, strict)
 
     def describe(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "path": str(self.path), "fit_splits": list(self.fit_splits),
-                "test_split": self.test_split}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": str(self.path),
+            "fit_splits": list(self.fit_splits),
+            "test_split": self.test_split,
+        }
 
 
-def find_transfer_data(name: str, root: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
-                       fit_splits: Sequence[str] = ("train",), test_split: str = "test") -> TransferData:
+def find_transfer_data(
+    name: str,
+    root: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+    fit_splits: Sequence[str] = ("train",),
+    test_split: str = "test",
+) -> TransferData:
     """Find data set ``name`` at ``path`` (its own folder), else under ``root``.
 
     A name of :data:`TRANSFER_SETS` is looked for first in torchvision's layout (``root/<folder>``, or ``path`` /
@@ -109,7 +119,7 @@ def find_transfer_data(name: str, root: str | os.PathLike | None = None, path: s
     looked = []
     known = TRANSFER_SETS.get(name)
     if known is not None:
-        for cand in ((base, base / known.folder) if path is not None else (base / known.folder,)):
+        for cand in (base, base / known.folder) if path is not None else (base / known.folder,):
             looked.append(str(cand))
             if _is_layout(known.name, cand):
                 return TransferData(name, known.name, cand, known.fit, known.test)
@@ -121,13 +131,16 @@ def find_transfer_data(name: str, root: str | os.PathLike | None = None, path: s
         missing = [str(folder / s) for s in (*fit_splits, test_split) if not (folder / s).is_dir()]
         if missing:
             present = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-            raise FileNotFoundError(f"data set {name}: split folder not found: {missing[0]} (sub-folders of "
-                                    f"{folder}: {present or 'none'}; choose the splits with --fit-splits / "
-                                    "--test-split)")
+            raise FileNotFoundError(
+                f"data set {name}: split folder not found: {missing[0]} (sub-folders of "
+                f"{folder}: {present or 'none'}; choose the splits with --fit-splits / "
+                "--test-split)"
+            )
         return TransferData(name, "imagefolder", folder, fit_splits, test_split)
     where = f"torchvision's layout ({TRANSFER_SETS[name].folder}) or " if known else ""
-    raise FileNotFoundError(f"data set {name}: found neither {where}an ImageFolder tree; looked for "
-                            + ", ".join(looked))
+    raise FileNotFoundError(
+        f"data set {name}: found neither {where}an ImageFolder tree; looked for " + ", ".join(looked)
+    )
 
 
 def _is_layout(kind: str, folder: Path) -> bool:
@@ -147,8 +160,10 @@ def _image_folders(folder: Path, splits: Sequence[str], transform, strict: bool)
         return parts[0]
     for p in parts[1:]:
         if p.classes != parts[0].classes:
-            raise ValueError(f"class folders differ between {parts[0].root} and {p.root}; splits fit together "
-                             "must hold the same classes")
+            raise ValueError(
+                f"class folders differ between {parts[0].root} and {p.root}; splits fit together "
+                "must hold the same classes"
+            )
     return ImageFiles(folder, [s for p in parts for s in p.samples], parts[0].classes, transform, strict)
 
 
@@ -178,8 +193,10 @@ def read_flowers102(folder: str | os.PathLike, splits: Sequence[str]) -> tuple[l
             raise ValueError(f"Flowers-102 split must be one of {sorted(FLOWERS_SPLIT_KEYS)}, got {split!r}")
         ids = np.atleast_1d(_mat_entry(loadmat, setid, FLOWERS_SPLIT_KEYS[split])).astype(np.int64)
         if ids.size and (ids.min() < 1 or ids.max() > len(labels)):
-            raise ValueError(f"{setid}: {FLOWERS_SPLIT_KEYS[split]} holds image ids in [{ids.min()}, {ids.max()}] "
-                             f"but imagelabels.mat labels {len(labels)} images")
+            raise ValueError(
+                f"{setid}: {FLOWERS_SPLIT_KEYS[split]} holds image ids in [{ids.min()}, {ids.max()}] "
+                f"but imagelabels.mat labels {len(labels)} images"
+            )
         samples += [(str(folder / "jpg" / f"image_{i:05d}.jpg"), int(labels[i - 1]) - 1) for i in ids.tolist()]
     return samples, classes
 

@@ -28,8 +28,11 @@ def resolve_data_config(model: torch.nn.Module) -> dict:
     ours = isinstance(model, Capabilities)  # a foreign nn.Module has neither data_config nor config
     saved = model.data_config if ours else {}
     size = saved.get("img_size") or (model.config.img_size if ours else 224)
-    return {"img_size": int(size[0] if isinstance(size, (list, tuple)) else size),
-            "mean": list(saved.get("mean", IMAGENET_MEAN)), "std": list(saved.get("std", IMAGENET_STD))}
+    return {
+        "img_size": int(size[0] if isinstance(size, (list, tuple)) else size),
+        "mean": list(saved.get("mean", IMAGENET_MEAN)),
+        "std": list(saved.get("std", IMAGENET_STD)),
+    }
 
 
 def check_img_size(img_size: int) -> int:
@@ -54,8 +57,13 @@ def to_normalized_tensor(mean: list[float], std: list[float]) -> list[v2.Transfo
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                       scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True) -> v2.Compose:
+def pretrain_transform(
+    img_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    scale: tuple[float, float] = (0.2, 1.0),
+    hflip: bool = True,
+) -> v2.Compose:
     """MAE pretraining augmentation (facebookresearch/mae ``main_pretrain.py``):
     RandomResizedCrop(img_size, scale, ratio 3/4..4/3, bicubic) -> horizontal flip (p=0.5) -> ToTensor -> Normalize."""
     check_img_size(img_size)
@@ -63,16 +71,20 @@ def pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std
     lo, hi = (float(s) for s in scale)
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(scale)}")
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(img_size, scale=(lo, hi), interpolation=_BICUBIC,
-                                                      antialias=True)]
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(img_size, scale=(lo, hi), interpolation=_BICUBIC, antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + to_normalized_tensor(mean, std))
 
 
-def book_pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                            std: Sequence[float] = IMAGENET_STD, hflip: bool = True, blur_p: float = 0.5,
-                            solarize_p: float = 0.2) -> v2.Compose:
+def book_pretrain_transform(
+    img_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    hflip: bool = True,
+    blur_p: float = 0.5,
+    solarize_p: float = 0.2,
+) -> v2.Compose:
     """The CRATE-MAE recipe of the authors' book (Ma-Lab-Berkeley/deep-representation-learning-book, ch. 7): resize
     the shorter edge to ``img_size * 256 / 224``, random crop ``img_size``, "flips, Gaussian blurs, solarization".
     The book gives no probabilities or blur widths; we use the usual self-supervised ones (BYOL / DINO): blur with
@@ -81,18 +93,25 @@ def book_pretrain_transform(img_size: int, mean: Sequence[float] = IMAGENET_MEAN
     check_img_size(img_size)
     mean, std = check_mean_std(mean, std)
     kernel = max(3, (img_size // 10) | 1)  # odd, ~10 % of the side (23 at 224, as BYOL)
-    steps: list[v2.Transform] = [v2.Resize(round(img_size * 256 / 224), interpolation=_BICUBIC, antialias=True),
-                                 v2.RandomCrop(img_size)]
+    steps: list[v2.Transform] = [
+        v2.Resize(round(img_size * 256 / 224), interpolation=_BICUBIC, antialias=True),
+        v2.RandomCrop(img_size),
+    ]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p),
-              v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.RandomSolarize(0.5, p=solarize_p),
-              v2.Normalize(mean, std)]
+    steps += [
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomSolarize(0.5, p=solarize_p),
+        v2.Normalize(mean, std),
+    ]
     return v2.Compose(steps)
 
 
-def eval_transform(img_size: int, crop_pct: float = 0.875, mean: Sequence[float] = IMAGENET_MEAN,
-                   std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+def eval_transform(
+    img_size: int, crop_pct: float = 0.875, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> v2.Compose:
     """Deterministic evaluation view (MAE / timm): resize the shorter side to ``floor(img_size / crop_pct)``
     (bicubic), centre-crop ``img_size`` x ``img_size``, ToTensor, Normalize. ``crop_pct=1.0`` resizes the shorter
     side to ``img_size`` and centre-crops the longer one (no border is thrown away on square images)."""
@@ -102,8 +121,10 @@ def eval_transform(img_size: int, crop_pct: float = 0.875, mean: Sequence[float]
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
     # floor like timm; the epsilon keeps e.g. 224 / 0.875 = 256 from flooring to 255 by rounding error.
     resize = int(img_size / crop_pct + 1e-6)
-    return v2.Compose([v2.Resize(resize, interpolation=_BICUBIC, antialias=True), v2.CenterCrop(img_size)]
-                      + to_normalized_tensor(mean, std))
+    return v2.Compose(
+        [v2.Resize(resize, interpolation=_BICUBIC, antialias=True), v2.CenterCrop(img_size)]
+        + to_normalized_tensor(mean, std)
+    )
 
 
 def to_tensor_transform() -> v2.Compose:
@@ -111,8 +132,9 @@ def to_tensor_transform() -> v2.Compose:
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 
 
-def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def denormalize(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """Invert ``Normalize``: ``x * std + mean`` per channel, clamped to [0, 1] (for pictures).
 
     ``x`` is ``(C, H, W)`` or ``(N, C, H, W)``; channels are dimension -3. Returns float32 on ``x``'s device."""
@@ -120,8 +142,10 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
         raise ValueError(f"denormalize expects a (C, H, W) or (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     mean, std = check_mean_std(mean, std)
     if x.shape[-3] != len(mean):
-        raise ValueError(f"tensor has {x.shape[-3]} channels (dim -3 of shape {tuple(x.shape)}) but mean/std have "
-                         f"{len(mean)} entries")
+        raise ValueError(
+            f"tensor has {x.shape[-3]} channels (dim -3 of shape {tuple(x.shape)}) but mean/std have "
+            f"{len(mean)} entries"
+        )
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     return (x.float() * s + m).clamp_(0.0, 1.0)

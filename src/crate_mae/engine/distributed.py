@@ -47,15 +47,22 @@ def init_distributed(device: torch.device | str | None = None) -> DistInfo:
         index = local_rank if world > 1 else (device.index or 0)
         visible = torch.cuda.device_count()
         if index >= visible:
-            raise ValueError(f"process with LOCAL_RANK {local_rank} needs GPU cuda:{index} but this node has "
-                             f"{visible} visible GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
-                             f"); start at most {visible} processes per node (torchrun --nproc_per_node={visible})")
+            raise ValueError(
+                f"process with LOCAL_RANK {local_rank} needs GPU cuda:{index} but this node has "
+                f"{visible} visible GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
+                f"); start at most {visible} processes per node (torchrun --nproc_per_node={visible})"
+            )
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            device_id=device if device.type == "cuda" else None,
+        )
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 

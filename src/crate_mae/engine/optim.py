@@ -35,8 +35,13 @@ def adamw(params, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, betas=cast("tuple[float, float]", tuple(betas)), fused=fused or None)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    param_groups: str | Sequence[dict[str, Any]] = "mae") -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    param_groups: str | Sequence[dict[str, Any]] = "mae",
+) -> torch.optim.AdamW:
     """AdamW with a decay and a no-decay group, or with the groups given.
 
     ``param_groups='mae'`` (default) is facebookresearch/mae ``main_pretrain.py``: timm ``add_weight_decay(model,
@@ -48,13 +53,17 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
     ``weight_decay``) and ``lr_scale`` (read by :meth:`WarmupCosine.apply`): fine-tuning's layer-wise lr decay groups.
     They must hold every trainable parameter of ``model``. Fused where possible (:func:`adamw`)."""
     if not isinstance(param_groups, str):
-        groups = [{**g, "params": list(g["params"]), "weight_decay": g.get("weight_decay", weight_decay)}
-                  for g in param_groups]
+        groups = [
+            {**g, "params": list(g["params"]), "weight_decay": g.get("weight_decay", weight_decay)}
+            for g in param_groups
+        ]
         grouped = {id(p) for g in groups for p in g["params"]}
         left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in grouped]
         if left:
-            raise ValueError(f"param_groups leave {len(left)} trainable parameters of {type(model).__name__} out "
-                             f"(e.g. {', '.join(left[:3])})")
+            raise ValueError(
+                f"param_groups leave {len(left)} trainable parameters of {type(model).__name__} out "
+                f"(e.g. {', '.join(left[:3])})"
+            )
         return adamw(groups, lr, betas)
     if param_groups not in PARAM_GROUPS:
         raise ValueError(f"param_groups must be one of {PARAM_GROUPS}, got {param_groups!r}")
@@ -123,8 +132,13 @@ class WarmupCosine:
         return lr
 
     def state_dict(self) -> dict:
-        return dict(base_lr=self.base_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-                    min_lr=self.min_lr, knots=[list(k) for k in self.knots])
+        return dict(
+            base_lr=self.base_lr,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            min_lr=self.min_lr,
+            knots=[list(k) for k in self.knots],
+        )
 
     def load_state_dict(self, state: dict) -> None:
         self.base_lr, self.total_steps = state["base_lr"], state["total_steps"]

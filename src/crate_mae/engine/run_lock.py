@@ -49,11 +49,17 @@ class RunLock:
             if not held_by_kernel and not self._dead(previous):
                 os.close(fd)
                 raise ValueError(self._busy(previous))
-            note = (f"warning: {self.path} was left by a run that ended without releasing it ({_describe(previous)}; "
-                    "killed or crashed?); taking it over")
+            note = (
+                f"warning: {self.path} was left by a run that ended without releasing it ({_describe(previous)}; "
+                "killed or crashed?); taking it over"
+            )
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            ).encode(),
+        )
         self.fd = fd
         return note
 
@@ -75,9 +81,11 @@ class RunLock:
         return info if isinstance(info, dict) else {}
 
     def _busy(self, holder: dict[str, Any]) -> str:
-        return (f"{self.path.parent} is in use by another run ({_describe(holder)}, per {self.path}); wait for it "
-                "to finish or use another run.output_dir. If that run is gone (its machine crashed), delete "
-                f"{self.path}")
+        return (
+            f"{self.path.parent} is in use by another run ({_describe(holder)}, per {self.path}); wait for it "
+            "to finish or use another run.output_dir. If that run is gone (its machine crashed), delete "
+            f"{self.path}"
+        )
 
     @staticmethod
     def _dead(holder: dict[str, Any]) -> bool:
@@ -100,5 +108,4 @@ def _inode(path: Path) -> int | None:
 
 
 def _describe(holder: dict[str, Any]) -> str:
-    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
-            f"{holder.get('started', '?')}")
+    return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"

@@ -52,8 +52,12 @@ def capture_rng(device: torch.device | str = "cpu") -> dict[str, Any]:
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gauss": float(np_state[4]),
+        },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
     device = torch.device(device)
@@ -65,8 +69,7 @@ def capture_rng(device: torch.device | str = "cpu") -> dict[str, Any]:
 def restore_rng(state: dict[str, Any], device: torch.device | str = "cpu") -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gauss"]))
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     device = torch.device(device)
@@ -92,8 +95,13 @@ def _scan(root: Path) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
-def save_run_state(output_dir: str | os.PathLike, model: nn.Module, state: dict[str, Any],
-                    extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+def save_run_state(
+    output_dir: str | os.PathLike,
+    model: nn.Module,
+    state: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
     """Write model + training state for ``state['step']`` atomically; keep the newest ``keep`` snapshots.
 
     A full disk raises :class:`crate_mae.utils.NoSpaceError`; the folder being written is removed and every
@@ -172,8 +180,10 @@ def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> list
         return [path]
     nested = list_run_states(path)[::-1]  # a run folder was given
     if not nested:
-        raise FileNotFoundError(f"--resume: {path} is not a complete checkpoint (needs {CONFIG_NAME}, "
-                                f"{WEIGHTS_NAME}, {STATE_NAME}) and holds no checkpoints/step_* folder")
+        raise FileNotFoundError(
+            f"--resume: {path} is not a complete checkpoint (needs {CONFIG_NAME}, "
+            f"{WEIGHTS_NAME}, {STATE_NAME}) and holds no checkpoints/step_* folder"
+        )
     return nested
 
 
@@ -196,17 +206,20 @@ def read_run_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, t
         state = load_training_state(path)
     except ValueError as e:
         raise DamagedRunStateError(str(e)) from None
-    missing = [k for k in ("step", "epoch", "iter_in_epoch", "optimizer")
-               if not isinstance(state, dict) or k not in state]
+    missing = [
+        k for k in ("step", "epoch", "iter_in_epoch", "optimizer") if not isinstance(state, dict) or k not in state
+    ]
     if missing:
         raise DamagedRunStateError(f"{path / STATE_NAME} is not a training state (missing {', '.join(missing)})")
     try:
         weights = load_file(str(path / WEIGHTS_NAME))
     except Exception as e:
-        raise DamagedRunStateError(f"{path / WEIGHTS_NAME} is damaged (truncated or corrupt): "
-                                     f"{str(e).splitlines()[0]}") from None
+        raise DamagedRunStateError(
+            f"{path / WEIGHTS_NAME} is damaged (truncated or corrupt): {str(e).splitlines()[0]}"
+        ) from None
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise DamagedRunStateError(f"{path / WEIGHTS_NAME} holds non-finite weights ({len(bad)} tensors, e.g. "
-                                     f"{bad[0]})")
+        raise DamagedRunStateError(
+            f"{path / WEIGHTS_NAME} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]})"
+        )
     return state, weights

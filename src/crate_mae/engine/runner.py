@@ -178,8 +178,9 @@ class Task:
         raise NotImplementedError
 
 
-def run(cfg: Any, make_task: Callable[[Any, DistInfo], Task], device: torch.device | str | None = None
-        ) -> dict[str, Any]:
+def run(
+    cfg: Any, make_task: Callable[[Any, DistInfo], Task], device: torch.device | str | None = None
+) -> dict[str, Any]:
     """Validate ``cfg`` (sections ``optim``, ``run``, ``data``; see :mod:`.config`), join the process group, lock
     ``cfg.run.output_dir``, train ``make_task(cfg, info)`` and return its :meth:`Task.finish` result. A process group
     the caller created is left alone; determinism flags are restored."""
@@ -244,13 +245,20 @@ class Runner:
         self.sampler = EpochSampler(len(self.task.train_set), o.batch_size, r.seed, info.rank, info.world_size)
         self.steps_per_epoch = self.sampler.steps_per_epoch // o.accum_iter
         if self.steps_per_epoch < 1:
-            raise ValueError(f"one epoch has {self.sampler.steps_per_epoch} batches, fewer than optim.accum_iter = "
-                             f"{o.accum_iter}; use a larger dataset or smaller batch/accumulation")
+            raise ValueError(
+                f"one epoch has {self.sampler.steps_per_epoch} batches, fewer than optim.accum_iter = "
+                f"{o.accum_iter}; use a larger dataset or smaller batch/accumulation"
+            )
         self.iters_per_epoch = self.steps_per_epoch * o.accum_iter
         workers = resolve_num_workers(cfg.data.num_workers, self.device)
-        self.loader = DataLoader(self.task.train_set, batch_sampler=self.sampler, num_workers=workers,
-                                 pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                                 generator=torch.Generator().manual_seed(r.seed))  # keeps seeding off the global RNG
+        self.loader = DataLoader(
+            self.task.train_set,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(r.seed),
+        )  # keeps seeding off the global RNG
 
         self.effective_batch = o.batch_size * o.accum_iter * info.world_size
         self.lr = effective_lr(o.blr, o.batch_size, o.accum_iter, info.world_size, o.lr)
@@ -308,7 +316,8 @@ class Runner:
             raise NonFiniteLossError(
                 f"{e}. Training stopped; nothing was saved after the last good checkpoint "
                 f"({last if last else 'none written yet'}). Try a lower optim.blr, optim.clip_grad, or check the "
-                f"data for NaN/inf pixels.") from None
+                f"data for NaN/inf pixels."
+            ) from None
 
     def _train_epoch(self) -> str:
         o, st, info = self.cfg.optim, self.state, self.info
@@ -316,10 +325,15 @@ class Runner:
         self.sampler.set_epoch(st.epoch, st.iter_in_epoch)
         self.net.train()
 
-        bar = Progress(self.steps_per_epoch - st.iter_in_epoch // accum, f"epoch {st.epoch + 1}/{o.epochs}", "step",
-                       enabled=info.is_main and self.cfg.run.progress)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                  enabled=self.amp_dtype is not None)
+        bar = Progress(
+            self.steps_per_epoch - st.iter_in_epoch // accum,
+            f"epoch {st.epoch + 1}/{o.epochs}",
+            "step",
+            enabled=info.is_main and self.cfg.run.progress,
+        )
+        autocast = torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
         loss_acc = torch.zeros((), device=self.device)
         t_last, n_last = clock(), 0
         try:
@@ -331,8 +345,11 @@ class Runner:
                 # DDP decides in forward whether backward all-reduces, so both run under no_sync.
                 # (net is DDP, or torch.compile's wrapper of it, which forwards no_sync; torch types a module's
                 # attributes Tensor | Module)
-                sync = (self.net.no_sync()  # type: ignore[operator]
-                        if info.enabled and not boundary else contextlib.nullcontext())
+                sync = (
+                    self.net.no_sync()  # type: ignore[operator]
+                    if info.enabled and not boundary
+                    else contextlib.nullcontext()
+                )
                 with sync, record_function("crate_mae.micro_batch"):  # named ranges in profiler traces
                     with autocast:
                         loss = self.task.loss(self.net, batch)
@@ -368,10 +385,19 @@ class Runner:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_grad) if o.clip_grad else None
         r = self.cfg.run
-        out_of_time = info.is_main and r.max_minutes is not None and st.step + 1 >= r.min_steps and \
-            clock() - self.t0 >= 60 * r.max_minutes
-        packed = torch.stack([loss_acc, grad_norm.float() if grad_norm is not None else torch.zeros_like(loss_acc),
-                              torch.full_like(loss_acc, float(out_of_time))])
+        out_of_time = (
+            info.is_main
+            and r.max_minutes is not None
+            and st.step + 1 >= r.min_steps
+            and clock() - self.t0 >= 60 * r.max_minutes
+        )
+        packed = torch.stack(
+            [
+                loss_acc,
+                grad_norm.float() if grad_norm is not None else torch.zeros_like(loss_acc),
+                torch.full_like(loss_acc, float(out_of_time)),
+            ]
+        )
         loss, norm, stop = all_reduce_sum(packed, info).tolist()
         loss, norm = loss / info.world_size, norm / info.world_size
         where = f"at epoch {st.epoch}, optimizer step {st.step} (lr {self.optimizer.param_groups[0]['lr']:.3g})"
@@ -392,8 +418,7 @@ class Runner:
         st.history.append(loss)
         return loss, (norm if grad_norm is not None else None), stop > 0
 
-    def _after_step(self, loss: float, lr: float, grad_norm: float | None, img_per_s: float, stop: bool
-                    ) -> str | None:
+    def _after_step(self, loss: float, lr: float, grad_norm: float | None, img_per_s: float, stop: bool) -> str | None:
         r, st = self.cfg.run, self.state
         if self.trial is not None:
             self.try_threads()
@@ -403,12 +428,19 @@ class Runner:
                 self.refit()
         epoch_end = st.iter_in_epoch >= self.iters_per_epoch or self.plan_ends(st.step)
         if st.step % r.log_every == 0 or epoch_end:
-            row = {"step": st.step, "epoch": st.epoch + st.iter_in_epoch / self.iters_per_epoch, "loss": loss,
-                   "lr": lr, "img_per_s": img_per_s, "time": time.time()}
+            row = {
+                "step": st.step,
+                "epoch": st.epoch + st.iter_in_epoch / self.iters_per_epoch,
+                "loss": loss,
+                "lr": lr,
+                "img_per_s": img_per_s,
+                "time": time.time(),
+            }
             if grad_norm is not None:
                 row["grad_norm"] = grad_norm
-            self.log_row(row, {f"train/{k}": row[k] for k in ("loss", "lr", "img_per_s", "grad_norm") if k in row},
-                         st.step)
+            self.log_row(
+                row, {f"train/{k}": row[k] for k in ("loss", "lr", "img_per_s", "grad_norm") if k in row}, st.step
+            )
         if r.ckpt_every_steps and st.step % r.ckpt_every_steps == 0 and not epoch_end:
             self.save()
         if self.plan_ends(st.step):
@@ -437,9 +469,12 @@ class Runner:
         torch.set_num_threads(best)
         self.trial = None
         self.log_row({"event": "threads", "threads": best, "ms_per_step": {str(k): v for k, v in ms.items()}})
-        self.say(f"run.threads=auto: {best} compute thread(s) for the rest of the run (a step took "
-                 + ", ".join(f"{v:.0f} ms with {k}" for k, v in ms.items()) + ")"
-                 + ("; other jobs keep this machine's cores busy" if best < max(ms) else ""))
+        self.say(
+            f"run.threads=auto: {best} compute thread(s) for the rest of the run (a step took "
+            + ", ".join(f"{v:.0f} ms with {k}" for k, v in ms.items())
+            + ")"
+            + ("; other jobs keep this machine's cores busy" if best < max(ms) else "")
+        )
 
     def refit(self) -> dict[str, Any]:
         """``run.fit_to_minutes``: set the run's end so that training stops when the budget is used, from the time
@@ -457,13 +492,22 @@ class Runner:
             start = times[skip - 1] if skip else (self.t0 if last_clock is None else last_clock)
             per_step = (times[-1] - start) / max(1, len(times) - skip)
             elapsed = times[-1] - self.t0 + self.trained_before
-            fitted = st.step + max(0, math.floor((60 * r.fit_to_minutes - elapsed) / per_step)) if per_step > 0 \
-                else st.step
+            fitted = (
+                st.step + max(0, math.floor((60 * r.fit_to_minutes - elapsed) / per_step)) if per_step > 0 else st.step
+            )
             total = max(fitted, r.min_steps, st.step, 1)
-            plan = {"step": st.step, "clock": times[-1], "s_per_step": per_step, "measured_steps": len(times) - skip,
-                    "budget_minutes": r.fit_to_minutes, "fitted_steps": fitted, "min_steps": r.min_steps,
-                    "total_steps": total, "expected_minutes": (elapsed + (total - st.step) * per_step) / 60,
-                    "fits": (self.plan["fits"] if self.plan else 0) + 1}
+            plan = {
+                "step": st.step,
+                "clock": times[-1],
+                "s_per_step": per_step,
+                "measured_steps": len(times) - skip,
+                "budget_minutes": r.fit_to_minutes,
+                "fitted_steps": fitted,
+                "min_steps": r.min_steps,
+                "total_steps": total,
+                "expected_minutes": (elapsed + (total - st.step) * per_step) / 60,
+                "fits": (self.plan["fits"] if self.plan else 0) + 1,
+            }
         if self.info.enabled:
             box = [plan]
             dist.broadcast_object_list(box, src=0)
@@ -483,11 +527,15 @@ class Runner:
         budget = f"{plan['budget_minutes']:g}-minute budget"
         head = f"plan at step {plan['step']}: {plan['s_per_step'] * 1000:.0f} ms per step"
         if plan["min_steps"] > plan["fitted_steps"]:
-            return (f"{head}; the {budget} holds {plan['fitted_steps']} steps on this machine now, so the run trains "
-                    f"the guaranteed minimum of run.min_steps = {plan['min_steps']} (about "
-                    f"{plan['expected_minutes']:.1f} minutes of training)")
-        return (f"{head}: {plan['total_steps']} steps ({plan['total_steps'] / self.steps_per_epoch:.1f} epochs of "
-                f"{self.steps_per_epoch}) fill the {budget}; refitted every {self.fit_every} steps")
+            return (
+                f"{head}; the {budget} holds {plan['fitted_steps']} steps on this machine now, so the run trains "
+                f"the guaranteed minimum of run.min_steps = {plan['min_steps']} (about "
+                f"{plan['expected_minutes']:.1f} minutes of training)"
+            )
+        return (
+            f"{head}: {plan['total_steps']} steps ({plan['total_steps'] / self.steps_per_epoch:.1f} epochs of "
+            f"{self.steps_per_epoch}) fill the {budget}; refitted every {self.fit_every} steps"
+        )
 
     def set_plan(self, plan: dict[str, Any]) -> None:
         """End the run after ``plan['total_steps']`` optimizer steps; ``optim.epochs`` becomes the epochs that
@@ -505,18 +553,27 @@ class Runner:
         mean = st.loss_sum / st.loss_steps if st.loss_steps else float("nan")
         st.epoch, st.iter_in_epoch, st.loss_sum, st.loss_steps = epoch, 0, 0.0, 0
         groups = self.task.end_epoch(self.context(), epoch, mean)
-        parts = [f"epoch {epoch}/{o.epochs}  loss {mean:.4f}  lr {self.optimizer.param_groups[0]['lr']:.3g}  "
-                 f"step {st.step}  {clock() - self.t0:.0f}s"]
+        parts = [
+            f"epoch {epoch}/{o.epochs}  loss {mean:.4f}  lr {self.optimizer.param_groups[0]['lr']:.3g}  "
+            f"step {st.step}  {clock() - self.t0:.0f}s"
+        ]
         self.log_row({"event": "epoch", "epoch": epoch, "step": st.step, "loss": mean}, {"epoch/loss": mean}, epoch)
         for group, values in groups.items():
-            self.log_row({"event": group, "epoch": epoch, "step": st.step, **values},
-                         {f"{group}/{k}": v for k, v in values.items()}, epoch)
+            self.log_row(
+                {"event": group, "epoch": epoch, "step": st.step, **values},
+                {f"{group}/{k}": v for k, v in values.items()},
+                epoch,
+            )
             parts.append(f"{group} " + " ".join(f"{k} {v:.4g}" for k, v in values.items()))
         self.say("  |  ".join(parts))
         self.save()
         if epoch in self.cfg.run.keep_epochs:
-            on_main(self.info, lambda: save_pretrained(self.task.model, self.out / "epochs" / f"epoch_{epoch:04d}",
-                                                       extra=self.task.extra))
+            on_main(
+                self.info,
+                lambda: save_pretrained(
+                    self.task.model, self.out / "epochs" / f"epoch_{epoch:04d}", extra=self.task.extra
+                ),
+            )
 
     # -- run state --------------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -526,20 +583,30 @@ class Runner:
         if self.info.enabled:
             rngs = [None] * self.info.world_size
             dist.all_gather_object(rngs, capture_rng(self.device))
-        state = {**self.state.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                 "schedule": self.schedule.state_dict(), "rng": rngs, "world_size": self.info.world_size,
-                 "config": self.cfg.to_dict(), "task": self.task.state_dict(), "plan": self.plan,
-                 "trained_s": self.trained_before + self.elapsed()}
+        state = {
+            **self.state.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "schedule": self.schedule.state_dict(),
+            "rng": rngs,
+            "world_size": self.info.world_size,
+            "config": self.cfg.to_dict(),
+            "task": self.task.state_dict(),
+            "plan": self.plan,
+            "trained_s": self.trained_before + self.elapsed(),
+        }
 
         def write() -> Path:
             try:
-                return save_run_state(self.out, self.task.model, state, extra=self.task.extra,
-                                      keep=self.cfg.run.keep_checkpoints)
+                return save_run_state(
+                    self.out, self.task.model, state, extra=self.task.extra, keep=self.cfg.run.keep_checkpoints
+                )
             except NoSpaceError as e:
-                raise NoSpaceError(f"{e}; the checkpoints already written are intact (newest: "
-                                   f"{find_latest_run_state(self.out) or 'none'}); free space, then resume with "
-                                   "--resume auto") from None
+                raise NoSpaceError(
+                    f"{e}; the checkpoints already written are intact (newest: "
+                    f"{find_latest_run_state(self.out) or 'none'}); free space, then resume with "
+                    "--resume auto"
+                ) from None
 
         return on_main(self.info, write)
 
@@ -578,8 +645,10 @@ class Runner:
             if state["world_size"] == self.info.world_size:
                 self._rng = state["rng"][self.info.rank]
             else:
-                self.say(f"warning: checkpoint written by {state['world_size']} processes, resuming with "
-                         f"{self.info.world_size}; data order and losses continue, but not bit-exactly")
+                self.say(
+                    f"warning: checkpoint written by {state['world_size']} processes, resuming with "
+                    f"{self.info.world_size}; data order and losses continue, but not bit-exactly"
+                )
             if problems:
                 self.say(f"warning: resuming from {path}, the newest readable checkpoint")
             self.resume_from = path
@@ -595,12 +664,13 @@ class Runner:
         if not changes:
             return
         if self.cfg.run.allow_config_change:
-            self.say(f"warning: resuming {path} with a changed config (run.allow_config_change): "
-                     + "; ".join(changes))
+            self.say(f"warning: resuming {path} with a changed config (run.allow_config_change): " + "; ".join(changes))
             return
-        raise ValueError(f"cannot resume {path} with a different config; these keys change the model, data order "
-                         f"or schedule: {'; '.join(changes)}. Use the checkpoint's values, a new run.output_dir, "
-                         "or --allow-config-change (run.allow_config_change=true) to continue anyway")
+        raise ValueError(
+            f"cannot resume {path} with a different config; these keys change the model, data order "
+            f"or schedule: {'; '.join(changes)}. Use the checkpoint's values, a new run.output_dir, "
+            "or --allow-config-change (run.allow_config_change=true) to continue anyway"
+        )
 
     # -- logging ----------------------------------------------------------------------------------------------------
     def _open_logs(self) -> None:
@@ -628,11 +698,14 @@ class Runner:
         self.writer = SummaryWriter(str(self.out / "tb"), purge_step=step + 1 if step else None)
         o, t = self.cfg.optim, self.task
         n = sum(p.numel() for p in t.model.parameters())
-        self.say(f"{t.name} {t.title} ({n / 1e6:.2f}M params) on {self.device}"
-                 f"{f' x {self.info.world_size} processes' if self.info.enabled else ''}; {len(t.train_set)} "
-                 f"images, {self.steps_per_epoch} steps/epoch, effective batch {self.effective_batch}, lr "
-                 f"{self.lr:.3g}" + (f"; resumed from {self.resume_from} (epoch {self.state.epoch}, step {step})"
-                                     if self.resume_from else "") + f"; {o.epochs} epochs")
+        self.say(
+            f"{t.name} {t.title} ({n / 1e6:.2f}M params) on {self.device}"
+            f"{f' x {self.info.world_size} processes' if self.info.enabled else ''}; {len(t.train_set)} "
+            f"images, {self.steps_per_epoch} steps/epoch, effective batch {self.effective_batch}, lr "
+            f"{self.lr:.3g}"
+            + (f"; resumed from {self.resume_from} (epoch {self.state.epoch}, step {step})" if self.resume_from else "")
+            + f"; {o.epochs} epochs"
+        )
 
     def log_row(self, row: dict[str, Any], scalars: dict[str, float] | None = None, step: int | None = None) -> None:
         """Rank 0: append ``row`` to metrics.jsonl and ``scalars`` to TensorBoard at ``step``."""
@@ -653,14 +726,22 @@ class Runner:
     def context(self) -> TaskContext:
         """What the Task's hooks get: a snapshot of the run and the ways to report (:class:`TaskContext`)."""
         st = self.state
-        return TaskContext(state=replace(st, history=list(st.history)), lr=self.lr,
-                           effective_batch=self.effective_batch, images_seen=self.images_seen,
-                           plan=dict(self.plan) if self.plan is not None else None, out=self.out, device=self.device,
-                           amp_dtype=self.amp_dtype, elapsed=self.elapsed, log=self.log_row, say=self.say)
+        return TaskContext(
+            state=replace(st, history=list(st.history)),
+            lr=self.lr,
+            effective_batch=self.effective_batch,
+            images_seen=self.images_seen,
+            plan=dict(self.plan) if self.plan is not None else None,
+            out=self.out,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            elapsed=self.elapsed,
+            log=self.log_row,
+            say=self.say,
+        )
 
     def say(self, msg: str) -> None:
         if self.info.is_main:
-
             tqdm.write(msg)
 
     def close(self) -> None:
@@ -677,8 +758,10 @@ def check_weights(model: nn.Module, step: int) -> None:
     finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
     if not bool(finite.all()):
         bad = [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
-        raise NonFiniteLossError(f"weights became non-finite after optimizer step {step} "
-                                 f"({len(bad)} of {len(named)} tensors, e.g. {', '.join(bad[:3])})")
+        raise NonFiniteLossError(
+            f"weights became non-finite after optimizer step {step} "
+            f"({len(bad)} of {len(named)} tensors, e.g. {', '.join(bad[:3])})"
+        )
 
 
 def on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:

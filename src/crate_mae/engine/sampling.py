@@ -70,8 +70,10 @@ class SeededSamples(Dataset):
             return item
         img = item[0] if isinstance(item, (tuple, list)) else item
         if not isinstance(img, torch.Tensor):
-            raise ValueError(f"dataset sample {index} is a {type(img).__name__}, expected a tensor image; "
-                             "give the dataset a transform that ends with ToTensor/Normalize")
+            raise ValueError(
+                f"dataset sample {index} is a {type(img).__name__}, expected a tensor image; "
+                "give the dataset a transform that ends with ToTensor/Normalize"
+            )
         noise = torch.rand(self.num_patches, generator=torch.Generator().manual_seed(s ^ 1))
         return img, noise
 
@@ -84,12 +86,15 @@ class EpochSampler(Sampler[list[tuple[int, int]]]):
     a resume without loading them.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ):
         self.global_batch = batch_size * world_size
         if num_samples < self.global_batch:
-            raise ValueError(f"dataset has {num_samples} samples, fewer than one global batch "
-                             f"(batch_size {batch_size} x {world_size} processes = {self.global_batch})")
+            raise ValueError(
+                f"dataset has {num_samples} samples, fewer than one global batch "
+                f"(batch_size {batch_size} x {world_size} processes = {self.global_batch})"
+            )
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.epoch, self.start_step = 0, 0
@@ -111,5 +116,5 @@ class EpochSampler(Sampler[list[tuple[int, int]]]):
         else:
             order = list(range(self.num_samples))
         for step in range(self.start_step, self.steps_per_epoch):
-            chunk = order[step * self.global_batch:(step + 1) * self.global_batch]
-            yield [(self.epoch, i) for i in chunk[self.rank::self.world_size]]
+            chunk = order[step * self.global_batch : (step + 1) * self.global_batch]
+            yield [(self.epoch, i) for i in chunk[self.rank :: self.world_size]]

@@ -17,8 +17,30 @@ from .probe import knn, linprobe
 from .results import compare_table, make_result, read_result, read_results, summary_line, write_result
 from .suite import run_suite
 
-__all__ = ["FeatureSet", "LARS", "LinearProbeHead", "check_compatible", "check_same_classes", "compare_table",
-           "compute_features", "extract_features", "knn", "knn_evaluate", "knn_scores", "linprobe",
-           "logistic_probe", "make_result", "mask_ratio_sweep", "read_result", "read_results",
-           "reconstruction_loss", "run_suite", "summary_line", "top1_interval", "topk_accuracy", "topk_correct",
-           "train_linear_head", "write_result"]
+__all__ = [
+    "FeatureSet",
+    "LARS",
+    "LinearProbeHead",
+    "check_compatible",
+    "check_same_classes",
+    "compare_table",
+    "compute_features",
+    "extract_features",
+    "knn",
+    "knn_evaluate",
+    "knn_scores",
+    "linprobe",
+    "logistic_probe",
+    "make_result",
+    "mask_ratio_sweep",
+    "read_result",
+    "read_results",
+    "reconstruction_loss",
+    "run_suite",
+    "summary_line",
+    "top1_interval",
+    "topk_accuracy",
+    "topk_correct",
+    "train_linear_head",
+    "write_result",
+]

@@ -61,8 +61,10 @@ class FeatureSet:
         if layer is None:
             return getattr(self, pool)
         if layer not in self.layers:
-            raise ValueError(f"layer {layer} is not in this feature file (stored layers: {sorted(self.layers)}); "
-                             "re-extract with --layers")
+            raise ValueError(
+                f"layer {layer} is not in this feature file (stored layers: {sorted(self.layers)}); "
+                "re-extract with --layers"
+            )
         return self.layers[layer][pool]
 
     @property
@@ -76,8 +78,11 @@ class FeatureSet:
             for pool, t in pools.items():
                 tensors[f"layer{layer}.{pool}"] = t
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        metadata = {"classes": json.dumps(self.classes), "meta": json.dumps(self.meta, default=str),
-                    "format": "crate_mae.features/1"}
+        metadata = {
+            "classes": json.dumps(self.classes),
+            "meta": json.dumps(self.meta, default=str),
+            "format": "crate_mae.features/1",
+        }
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
@@ -92,17 +97,25 @@ class FeatureSet:
         except Exception as e:
             raise ValueError(f"cannot read {path} as a safetensors feature file: {e}") from None
         if metadata.get("format") != "crate_mae.features/1" or not {"cls", "mean", "labels"} <= set(tensors):
-            raise ValueError(f"{path} is not a feature file written by `crate-mae features` "
-                             f"(keys {sorted(tensors)[:6]}, format {metadata.get('format')!r})")
+            raise ValueError(
+                f"{path} is not a feature file written by `crate-mae features` "
+                f"(keys {sorted(tensors)[:6]}, format {metadata.get('format')!r})"
+            )
         layers: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():
             if k.startswith("layer"):
                 name, pool = k.split(".")
-                layers.setdefault(int(name[len("layer"):]), {})[pool] = v
+                layers.setdefault(int(name[len("layer") :]), {})[pool] = v
         meta = json.loads(metadata.get("meta", "{}"))
         meta.setdefault("path", str(path))
-        return cls(cls=tensors["cls"], mean=tensors["mean"], labels=tensors["labels"],
-                   classes=json.loads(metadata["classes"]), layers=dict(sorted(layers.items())), meta=meta)
+        return cls(
+            cls=tensors["cls"],
+            mean=tensors["mean"],
+            labels=tensors["labels"],
+            classes=json.loads(metadata["classes"]),
+            layers=dict(sorted(layers.items())),
+            meta=meta,
+        )
 
 
 def read_feature_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -124,9 +137,16 @@ def encoder_blocks(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, batches: Iterable, layers: Sequence[int] | None = None,
-                     device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None,
-                     progress: bool = True, total: int | None = None, desc: str = "features") -> dict[str, Any]:
+def extract_features(
+    model: nn.Module,
+    batches: Iterable,
+    layers: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    total: int | None = None,
+    desc: str = "features",
+) -> dict[str, Any]:
     """Run ``model.forward_features`` over ``(images, labels)`` batches; return pooled features.
 
     Returns ``{"cls": (N, D), "mean": (N, D), "labels": (N,), "layers": {l: {"cls", "mean"}}}`` (float32, CPU).
@@ -158,16 +178,18 @@ def extract_features(model: nn.Module, batches: Iterable, layers: Sequence[int] 
         bar.close()
     if not out["labels"]:
         raise ValueError("no images: the dataset is empty")
-    return {"cls": torch.cat(out["cls"]), "mean": torch.cat(out["mean"]), "labels": torch.cat(out["labels"]),
-            "layers": {i: {k: torch.cat(v) for k, v in d.items()} for i, d in per_layer.items()}}
+    return {
+        "cls": torch.cat(out["cls"]),
+        "mean": torch.cat(out["mean"]),
+        "labels": torch.cat(out["labels"]),
+        "layers": {i: {k: torch.cat(v) for k, v in d.items()} for i, d in per_layer.items()},
+    }
 
 
 def _pool_into(store: dict[str, list], z: torch.Tensor) -> None:
     z = z.float()
     store["cls"].append(z[:, 0].cpu())
     store["mean"].append(z[:, 1:].mean(dim=1).cpu())
-
-
 
 
 # -- a dataset -> features, each sample once, sharded over torchrun ranks --------------------------------------------
@@ -202,14 +224,27 @@ def collate_each_once(batch: list) -> tuple:
     """``(images or None, labels, indices, unreadable file names)`` of a batch of :class:`EachSampleOnce`."""
     kept = [b for b in batch if b[0] is not None]
     imgs = torch.stack([b[0] for b in kept]) if kept else None
-    return (imgs, torch.tensor([int(b[1]) for b in kept], dtype=torch.long),
-            torch.tensor([b[2] for b in kept], dtype=torch.long), [b[3] for b in batch if b[0] is None])
+    return (
+        imgs,
+        torch.tensor([int(b[1]) for b in kept], dtype=torch.long),
+        torch.tensor([b[2] for b in kept], dtype=torch.long),
+        [b[3] for b in batch if b[0] is None],
+    )
 
 
-def extract_dataset(model: nn.Module, parts: Dataset | Sequence[Dataset], *, layers: Sequence[int] | None = None,
-                    batch_size: int = 128, num_workers: int = 2, device: torch.device | str | None = None,
-                    amp_dtype: torch.dtype | None = None, progress: bool = True, desc: str = "features",
-                    dist: DistInfo | None = None) -> dict[str, Any] | None:
+def extract_dataset(
+    model: nn.Module,
+    parts: Dataset | Sequence[Dataset],
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    desc: str = "features",
+    dist: DistInfo | None = None,
+) -> dict[str, Any] | None:
     """:func:`extract_features` over the samples of ``parts`` (one dataset or several, one after another), each
     read once: unreadable image files are left out and listed. Adds ``"index"`` (N,), the position of each row in
     the concatenated parts (ascending), and ``"skipped"``, the unreadable files.
@@ -220,8 +255,14 @@ def extract_dataset(model: nn.Module, parts: Dataset | Sequence[Dataset], *, lay
     world, rank = (dist.world_size, dist.rank) if dist is not None and dist.enabled else (1, 0)
     lo, hi = rank * len(data) // world, (rank + 1) * len(data) // world
     device = torch.device(device) if device is not None else default_device()
-    loader = DataLoader(Subset(data, range(lo, hi)), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", collate_fn=collate_each_once)
+    loader = DataLoader(
+        Subset(data, range(lo, hi)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_each_once,
+    )
     index: list[torch.Tensor] = []
     skipped: list[str] = []
 
@@ -232,9 +273,16 @@ def extract_dataset(model: nn.Module, parts: Dataset | Sequence[Dataset], *, lay
                 index.append(idx)
                 yield imgs, labels
 
-    run = lambda: extract_features(model, batches(), layers=layers, device=device, amp_dtype=amp_dtype,
-                                   progress=progress and rank == 0, total=hi - lo,
-                                   desc=desc if world == 1 else f"{desc} (rank 0 of {world})")
+    run = lambda: extract_features(
+        model,
+        batches(),
+        layers=layers,
+        device=device,
+        amp_dtype=amp_dtype,
+        progress=progress and rank == 0,
+        total=hi - lo,
+        desc=desc if world == 1 else f"{desc} (rank 0 of {world})",
+    )
     if world == 1:
         raw = run()
         raw.update(index=torch.cat(index), skipped=skipped)
@@ -271,8 +319,13 @@ def default_crop_pct(img_size: int) -> float:
     return 0.875 if img_size >= 96 else 1.0
 
 
-def eval_view(model: nn.Module, img_size: int | None = None, crop_pct: float | None = None,
-              mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> tuple[Any, dict[str, Any]]:
+def eval_view(
+    model: nn.Module,
+    img_size: int | None = None,
+    crop_pct: float | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """``(transform, description)`` of the deterministic eval view of ``model``'s images: resize to
     ``img_size / crop_pct``, centre crop, normalise; every default from the checkpoint (:func:`resolve_data_config`,
     :func:`default_crop_pct`). The description is what feature files record as ``transform``."""
@@ -284,24 +337,55 @@ def eval_view(model: nn.Module, img_size: int | None = None, crop_pct: float | N
     return eval_transform(img_size, crop_pct=crop_pct, mean=mean, std=std), view
 
 
-def feature_meta(model: nn.Module, checkpoint: str, sha: str, dataset: str, split: str | None, view: dict,
-                 raw: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+def feature_meta(
+    model: nn.Module,
+    checkpoint: str,
+    sha: str,
+    dataset: str,
+    split: str | None,
+    view: dict,
+    raw: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> dict[str, Any]:
     """The provenance a feature file carries (probes compare ``checkpoint_sha256``, ``precision``, classes)."""
     ours = isinstance(model, Capabilities)  # a foreign nn.Module has no config
-    return {"checkpoint": checkpoint, "checkpoint_sha256": sha, "model": model.model_name if ours else None,
-            "architecture": model.config.architecture if ours else None, "dataset": dataset, "split": split,
-            "num_images": int(raw["labels"].shape[0]), "skipped_files": list(raw.get("skipped", [])),
-            "transform": view, "layers": sorted(raw["layers"]), "crate_mae_version": __version__,
-            "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")}}
+    return {
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": sha,
+        "model": model.model_name if ours else None,
+        "architecture": model.config.architecture if ours else None,
+        "dataset": dataset,
+        "split": split,
+        "num_images": int(raw["labels"].shape[0]),
+        "skipped_files": list(raw.get("skipped", [])),
+        "transform": view,
+        "layers": sorted(raw["layers"]),
+        "crate_mae_version": __version__,
+        "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")},
+    }
 
 
-def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathLike, split: str | None = None, *,
-                     kind: str = "auto", layers: Sequence[int] | None = None, batch_size: int = 128,
-                     num_workers: int = 2, img_size: int | None = None, crop_pct: float | None = None,
-                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                     device: torch.device | str | None = None, progress: bool = True, seed: int = 0,
-                     model_overrides: dict[str, Any] | None = None, fingerprint: str | None = None,
-                     limit: int | None = None) -> FeatureSet:
+def compute_features(
+    source: str | os.PathLike | nn.Module,
+    data: str | os.PathLike,
+    split: str | None = None,
+    *,
+    kind: str = "auto",
+    layers: Sequence[int] | None = None,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    img_size: int | None = None,
+    crop_pct: float | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    model_overrides: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+    limit: int | None = None,
+) -> FeatureSet:
     """Features of the labelled split ``data``/``split`` under the deterministic eval transform (resize + centre
     crop + normalise; defaults from the checkpoint's pretraining data config). ``source`` is a checkpoint path, a
     registered model name (random init with ``seed``) or a model (then pass ``fingerprint`` to identify it).
@@ -319,11 +403,20 @@ def compute_features(source: str | os.PathLike | nn.Module, data: str | os.PathL
         dataset = Subset(dataset, torch.linspace(0, len(dataset) - 1, limit).round().long().tolist())
     device = torch.device(device) if device is not None else default_device()
     dtype = amp_dtype("auto", device)
-    raw = extract_dataset(model, dataset, layers=layers, batch_size=batch_size, num_workers=num_workers,
-                          device=device, amp_dtype=dtype, progress=progress)
+    raw = extract_dataset(
+        model,
+        dataset,
+        layers=layers,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        amp_dtype=dtype,
+        progress=progress,
+    )
     meta = feature_meta(model, ckpt_name, sha, str(data), split, view, raw, device, dtype)
-    return FeatureSet(cls=raw["cls"], mean=raw["mean"], labels=raw["labels"], classes=classes, layers=raw["layers"],
-                      meta=meta)
+    return FeatureSet(
+        cls=raw["cls"], mean=raw["mean"], labels=raw["labels"], classes=classes, layers=raw["layers"], meta=meta
+    )
 
 
 def check_compatible(train: FeatureSet, val: FeatureSet) -> None:
@@ -332,13 +425,16 @@ def check_compatible(train: FeatureSet, val: FeatureSet) -> None:
         raise ValueError(
             f"feature files come from different checkpoints: train {train.meta.get('path', '')} has sha256 "
             f"{str(train.checkpoint_sha256)[:12]} ({train.meta.get('checkpoint')}), val {val.meta.get('path', '')} "
-            f"has {str(val.checkpoint_sha256)[:12]} ({val.meta.get('checkpoint')})")
+            f"has {str(val.checkpoint_sha256)[:12]} ({val.meta.get('checkpoint')})"
+        )
     check_same_classes(train.classes, val.classes, "train features", "val features")
     a, b = train.meta.get("precision"), val.meta.get("precision")
     if a != b:  # bf16 features (CUDA autocast) sit measurably apart from fp32 ones (CPU) of the same images
-        raise ValueError(f"feature files were computed differently: train {train.meta.get('path', '')} on "
-                         f"{_precision(a)}, val {val.meta.get('path', '')} on {_precision(b)}; extract both on the "
-                         "same kind of device (--device)")
+        raise ValueError(
+            f"feature files were computed differently: train {train.meta.get('path', '')} on "
+            f"{_precision(a)}, val {val.meta.get('path', '')} on {_precision(b)}; extract both on the "
+            "same kind of device (--device)"
+        )
     if train.cls.shape[1] != val.cls.shape[1]:
         raise ValueError(f"feature widths differ: train {train.cls.shape[1]}, val {val.cls.shape[1]}")
 
@@ -360,5 +456,6 @@ def check_same_classes(a: Sequence[str], b: Sequence[str], name_a: str = "train"
         detail.append(f"only in {name_b}: {', '.join(only_b[:8])}")
     if not detail:
         detail.append("same names in a different order")
-    raise ValueError(f"class lists differ between {name_a} ({len(a)} classes) and {name_b} ({len(b)} classes): "
-                     + "; ".join(detail))
+    raise ValueError(
+        f"class lists differ between {name_a} ({len(a)} classes) and {name_b} ({len(b)} classes): " + "; ".join(detail)
+    )

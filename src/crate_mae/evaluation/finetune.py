@@ -48,12 +48,19 @@ from .metrics import topk_correct
 from .results import make_result, summary_line, write_result
 
 # The config moved to .finetune_config; these names were defined here.
-__getattr__ = moved_names(__name__, {name: f"crate_mae.evaluation.finetune_config:{name}" for name in (
-    "FinetuneDataConfig", "FinetuneModelConfig", "FinetuneOptimConfig", "load_finetune_config")})
+__getattr__ = moved_names(
+    __name__,
+    {
+        name: f"crate_mae.evaluation.finetune_config:{name}"
+        for name in ("FinetuneDataConfig", "FinetuneModelConfig", "FinetuneOptimConfig", "load_finetune_config")
+    },
+)
+
 
 # -- layer-wise lr decay -----------------------------------------------------------------------------------------------
-def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: float = 0.75,
-                     no_weight_decay_list: Sequence[str] = ()) -> list[dict[str, Any]]:
+def param_groups_lrd(
+    model: nn.Module, weight_decay: float = 0.05, layer_decay: float = 0.75, no_weight_decay_list: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Parameter groups for layer-wise lr decay: timm's ``param_groups_layer_decay`` through ``model.group_matcher``.
 
     Our encoders group as facebookresearch/mae ``util/lr_decay.param_groups_lrd`` (``get_layer_id_for_vit``): with
@@ -61,8 +68,9 @@ def param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, layer_decay: 
     the final norm and head 1. 1-D parameters (norms, biases) and ``no_weight_decay_list`` get no weight decay."""
 
     model.group_matcher()  # a ValueError for a masked autoencoder, before timm builds groups
-    return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=list(no_weight_decay_list),
-                                    layer_decay=layer_decay)
+    return param_groups_layer_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=list(no_weight_decay_list), layer_decay=layer_decay
+    )
 
 
 # -- data --------------------------------------------------------------------------------------------------------------
@@ -70,9 +78,21 @@ def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
     """timm's ImageNet training pipeline: RandomResizedCrop(scale, bicubic), flip, RandAugment, ToTensor,
     Normalize, random erasing (pixel mode)."""
 
-    transform = create_transform(img_size, is_training=True, scale=tuple(aug.scale), hflip=aug.hflip, vflip=0.0,
-                                 color_jitter=None, auto_augment=aug.rand_augment, interpolation="bicubic",
-                                 mean=tuple(mean), std=tuple(std), re_prob=aug.reprob, re_mode="pixel", re_count=1)
+    transform = create_transform(
+        img_size,
+        is_training=True,
+        scale=tuple(aug.scale),
+        hflip=aug.hflip,
+        vflip=0.0,
+        color_jitter=None,
+        auto_augment=aug.rand_augment,
+        interpolation="bicubic",
+        mean=tuple(mean),
+        std=tuple(std),
+        re_prob=aug.reprob,
+        re_mode="pixel",
+        re_count=1,
+    )
     return fix_rand_augment_posterize(transform)  # Pillow >= 13 rejects RandAugment's 0-bit posterize
 
 
@@ -82,9 +102,15 @@ def build_mixup(aug: FinetuneAugConfig, num_classes: int):
     if aug.mixup <= 0 and aug.cutmix <= 0:
         return None
 
-    return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
-                 switch_prob=aug.mixup_switch_prob, mode="batch", label_smoothing=aug.smoothing,
-                 num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=aug.mixup,
+        cutmix_alpha=aug.cutmix,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        mode="batch",
+        label_smoothing=aug.smoothing,
+        num_classes=num_classes,
+    )
 
 
 def build_criterion(aug: FinetuneAugConfig, mixup) -> nn.Module:
@@ -105,25 +131,30 @@ def load_pretrained(cfg: FinetuneConfig) -> nn.Module | None:
     return load_checkpoint(m.checkpoint, **m.overrides) if m.checkpoint is not None else None
 
 
-def build_classifier(cfg: FinetuneConfig, num_classes: int, img_size: int | None,
-                     pretrained: nn.Module | None = None) -> nn.Module:
+def build_classifier(
+    cfg: FinetuneConfig, num_classes: int, img_size: int | None, pretrained: nn.Module | None = None
+) -> nn.Module:
     """The classifier ``cfg.model`` describes: the encoder of ``cfg.model.checkpoint`` (``pretrained``, that
     checkpoint already loaded by :func:`load_pretrained`, is used instead of reading it again) with a new
     ``num_classes`` head, or ``cfg.model.name`` at random init (``img_size`` unless the overrides set one)."""
     m = cfg.model
     if m.checkpoint is not None:
         source = pretrained if pretrained is not None else load_pretrained(cfg)
-        return load_encoder(source, num_classes=num_classes, global_pool=m.global_pool,
-                            drop_path_rate=m.drop_path_rate)
+        return load_encoder(source, num_classes=num_classes, global_pool=m.global_pool, drop_path_rate=m.drop_path_rate)
     kw = dict(m.overrides)
     if img_size is not None:
         kw.setdefault("img_size", img_size)
-    return create_model(m.name, num_classes=num_classes, global_pool=m.global_pool,
-                        drop_path_rate=m.drop_path_rate, **kw)
+    return create_model(
+        m.name, num_classes=num_classes, global_pool=m.global_pool, drop_path_rate=m.drop_path_rate, **kw
+    )
 
 
-def finetune(cfg: FinetuneConfig, train_dataset: Dataset | None = None, val_dataset: Dataset | None = None,
-             device: torch.device | str | None = None) -> dict[str, Any]:
+def finetune(
+    cfg: FinetuneConfig,
+    train_dataset: Dataset | None = None,
+    val_dataset: Dataset | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.data`` (or on the given datasets of ``(image tensor, label)``, which must
     then carry ``.classes`` and their own transforms). Returns the result dict also written to
     ``<output_dir>/result.json`` (metrics: final and best val top-1 / top-5)."""
@@ -139,8 +170,7 @@ class Finetuning(Task):
 
     cfg: FinetuneConfig
 
-    def __init__(self, cfg: FinetuneConfig, info: DistInfo, train_dataset: Dataset | None,
-                 val_dataset: Dataset | None):
+    def __init__(self, cfg: FinetuneConfig, info: DistInfo, train_dataset: Dataset | None, val_dataset: Dataset | None):
         super().__init__(cfg, info)
         d, r = cfg.data, cfg.run
         self.title = cfg.model.checkpoint or cfg.model.name
@@ -152,38 +182,63 @@ class Finetuning(Task):
         if pretrained is not None:
             dc = resolve_data_config(pretrained)
         else:
-            dc = {"img_size": cfg.model.overrides.get("img_size", model_defaults(cfg.model.name).get("img_size")),
-                  "mean": None, "std": None}
+            dc = {
+                "img_size": cfg.model.overrides.get("img_size", model_defaults(cfg.model.name).get("img_size")),
+                "mean": None,
+                "std": None,
+            }
         img_size = d.img_size or dc["img_size"] or 224
         mean, std = list(d.mean or dc["mean"] or IMAGENET_MEAN), list(d.std or dc["std"] or IMAGENET_STD)
-        self.data_info = {"img_size": img_size, "mean": mean, "std": std,
-                          "crop_pct": d.crop_pct if d.crop_pct is not None else default_crop_pct(img_size)}
+        self.data_info = {
+            "img_size": img_size,
+            "mean": mean,
+            "std": std,
+            "crop_pct": d.crop_pct if d.crop_pct is not None else default_crop_pct(img_size),
+        }
         if train_dataset is None or val_dataset is None:
             with torch.random.fork_rng(devices=[]):  # the model's initialisation draws on from where loading left it
-                train_dataset = D.build_dataset(d.path, split=d.train_split, kind=d.kind, strict=d.strict,
-                                                transform=train_transform(img_size, mean, std, cfg.aug))
-                val_dataset = D.build_dataset(d.path, split=d.val_split, kind=d.kind, strict=d.strict,
-                                              transform=D.eval_transform(img_size, crop_pct=self.data_info["crop_pct"],
-                                                                         mean=mean, std=std))
+                train_dataset = D.build_dataset(
+                    d.path,
+                    split=d.train_split,
+                    kind=d.kind,
+                    strict=d.strict,
+                    transform=train_transform(img_size, mean, std, cfg.aug),
+                )
+                val_dataset = D.build_dataset(
+                    d.path,
+                    split=d.val_split,
+                    kind=d.kind,
+                    strict=d.strict,
+                    transform=D.eval_transform(img_size, crop_pct=self.data_info["crop_pct"], mean=mean, std=std),
+                )
         self.classes = list(train_dataset.classes)
-        check_same_classes(self.classes, val_dataset.classes, f"train split ({d.train_split})",
-                           f"val split ({d.val_split})")
+        check_same_classes(
+            self.classes, val_dataset.classes, f"train split ({d.train_split})", f"val split ({d.val_split})"
+        )
         self.num_classes = len(self.classes)
         self.model = build_classifier(cfg, self.num_classes, img_size, pretrained).to(self.device)
         self.train_set = SeededSamples(train_dataset, r.seed)
         self.val_set = val_dataset
         shard = torch.utils.data.Subset(val_dataset, range(info.rank, len(val_dataset), info.world_size))
-        self.val_loader = DataLoader(shard, batch_size=cfg.optim.batch_size, shuffle=False,
-                                     num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
-                                     pin_memory=self.device.type == "cuda")
+        self.val_loader = DataLoader(
+            shard,
+            batch_size=cfg.optim.batch_size,
+            shuffle=False,
+            num_workers=d.num_workers,
+            persistent_workers=d.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
         self.mixup = build_mixup(cfg.aug, self.num_classes)
         if self.mixup is not None and cfg.optim.batch_size % 2:
             raise ValueError(f"mixup/cutmix needs an even optim.batch_size, got {cfg.optim.batch_size}")
         self.criterion = build_criterion(cfg.aug, self.mixup)
         self.best = {"top1": -1.0, "top5": 0.0, "epoch": 0}
         self.history: list[dict[str, float]] = []
-        self.extra = {"data": {k: self.data_info[k] for k in ("img_size", "mean", "std")}, "classes": self.classes,
-                      "finetune": {"checkpoint": cfg.model.checkpoint, "global_pool": cfg.model.global_pool}}
+        self.extra = {
+            "data": {k: self.data_info[k] for k in ("img_size", "mean", "std")},
+            "classes": self.classes,
+            "finetune": {"checkpoint": cfg.model.checkpoint, "global_pool": cfg.model.global_pool},
+        }
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -208,8 +263,10 @@ class Finetuning(Task):
         if ev["top1"] > self.best["top1"]:
             self.best = {"top1": ev["top1"], "top5": ev["top5"], "epoch": epoch}
             check_weights(self.model, ctx.state.step)
-            on_main(self.info, lambda: save_pretrained(self.model, ctx.out / "best",
-                                                       extra={**self.extra, "best": self.best}))
+            on_main(
+                self.info,
+                lambda: save_pretrained(self.model, ctx.out / "best", extra={**self.extra, "best": self.best}),
+            )
         return {"val": {**ev, "best_top1": self.best["top1"]}}
 
     @torch.no_grad()
@@ -225,8 +282,14 @@ class Finetuning(Task):
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = self.model(imgs).float()
             top1, top5 = topk_correct(logits, labels, (1, 5))
-            sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), top1, top5,
-                                 torch.tensor(labels.shape[0], device=device)]).double()
+            sums += torch.stack(
+                [
+                    F.cross_entropy(logits, labels, reduction="sum"),
+                    top1,
+                    top5,
+                    torch.tensor(labels.shape[0], device=device),
+                ]
+            ).double()
         loss, top1, top5, n = all_reduce_sum(sums, self.info).tolist()
         self.model.train(was)
         n = max(n, 1)
@@ -242,20 +305,34 @@ class Finetuning(Task):
     def finish(self, ctx: TaskContext, stopped: str) -> dict[str, Any]:
         cfg, st = self.cfg, ctx.state
         last = self.history[-1] if self.history and stopped == "completed" else self.evaluate(ctx.amp_dtype)
-        best = self.best if self.best["top1"] >= 0 else {"top1": last["top1"], "top5": last["top5"],
-                                                          "epoch": st.epoch}
+        best = self.best if self.best["top1"] >= 0 else {"top1": last["top1"], "top5": last["top5"], "epoch": st.epoch}
         sha = checkpoint_sha256(cfg.model.checkpoint) if cfg.model.checkpoint is not None else None
         result = make_result(
-            "finetune", {"top1": last["top1"], "top5": last["top5"], "best_top1": best["top1"],
-                         "best_top5": best["top5"]},
-            checkpoint=cfg.model.checkpoint or f"{cfg.model.name} (scratch)", checkpoint_sha256=sha,
-            dataset={"path": cfg.data.path, "train": cfg.data.train_split, "val": cfg.data.val_split,
-                     "num_train": len(self.train_set), "num_val": len(self.val_set), "num_classes": self.num_classes,
-                     "transform": self.data_info},
+            "finetune",
+            {"top1": last["top1"], "top5": last["top5"], "best_top1": best["top1"], "best_top5": best["top5"]},
+            checkpoint=cfg.model.checkpoint or f"{cfg.model.name} (scratch)",
+            checkpoint_sha256=sha,
+            dataset={
+                "path": cfg.data.path,
+                "train": cfg.data.train_split,
+                "val": cfg.data.val_split,
+                "num_train": len(self.train_set),
+                "num_val": len(self.val_set),
+                "num_classes": self.num_classes,
+                "transform": self.data_info,
+            },
             config=cfg.to_dict(),
-            details={"stopped": stopped, "epochs": st.epoch, "steps": st.step, "best_epoch": best["epoch"],
-                     "lr": ctx.lr, "history": self.history, "best_model": str(ctx.out / "best"),
-                     "elapsed_s": ctx.elapsed()})
+            details={
+                "stopped": stopped,
+                "epochs": st.epoch,
+                "steps": st.step,
+                "best_epoch": best["epoch"],
+                "lr": ctx.lr,
+                "history": self.history,
+                "best_model": str(ctx.out / "best"),
+                "elapsed_s": ctx.elapsed(),
+            },
+        )
         on_main(self.info, lambda: write_result(result, ctx.out / "result.json"))
         ctx.log({"event": "end", "step": st.step, **result["metrics"]})
         ctx.say(summary_line(result))

@@ -24,9 +24,9 @@ class FinetuneModelConfig:
     """The classifier: an encoder from ``checkpoint`` (any format load_checkpoint reads) or ``name`` from scratch."""
 
     checkpoint: str | None = None
-    name: str = "crate_tiny"        # used when checkpoint is null (a crate_* or vit_* classifier name)
+    name: str = "crate_tiny"  # used when checkpoint is null (a crate_* or vit_* classifier name)
     overrides: dict[str, Any] = field(default_factory=dict)  # load_checkpoint / constructor overrides (num_heads=...)
-    global_pool: str = "token"      # 'token' (cls) or 'avg' (mean of patch tokens)
+    global_pool: str = "token"  # 'token' (cls) or 'avg' (mean of patch tokens)
     drop_path_rate: float = 0.1
 
 
@@ -36,10 +36,10 @@ class FinetuneDataConfig:
     kind: str = "auto"
     train_split: str | None = "train"
     val_split: str | None = "val"
-    img_size: int | None = None     # null: the checkpoint's pretraining size
+    img_size: int | None = None  # null: the checkpoint's pretraining size
     mean: tuple[float, float, float] | None = None  # null: the checkpoint's pretraining statistics (else ImageNet)
     std: tuple[float, float, float] | None = None
-    crop_pct: float | None = None   # eval resize/crop; null: 0.875 at >= 96 px, 1.0 below
+    crop_pct: float | None = None  # eval resize/crop; null: 0.875 at >= 96 px, 1.0 below
     num_workers: int = 4
     strict: bool = False
 
@@ -51,9 +51,9 @@ class FinetuneAugConfig:
     scale: tuple[float, float] = (0.08, 1.0)
     hflip: float = 0.5
     rand_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm auto_augment string; null = off
-    reprob: float = 0.25            # random erasing probability
-    mixup: float = 0.8              # mixup alpha (0 = off)
-    cutmix: float = 1.0             # cutmix alpha (0 = off)
+    reprob: float = 0.25  # random erasing probability
+    mixup: float = 0.8  # mixup alpha (0 = off)
+    cutmix: float = 1.0  # cutmix alpha (0 = off)
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     smoothing: float = 0.1
@@ -92,12 +92,18 @@ class FinetuneConfig:
         return self
 
 
-_SECTIONS = {"model": FinetuneModelConfig, "data": FinetuneDataConfig, "aug": FinetuneAugConfig,
-             "optim": FinetuneOptimConfig, "run": RunConfig}
+_SECTIONS = {
+    "model": FinetuneModelConfig,
+    "data": FinetuneDataConfig,
+    "aug": FinetuneAugConfig,
+    "optim": FinetuneOptimConfig,
+    "run": RunConfig,
+}
 
 
-def load_finetune_config(path: str | os.PathLike | None = None,
-                         overrides: Sequence[str] | dict[str, Any] | None = None) -> FinetuneConfig:
+def load_finetune_config(
+    path: str | os.PathLike | None = None, overrides: Sequence[str] | dict[str, Any] | None = None
+) -> FinetuneConfig:
     """YAML file (or defaults) + ``section.key=value`` overrides -> validated :class:`FinetuneConfig`; every
     unknown key and bad value is reported at once (the same rules as ``crate_mae.training.load_config``)."""
     kwargs = build_sections(read_raw_config(path, overrides), _SECTIONS, "fine-tuning")
@@ -115,12 +121,20 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
 
     m, d, a, o = cfg.model, cfg.data, cfg.aug, cfg.optim
     check(m.global_pool in ("token", "avg"), "model.global_pool", m.global_pool, "must be 'token' or 'avg'")
-    check(num(m.drop_path_rate) and 0 <= m.drop_path_rate < 1, "model.drop_path_rate", m.drop_path_rate,
-          "must be in [0, 1)")
+    check(
+        num(m.drop_path_rate) and 0 <= m.drop_path_rate < 1,
+        "model.drop_path_rate",
+        m.drop_path_rate,
+        "must be in [0, 1)",
+    )
     check(isinstance(m.overrides, dict), "model.overrides", m.overrides, "must be a mapping")
     if m.checkpoint is None:
-        check(is_registered(m.name) and not m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
-              "must be a registered encoder classifier (crate_*) when model.checkpoint is null")
+        check(
+            is_registered(m.name) and not m.name.startswith(("crate_mae_", "vit_mae_")),
+            "model.name",
+            m.name,
+            "must be a registered encoder classifier (crate_*) when model.checkpoint is null",
+        )
     check(d.path is not None, "data.path", d.path, "required (an ImageFolder root or CIFAR directory)")
     if d.path is not None:
         check.path(d.path, "data.path")
@@ -130,20 +144,36 @@ def _validate(cfg: FinetuneConfig) -> list[str]:
     check(d.img_size is None or pos_int(d.img_size), "data.img_size", d.img_size, "must be a positive integer")
     for key in ("mean", "std"):
         v = getattr(d, key)
-        check(v is None or (isinstance(v, tuple) and len(v) == 3 and all(num(x) for x in v)), f"data.{key}", v,
-              "must be null or 3 numbers")
-    check(d.crop_pct is None or (num(d.crop_pct) and 0 < d.crop_pct <= 1), "data.crop_pct", d.crop_pct,
-          "must be in (0, 1]")
-    check(isinstance(a.scale, tuple) and len(a.scale) == 2 and 0 < a.scale[0] <= a.scale[1] <= 1, "aug.scale",
-          a.scale, "must be [lo, hi] with 0 < lo <= hi <= 1")
+        check(
+            v is None or (isinstance(v, tuple) and len(v) == 3 and all(num(x) for x in v)),
+            f"data.{key}",
+            v,
+            "must be null or 3 numbers",
+        )
+    check(
+        d.crop_pct is None or (num(d.crop_pct) and 0 < d.crop_pct <= 1),
+        "data.crop_pct",
+        d.crop_pct,
+        "must be in (0, 1]",
+    )
+    check(
+        isinstance(a.scale, tuple) and len(a.scale) == 2 and 0 < a.scale[0] <= a.scale[1] <= 1,
+        "aug.scale",
+        a.scale,
+        "must be [lo, hi] with 0 < lo <= hi <= 1",
+    )
     for key in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
         v = getattr(a, key)
         check(num(v) and 0 <= v <= 1, f"aug.{key}", v, "must be in [0, 1]")
     for key in ("mixup", "cutmix"):
         check(num(getattr(a, key)) and getattr(a, key) >= 0, f"aug.{key}", getattr(a, key), "must be >= 0")
     check(num(a.smoothing) and 0 <= a.smoothing < 1, "aug.smoothing", a.smoothing, "must be in [0, 1)")
-    check(a.rand_augment is None or (isinstance(a.rand_augment, str) and a.rand_augment.startswith("rand")),
-          "aug.rand_augment", a.rand_augment, "must be null or a timm RandAugment string like 'rand-m9-mstd0.5'")
+    check(
+        a.rand_augment is None or (isinstance(a.rand_augment, str) and a.rand_augment.startswith("rand")),
+        "aug.rand_augment",
+        a.rand_augment,
+        "must be null or a timm RandAugment string like 'rand-m9-mstd0.5'",
+    )
     check.optim(o)
     check(num(o.layer_decay) and 0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay, "must be in (0, 1]")
     check.run(cfg.run)

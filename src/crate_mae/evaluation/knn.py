@@ -21,9 +21,16 @@ DEFAULT_KS = (10, 20, 100, 200)
 
 
 @torch.no_grad()
-def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, k: int | Sequence[int],
-               num_classes: int, temperature: float = 0.07, chunk: int = 1024,
-               device: torch.device | str | None = None) -> torch.Tensor | dict[int, torch.Tensor]:
+def knn_scores(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    query_x: torch.Tensor,
+    k: int | Sequence[int],
+    num_classes: int,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+    device: torch.device | str | None = None,
+) -> torch.Tensor | dict[int, torch.Tensor]:
     """Class scores (Q, C) of the weighted k-NN vote above (CPU tensors); ``k`` is capped at the training-set size.
 
     With a list of ``k`` the similarities and the top-k are computed once, for the largest k, and each smaller k
@@ -41,7 +48,7 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tens
     kmax = min(max(ks), train.shape[0])
     out: dict[int, list[torch.Tensor]] = {kk: [] for kk in ks}
     for start in range(0, query_x.shape[0], chunk):
-        q = F.normalize(query_x[start:start + chunk].to(device, torch.float32), dim=1)
+        q = F.normalize(query_x[start : start + chunk].to(device, torch.float32), dim=1)
         sim, idx = (q @ train.T).topk(kmax, dim=1)
         weights, labels = (sim / temperature).exp(), train_y[idx]
         for kk in ks:
@@ -53,9 +60,16 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tens
     return scores[ks[0]] if isinstance(k, int) else scores
 
 
-def knn_evaluate(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                 num_classes: int, ks: Sequence[int] = DEFAULT_KS, temperature: float = 0.07,
-                 device: torch.device | str | None = None) -> dict[int, dict[str, float]]:
+def knn_evaluate(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperature: float = 0.07,
+    device: torch.device | str | None = None,
+) -> dict[int, dict[str, float]]:
     """Top-1 / top-5 accuracy (%) on ``val`` for every k: ``{k: {"top1": .., "top5": ..}}``."""
     scores = knn_scores(train_x, train_y, val_x, list(ks), num_classes, temperature, device=device)
     return {int(k): topk_accuracy(s, val_y) for k, s in scores.items()}

@@ -22,13 +22,22 @@ import torch
 
 
 class LARS(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ):
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or trust_coefficient <= 0:
-            raise ValueError(f"invalid LARS settings: lr={lr}, weight_decay={weight_decay}, momentum={momentum}, "
-                             f"trust_coefficient={trust_coefficient}")
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                      trust_coefficient=trust_coefficient))
+            raise ValueError(
+                f"invalid LARS settings: lr={lr}, weight_decay={weight_decay}, momentum={momentum}, "
+                f"trust_coefficient={trust_coefficient}"
+            )
+        super().__init__(
+            params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -45,9 +54,11 @@ class LARS(torch.optim.Optimizer):
                     dp = dp.add(p, alpha=g["weight_decay"])
                     param_norm, update_norm = torch.norm(p), torch.norm(dp)
                     one = torch.ones_like(param_norm)
-                    q = torch.where(param_norm > 0.0,
-                                    torch.where(update_norm > 0, g["trust_coefficient"] * param_norm / update_norm,
-                                                one), one)
+                    q = torch.where(
+                        param_norm > 0.0,
+                        torch.where(update_norm > 0, g["trust_coefficient"] * param_norm / update_norm, one),
+                        one,
+                    )
                     dp = dp.mul(q)
                 state = self.state[p]
                 if "mu" not in state:

@@ -65,9 +65,16 @@ def holdout_indices(y, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarra
     return tuple(train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed, stratify=stratify))
 
 
-def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                   Cs: Sequence[float] = DEFAULT_CS, holdout: float = 0.1, max_iter: int = 1000, seed: int = 0
-                   ) -> dict[str, Any]:
+def logistic_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    Cs: Sequence[float] = DEFAULT_CS,
+    holdout: float = 0.1,
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Sweep ``Cs`` on a stratified ``holdout`` fraction of train (top-1 there), refit on all of train with the best
     C, report top-1 / top-5 (%) on val. With a single C the sweep is skipped. Features and labels are tensors or
     numpy arrays.
@@ -78,8 +85,12 @@ def logistic_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
-    X, y, Xv, yv = _numpy(train_x, np.float32), _numpy(train_y, np.int64), _numpy(val_x, np.float32), \
-        _numpy(val_y, np.int64)
+    X, y, Xv, yv = (
+        _numpy(train_x, np.float32),
+        _numpy(train_y, np.int64),
+        _numpy(val_x, np.float32),
+        _numpy(val_y, np.int64),
+    )
     if not np.isfinite(X).all() or not np.isfinite(Xv).all():
         raise ValueError("features contain NaN or inf; the encoder diverged or the feature file is corrupt")
     if len(np.unique(y)) < 2:
@@ -127,11 +138,23 @@ class LinearProbeHead(nn.Module):
         return self.linear(self.bn(x))
 
 
-def train_linear_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                      num_classes: int, *, epochs: int = 90, batch_size: int = 256, blr: float | None = None,
-                      lr: float | None = None, weight_decay: float = 0.0, warmup_epochs: float = 10,
-                      optimizer: str = "lars", seed: int = 0, device: torch.device | str | None = None
-                      ) -> dict[str, Any]:
+def train_linear_head(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 90,
+    batch_size: int = 256,
+    blr: float | None = None,
+    lr: float | None = None,
+    weight_decay: float = 0.0,
+    warmup_epochs: float = 10,
+    optimizer: str = "lars",
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
     """Train :class:`LinearProbeHead` on ``train`` features and report val top-1 / top-5 (%).
 
     Returns ``{"top1", "top5", "top1_ci95", "lr", "steps", "final_train_loss", "head": state_dict}``."""
@@ -147,8 +170,11 @@ def train_linear_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     base_lr = lr if lr is not None else (effective_lr(blr, batch_size, 1, 1) if blr is not None else MAE_PROBE_LR)
     if base_lr <= 0:
         raise ValueError(f"learning rate must be > 0, got {base_lr}")
-    opt = (LARS(head.parameters(), lr=base_lr, weight_decay=weight_decay) if optimizer == "lars" else
-           torch.optim.SGD(head.parameters(), lr=base_lr, momentum=0.9, weight_decay=weight_decay))
+    opt = (
+        LARS(head.parameters(), lr=base_lr, weight_decay=weight_decay)
+        if optimizer == "lars"
+        else torch.optim.SGD(head.parameters(), lr=base_lr, momentum=0.9, weight_decay=weight_decay)
+    )
     n = train_x.shape[0]
     steps_per_epoch = max(1, n // batch_size)  # drop_last, as MAE's loader
     total = epochs * steps_per_epoch
@@ -159,12 +185,13 @@ def train_linear_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen).to(device)
         for b in range(steps_per_epoch):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
+            idx = perm[b * batch_size : (b + 1) * batch_size]
             schedule.apply(opt, step)
             loss = F.cross_entropy(head(X[idx]), Y[idx])
             if not torch.isfinite(loss):
-                raise ValueError(f"linear probe loss became {loss.item()} at step {step}; lower the lr "
-                                 f"(now {base_lr:.3g})")
+                raise ValueError(
+                    f"linear probe loss became {loss.item()} at step {step}; lower the lr (now {base_lr:.3g})"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -172,5 +199,11 @@ def train_linear_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     head.eval()
     with torch.no_grad():
         scores = head(val_x.float().to(device)).cpu()
-    return {**topk_accuracy(scores, val_y), "top1_ci95": top1_interval(scores, val_y), "lr": base_lr, "steps": step,
-            "final_train_loss": last, "head": {k: v.cpu() for k, v in head.state_dict().items()}}
+    return {
+        **topk_accuracy(scores, val_y),
+        "top1_ci95": top1_interval(scores, val_y),
+        "lr": base_lr,
+        "steps": step,
+        "final_train_loss": last,
+        "head": {k: v.cpu() for k, v in head.state_dict().items()},
+    }

@@ -43,8 +43,9 @@ def fixed_noise(num_images: int, num_patches: int, seed: int = 0) -> torch.Tenso
     return torch.rand(num_images, num_patches, generator=torch.Generator().manual_seed(seed))
 
 
-def masked_errors(model: nn.Module, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
-                  ) -> dict[str, torch.Tensor]:
+def masked_errors(
+    model: nn.Module, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-image sums of the per-patch MSE over masked patches, in ``pixel`` and ``normpix`` units (see module)."""
     target = model.patchify(imgs).float()
     pred = pred.float()
@@ -54,17 +55,37 @@ def masked_errors(model: nn.Module, imgs: torch.Tensor, pred: torch.Tensor, mask
     else:
         pix, norm = pred, (pred - mean) / scale
     m = mask.float()
-    return {"pixel": ((pix - target).pow(2).mean(-1) * m).sum(1),
-            "normpix": ((norm - normalize_patches(target)).pow(2).mean(-1) * m).sum(1)}
+    return {
+        "pixel": ((pix - target).pow(2).mean(-1) * m).sum(1),
+        "normpix": ((norm - normalize_patches(target)).pow(2).mean(-1) * m).sum(1),
+    }
 
 
 @torch.no_grad()
-def _score(model: nn.Module, dataset: Dataset, ratio: float, noise: torch.Tensor, *, batch_size: int,
-           num_workers: int, device: torch.device, dtype, want_loss: bool, want_cls: bool, desc: str,
-           progress: bool) -> dict[str, Any]:
+def _score(
+    model: nn.Module,
+    dataset: Dataset,
+    ratio: float,
+    noise: torch.Tensor,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    dtype,
+    want_loss: bool,
+    want_cls: bool,
+    desc: str,
+    progress: bool,
+) -> dict[str, Any]:
     """One pass at ``ratio``: summed masked errors and/or the cls token of the masked view, plus labels."""
-    loader = DataLoader(EachSampleOnce([dataset]), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", collate_fn=collate_each_once)
+    loader = DataLoader(
+        EachSampleOnce([dataset]),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_each_once,
+    )
     sums = {u: 0.0 for u in UNITS}
     patches, cls, labels, skipped = 0, [], [], []
     bar = Progress(len(dataset), desc, "img", enabled=progress)
@@ -103,8 +124,10 @@ def _setup(source, seed, overrides, device, img_size, crop_pct, fingerprint):
         model, sha = load_model(source, seed=seed, **(overrides or {}))
         name = str(source)
     if not model.has_decoder:
-        raise ValueError(f"{name} is an encoder without a decoder ({model.config.architecture}); the "
-                         "reconstruction loss needs a masked autoencoder checkpoint")
+        raise ValueError(
+            f"{name} is an encoder without a decoder ({model.config.architecture}); the "
+            "reconstruction loss needs a masked autoencoder checkpoint"
+        )
     device = torch.device(device) if device is not None else default_device()
     model = model.to(device).eval()
     transform, view = eval_view(model, img_size, crop_pct)
@@ -125,13 +148,31 @@ def _check_ratios(ratios: Sequence[float]) -> list[float]:
     return ratios
 
 
-def mask_ratio_sweep(source: str | os.PathLike | nn.Module, data: str | os.PathLike, split: str = "val", *,
-                     ratios: Sequence[float] = SWEEP_RATIOS, mask_seed: int = 0, probe: bool = False,
-                     train_split: str = "train", Cs: Sequence[float] = DEFAULT_CS, holdout: float = 0.1,
-                     max_iter: int = 1000, kind: str = "auto", seed: int = 0, overrides: dict | None = None,
-                     fingerprint: str | None = None, img_size: int | None = None, crop_pct: float | None = None,
-                     batch_size: int = 128, num_workers: int = 2, device=None, limit: int | None = None,
-                     progress: bool = True, task: str = "mask_sweep") -> dict[str, Any]:
+def mask_ratio_sweep(
+    source: str | os.PathLike | nn.Module,
+    data: str | os.PathLike,
+    split: str = "val",
+    *,
+    ratios: Sequence[float] = SWEEP_RATIOS,
+    mask_seed: int = 0,
+    probe: bool = False,
+    train_split: str = "train",
+    Cs: Sequence[float] = DEFAULT_CS,
+    holdout: float = 0.1,
+    max_iter: int = 1000,
+    kind: str = "auto",
+    seed: int = 0,
+    overrides: dict | None = None,
+    fingerprint: str | None = None,
+    img_size: int | None = None,
+    crop_pct: float | None = None,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    device=None,
+    limit: int | None = None,
+    progress: bool = True,
+    task: str = "mask_sweep",
+) -> dict[str, Any]:
     """Masked reconstruction loss of ``split`` at each mask ratio (fixed masks), in pixel and norm-pix units; with
     ``probe``, also the paper's logistic probe (C chosen on held-out ``train_split``) on the cls token of the
     masked view, fit on ``train_split`` and scored on ``split``, each image masked with fixed noise.
@@ -139,8 +180,7 @@ def mask_ratio_sweep(source: str | os.PathLike | nn.Module, data: str | os.PathL
     Returns a ``crate_mae.result/1`` dict: metrics ``loss_pixel@R``, ``loss_normpix@R`` (and ``top1@R``,
     ``top5@R``) for each ratio R; ``details["rows"]`` holds one row per ratio."""
     ratios = _check_ratios(ratios)
-    model, sha, name, device, transform, view = _setup(source, seed, overrides, device, img_size, crop_pct,
-                                                       fingerprint)
+    model, sha, name, device, transform, view = _setup(source, seed, overrides, device, img_size, crop_pct, fingerprint)
     dtype = amp_dtype("auto", device)
     val = _split(data, split, transform, kind, limit)
     train = _split(data, train_split, transform, kind, limit) if probe else None
@@ -155,34 +195,66 @@ def mask_ratio_sweep(source: str | os.PathLike | nn.Module, data: str | os.PathL
     rows, metrics, skipped = [], {}, []
     t0 = time.perf_counter()
     for r in ratios:
-        v = _score(model, val, r, noise["val"], want_loss=True, want_cls=probe, desc=f"mask {r:g}: {split}",
-                   **common)
+        v = _score(model, val, r, noise["val"], want_loss=True, want_cls=probe, desc=f"mask {r:g}: {split}", **common)
         skipped = v["skipped_files"]
-        row: dict[str, Any] = {"mask_ratio": r, "loss_pixel": v["pixel"], "loss_normpix": v["normpix"],
-                               "num_images": v["num_images"]}
+        row: dict[str, Any] = {
+            "mask_ratio": r,
+            "loss_pixel": v["pixel"],
+            "loss_normpix": v["normpix"],
+            "num_images": v["num_images"],
+        }
         if probe:
-            t = _score(model, train, r, noise["train"], want_loss=False, want_cls=True,
-                       desc=f"mask {r:g}: {train_split}", **common)
-            p = logistic_probe(t["cls"], t["labels"], v["cls"], v["labels"], Cs=Cs, holdout=holdout,
-                               max_iter=max_iter, seed=seed)
+            t = _score(
+                model,
+                train,
+                r,
+                noise["train"],
+                want_loss=False,
+                want_cls=True,
+                desc=f"mask {r:g}: {train_split}",
+                **common,
+            )
+            p = logistic_probe(
+                t["cls"], t["labels"], v["cls"], v["labels"], Cs=Cs, holdout=holdout, max_iter=max_iter, seed=seed
+            )
             row.update(top1=p["top1"], top5=p["top5"], C=p["C"], num_train=len(t["labels"]))
         rows.append(row)
         for k in ("loss_pixel", "loss_normpix", "top1", "top5"):
             if k in row:
                 metrics[f"{k}@{r:g}"] = row[k]
-    config = {"mask_ratios": ratios, "mask_seed": mask_seed, "split": split, "probe": probe,
-              "train_split": train_split if probe else None, "transform": view, "seed": seed,
-              "norm_pix_loss_model": bool(model.norm_pix_loss),
-              "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")}}
+    config = {
+        "mask_ratios": ratios,
+        "mask_seed": mask_seed,
+        "split": split,
+        "probe": probe,
+        "train_split": train_split if probe else None,
+        "transform": view,
+        "seed": seed,
+        "norm_pix_loss_model": bool(model.norm_pix_loss),
+        "precision": {"device": device.type, "dtype": str(dtype or torch.float32).replace("torch.", "")},
+    }
     if probe:
         config.update(Cs=[float(c) for c in Cs], holdout=holdout, max_iter=max_iter)
     dataset = {"path": str(data), "val": split, "num_val": rows[0]["num_images"], "skipped_files": skipped}
-    return make_result(task, metrics, checkpoint=name, checkpoint_sha256=sha, dataset=dataset, config=config,
-                       details={"rows": rows, "seconds": time.perf_counter() - t0})
+    return make_result(
+        task,
+        metrics,
+        checkpoint=name,
+        checkpoint_sha256=sha,
+        dataset=dataset,
+        config=config,
+        details={"rows": rows, "seconds": time.perf_counter() - t0},
+    )
 
 
-def reconstruction_loss(source: str | os.PathLike | nn.Module, data: str | os.PathLike, split: str = "val", *,
-                        mask_ratio: float = 0.75, **kwargs) -> dict[str, Any]:
+def reconstruction_loss(
+    source: str | os.PathLike | nn.Module,
+    data: str | os.PathLike,
+    split: str = "val",
+    *,
+    mask_ratio: float = 0.75,
+    **kwargs,
+) -> dict[str, Any]:
     """Masked reconstruction loss of ``split`` at ``mask_ratio`` with fixed masks (the paper's Table 1 entry), as
     a result with metrics ``loss_pixel`` and ``loss_normpix``. Keywords as :func:`mask_ratio_sweep` (no probe)."""
     if kwargs.get("probe"):
@@ -203,10 +275,13 @@ def sweep_markdown(result: dict[str, Any]) -> str:
     """The sweep as a Markdown table, one row per mask ratio."""
     rows = result["details"]["rows"]
     probe = "top1" in rows[0]
-    head = "| mask ratio | masked loss (pixel) | masked loss (norm-pix) |" + (" probe top-1 | probe top-5 |"
-                                                                             if probe else "")
+    head = "| mask ratio | masked loss (pixel) | masked loss (norm-pix) |" + (
+        " probe top-1 | probe top-5 |" if probe else ""
+    )
     lines = [head, "|---:|---:|---:|" + ("---:|---:|" if probe else "")]
     for r in rows:
-        lines.append(f"| {r['mask_ratio']:.2f} | {r['loss_pixel']:.4f} | {r['loss_normpix']:.4f} |"
-                     + (f" {r['top1']:.2f} | {r['top5']:.2f} |" if probe else ""))
+        lines.append(
+            f"| {r['mask_ratio']:.2f} | {r['loss_pixel']:.4f} | {r['loss_normpix']:.4f} |"
+            + (f" {r['top1']:.2f} | {r['top5']:.2f} |" if probe else "")
+        )
     return "\n".join(lines)

@@ -29,13 +29,28 @@ FORMAT = "crate_mae.result/1"
 SUITE_FORMAT = "crate_mae.suite/1"
 
 
-def make_result(task: str, metrics: Mapping[str, float], *, checkpoint: str | None, checkpoint_sha256: str | None,
-                dataset: Mapping[str, Any], config: Mapping[str, Any], details: Mapping[str, Any] | None = None
-                ) -> dict[str, Any]:
-    return {"format": FORMAT, "task": task, "metrics": {k: float(v) for k, v in metrics.items()},
-            "checkpoint": checkpoint, "checkpoint_sha256": checkpoint_sha256, "dataset": dict(dataset),
-            "config": dict(config), "details": dict(details or {}), "crate_mae_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+def make_result(
+    task: str,
+    metrics: Mapping[str, float],
+    *,
+    checkpoint: str | None,
+    checkpoint_sha256: str | None,
+    dataset: Mapping[str, Any],
+    config: Mapping[str, Any],
+    details: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "task": task,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": checkpoint_sha256,
+        "dataset": dict(dataset),
+        "config": dict(config),
+        "details": dict(details or {}),
+        "crate_mae_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def write_result(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
@@ -81,10 +96,15 @@ def suite_rows(suite: Mapping[str, Any], path: str | None = None) -> list[dict[s
         metrics = {"top1": r["top1"], "top5": r["top5"]}
         if "grid" in r:
             metrics.update(grid_top1=r["grid"]["best"]["top1"], grid_top5=r["grid"]["best"]["top5"])
-        row = make_result("suite", metrics, checkpoint=suite.get("checkpoint"),
-                          checkpoint_sha256=suite.get("checkpoint_sha256"), dataset={**r["dataset"], "name": name},
-                          config={"label": suite.get("label")},
-                          details={"C": r.get("C"), "grid_best": r.get("grid", {}).get("best")})
+        row = make_result(
+            "suite",
+            metrics,
+            checkpoint=suite.get("checkpoint"),
+            checkpoint_sha256=suite.get("checkpoint_sha256"),
+            dataset={**r["dataset"], "name": name},
+            config={"label": suite.get("label")},
+            details={"C": r.get("C"), "grid_best": r.get("grid", {}).get("best")},
+        )
         row["created"] = suite.get("created", row["created"])
         if path:
             row["path"] = path
@@ -112,11 +132,19 @@ def compare_table(results: Sequence[Mapping[str, Any]], metrics: Sequence[str] |
     rows = []
     for r in results:
         ds = r.get("dataset", {})
-        rows.append([r.get("task", "?"), _label(r), (r.get("checkpoint_sha256") or "")[:12],
-                     ds.get("name") or Path(str(ds.get("path", "?"))).name,
-                     *(_fmt(r["metrics"].get(m)) for m in metrics)])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(header)))
-             + "|"]
+        rows.append(
+            [
+                r.get("task", "?"),
+                _label(r),
+                (r.get("checkpoint_sha256") or "")[:12],
+                ds.get("name") or Path(str(ds.get("path", "?"))).name,
+                *(_fmt(r["metrics"].get(m)) for m in metrics),
+            ]
+        )
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -35,12 +35,19 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: Mappi
     ``model.safetensors`` into ``directory``, each atomically. Returns it."""
     directory = Path(directory)
     if not isinstance(model, Capabilities):
-        raise ValueError(f"{type(model).__name__} is not a crate-mae model (it has no config); cannot save it in our "
-                         "format")
+        raise ValueError(
+            f"{type(model).__name__} is not a crate-mae model (it has no config); cannot save it in our format"
+        )
     name = {"model": model.model_name} if model.model_name is not None else {}
     data = {"data": model.data_config} if model.data_config else {}
-    config = {**model.provenance, **model.config.to_dict(), **name, **data, **(extra or {}),
-              "crate_mae_version": __version__}
+    config = {
+        **model.provenance,
+        **model.config.to_dict(),
+        **name,
+        **data,
+        **(extra or {}),
+        "crate_mae_version": __version__,
+    }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True, default=_json_default)
@@ -102,7 +109,7 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
             continue
-        k = k[len("module."):] if k.startswith("module.") else k
+        k = k[len("module.") :] if k.startswith("module.") else k
         state[k] = v
     if not state:
         raise CheckpointError("checkpoint holds no tensors")
@@ -139,16 +146,20 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
 
 
 # -- strict loading with useful errors -------------------------------------------------------------------------------
-def load_exact(model: nn.Module, state: Mapping[str, torch.Tensor], where: str,
-               allow_missing_prefixes: tuple[str, ...] = ()) -> None:
+def load_exact(
+    model: nn.Module, state: Mapping[str, torch.Tensor], where: str, allow_missing_prefixes: tuple[str, ...] = ()
+) -> None:
     """Load ``state`` into ``model`` strictly: every key present, none extra, every shape equal, else one
     CheckpointError naming ``where`` and listing the missing, unexpected and mismatched keys. Keys starting with
     ``allow_missing_prefixes`` may be absent (they keep the model's values)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.startswith(allow_missing_prefixes)]
     unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in state if k in own and state[k].shape != own[k].shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or mismatched:
         parts = []
         if missing:

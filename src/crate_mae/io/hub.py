@@ -36,26 +36,33 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 # Where the official weights that `crate-mae convert` reads come from, and under which licence they are published.
 OFFICIAL_SOURCES = {
-    "crate_mae": {"upstream": "Ma-Lab-Berkeley/CRATE (https://github.com/Ma-Lab-Berkeley/CRATE)", "license": "mit",
-                  "data_note": "Not recorded in the weights file. The CRATE-MAE-Base checkpoint released by the CRATE "
-                               "authors was pretrained on ImageNet-1K (masked completion)."},
-    "crate_supervised": {"upstream": "Ma-Lab-Berkeley/CRATE (https://github.com/Ma-Lab-Berkeley/CRATE), model/crate.py",
-                         "license": "mit",
-                         "data_note": "Not recorded in the weights file. The supervised CRATE checkpoints linked from "
-                                      "the CRATE README were trained on ImageNet-1K classification."},
-    "vit_mae": {"upstream": "facebookresearch/mae (https://github.com/facebookresearch/mae)",
-                "license": "cc-by-nc-4.0",
-                "data_note": "Not recorded in the weights file. The checkpoints released by the MAE authors were "
-                             "pretrained on ImageNet-1K."},
+    "crate_mae": {
+        "upstream": "Ma-Lab-Berkeley/CRATE (https://github.com/Ma-Lab-Berkeley/CRATE)",
+        "license": "mit",
+        "data_note": "Not recorded in the weights file. The CRATE-MAE-Base checkpoint released by the CRATE "
+        "authors was pretrained on ImageNet-1K (masked completion).",
+    },
+    "crate_supervised": {
+        "upstream": "Ma-Lab-Berkeley/CRATE (https://github.com/Ma-Lab-Berkeley/CRATE), model/crate.py",
+        "license": "mit",
+        "data_note": "Not recorded in the weights file. The supervised CRATE checkpoints linked from "
+        "the CRATE README were trained on ImageNet-1K classification.",
+    },
+    "vit_mae": {
+        "upstream": "facebookresearch/mae (https://github.com/facebookresearch/mae)",
+        "license": "cc-by-nc-4.0",
+        "data_note": "Not recorded in the weights file. The checkpoints released by the MAE authors were "
+        "pretrained on ImageNet-1K.",
+    },
 }
 _DESCRIPTIONS = {
     "crate_mae": "a CRATE-MAE white-box masked autoencoder (Pai, Wu, Buchanan, Yu, Ma: *Masked Completion via "
-                 "Structured Diffusion with White-Box Transformers*, ICLR 2024): every encoder layer is an MSSA "
-                 "compression step and an ISTA sparsification step; the decoder runs the reverse process",
+    "Structured Diffusion with White-Box Transformers*, ICLR 2024): every encoder layer is an MSSA "
+    "compression step and an ISTA sparsification step; the decoder runs the reverse process",
     "crate": "the CRATE encoder of a white-box masked autoencoder, as a timm-style classifier",
     "crate_supervised": "supervised CRATE, a white-box image classifier (Yu et al.: *White-Box Transformers via Sparse "
-                        "Rate Reduction*, NeurIPS 2023): every layer is an MSSA compression step and an ISTA "
-                        "sparsification step",
+    "Rate Reduction*, NeurIPS 2023): every layer is an MSSA compression step and an ISTA "
+    "sparsification step",
     "vit_mae": "a ViT masked autoencoder in the facebookresearch/mae layout (the baseline of CRATE-MAE)",
     "vit": "a ViT encoder (from a masked autoencoder) as a timm VisionTransformer classifier",
 }
@@ -88,15 +95,16 @@ def is_hub_id(source: Any) -> TypeGuard[str]:
 
 def parse_hub_id(source: str) -> tuple[str, str | None]:
     """``"hf-hub:ORG/NAME[@REVISION]"`` (or ``"ORG/NAME"``) -> ``(repo_id, revision or None)``."""
-    rest = source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else source
+    rest = source[len(HUB_PREFIX) :] if source.startswith(HUB_PREFIX) else source
     repo_id, _, revision = rest.partition("@")
     if not _REPO_ID.match(repo_id) or (_ and not revision):
         raise ValueError(f"{source!r} is not a Hub model id; expected {HUB_PREFIX}ORG/NAME or {HUB_PREFIX}ORG/NAME@REV")
     return repo_id, revision or None
 
 
-def hub_snapshot(source: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 download: bool = False) -> Path:
+def hub_snapshot(
+    source: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None, download: bool = False
+) -> Path:
     """The local folder of a Hub model (``config.json`` + ``model.safetensors``).
 
     Reads the Hugging Face cache (``cache_dir``, default ``HF_HUB_CACHE``) only, unless ``download=True``, which
@@ -113,45 +121,78 @@ def hub_snapshot(source: str, *, revision: str | None = None, cache_dir: str | o
 
     cache = str(cache_dir) if cache_dir is not None else hf.constants.HF_HUB_CACHE
     try:
-        folder = Path(hf.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                           local_files_only=not download,
-                                           allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
-                                           library_name="crate-mae", library_version=__version__))
+        folder = Path(
+            hf.snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=not download,
+                allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+                library_name="crate-mae",
+                library_version=__version__,
+            )
+        )
     except errors.LocalEntryNotFoundError:
         at = f" at revision {revision!r}" if revision else ""
         if not download:
             raise FileNotFoundError(
                 f"{source}{at} is not in the local Hugging Face cache ({cache}); nothing is downloaded unless asked: "
-                "pass download=True, or fetch it first with `hf download " + repo_id + "`") from None
+                "pass download=True, or fetch it first with `hf download " + repo_id + "`"
+            ) from None
         offline = "HF_HUB_OFFLINE is set" if hf.constants.HF_HUB_OFFLINE else "no connection to the Hub?"
-        raise FileNotFoundError(f"{source}{at} is not cached and could not be downloaded ({offline}); "
-                                f"cache: {cache}") from None
+        raise FileNotFoundError(
+            f"{source}{at} is not cached and could not be downloaded ({offline}); cache: {cache}"
+        ) from None
     except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as e:
         raise ValueError(f"{source}: {str(e).splitlines()[0]}") from None
     missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{source} ({folder}) has no {' or '.join(missing)}: not a crate-mae model repository"
-                                + ("" if download else ", or only partly cached (pass download=True)"))
+        raise FileNotFoundError(
+            f"{source} ({folder}) has no {' or '.join(missing)}: not a crate-mae model repository"
+            + ("" if download else ", or only partly cached (pass download=True)")
+        )
     return folder
 
 
 # -- writing -----------------------------------------------------------------------------------------------------------
-def save_for_hub(model: nn.Module, directory: str | os.PathLike, *, repo_id: str | None = None,
-                 license: str | None = None, data: str | None = None, source: str | None = None) -> Path:
+def save_for_hub(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    license: str | None = None,
+    data: str | None = None,
+    source: str | None = None,
+) -> Path:
     """Write a ready-to-upload folder: ``config.json`` + ``model.safetensors`` (:func:`crate_mae.save_pretrained`)
     and the model card ``README.md``. ``license`` (a Hub licence id such as ``mit``), ``data`` (what the weights
     were trained on) and ``source`` (where they come from) default to what ``model.provenance["weights_source"]``
     records (set by ``crate-mae convert``); without them the card says they are not stated. Offline, atomic."""
     directory = save_pretrained(model, directory)
-    card = model_card(model, repo_id=repo_id, license=license, data=data, source=source,
-                      weights_sha256=file_sha256(directory / WEIGHTS_NAME))
+    card = model_card(
+        model,
+        repo_id=repo_id,
+        license=license,
+        data=data,
+        source=source,
+        weights_sha256=file_sha256(directory / WEIGHTS_NAME),
+    )
     atomic_write(directory / CARD_NAME, lambda tmp: Path(tmp).write_text(card))
     return directory
 
 
-def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                revision: str | None = None, commit_message: str | None = None, license: str | None = None,
-                data: str | None = None, source: str | None = None):
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    license: str | None = None,
+    data: str | None = None,
+    source: str | None = None,
+):
     """Upload ``model`` to the Hub repository ``repo_id`` (created if needed; ``private`` applies then): the
     folder :func:`save_for_hub` writes, as one commit. Needs network and a token with write access (``token`` or
     ``hf auth login``). Returns huggingface_hub's ``CommitInfo`` (``.commit_url``, ``.oid``)."""
@@ -164,12 +205,23 @@ def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, 
     with tempfile.TemporaryDirectory(prefix="crate-mae-hub-") as tmp:
         save_for_hub(model, tmp, repo_id=repo_id, license=license, data=data, source=source)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
-                                 commit_message=commit_message or f"Upload {name} (crate-mae {__version__})")
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp,
+            revision=revision,
+            commit_message=commit_message or f"Upload {name} (crate-mae {__version__})",
+        )
 
 
-def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | None = None, data: str | None = None,
-               source: str | None = None, weights_sha256: str | None = None) -> str:
+def model_card(
+    model: nn.Module,
+    *,
+    repo_id: str | None = None,
+    license: str | None = None,
+    data: str | None = None,
+    source: str | None = None,
+    weights_sha256: str | None = None,
+) -> str:
     """The model card (Markdown with Hub YAML metadata) of ``model``; see :func:`save_for_hub` for the fields."""
     assert isinstance(model, Capabilities)  # a crate-mae model: it has a config
     config = {**model.config.to_dict(), "model": model.model_name}
@@ -197,15 +249,21 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
     rows = "\n".join(f"| `{k}` | `{_cell(v)}` |" for k, v in sorted(config.items()) if v is not None)
     origin = [f"- Source: {source}" if source else "- Source: not stated by the uploader"]
     if recorded.get("file"):
-        origin.append(f"- Converted by `crate-mae convert` from `{recorded['file']}` "
-                      f"(sha256 `{recorded.get('sha256')}`, "
-                      f"{recorded.get('format', 'official')} layout)")
+        origin.append(
+            f"- Converted by `crate-mae convert` from `{recorded['file']}` "
+            f"(sha256 `{recorded.get('sha256')}`, "
+            f"{recorded.get('format', 'official')} layout)"
+        )
     if recorded.get("format") == "crate_mae_official":
-        origin.append("- The official weights do not store ISTA's λ and η: the values in the table are those given at "
-                      "conversion (0.5 / 0.1 unless overridden).")
+        origin.append(
+            "- The official weights do not store ISTA's λ and η: the values in the table are those given at "
+            "conversion (0.5 / 0.1 unless overridden)."
+        )
     if recorded.get("format") == "crate_supervised_official":
-        origin.append("- The official weights do not store ISTA's λ and η: the official code fixes λ = 0.1 and "
-                      "defaults η to 0.1; the table shows the values given at conversion.")
+        origin.append(
+            "- The official weights do not store ISTA's λ and η: the official code fixes λ = 0.1 and "
+            "defaults η to 0.1; the table shows the values given at conversion."
+        )
     if not license:
         origin.append("- Licence of the weights: not stated by the uploader")
     elif license == recorded.get("license") and source == recorded.get("upstream"):
@@ -216,8 +274,9 @@ def model_card(model: nn.Module, *, repo_id: str | None = None, license: str | N
         origin.append(f"- `model.safetensors` sha256: `{weights_sha256}`")
     params = f"- trainable: {trainable:,} ({trainable / 1e6:.2f}M)"
     if official is not None:
-        params += (f"\n- official convention: {official:,} ({official / 1e6:.2f}M; counts the frozen sin-cos tables"
-                   + (" and the unused `decoder_embed` of the official code)" if arch == "crate_mae" else ")"))
+        params += f"\n- official convention: {official:,} ({official / 1e6:.2f}M; counts the frozen sin-cos tables" + (
+            " and the unused `decoder_embed` of the official code)" if arch == "crate_mae" else ")"
+        )
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---

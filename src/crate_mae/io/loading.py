@@ -52,8 +52,14 @@ CRATE_CLASSIFIERS = (CrateEncoder, SupervisedCrate)  # timm-style classifiers bu
 
 
 # -- the one loading path ----------------------------------------------------------------------------------------------
-def load_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], *, revision: str | None = None,
-                    cache_dir: str | os.PathLike | None = None, download: bool = False, **overrides) -> nn.Module:
+def load_checkpoint(
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    **overrides,
+) -> nn.Module:
     """Return a ready model (eval mode) from a checkpoint in any supported format (module docstring); keyword
     arguments override the inferred configuration (``num_heads``, ``ista_lambda``, ``ista_step_size``,
     ``norm_pix_loss``, ...).
@@ -119,14 +125,21 @@ def build_from_config(config: Mapping[str, Any], where: str = "config") -> nn.Mo
     model.model_name = config.get("model") or None
     model.data_config = dict(config.get("data") or {})
     own = model_config.to_dict()
-    model.provenance = {k: v for k, v in config.items()
-                        if k not in own and k not in ("data", "crate_mae_version", "model")}
+    model.provenance = {
+        k: v for k, v in config.items() if k not in own and k not in ("data", "crate_mae_version", "model")
+    }
     return model
 
 
 # -- thin aliases of the one path --------------------------------------------------------------------------------------
-def from_pretrained(directory: str | os.PathLike, *, revision: str | None = None,
-                    cache_dir: str | os.PathLike | None = None, download: bool = False, **overrides) -> nn.Module:
+def from_pretrained(
+    directory: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    **overrides,
+) -> nn.Module:
     """Thin alias of :func:`load_checkpoint` for our format only: a directory written by
     :func:`crate_mae.save_pretrained` (or a file in it), or ``"hf-hub:ORG/NAME[@REV]"`` with the Hub options
     (``revision``, ``cache_dir``, ``download``). A folder without ``config.json`` is a FileNotFoundError rather than
@@ -142,8 +155,9 @@ def from_pretrained(directory: str | os.PathLike, *, revision: str | None = None
     return model.train()
 
 
-def load_weights_into(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module
-                      ) -> nn.Module:
+def load_weights_into(
+    model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module
+) -> nn.Module:
     """Thin alias of :func:`load_checkpoint` that copies the weights into ``model``, an existing model of the same
     architecture (strict), and returns it, its mode untouched. A CRATE classifier keeps its own head; a CRATE-MAE
     checkpoint loaded into a :class:`CrateEncoder` gives its encoder (:func:`load_encoder`)."""
@@ -167,8 +181,12 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, **overr
     return load_weights_into(model, pretrained) if pretrained is not None else model
 
 
-def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module, num_classes: int = 0,
-                 global_pool: str = "token", **overrides) -> nn.Module:
+def load_encoder(
+    source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module,
+    num_classes: int = 0,
+    global_pool: str = "token",
+    **overrides,
+) -> nn.Module:
     """Thin alias of :func:`load_checkpoint` (skipped when ``source`` is already a model) followed by the conversion
     of a masked autoencoder's encoder into a timm-style classifier (``forward_features``, ``forward_head``,
     ``reset_classifier``): a :class:`CrateEncoder` for CRATE-MAE, a timm ``VisionTransformer`` for ViT-MAE; a
@@ -183,8 +201,11 @@ def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Mod
             model.set_drop_path(drop_path_rate)
         return model
     if isinstance(model, CrateMAE):
-        enc = CrateEncoder(CrateEncoderConfig.from_mae(model.config, num_classes=num_classes, global_pool=global_pool,
-                                                       drop_path_rate=drop_path_rate))
+        enc = CrateEncoder(
+            CrateEncoderConfig.from_mae(
+                model.config, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate
+            )
+        )
         state = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("head.")}
         missing, unexpected = enc.load_state_dict(state, strict=False)
         assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
@@ -196,8 +217,9 @@ def load_encoder(source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Mod
     raise CheckpointError(f"cannot make an encoder classifier from {type(model).__name__}")
 
 
-def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device | str | None = None,
-               **overrides) -> tuple[nn.Module, str]:
+def load_model(
+    source: str | os.PathLike, *, seed: int = 0, device: torch.device | str | None = None, **overrides
+) -> tuple[nn.Module, str]:
     """The one way a command line names a model: ``(model in eval mode, fingerprint)`` from
 
     - a checkpoint in any format :func:`load_checkpoint` reads, or a run directory (:func:`resolve_run_dir`);
@@ -221,8 +243,9 @@ def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device
         sha = state_sha256(model)
     else:
         if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {source} (nor is it a registered model name; see "
-                                    "`crate-mae models`)")
+            raise FileNotFoundError(
+                f"checkpoint not found: {source} (nor is it a registered model name; see `crate-mae models`)"
+            )
         model, sha = load_checkpoint(path, **overrides), checkpoint_sha256(path)
     assert isinstance(model, Capabilities)  # as every model a checkpoint builds
     model.provenance["checkpoint"] = str(source)
@@ -230,8 +253,9 @@ def load_model(source: str | os.PathLike, *, seed: int = 0, device: torch.device
 
 
 def _vit_classifier(mae: ViTMAE, num_classes: int, global_pool: str, drop_path_rate: float) -> MAEViTClassifier:
-    vit = MAEViTClassifier(ViTConfig.from_mae(mae.config, num_classes=num_classes, global_pool=global_pool,
-                                              drop_path_rate=drop_path_rate))
+    vit = MAEViTClassifier(
+        ViTConfig.from_mae(mae.config, num_classes=num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
+    )
     state = {k: v for k, v in mae.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
     state["pos_embed"] = mae.pos_embed.table.clone()
     state.update({k: v for k, v in vit.state_dict().items() if k.startswith("head.")})

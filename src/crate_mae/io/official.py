@@ -66,15 +66,24 @@ def model_from_official(state: Mapping[str, torch.Tensor], overrides: Mapping[st
         model = _build_vit_official(state, overrides, where)
         has_decoder = any(k.startswith("decoder_blocks.") for k in state)
         unused = POS_TABLES + (("decoder_embed.weight", "decoder_embed.bias") if model.mask_tokens_in_encoder else ())
-        load_exact(model, {k: v for k, v in state.items() if k not in unused}, where,
-                   allow_missing_prefixes=() if has_decoder else ("decoder_", "mask_token"))
+        load_exact(
+            model,
+            {k: v for k, v in state.items() if k not in unused},
+            where,
+            allow_missing_prefixes=() if has_decoder else ("decoder_", "mask_token"),
+        )
         if not has_decoder:
-            warnings.warn(f"{where} has no decoder: encoder weights loaded, decoder randomly initialised "
-                          "(fine for features, probing and fine-tuning; not for reconstruction)", stacklevel=3)
+            warnings.warn(
+                f"{where} has no decoder: encoder weights loaded, decoder randomly initialised "
+                "(fine for features, probing and fine-tuning; not for reconstruction)",
+                stacklevel=3,
+            )
         model.provenance["decoder_loaded"] = has_decoder
     elif fmt == "ours":
-        raise CheckpointError(f"{where} uses our key names but comes without {CONFIG_NAME}; load the directory "
-                              "written by save_pretrained instead")
+        raise CheckpointError(
+            f"{where} uses our key names but comes without {CONFIG_NAME}; load the directory "
+            "written by save_pretrained instead"
+        )
     else:
         raise CheckpointError(f"cannot recognise the checkpoint format of {where}: first keys {list(state)[:6]}")
     _check_pos_tables(state, model, where)
@@ -94,8 +103,7 @@ def _build_crate_official(state: Mapping[str, torch.Tensor], overrides: dict) ->
 
 
 # -- official supervised CRATE ------------------------------------------------------------------------------------
-def _build_crate_supervised_official(state: Mapping[str, torch.Tensor], overrides: dict, where: str
-                                     ) -> SupervisedCrate:
+def _build_crate_supervised_official(state: Mapping[str, torch.Tensor], overrides: dict, where: str) -> SupervisedCrate:
     """Shapes give width, patch, depth, classes and image size (``in_chans`` / ``patch_size`` / ``img_size`` may be
     given where the shapes are ambiguous); heads come from the preset of that width unless ``num_heads=``."""
     shape_keys = {k: overrides[k] for k in ("in_chans", "patch_size", "img_size") if k in overrides}
@@ -135,11 +143,18 @@ def _build_vit_official(state: Mapping[str, torch.Tensor], overrides: dict, wher
         if dd % 16:
             raise CheckpointError(f"cannot infer decoder_num_heads for decoder width {dd}; pass decoder_num_heads=")
         cfg["decoder_num_heads"] = 16  # every official MAE / CRATE-repo ViT-MAE decoder
-    if ("mask_tokens_in_encoder" not in overrides and not cfg["qkv_bias"] and dd == d
-            and "decoder_blocks.0.attn.qkv.weight" in state):
-        warnings.warn(f"{where} looks like the CRATE repo's ViT-MAE baseline (no qkv bias, decoder as wide as the "
-                      "encoder); it is loaded in facebookresearch/mae's visible-only frame. If it was trained by the "
-                      "CRATE repo, pass mask_tokens_in_encoder=True", stacklevel=4)
+    if (
+        "mask_tokens_in_encoder" not in overrides
+        and not cfg["qkv_bias"]
+        and dd == d
+        and "decoder_blocks.0.attn.qkv.weight" in state
+    ):
+        warnings.warn(
+            f"{where} looks like the CRATE repo's ViT-MAE baseline (no qkv bias, decoder as wide as the "
+            "encoder); it is loaded in facebookresearch/mae's visible-only frame. If it was trained by the "
+            "CRATE repo, pass mask_tokens_in_encoder=True",
+            stacklevel=4,
+        )
     return ViTMAE(**{**cfg, **overrides})
 
 
@@ -152,5 +167,8 @@ def _check_pos_tables(state: Mapping[str, torch.Tensor], model: nn.Module, where
         h = w = int(round((table.shape[1] - 1) ** 0.5))
         expected = sincos_pos_embed(table.shape[-1], (h, w)).unsqueeze(0)
         if table.shape != expected.shape or not torch.allclose(table, expected, atol=1e-4):
-            warnings.warn(f"{where}: stored {key} is not the fixed 2-D sin-cos table (learned?); it is ignored and "
-                          "the sin-cos table is used", stacklevel=4)
+            warnings.warn(
+                f"{where}: stored {key} is not the fixed 2-D sin-cos table (learned?); it is ignored and "
+                "the sin-cos table is used",
+                stacklevel=4,
+            )

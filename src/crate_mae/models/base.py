@@ -88,8 +88,11 @@ class ModelConfig:
     # -- deprecated dict-style reads (one release) ----------------------------------------------------------------
     def _dict_read(self, key: Any = None) -> None:
         instead = f"model.config.{key}" if isinstance(key, str) else "its attributes or model.config.to_dict()"
-        warnings.warn(f"reading model.config as a dict is deprecated: it is a {type(self).__name__} now; read "
-                      f"{instead}", DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"reading model.config as a dict is deprecated: it is a {type(self).__name__} now; read {instead}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
     def __getitem__(self, key: str) -> Any:
         self._dict_read(key)
@@ -125,8 +128,11 @@ def _type_problem(name: str, value: Any, default: Any) -> str | None:
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
         if name == "img_size":  # also (height, width)
-            ok = ok or (isinstance(value, (list, tuple)) and len(value) == 2
-                        and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
+            ok = ok or (
+                isinstance(value, (list, tuple))
+                and len(value) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+            )
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     else:
@@ -157,8 +163,10 @@ class Capabilities:
             # config_class is the config class that the constructor's ``config`` parameter names (ConfigT)
             return cast(ConfigT, cls.config_class(**kwargs))
         if kwargs:
-            raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__} or keyword arguments, not both "
-                            f"(got config and {', '.join(sorted(kwargs))})")
+            raise TypeError(
+                f"{cls.__name__} takes a {cls.config_class.__name__} or keyword arguments, not both "
+                f"(got config and {', '.join(sorted(kwargs))})"
+            )
         if type(config) is not cls.config_class:
             raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__}, got {type(config).__name__}")
         return config
@@ -179,8 +187,10 @@ class Capabilities:
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups by depth for layer-wise lr decay (timm's hook); encoder classifiers have them."""
-        raise ValueError(f"{type(self).__name__} has no layer groups (a masked autoencoder); layer-wise lr decay "
-                         "needs an encoder classifier")
+        raise ValueError(
+            f"{type(self).__name__} has no layer groups (a masked autoencoder); layer-wise lr decay "
+            "needs an encoder classifier"
+        )
 
     def num_params(self, convention: str = "trainable") -> int:
         """'trainable': what this module trains. 'official': the count the official code reports, where the
@@ -220,8 +230,9 @@ class PatchTokens:
         check_images(imgs, self.patch_size, self.in_chans)
         return imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
 
-    def prepare_tokens(self, imgs: torch.Tensor, mask: torch.Tensor | None = None,
-                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
+    def prepare_tokens(
+        self, imgs: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Patch-embed, replace masked patches by ``mask_token``, prepend cls, add the sin-cos table to all."""
         grid = self.grid_size(imgs)
         return tokens_with_mask_tokens(self.patch_embed(imgs), self.cls_token, self.pos_embed(grid), mask, mask_token)
@@ -261,8 +272,9 @@ class MaskedAutoencoder(Capabilities, nn.Module):
         return masked_mse(pred.float(), target.float(), mask)
 
     @torch.no_grad()
-    def reconstruct(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
-                    ) -> dict[str, torch.Tensor]:
+    def reconstruct(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Images in the input's (normalised) space: ``masked`` (masked patches 0, the dataset mean colour once
         un-normalised), ``recon`` (visible patches from the input, masked ones predicted), ``pred`` (all
         predicted), and ``mask`` (N, L), ``loss``. With ``norm_pix_loss`` the predictions are per-patch standardised
@@ -277,9 +289,13 @@ class MaskedAutoencoder(Capabilities, nn.Module):
             pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
         m = out.mask.unsqueeze(-1)
         grid = self.grid_size(imgs)
-        return {"masked": self.unpatchify(target * (1 - m), grid),
-                "recon": self.unpatchify(target * (1 - m) + pred * m, grid), "pred": self.unpatchify(pred, grid),
-                "mask": out.mask, "loss": out.loss.detach()}
+        return {
+            "masked": self.unpatchify(target * (1 - m), grid),
+            "recon": self.unpatchify(target * (1 - m) + pred * m, grid),
+            "pred": self.unpatchify(pred, grid),
+            "mask": out.mask,
+            "loss": out.loss.detach(),
+        }
 
 
 def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
@@ -324,8 +340,17 @@ def check_images(imgs: torch.Tensor, patch_size: int, in_chans: int) -> None:
         raise ValueError(f"image size {H}x{W} is not a positive multiple of the patch size {patch_size}")
 
 
-def check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, ista_step_size=0.1,
-                 ista_lambda=0.0, sincos: bool = True) -> None:
+def check_config(
+    img_size,
+    patch_size,
+    in_chans,
+    embed_dim,
+    num_heads,
+    depth,
+    ista_step_size=0.1,
+    ista_lambda=0.0,
+    sincos: bool = True,
+) -> None:
     sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if patch_size < 1 or any(s % patch_size or s < patch_size for s in sizes):
         raise ValueError(f"img_size={img_size} is not a positive multiple of patch_size={patch_size}")
@@ -340,8 +365,9 @@ def check_config(img_size, patch_size, in_chans, embed_dim, num_heads, depth, is
     if not ista_step_size > 0:
         raise ValueError(f"ista_step_size must be > 0, got {ista_step_size}")
     if not ista_lambda >= 0:
-        raise ValueError(f"ista_lambda must be >= 0 (a negative threshold is not a sparsity penalty), got "
-                         f"{ista_lambda}")
+        raise ValueError(
+            f"ista_lambda must be >= 0 (a negative threshold is not a sparsity penalty), got {ista_lambda}"
+        )
 
 
 def layer_index(layer: int, n: int, what: str = "encoder") -> int:

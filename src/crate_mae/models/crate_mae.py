@@ -58,8 +58,16 @@ class CrateEncoderConfig(ModelConfig):
     pos_embed_mode: str = "interpolate"
 
     def validate(self) -> None:
-        check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth,
-                     self.ista_step_size, self.ista_lambda)
+        check_config(
+            self.img_size,
+            self.patch_size,
+            self.in_chans,
+            self.embed_dim,
+            self.num_heads,
+            self.depth,
+            self.ista_step_size,
+            self.ista_lambda,
+        )
         check_global_pool(self.global_pool)
 
 
@@ -88,20 +96,34 @@ class CrateMAEConfig(ModelConfig):
     def validate(self) -> None:
         if self.decoder_depth < 1:
             raise ValueError(f"decoder_depth must be >= 1, got {self.decoder_depth}")
-        check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth,
-                     self.ista_step_size, self.ista_lambda)
+        check_config(
+            self.img_size,
+            self.patch_size,
+            self.in_chans,
+            self.embed_dim,
+            self.num_heads,
+            self.depth,
+            self.ista_step_size,
+            self.ista_lambda,
+        )
         assert self.decoder_num_heads is not None  # __post_init__ filled it in
         if self.embed_dim % self.decoder_num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by decoder_num_heads="
-                             f"{self.decoder_num_heads}")
+            raise ValueError(
+                f"embed_dim={self.embed_dim} is not divisible by decoder_num_heads={self.decoder_num_heads}"
+            )
 
 
 class CrateBlock(nn.Module):
     """One encoder layer: Z' = Z + MSSA(LN(Z)); Z_next = ISTA(LN(Z')). No residual around ISTA."""
 
     # (submodule, hook on its "in"put or "out"put, LayerTrace field) for models/tracing.py
-    TRACE = (("", "in", "z_in"), ("norm1", "out", "mssa_in"), ("norm2", "in", "z_half"), ("norm2", "out", "ista_in"),
-             ("ista", "out", "z_out"))
+    TRACE = (
+        ("", "in", "z_in"),
+        ("norm1", "out", "mssa_in"),
+        ("norm2", "in", "z_half"),
+        ("norm2", "out", "ista_in"),
+        ("ista", "out", "z_out"),
+    )
 
     def __init__(self, dim: int, num_heads: int, step_size: float, lambd: float, drop_path: float = 0.0):
         super().__init__()
@@ -204,9 +226,16 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
         return Intermediates(encoder={i: t for (_, i), t in rec.collect().items() if i in keep}, latent=latent)
 
     # -- timm's model contract ---------------------------------------------------------------------------------------
-    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
-                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
         """timm's ``forward_intermediates``: the outputs Z^{l+1} of the layers ``indices`` (None: all; an int n: the
         last n; negative indices count from the end), each (N, D, h, w) (``NCHW``) or (N, h*w, D) (``NLC``), with the
         final norm applied when ``norm``; the cls token is returned beside them with ``return_prefix_tokens``.
@@ -217,7 +246,7 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
         take, max_index = feature_take_indices(len(self.blocks), indices)  # type: ignore[arg-type]
         h, w = self.grid_size(x)
         z = self.prepare_tokens(x)
-        blocks = self.blocks[:max_index + 1] if stop_early or intermediates_only else self.blocks
+        blocks = self.blocks[: max_index + 1] if stop_early or intermediates_only else self.blocks
         intermediates = []
         for i, blk in enumerate(blocks):
             z = run_blocks([blk], z, self.grad_checkpointing)
@@ -233,12 +262,13 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
             return intermediates
         return self.norm(z), intermediates
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the layers after the last of ``indices`` (and the final norm / head when asked); returns the
         absolute indices kept, as timm's feature wrappers expect."""
         take, max_index = feature_take_indices(len(self.blocks), indices)  # type: ignore[arg-type]  # as above
-        self.blocks = self.blocks[:max_index + 1]
+        self.blocks = self.blocks[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
@@ -249,8 +279,10 @@ class CrateClassifierBase(PatchTokens, Capabilities, nn.Module):
         """Parameter groups by depth for timm's layer-wise lr decay, as facebookresearch/mae's ``get_layer_id_for_vit``:
         the stem (tokens, position table, patch embedding) first, then each block, then the final norm in a group of
         its own (timm's ViT merges it into the last block's) together with the head (and its norm)."""
-        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm|^head", (len(self.blocks),))])
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm|^head", (len(self.blocks),))],
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -280,14 +312,16 @@ class CrateEncoder(CrateClassifierBase):
         self.pos_embed = PositionTable(c.embed_dim, self.patch_embed.grid_size, c.pos_embed_mode)
         dpr = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
         self.blocks = nn.ModuleList(
-            CrateBlock(c.embed_dim, c.num_heads, c.ista_step_size, c.ista_lambda, dpr[i]) for i in range(c.depth))
+            CrateBlock(c.embed_dim, c.num_heads, c.ista_step_size, c.ista_lambda, dpr[i]) for i in range(c.depth)
+        )
         self.norm = nn.LayerNorm(c.embed_dim, eps=FINAL_LN_EPS)
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.num_classes = c.num_classes
         self.grad_checkpointing = False
         self.num_prefix_tokens = 1
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=c.patch_size)
-                             for i in range(c.depth)]
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=c.patch_size) for i in range(c.depth)
+        ]
         self.init_contract(c)
         init_weights(self, self.patch_embed, [self.cls_token])
 
@@ -355,8 +389,9 @@ class CrateMAE(MaskedAutoencoder):
         return self.encoder.grid_size(imgs)
 
     # -- masked completion ----------------------------------------------------------------------------------------
-    def encoder_input(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encoder_input(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mask, then build the encoder's tokens in this model's frame: ``(tokens, mask, ids_restore)``."""
         h, w = self.grid_size(imgs)
         mask, ids_keep, ids_restore = random_masking(imgs.shape[0], h * w, mask_ratio, noise, imgs.device)
@@ -371,14 +406,14 @@ class CrateMAE(MaskedAutoencoder):
             return latent
         return restore_with_mask_tokens(latent, self.mask_token, ids_restore) + self.encoder.pos_embed(grid)
 
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_encoder(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(latent, mask, ids_restore)``; latent is (N, 1+L, D), or (N, 1+L_keep, D) for a visible-only encoder."""
         x, mask, ids_restore = self.encoder_input(imgs, mask_ratio, noise)
         return self.encoder.forward_tokens(x), mask, ids_restore
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]
-                        ) -> torch.Tensor:
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Decoder -> norm -> linear patch prediction, cls dropped: (N, L, p*p*C)."""
         return self.decoder_pred(self.decoder(self.decoder_input(latent, ids_restore, grid)))[:, 1:]
 
@@ -395,8 +430,14 @@ class CrateMAE(MaskedAutoencoder):
     def attention_maps(self, imgs: torch.Tensor, layer: int = -1) -> torch.Tensor:
         return self.encoder.attention_maps(imgs, layer)
 
-    def trace_layers(self, imgs: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None,
-                     encoder_layers: list[int] | None = None, decoder_layers: list[int] | None = None) -> Intermediates:
+    def trace_layers(
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float = 0.0,
+        noise: torch.Tensor | None = None,
+        encoder_layers: list[int] | None = None,
+        decoder_layers: list[int] | None = None,
+    ) -> Intermediates:
         """Run the whole autoencoder under a :class:`LayerRecorder` and keep the (detached) tensors of the chosen
         layers (default: all): a :class:`LayerTrace` each (input, MSSA input, half step, ISTA input, output). With
         ``mask_ratio = 0`` (default) nothing is masked; the latent then equals ``forward_features``.
@@ -407,10 +448,10 @@ class CrateMAE(MaskedAutoencoder):
             keep[part] = {layer_index(i, n, part) for i in (range(n) if chosen is None else chosen)}
         with LayerRecorder(self) as rec:
             out = self(imgs, mask_ratio=mask_ratio, noise=noise)
-        traces = {part: {i: t for (p, i), t in rec.collect().items() if p == part and i in keep[part]}
-                  for part in keep}
-        return Intermediates(encoder=traces["encoder"], decoder=traces["decoder"], latent=out.latent,
-                             mask=out.mask, pred=out.pred)
+        traces = {part: {i: t for (p, i), t in rec.collect().items() if p == part and i in keep[part]} for part in keep}
+        return Intermediates(
+            encoder=traces["encoder"], decoder=traces["decoder"], latent=out.latent, mask=out.mask, pred=out.pred
+        )
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
     def encoder_blocks(self) -> nn.ModuleList:

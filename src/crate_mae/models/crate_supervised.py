@@ -48,8 +48,17 @@ class SupervisedCrateConfig(ModelConfig):
     drop_path_rate: float = 0.0
 
     def validate(self) -> None:
-        check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth,
-                     self.ista_step_size, self.ista_lambda, sincos=False)
+        check_config(
+            self.img_size,
+            self.patch_size,
+            self.in_chans,
+            self.embed_dim,
+            self.num_heads,
+            self.depth,
+            self.ista_step_size,
+            self.ista_lambda,
+            sincos=False,
+        )
         check_global_pool(self.global_pool)
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
@@ -100,7 +109,8 @@ class SupervisedCrate(CrateClassifierBase):
         self.cls_token = nn.Parameter(torch.randn(1, 1, c.embed_dim))
         dpr = torch.linspace(0, c.drop_path_rate, c.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            CrateBlock(c.embed_dim, c.num_heads, c.ista_step_size, c.ista_lambda, dpr[i]) for i in range(c.depth))
+            CrateBlock(c.embed_dim, c.num_heads, c.ista_step_size, c.ista_lambda, dpr[i]) for i in range(c.depth)
+        )
         if c.num_heads == 1:  # the official Attention has no output projection when one head spans the width
             for blk in cast("Iterable[CrateBlock]", self.blocks):
                 blk.attn.proj = nn.Identity()
@@ -110,8 +120,9 @@ class SupervisedCrate(CrateClassifierBase):
         self.num_classes = c.num_classes
         self.grad_checkpointing = False
         self.num_prefix_tokens = 1
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=c.patch_size)
-                             for i in range(c.depth)]
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=c.embed_dim, reduction=c.patch_size) for i in range(c.depth)
+        ]
         self.init_contract(c)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -159,8 +170,9 @@ def from_official(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official supervised-CRATE key names -> ours. Unknown keys are kept, marked, so that a strict load names them."""
     out = {}
     for k, v in state.items():
-        name = next((ours.format(**m.groupdict()) for pattern, _, _, ours in _PATTERNS if (m := pattern.fullmatch(k))),
-                    None)
+        name = next(
+            (ours.format(**m.groupdict()) for pattern, _, _, ours in _PATTERNS if (m := pattern.fullmatch(k))), None
+        )
         out[name or f"<unrecognised>{k}"] = v
     return out
 
@@ -169,16 +181,22 @@ def to_official(model: SupervisedCrate) -> dict[str, torch.Tensor]:
     """A :class:`SupervisedCrate`'s weights under the official names (``CRATE(...).load_state_dict(...)``)."""
     out = {}
     for k, v in model.state_dict().items():
-        name = next((official.format(**m.groupdict()) for _, pattern, official, _ in _PATTERNS
-                     if (m := pattern.fullmatch(k))), None)
+        name = next(
+            (official.format(**m.groupdict()) for _, pattern, official, _ in _PATTERNS if (m := pattern.fullmatch(k))),
+            None,
+        )
         if name is None:
             raise ValueError(f"{k} has no official counterpart")
         out[name] = v
     return out
 
 
-def kwargs_from_official(state: Mapping[str, torch.Tensor], in_chans: int = 3, patch_size: int | None = None,
-                         img_size: int | tuple[int, int] | None = None) -> dict:
+def kwargs_from_official(
+    state: Mapping[str, torch.Tensor],
+    in_chans: int = 3,
+    patch_size: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+) -> dict:
     """SupervisedCrate keywords read off an official state dict: width, patch size (from the patch dimension
     p*p*C with ``in_chans`` channels), depth, classes, image size (from the position table, a square grid unless
     ``img_size`` is given). Heads and ISTA's eta / lambda are not stored."""
@@ -189,13 +207,17 @@ def kwargs_from_official(state: Mapping[str, torch.Tensor], in_chans: int = 3, p
     if patch_size is None:
         patch_size = round((patch_dim / in_chans) ** 0.5)
     if patch_size < 1 or patch_size * patch_size * in_chans != patch_dim:
-        raise ValueError(f"patch dimension {patch_dim} is not p*p*{in_chans} for patch_size={patch_size}; pass "
-                         "in_chans= / patch_size=")
+        raise ValueError(
+            f"patch dimension {patch_dim} is not p*p*{in_chans} for patch_size={patch_size}; pass "
+            "in_chans= / patch_size="
+        )
     depth = next(i for i in range(len(state) + 1) if QKV_KEY.format(i) not in state)
     inner = state[QKV_KEY.format(0)].shape[0] if depth else d
     if inner != d:
-        raise ValueError(f"qkv projects width {d} to {inner} (dim_head * heads != dim); only dim_head = dim / heads, "
-                         "as in every official preset, is supported")
+        raise ValueError(
+            f"qkv projects width {d} to {inner} (dim_head * heads != dim); only dim_head = dim / heads, "
+            "as in every official preset, is supported"
+        )
     cfg = dict(embed_dim=d, in_chans=in_chans, patch_size=patch_size, depth=depth)
     if "mlp_head.1.weight" in state:
         cfg["num_classes"] = state["mlp_head.1.weight"].shape[0]
@@ -208,4 +230,3 @@ def kwargs_from_official(state: Mapping[str, torch.Tensor], in_chans: int = 3, p
     if img_size is not None:
         cfg["img_size"] = img_size
     return cfg
-

@@ -57,8 +57,11 @@ class PositionTable(nn.Module):
             return self.table
         key = (grid, self.table.device, self.mode)
         if key not in self._cache:
-            self._cache[key] = self._resize(grid) if self.mode == "interpolate" else \
-                sincos_pos_embed(self.table.shape[-1], grid).unsqueeze(0).to(self.table.device)
+            self._cache[key] = (
+                self._resize(grid)
+                if self.mode == "interpolate"
+                else sincos_pos_embed(self.table.shape[-1], grid).unsqueeze(0).to(self.table.device)
+            )
         return self._cache[key]
 
     def _resize(self, grid: tuple[int, int]) -> torch.Tensor:
@@ -66,8 +69,7 @@ class PositionTable(nn.Module):
         patch = self.table[:, 1:].float().reshape(1, h0, w0, -1).permute(0, 3, 1, 2)
         # DINO's +0.1 keeps floor(h0 * scale) == h under floating-point error; the scale factor (not the size)
         # sets the sampling positions, as in the official code.
-        patch = F.interpolate(patch, scale_factor=((h + 0.1) / h0, (w + 0.1) / w0), mode="bicubic",
-                              align_corners=False)
+        patch = F.interpolate(patch, scale_factor=((h + 0.1) / h0, (w + 0.1) / w0), mode="bicubic", align_corners=False)
         if patch.shape[-2:] != (h, w):  # cannot happen for positive grids; guards the arithmetic above
             raise RuntimeError(f"interpolated position table has grid {tuple(patch.shape[-2:])}, expected {grid}")
         patch = patch.permute(0, 2, 3, 1).reshape(1, h * w, -1)
@@ -106,8 +108,13 @@ class LearnedPositionTable(nn.Module):
         return f"grid_size={self.grid_size}, learned"
 
 
-def tokens_with_mask_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos: torch.Tensor,
-                            mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None) -> torch.Tensor:
+def tokens_with_mask_tokens(
+    patches: torch.Tensor,
+    cls_token: torch.Tensor,
+    pos: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mask tokens in the encoder: masked patch embeddings -> ``mask_token``, prepend cls, add ``pos`` to all.
 
     ``patches`` (N, L, D), ``mask`` (N, L) with 1 = masked (None: nothing masked) -> (N, 1 + L, D)."""
@@ -118,8 +125,9 @@ def tokens_with_mask_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos:
     return x + pos
 
 
-def visible_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos: torch.Tensor,
-                   ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+def visible_tokens(
+    patches: torch.Tensor, cls_token: torch.Tensor, pos: torch.Tensor, ids_keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """Visible-only encoder input: add ``pos`` to the patch embeddings, keep ``ids_keep`` (None: all), prepend
     cls + its table row. (N, L, D) -> (N, 1 + L_keep, D)."""
     x = patches + pos[:, 1:]
@@ -137,4 +145,3 @@ def restore_with_mask_tokens(x: torch.Tensor, mask_token: torch.Tensor, ids_rest
     rest = torch.cat([x[:, 1:], fill], dim=1)
     rest = torch.gather(rest, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     return torch.cat([x[:, :1], rest], dim=1)
-

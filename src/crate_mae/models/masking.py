@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def random_masking(batch: int, num_patches: int, mask_ratio: float, noise: torch.Tensor | None = None,
-                   device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_masking(
+    batch: int,
+    num_patches: int,
+    mask_ratio: float,
+    noise: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample random masking by argsort of uniform noise.
 
     ``ids_shuffle = argsort(noise)`` ascending; the first ``int(L * (1 - mask_ratio))`` are kept.

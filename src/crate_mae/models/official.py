@@ -87,8 +87,9 @@ class Linear(nn.Module):
 class EncoderBlock(nn.Module):
     def __init__(self, dim: int, heads: int, step_size: float, lambd: float):
         super().__init__()
-        self.layers = nn.ModuleList([nn.ModuleList([PreNorm(dim, Attention(dim, heads)),
-                                                    PreNorm(dim, ISTA(dim, step_size, lambd))])])
+        self.layers = nn.ModuleList(
+            [nn.ModuleList([PreNorm(dim, Attention(dim, heads)), PreNorm(dim, ISTA(dim, step_size, lambd))])]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for attn, ff in cast("Iterable[nn.ModuleList]", self.layers):  # each layer a ModuleList of two
@@ -111,23 +112,36 @@ class DecoderBlock(nn.Module):
 class OfficialCrateMAE(nn.Module):
     """``forward(imgs, mask_ratio, noise) -> (loss, pred, mask, latent)`` as the official code (square images)."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, decoder_depth: int = 12, decoder_num_heads: int | None = None,
-                 ista_step_size: float = 0.1, ista_lambda: float = 0.5, norm_pix_loss: bool = False):
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        decoder_depth: int = 12,
+        decoder_num_heads: int | None = None,
+        ista_step_size: float = 0.1,
+        ista_lambda: float = 0.5,
+        norm_pix_loss: bool = False,
+    ):
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         table = sincos_pos_embed(embed_dim, self.patch_embed.grid_size).unsqueeze(0)
         self.pos_embed = nn.Parameter(table.clone(), requires_grad=False)
-        self.blocks = nn.ModuleList(EncoderBlock(embed_dim, num_heads, ista_step_size, ista_lambda)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            EncoderBlock(embed_dim, num_heads, ista_step_size, ista_lambda) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.decoder_embed = nn.Linear(embed_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.decoder_pos_embed = nn.Parameter(table.clone(), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList(DecoderBlock(embed_dim, decoder_num_heads or num_heads)
-                                            for _ in range(decoder_depth))
+        self.decoder_blocks = nn.ModuleList(
+            DecoderBlock(embed_dim, decoder_num_heads or num_heads) for _ in range(decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(embed_dim, patch_size**2 * in_chans)
         self.patch_size, self.norm_pix_loss, self.num_patches = patch_size, norm_pix_loss, n
@@ -223,14 +237,19 @@ def to_official(model: CrateMAE) -> dict[str, torch.Tensor]:
     zero ``decoder_embed`` that the official module also holds: ``OfficialCrateMAE(...).load_state_dict(...)``."""
     out = {}
     for k, v in model.state_dict().items():
-        name = next((official.format(**m.groupdict()) for _, pattern, official, _ in _PATTERNS
-                     if (m := pattern.fullmatch(k))), None)
+        name = next(
+            (official.format(**m.groupdict()) for _, pattern, official, _ in _PATTERNS if (m := pattern.fullmatch(k))),
+            None,
+        )
         if name is None:
             raise ValueError(f"{k} has no official counterpart")
         out[name] = v
     d, table = model.encoder.embed_dim, model.encoder.pos_embed.table
-    out.update(pos_embed=table.clone(), decoder_pos_embed=table.clone(),
-               **{"decoder_embed.weight": torch.zeros(d, d), "decoder_embed.bias": torch.zeros(d)})
+    out.update(
+        pos_embed=table.clone(),
+        decoder_pos_embed=table.clone(),
+        **{"decoder_embed.weight": torch.zeros(d, d), "decoder_embed.bias": torch.zeros(d)},
+    )
     return out
 
 

@@ -23,7 +23,8 @@ _MODELS: dict[str, ModelClass] = {}
 _DEFAULTS: dict[str, dict] = {}
 # config.json's "architecture" -> what builds it (the constructor keywords are the rest of config.json).
 _ARCHITECTURES: dict[str, ModelClass] = {
-    cls.config_class.architecture: cls for cls in (CrateMAE, CrateEncoder, ViTMAE, MAEViTClassifier, SupervisedCrate)}
+    cls.config_class.architecture: cls for cls in (CrateMAE, CrateEncoder, ViTMAE, MAEViTClassifier, SupervisedCrate)
+}
 
 
 def register_model(name: str, factory: ModelClass, **defaults) -> None:
@@ -103,31 +104,71 @@ def _register_presets() -> None:
         "large": (1024, 16, 24),
     }
     for size, (d, h, depth) in crate_sizes.items():
-        register_model(f"crate_mae_{size}", CrateMAE, img_size=224, patch_size=16, embed_dim=d, depth=depth,
-                       num_heads=h, decoder_depth=depth)
-        register_model(f"crate_{size}", CrateEncoder, img_size=224, patch_size=16, embed_dim=d, depth=depth,
-                       num_heads=h)
+        register_model(
+            f"crate_mae_{size}",
+            CrateMAE,
+            img_size=224,
+            patch_size=16,
+            embed_dim=d,
+            depth=depth,
+            num_heads=h,
+            decoder_depth=depth,
+        )
+        register_model(
+            f"crate_{size}", CrateEncoder, img_size=224, patch_size=16, embed_dim=d, depth=depth, num_heads=h
+        )
         # Supervised CRATE (Ma-Lab-Berkeley/CRATE model/crate.py CRATE_*): the same widths, heads and depths, an
         # ImageNet-1K classifier; its own name, never crate_* (that is CRATE-MAE's encoder).
-        register_model(f"crate_supervised_{size}", SupervisedCrate, img_size=224, patch_size=16, embed_dim=d,
-                       depth=depth, num_heads=h, num_classes=1000)
+        register_model(
+            f"crate_supervised_{size}",
+            SupervisedCrate,
+            img_size=224,
+            patch_size=16,
+            embed_dim=d,
+            depth=depth,
+            num_heads=h,
+            num_classes=1000,
+        )
     vit_sizes = {  # facebookresearch/mae mae_vit_*: 512-wide, 8-layer, 16-head decoder
         "base": (768, 12, 12, 16),
         "large": (1024, 24, 16, 16),
         "huge": (1280, 32, 16, 14),
     }
     for size, (d, depth, h, p) in vit_sizes.items():
-        register_model(f"vit_mae_{size}", ViTMAE, img_size=224, patch_size=p, embed_dim=d, depth=depth,
-                       num_heads=h, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0)
+        register_model(
+            f"vit_mae_{size}",
+            ViTMAE,
+            img_size=224,
+            patch_size=p,
+            embed_dim=d,
+            depth=depth,
+            num_heads=h,
+            decoder_embed_dim=512,
+            decoder_depth=8,
+            decoder_num_heads=16,
+            mlp_ratio=4.0,
+        )
     # The paper's ViT-MAE baseline, Ma-Lab-Berkeley/CRATE crate_ae.py mae_vit_*: timm blocks without qkv bias in
     # CRATE-MAE's frame (mask tokens in the encoder), an 8-layer 16-head decoder as wide as the encoder.
     # The CRATE repo has no mae_vit_small; "small" is the ViT-S encoder in the same frame (the book's 47.6M
     # ViT-MAE-S has a 512-wide decoder, which this frame cannot hold).
     paper_sizes = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
     for size, (d, depth, h) in paper_sizes.items():
-        register_model(f"vit_mae_{size}_paper", ViTMAE, img_size=224, patch_size=16, embed_dim=d, depth=depth,
-                       num_heads=h, decoder_embed_dim=d, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
-                       qkv_bias=False, mask_tokens_in_encoder=True)
+        register_model(
+            f"vit_mae_{size}_paper",
+            ViTMAE,
+            img_size=224,
+            patch_size=16,
+            embed_dim=d,
+            depth=depth,
+            num_heads=h,
+            decoder_embed_dim=d,
+            decoder_depth=8,
+            decoder_num_heads=16,
+            mlp_ratio=4.0,
+            qkv_bias=False,
+            mask_tokens_in_encoder=True,
+        )
 
 
 _register_presets()
@@ -136,7 +177,11 @@ _register_presets()
 def __getattr__(name: str):
     # Deprecated for one release: the models-level builder was create_model, a name now kept for crate_mae.create_model.
     if name == "create_model":
-        warnings.warn("crate_mae.models.registry.create_model is deprecated: use build_model (or "
-                      "crate_mae.create_model for weights too)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "crate_mae.models.registry.create_model is deprecated: use build_model (or "
+            "crate_mae.create_model for weights too)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return build_model
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,10 +28,15 @@ def crate_blocks(model: nn.Module) -> dict[str, nn.ModuleList | nn.Sequential]:
     """The CRATE layer stacks of a model: {"encoder": blocks} or {"encoder": ..., "decoder": ...}."""
     if isinstance(model, Capabilities) and model.white_box:  # CrateMAE or a CRATE classifier
         # CrateMAE's submodules (torch types a module's attributes Tensor | Module)
-        return ({"encoder": model.encoder.blocks, "decoder": model.decoder.blocks}  # type: ignore[union-attr, dict-item]
-                if model.has_decoder else {"encoder": model.blocks})
-    raise ValueError(f"layer-wise analysis needs a CRATE model (CrateMAE or CrateEncoder), got "
-                     f"{type(model).__name__}; ViT-MAE layers have no subspaces or sparse codes to measure")
+        return (
+            {"encoder": model.encoder.blocks, "decoder": model.decoder.blocks}  # type: ignore[union-attr, dict-item]
+            if model.has_decoder
+            else {"encoder": model.blocks}
+        )
+    raise ValueError(
+        f"layer-wise analysis needs a CRATE model (CrateMAE or CrateEncoder), got "
+        f"{type(model).__name__}; ViT-MAE layers have no subspaces or sparse codes to measure"
+    )
 
 
 class LayerRecorder:
@@ -54,11 +59,13 @@ class LayerRecorder:
     def _out(self, key, name):
         def hook(module, args, output):
             self._store(key, name, output)
+
         return hook
 
     def _in(self, key, name):
         def hook(module, args):
             self._store(key, name, args[0])
+
         return hook
 
     def attach(self) -> LayerRecorder:
@@ -70,8 +77,11 @@ class LayerRecorder:
                 # each block class declares where its LayerTrace fields are (torch types attributes Tensor | Module)
                 for sub, kind, name in blk.TRACE:  # type: ignore[union-attr]
                     m = blk.get_submodule(sub)
-                    self._handles.append(m.register_forward_pre_hook(self._in(key, name)) if kind == "in"
-                                         else m.register_forward_hook(self._out(key, name)))
+                    self._handles.append(
+                        m.register_forward_pre_hook(self._in(key, name))
+                        if kind == "in"
+                        else m.register_forward_hook(self._out(key, name))
+                    )
         return self
 
     def detach(self) -> None:

@@ -62,11 +62,19 @@ class ViTMAEConfig(ModelConfig):
 
     def validate(self) -> None:
         check_config(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_heads, self.depth)
-        check_config(self.img_size, self.patch_size, self.in_chans, self.decoder_embed_dim, self.decoder_num_heads,
-                     self.decoder_depth)
+        check_config(
+            self.img_size,
+            self.patch_size,
+            self.in_chans,
+            self.decoder_embed_dim,
+            self.decoder_num_heads,
+            self.decoder_depth,
+        )
         if self.mask_tokens_in_encoder and self.decoder_embed_dim != self.embed_dim:
-            raise ValueError(f"with mask_tokens_in_encoder=True the encoder output feeds the decoder directly, so "
-                             f"decoder_embed_dim ({self.decoder_embed_dim}) must equal embed_dim ({self.embed_dim})")
+            raise ValueError(
+                f"with mask_tokens_in_encoder=True the encoder output feeds the decoder directly, so "
+                f"decoder_embed_dim ({self.decoder_embed_dim}) must equal embed_dim ({self.embed_dim})"
+            )
 
 
 @dataclass(frozen=True)
@@ -105,17 +113,19 @@ class ViTMAE(PatchTokens, MaskedAutoencoder):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.pos_embed = PositionTable(c.embed_dim, grid, c.pos_embed_mode)
         # timm annotates norm_layer as a class; it only calls it, as it does with the partials it passes itself
-        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias,
-                                          norm_layer=norm_layer) for _ in range(c.depth))  # type: ignore[arg-type]
+        self.blocks = nn.ModuleList(
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias, norm_layer=norm_layer)
+            for _ in range(c.depth)
+        )  # type: ignore[arg-type]
         self.norm = norm_layer(c.embed_dim)
         if not c.mask_tokens_in_encoder:
             self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
             self.decoder_pos_embed = PositionTable(c.decoder_embed_dim, grid, c.pos_embed_mode)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.decoder_blocks = nn.ModuleList(
-            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias,
-                  norm_layer=norm_layer)  # type: ignore[arg-type]  # as above
-            for _ in range(c.decoder_depth))
+            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias, norm_layer=norm_layer)  # type: ignore[arg-type]  # as above
+            for _ in range(c.decoder_depth)
+        )
         self.decoder_norm = norm_layer(c.decoder_embed_dim)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size**2 * c.in_chans)
         self.grad_checkpointing = False
@@ -129,13 +139,17 @@ class ViTMAE(PatchTokens, MaskedAutoencoder):
         self.grad_checkpointing = enable
 
     # -- masked autoencoding ------------------------------------------------------------------------------------------
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_encoder(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(latent, mask, ids_restore)``: latent (N, 1+L_keep, D) visible-only, (N, 1+L, D) with mask tokens."""
         h, w = self.grid_size(imgs)
         mask, ids_keep, ids_restore = random_masking(imgs.shape[0], h * w, mask_ratio, noise, imgs.device)
-        x = (self.prepare_tokens(imgs, mask, self.mask_token) if self.mask_tokens_in_encoder
-             else self.prepare_visible_tokens(imgs, ids_keep))
+        x = (
+            self.prepare_tokens(imgs, mask, self.mask_token)
+            if self.mask_tokens_in_encoder
+            else self.prepare_visible_tokens(imgs, ids_keep)
+        )
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing)), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -202,16 +216,29 @@ class MAEViTClassifier(VisionTransformer, Capabilities):
         """``MAEViTClassifier(config)``, or keyword arguments with the config's fields."""
         c = self.make_config(config, kwargs)
         # global_pool: timm types it as a Literal of the names it accepts (and checks the value itself)
-        super().__init__(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, embed_dim=c.embed_dim,
-                         depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
-                         num_classes=c.num_classes, fc_norm=False, drop_path_rate=c.drop_path_rate,
-                         norm_layer=partial(nn.LayerNorm, eps=LN_EPS), global_pool=c.global_pool)  # type: ignore[arg-type]
+        super().__init__(
+            img_size=c.img_size,
+            patch_size=c.patch_size,
+            in_chans=c.in_chans,
+            embed_dim=c.embed_dim,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio,
+            qkv_bias=c.qkv_bias,
+            num_classes=c.num_classes,
+            fc_norm=False,
+            drop_path_rate=c.drop_path_rate,
+            norm_layer=partial(nn.LayerNorm, eps=LN_EPS),
+            global_pool=c.global_pool,
+        )  # type: ignore[arg-type]
         self.init_contract(c)
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """The final norm and head form the last group (timm's own matcher merges the norm into the last block)."""
-        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm|^head", (len(self.blocks),))])
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm|^head", (len(self.blocks),))],
+        )
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         super().reset_classifier(num_classes, global_pool)

@@ -17,14 +17,41 @@ from .config import (
 )
 from .pretrain import Pretraining, build_pretrain_dataset, knn_monitor, pretrain
 
-__all__ = ["AUGMENTS", "DataConfig", "ModelConfig", "PretrainConfig", "PretrainRunConfig", "Pretraining",
-           "build_pretrain_dataset", "config_from_dict", "knn_monitor", "load_config", "pretrain"]
+__all__ = [
+    "AUGMENTS",
+    "DataConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "PretrainRunConfig",
+    "Pretraining",
+    "build_pretrain_dataset",
+    "config_from_dict",
+    "knn_monitor",
+    "load_config",
+    "pretrain",
+]
 
 # The engine's names were re-exported here (``from ..engine import *``); they live in crate_mae.engine.
-__getattr__ = moved_names(__name__, {
-    **{name: f"crate_mae.engine:{name}" for name in (
-        "NonFiniteLossError", "OptimConfig", "RunConfig", "Runner", "Task", "TrainState", "WarmupCosine",
-        "build_optimizer", "effective_lr", "load_training_state", "run")},
-    "find_latest_checkpoint": "crate_mae.engine.run_state:find_latest_run_state",
-    "list_checkpoints": "crate_mae.engine.run_state:list_run_states",
-})
+__getattr__ = moved_names(
+    __name__,
+    {
+        **{
+            name: f"crate_mae.engine:{name}"
+            for name in (
+                "NonFiniteLossError",
+                "OptimConfig",
+                "RunConfig",
+                "Runner",
+                "Task",
+                "TrainState",
+                "WarmupCosine",
+                "build_optimizer",
+                "effective_lr",
+                "load_training_state",
+                "run",
+            )
+        },
+        "find_latest_checkpoint": "crate_mae.engine.run_state:find_latest_run_state",
+        "list_checkpoints": "crate_mae.engine.run_state:list_run_states",
+    },
+)

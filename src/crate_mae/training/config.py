@@ -34,33 +34,33 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are augmented (MAE: RandomResizedCrop(scale) + flip + normalise)."""
 
-    path: str | None = None        # ImageFolder tree / flat folder / CIFAR pickle dir; None only with demo=true
+    path: str | None = None  # ImageFolder tree / flat folder / CIFAR pickle dir; None only with demo=true
     kind: str = "auto"
-    split: str | None = "train"    # sub-folder (ImageFolder) or CIFAR split; None = use path as is
-    demo: bool = False             # the embedded scikit-image photo crops instead of a path
+    split: str | None = "train"  # sub-folder (ImageFolder) or CIFAR split; None = use path as is
+    demo: bool = False  # the embedded scikit-image photo crops instead of a path
     demo_samples: int = 2048
     img_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    augment: str = "mae"           # 'mae': RandomResizedCrop(scale) + flip; 'book': the authors' book (see transforms)
+    augment: str = "mae"  # 'mae': RandomResizedCrop(scale) + flip; 'book': the authors' book (see transforms)
     scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
     num_workers: int | str = "auto"  # DataLoader workers; auto: by device, cores, threads (data.resolve_num_workers)
-    cache: bool | str = "auto"     # decode image files once and keep them in memory; auto: when they fit
-    strict: bool = False           # fail on the first unreadable image instead of skipping it
-    max_size: int | None = None    # shrink images whose shorter side is longer to this many pixels when decoding
-    repeat: int = 1                # each epoch reads every image this many times (its own crop each time)
+    cache: bool | str = "auto"  # decode image files once and keep them in memory; auto: when they fit
+    strict: bool = False  # fail on the first unreadable image instead of skipping it
+    max_size: int | None = None  # shrink images whose shorter side is longer to this many pixels when decoding
+    repeat: int = 1  # each epoch reads every image this many times (its own crop each time)
 
 
 @dataclass
 class PretrainRunConfig(RunConfig):
     """Pretraining adds online monitoring: a weighted k-NN probe on a labelled split every ``knn_every_epochs``."""
 
-    knn_every_epochs: int = 0      # 0 = never; the last epoch is always scored when > 0
-    knn_data: str | None = None    # ImageFolder root / CIFAR directory with the two splits below
+    knn_every_epochs: int = 0  # 0 = never; the last epoch is always scored when > 0
+    knn_data: str | None = None  # ImageFolder root / CIFAR directory with the two splits below
     knn_train_split: str = "train"
     knn_val_split: str = "val"
-    knn_limit: int | None = None   # images per split (evenly spaced), to bound the probe's cost
+    knn_limit: int | None = None  # images per split (evenly spaced), to bound the probe's cost
     knn_k: int = 20
 
 
@@ -83,8 +83,9 @@ class PretrainConfig:
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict[str, Any] | None = None
-                ) -> PretrainConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> PretrainConfig:
     """Read a YAML config (or start from defaults when ``path`` is None), apply ``key.sub=value`` overrides (values
     parsed as YAML), build the dataclasses and validate."""
     return config_from_dict(read_raw_config(path, overrides))
@@ -107,8 +108,12 @@ def _validate(cfg: PretrainConfig) -> list[str]:
     if not known:
         errors.append(f"model.name = {m.name!r}: unknown model; available: {', '.join(list_models())}")
     else:
-        check(m.name.startswith(("crate_mae_", "vit_mae_")), "model.name", m.name,
-              "pretraining needs a masked autoencoder (crate_mae_* or vit_mae_*), not an encoder-only classifier")
+        check(
+            m.name.startswith(("crate_mae_", "vit_mae_")),
+            "model.name",
+            m.name,
+            "pretraining needs a masked autoencoder (crate_mae_* or vit_mae_*), not an encoder-only classifier",
+        )
         params = model_config_fields(m.name)
         if not isinstance(m.overrides, dict):
             errors.append(f"model.overrides = {m.overrides!r}: must be a mapping of constructor keywords")
@@ -133,34 +138,65 @@ def _validate(cfg: PretrainConfig) -> list[str]:
         check(d.img_size % patch == 0, "data.img_size", d.img_size, f"must be divisible by the patch size {patch}")
     for key in ("mean", "std"):
         v = getattr(d, key)
-        check(isinstance(v, tuple) and len(v) == 3 and all(number(x) for x in v), f"data.{key}", v,
-              "must be a list of 3 numbers (one per RGB channel)")
+        check(
+            isinstance(v, tuple) and len(v) == 3 and all(number(x) for x in v),
+            f"data.{key}",
+            v,
+            "must be a list of 3 numbers (one per RGB channel)",
+        )
     if isinstance(d.std, tuple) and all(number(x) for x in d.std):
         check(all(x > 0 for x in d.std), "data.std", d.std, "every entry must be > 0")
-    check(isinstance(d.scale, tuple) and len(d.scale) == 2 and all(number(x) for x in d.scale)
-          and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale", d.scale, "must be [lo, hi] with 0 < lo <= hi <= 1")
-    check(d.num_workers == "auto" or (integer(d.num_workers) and d.num_workers >= 0), "data.num_workers",
-          d.num_workers, "must be an integer >= 0 or 'auto'")
+    check(
+        isinstance(d.scale, tuple)
+        and len(d.scale) == 2
+        and all(number(x) for x in d.scale)
+        and 0 < d.scale[0] <= d.scale[1] <= 1,
+        "data.scale",
+        d.scale,
+        "must be [lo, hi] with 0 < lo <= hi <= 1",
+    )
+    check(
+        d.num_workers == "auto" or (integer(d.num_workers) and d.num_workers >= 0),
+        "data.num_workers",
+        d.num_workers,
+        "must be an integer >= 0 or 'auto'",
+    )
     check(d.cache in (True, False, "auto"), "data.cache", d.cache, "must be true, false or 'auto'")
     check(integer(d.repeat) and d.repeat >= 1, "data.repeat", d.repeat, "must be an integer >= 1")
-    check(d.max_size is None or (integer(d.max_size) and d.max_size >= 1), "data.max_size", d.max_size,
-          "must be a positive integer (pixels) or null")
+    check(
+        d.max_size is None or (integer(d.max_size) and d.max_size >= 1),
+        "data.max_size",
+        d.max_size,
+        "must be a positive integer (pixels) or null",
+    )
     check(integer(d.demo_samples) and d.demo_samples > 0, "data.demo_samples", d.demo_samples, "must be > 0")
     for key in ("hflip", "strict", "demo"):
         check(isinstance(getattr(d, key), bool), f"data.{key}", getattr(d, key), "must be true or false")
     check(d.augment in AUGMENTS, "data.augment", d.augment, f"must be one of {AUGMENTS}")
     check.optim(cfg.optim)
-    check(cfg.optim.param_groups in PARAM_GROUPS, "optim.param_groups", cfg.optim.param_groups,
-          f"must be one of {PARAM_GROUPS}")
+    check(
+        cfg.optim.param_groups in PARAM_GROUPS,
+        "optim.param_groups",
+        cfg.optim.param_groups,
+        f"must be one of {PARAM_GROUPS}",
+    )
     check.run(cfg.run)
     check.fit(cfg.optim, cfg.run)
     r = cfg.run
-    check(integer(r.knn_every_epochs) and r.knn_every_epochs >= 0, "run.knn_every_epochs", r.knn_every_epochs,
-          "must be an integer >= 0")
+    check(
+        integer(r.knn_every_epochs) and r.knn_every_epochs >= 0,
+        "run.knn_every_epochs",
+        r.knn_every_epochs,
+        "must be an integer >= 0",
+    )
     check.path(r.knn_data, "run.knn_data", required=integer(r.knn_every_epochs) and r.knn_every_epochs > 0)
     for key in ("knn_train_split", "knn_val_split"):
         check.path(getattr(r, key), f"run.{key}")
-    check(r.knn_limit is None or (integer(r.knn_limit) and r.knn_limit >= 1), "run.knn_limit", r.knn_limit,
-          "must be an integer >= 1 or null")
+    check(
+        r.knn_limit is None or (integer(r.knn_limit) and r.knn_limit >= 1),
+        "run.knn_limit",
+        r.knn_limit,
+        "must be an integer >= 1 or null",
+    )
     check(integer(r.knn_k) and r.knn_k >= 1, "run.knn_k", r.knn_k, "must be an integer >= 1")
     return errors

@@ -41,8 +41,9 @@ from ..utils import state_sha256
 from .config import PretrainConfig
 
 
-def pretrain(cfg: PretrainConfig, dataset: Dataset | None = None, device: torch.device | str | None = None
-             ) -> dict[str, Any]:
+def pretrain(
+    cfg: PretrainConfig, dataset: Dataset | None = None, device: torch.device | str | None = None
+) -> dict[str, Any]:
     """Pretrain ``cfg.model`` on ``cfg.data`` (or on ``dataset``, any Dataset of tensors or (tensor, label)).
 
     Under torchrun every process calls this; rank 0 alone writes files. Returns a summary dict (rank 0 and the
@@ -65,14 +66,18 @@ class Pretraining(Task):
         super().__init__(cfg, info)
         self.title = cfg.model.name
         self.model = create_model(cfg.model.name, img_size=cfg.data.img_size, **cfg.model.overrides).to(self.device)
-        h, w = self.model.grid_size(torch.empty(1, self.model.config.in_chans, cfg.data.img_size,
-                                                cfg.data.img_size))
+        h, w = self.model.grid_size(torch.empty(1, self.model.config.in_chans, cfg.data.img_size, cfg.data.img_size))
         # Our datasets and transforms draw from torch's generator alone; a caller's dataset may use any.
-        self.train_set = SeededSamples(dataset if dataset is not None else build_pretrain_dataset(cfg),
-                                       cfg.run.seed, num_patches=h * w, torch_only=dataset is None)
-        self.extra = {"data": {"mean": list(cfg.data.mean), "std": list(cfg.data.std),
-                               "img_size": cfg.data.img_size},
-                      "pretrain": {"mask_ratio": cfg.model.mask_ratio}}
+        self.train_set = SeededSamples(
+            dataset if dataset is not None else build_pretrain_dataset(cfg),
+            cfg.run.seed,
+            num_patches=h * w,
+            torch_only=dataset is None,
+        )
+        self.extra = {
+            "data": {"mean": list(cfg.data.mean), "std": list(cfg.data.std), "img_size": cfg.data.img_size},
+            "pretrain": {"mask_ratio": cfg.model.mask_ratio},
+        }
         # The first vis_images samples (epoch-0 augmentation) with fixed masking noise: pictures and the
         # before/after masked loss.
         n = min(max(cfg.run.vis_images, 1), len(self.train_set))
@@ -87,8 +92,11 @@ class Pretraining(Task):
     def loss(self, net: nn.Module, batch: Any) -> torch.Tensor:
         imgs, noise = batch
         device = self.device
-        return net(imgs.to(device, non_blocking=True), mask_ratio=self.cfg.model.mask_ratio,
-                   noise=noise.to(device, non_blocking=True)).loss
+        return net(
+            imgs.to(device, non_blocking=True),
+            mask_ratio=self.cfg.model.mask_ratio,
+            noise=noise.to(device, non_blocking=True),
+        ).loss
 
     def config_defaults(self) -> dict[str, Any]:
         """Defaults of the config sections and of the model constructor, for keys an older config lacks."""
@@ -118,17 +126,30 @@ class Pretraining(Task):
         on_main(self.info, lambda: save_pretrained(self.model, model_dir, extra=self.extra))
         elapsed = ctx.elapsed()
         summary = {
-            "output_dir": str(out), "model_dir": str(model_dir), "checkpoint": str(ckpt) if ckpt else None,
-            "steps": st.step, "epochs": st.epoch, "stopped": stopped, "lr": ctx.lr,
-            "effective_batch": ctx.effective_batch, "world_size": self.info.world_size,
-            "first_loss": st.history[0] if st.history else None, "last_loss": st.history[-1] if st.history else None,
-            "fixed_loss_before": self.fixed_before, "fixed_loss_after": fixed_after,
-            "img_per_s": ctx.images_seen / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
-            "weights_sha256": state_sha256(self.model), "knn": self.knn, "plan": ctx.plan,
+            "output_dir": str(out),
+            "model_dir": str(model_dir),
+            "checkpoint": str(ckpt) if ckpt else None,
+            "steps": st.step,
+            "epochs": st.epoch,
+            "stopped": stopped,
+            "lr": ctx.lr,
+            "effective_batch": ctx.effective_batch,
+            "world_size": self.info.world_size,
+            "first_loss": st.history[0] if st.history else None,
+            "last_loss": st.history[-1] if st.history else None,
+            "fixed_loss_before": self.fixed_before,
+            "fixed_loss_after": fixed_after,
+            "img_per_s": ctx.images_seen / elapsed if elapsed > 0 else 0.0,
+            "elapsed_s": elapsed,
+            "weights_sha256": state_sha256(self.model),
+            "knn": self.knn,
+            "plan": ctx.plan,
         }
         ctx.log({"event": "end", **summary})
-        ctx.say(f"done: {st.step} steps, masked loss on fixed images {self.fixed_before:.4f} -> "
-                f"{fixed_after:.4f}; model in {model_dir}")
+        ctx.say(
+            f"done: {st.step} steps, masked loss on fixed images {self.fixed_before:.4f} -> "
+            f"{fixed_after:.4f}; model in {model_dir}"
+        )
         return summary
 
     @torch.no_grad()
@@ -139,16 +160,20 @@ class Pretraining(Task):
         was = self.model.training
         self.model.eval()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = self.model(imgs.to(device), mask_ratio=self.cfg.model.mask_ratio,
-                              noise=noise.to(device)).loss.float().item()
+            loss = (
+                self.model(imgs.to(device), mask_ratio=self.cfg.model.mask_ratio, noise=noise.to(device))
+                .loss.float()
+                .item()
+            )
         self.model.train(was)
         return loss
 
     def visualize(self, path: Path, title: str) -> None:
         imgs, noise = self.fixed
         device, norm = self.device, Normalization(tuple(self.cfg.data.mean), tuple(self.cfg.data.std))
-        save_reconstructions(self.model, imgs.to(device), norm, path, self.cfg.model.mask_ratio, title=title,
-                             noise=noise.to(device))
+        save_reconstructions(
+            self.model, imgs.to(device), norm, path, self.cfg.model.mask_ratio, title=title, noise=noise.to(device)
+        )
 
 
 def knn_monitor(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> dict[str, float]:
@@ -162,17 +187,35 @@ def knn_monitor(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> 
     was = model.training
     workers = resolve_num_workers(d.num_workers, device)
     with torch.random.fork_rng(devices=[]):  # the loaders draw seeds from the global generator: leave training's
-        sets = [compute_features(model, r.knn_data, split, img_size=d.img_size, mean=d.mean, std=d.std,
-                                 num_workers=workers, device=device, progress=False, fingerprint="training",
-                                 limit=r.knn_limit) for split in (r.knn_train_split, r.knn_val_split)]
+        sets = [
+            compute_features(
+                model,
+                r.knn_data,
+                split,
+                img_size=d.img_size,
+                mean=d.mean,
+                std=d.std,
+                num_workers=workers,
+                device=device,
+                progress=False,
+                fingerprint="training",
+                limit=r.knn_limit,
+            )
+            for split in (r.knn_train_split, r.knn_val_split)
+        ]
     model.train(was)
     train, val = sets
-    check_same_classes(train.classes, val.classes, f"run.knn_train_split ({r.knn_train_split})",
-                       f"run.knn_val_split ({r.knn_val_split})")
+    check_same_classes(
+        train.classes,
+        val.classes,
+        f"run.knn_train_split ({r.knn_train_split})",
+        f"run.knn_val_split ({r.knn_val_split})",
+    )
     out = {}
     for pool, prefix in (("cls", ""), ("mean", "mean_")):
-        acc = knn_evaluate(train.get(pool), train.labels, val.get(pool), val.labels, len(train.classes),
-                           ks=[r.knn_k], device=device)[r.knn_k]
+        acc = knn_evaluate(
+            train.get(pool), train.labels, val.get(pool), val.labels, len(train.classes), ks=[r.knn_k], device=device
+        )[r.knn_k]
         out.update({f"{prefix}top1": acc["top1"], f"{prefix}top5": acc["top5"]})
     return out
 
@@ -188,6 +231,7 @@ def build_pretrain_dataset(cfg: PretrainConfig) -> Dataset:
     if d.demo:
         ds = DemoPhotos(num_samples=d.demo_samples, img_size=d.img_size, transform=transform, seed=cfg.run.seed)
     else:
-        ds = build_dataset(d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict, cache=d.cache,
-                           max_size=d.max_size)
+        ds = build_dataset(
+            d.path, split=d.split, transform=transform, kind=d.kind, strict=d.strict, cache=d.cache, max_size=d.max_size
+        )
     return Repeated(ds, d.repeat) if d.repeat > 1 else ds

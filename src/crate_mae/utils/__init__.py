@@ -17,8 +17,18 @@ import yaml
 
 from .device import amp_dtype, default_device, usable_cores
 
-__all__ = ["NoSpaceError", "amp_dtype", "atomic_write", "default_device", "file_sha256", "parse_key_values",
-           "state_sha256", "torch_load", "usable_cores", "writing"]
+__all__ = [
+    "NoSpaceError",
+    "amp_dtype",
+    "atomic_write",
+    "default_device",
+    "file_sha256",
+    "parse_key_values",
+    "state_sha256",
+    "torch_load",
+    "usable_cores",
+    "writing",
+]
 
 
 class NoSpaceError(RuntimeError):
@@ -54,8 +64,12 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise
     except Exception as e:
         text = str(e)
-        full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in text \
-            or "os error 28" in text or "StorageFull" in text
+        full = (
+            (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+            or "No space left" in text
+            or "os error 28" in text
+            or "StorageFull" in text
+        )
         if not full:
             raise
         raise NoSpaceError(f"no space left on device while writing {path}") from None
@@ -125,13 +139,18 @@ def torch_load(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found:
-            raise ValueError(f"{path} holds Python objects ({found.group(1)}), not only tensors; refusing to unpickle "
-                             "it (it was not written by crate-mae, or was altered)") from None
-        raise ValueError(f"{path} cannot be read as tensors only: it holds other Python objects, is damaged, or is "
-                         "not a PyTorch file; refusing to unpickle it") from None
+            raise ValueError(
+                f"{path} holds Python objects ({found.group(1)}), not only tensors; refusing to unpickle "
+                "it (it was not written by crate-mae, or was altered)"
+            ) from None
+        raise ValueError(
+            f"{path} cannot be read as tensors only: it holds other Python objects, is damaged, or is "
+            "not a PyTorch file; refusing to unpickle it"
+        ) from None
     except Exception as e:
-        raise ValueError(f"{path} is damaged (truncated or corrupt): {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ValueError(
+            f"{path} is damaged (truncated or corrupt): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
 
 
 def parse_key_values(items: list[str], form: str = "KEY=VALUE") -> dict:

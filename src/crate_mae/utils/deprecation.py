@@ -20,8 +20,11 @@ def moved_names(module: str, moved: Mapping[str, str]) -> Callable[[str], Any]:
         if name not in moved:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
         target, _, new = moved[name].partition(":")
-        warnings.warn(f"{module}.{name} is deprecated and will be removed in the next release; use {target}.{new}",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{module}.{name} is deprecated and will be removed in the next release; use {target}.{new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(importlib.import_module(target), new)
 
     return __getattr__

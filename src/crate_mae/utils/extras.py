@@ -19,5 +19,7 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingExtraError(f"{purpose} needs the optional package {module.split('.')[0]!r}, which is not "
-                                f"installed: pip install 'crate-mae[{extra}]'") from e
+        raise MissingExtraError(
+            f"{purpose} needs the optional package {module.split('.')[0]!r}, which is not "
+            f"installed: pip install 'crate-mae[{extra}]'"
+        ) from e

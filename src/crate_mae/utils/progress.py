@@ -16,8 +16,16 @@ class Progress:
     ``update(n, **postfix)`` advances by ``n`` and shows ``postfix`` (e.g. ``loss=0.41``). ``enabled=False`` makes
     every call a no-op (non-zero ranks, ``run.progress=false``)."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", enabled: bool = True,
-                 stream: TextIO | None = None, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.enabled, self.total, self.desc, self.unit = enabled, total, desc, unit
         self.stream = stream if stream is not None else sys.stderr
         self.every_s, self.clock = every_s, clock
@@ -26,7 +34,6 @@ class Progress:
             return
         isatty = getattr(self.stream, "isatty", None)
         if isatty is not None and isatty():
-
             self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, leave=False, dynamic_ncols=True)
         self.t0 = self.t_last = clock()
 
@@ -48,8 +55,7 @@ class Progress:
         done = f"{self.n}/{self.total}" if self.total else str(self.n)
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-        print(f"{self.desc}: {done} {self.unit}{pct}, {rate:.3g} {self.unit}/s{extra}", file=self.stream,
-              flush=True)
+        print(f"{self.desc}: {done} {self.unit}{pct}, {rate:.3g} {self.unit}/s{extra}", file=self.stream, flush=True)
 
     def close(self, line: bool = True) -> None:
         """Finish; off a terminal print a last line unless ``line=False`` (the caller prints its own summary)."""
