@@ -114,9 +114,9 @@ class ViTMAE(PatchTokens, MaskedAutoencoder):
         self.pos_embed = PositionTable(c.embed_dim, grid, c.pos_embed_mode)
         # timm annotates norm_layer as a class; it only calls it, as it does with the partials it passes itself
         self.blocks = nn.ModuleList(
-            Block(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias, norm_layer=norm_layer)
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=c.qkv_bias, norm_layer=norm_layer)  # type: ignore[arg-type]
             for _ in range(c.depth)
-        )  # type: ignore[arg-type]
+        )
         self.norm = norm_layer(c.embed_dim)
         if not c.mask_tokens_in_encoder:
             self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
@@ -229,8 +229,8 @@ class MAEViTClassifier(VisionTransformer, Capabilities):
             fc_norm=False,
             drop_path_rate=c.drop_path_rate,
             norm_layer=partial(nn.LayerNorm, eps=LN_EPS),
-            global_pool=c.global_pool,
-        )  # type: ignore[arg-type]
+            global_pool=c.global_pool,  # type: ignore[arg-type]
+        )
         self.init_contract(c)
 
     def group_matcher(self, coarse: bool = False) -> dict:
