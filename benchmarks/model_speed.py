@@ -667,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("peak memory here is the CPU's; on a GPU use benchmarks/gpu_speed.py")
     load0, t0 = load_avg(), time.perf_counter()
     print(
-        f"# torch {torch.__version__} on {device}, default threads {DEFAULT_THREADS}, {os.cpu_count()} CPUs, "
+        f"# torch {torch.__version__} on {device} (ATen CPU kernels {torch.backends.cpu.get_cpu_capability()}), "
+        f"default threads {DEFAULT_THREADS}, {os.cpu_count()} CPUs, "
         f"load average {load0:.2f}; medians of {args.repeats} interleaved rounds after {args.warmup}"
     )
     if args.profile:

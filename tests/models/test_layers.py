@@ -108,3 +108,82 @@ def test_ista_either_product_order_equals_the_official_three_products(tokens, ba
         theirs.backward(g)
         torch.testing.assert_close(x.grad, x2.grad, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(ista.dictionary.grad, official.weight.grad, rtol=1e-12, atol=1e-12)
+
+
+def _fresh_output(ista, x):
+    """ISTA's output from a module that has never kept an M, with the same D and eta."""
+    fresh = ISTA(ista.dictionary.shape[0], ista.step_size, ista.lambd)
+    fresh.load_state_dict(ista.state_dict())
+    with torch.no_grad():
+        return fresh(x)
+
+
+def test_ista_keeps_m_between_calls_without_autograd():
+    torch.manual_seed(0)
+    ista, x = ISTA(16), torch.randn(3, 16)
+    with torch.no_grad():
+        first = ista(x)
+        kept = ista._inference_cache[2]
+        second = ista(x)
+    assert ista._inference_cache[2] is kept  # not rebuilt
+    assert torch.equal(first, second)
+    with torch.no_grad():
+        assert torch.equal(first, torch.relu(x @ ista.step_matrix() - ista.step_size * ista.lambd))
+    assert list(ista.state_dict()) == ["dictionary"]  # kept M is not state
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["fused_adamw", "data_write", "load_state_dict", "step_size", "inference_mode_write"],
+)
+def test_ista_rebuilds_m_when_d_or_eta_changes(change):
+    """The kept M follows every way D or eta changes, including fused AdamW and writes through .data, which leave
+    D's version counter as it was."""
+    torch.manual_seed(0)
+    ista, x = ISTA(16), torch.randn(5, 16)
+    with torch.no_grad():
+        before = ista(x)
+    if change == "fused_adamw":
+        opt = torch.optim.AdamW(ista.parameters(), lr=0.1, fused=True)
+        ista(x).square().sum().backward()  # with autograd: the kept M is dropped here already; keep one again
+        with torch.no_grad():
+            ista(x)
+        version = ista.dictionary._version
+        opt.step()
+        assert ista.dictionary._version == version  # why a version-keyed cache would be stale
+    elif change == "data_write":
+        ista.dictionary.data.mul_(1.5)
+    elif change == "load_state_dict":
+        ista.load_state_dict({"dictionary": torch.randn(16, 16)})
+    elif change == "step_size":
+        ista.step_size = 0.3
+    else:
+        with torch.inference_mode():
+            ista.dictionary.add_(0.1)
+    with torch.no_grad():
+        after = ista(x)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, _fresh_output(ista, x))
+
+
+def test_ista_kept_m_is_built_in_d_dtype_under_autocast():
+    """An M built under bf16 autocast is D's float32, so a later float32 call is exact."""
+    torch.manual_seed(0)
+    ista, x = ISTA(16), torch.randn(4, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ista(x).dtype == torch.bfloat16
+    assert ista._inference_cache[2].dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(ista(x), _fresh_output(ista, x))
+
+
+def test_ista_kept_m_from_inference_mode_serves_later_calls_and_training_drops_it():
+    torch.manual_seed(0)
+    ista, x = ISTA(16), torch.randn(40, 16)
+    with torch.inference_mode():
+        ista(x)
+    with torch.no_grad():
+        assert torch.equal(ista(x), _fresh_output(ista, x))
+    ista(x).sum().backward()  # a training forward
+    assert ista._inference_cache is None
+    assert ista.dictionary.grad is not None
