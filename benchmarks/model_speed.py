@@ -29,7 +29,8 @@ noise hits all alike; a row gives the median step time and the ratio of the base
 with the lowest-highest ratio over the rounds, and the 1-minute load average over the rounds (``os.getloadavg``).
 On a CPU that other jobs share, threads wait for descheduled peers and timings measure the scheduler: read the load
 column before the ratio. ``--threads 0`` is torch's default (one thread per physical core). GFLOP/step: each
-implementation's own count (``torch.utils.flop_counter`` on the meta device; train = forward + backward, the optimizer
+implementation's own count (``torch.utils.flop_counter``, on the meta device except for a CPU forward without
+autograd, counted on a second real call since it reuses ISTA's kept M; train = forward + backward, the optimizer
 not counted; attention as its two products whichever kernel runs); the official count over ours is the speed-up
 that ours would have at an equal FLOP rate.
 
@@ -65,6 +66,7 @@ from pathlib import Path
 import torch
 from timm.optim import param_groups_weight_decay
 from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -396,11 +398,26 @@ def step_flops(model, task: str, batch: int, img_size: int) -> int:
     """FLOPs of one step of ``task`` (train: forward + backward, the optimizer not counted), on the meta device."""
     if task == "train":
         return train_flops(model, batch, img_size)
-    model = copy.deepcopy(model).to("meta").eval()
-    imgs = torch.empty(batch, 3, img_size, img_size, device="meta")
-    noise = torch.rand(batch, (img_size // model.patch_size) ** 2, device="meta")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.forward_features(imgs) if task == "features" else model(imgs, 0.75, noise)
+    # On the CPU a forward without autograd reuses ISTA's kept M after the first call (ISTA.inference_step_matrix),
+    # so the count is of a later call, run for real; elsewhere every call builds M, which the meta device counts.
+    device = "cpu" if next(model.parameters()).device.type == "cpu" else "meta"
+    model = copy.deepcopy(model).to(device).eval()
+    imgs = torch.zeros(batch, 3, img_size, img_size, device=device)
+    noise = torch.rand(batch, (img_size // model.patch_size) ** 2, device=device)
+
+    def call():
+        return model.forward_features(imgs) if task == "features" else model(imgs, 0.75, noise)
+
+    # The counter knows the flash kernels of CUDA, not the CPU's: the same two products (it passes shapes).
+    def cpu_flash_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(q, k, v)
+
+    cpu_flash = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_flops}
+    with torch.no_grad():
+        if device == "cpu":
+            call()
+        with FlopCounterMode(display=False, custom_mapping=cpu_flash) as counter:
+            call()
     return counter.get_total_flops()
 
 
@@ -688,9 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     loads = f"load average {load0:.2f} at the start, {load_avg():.2f} at the end"
     print(f"\n{time.perf_counter() - t0:.0f} s in all; {loads}")
     if args.sweep:
+        shown = [a for i, a in enumerate(argv) if a != "--json" and (i == 0 or argv[i - 1] != "--json")]
         title = (
             f"crate_mae_{args.sweep_case.split('/')[0]}, batch {args.sweep_case.split('/')[2]}, "
-            f"{rows[0]['threads']} threads, CPU; {loads}\n`python benchmarks/model_speed.py {' '.join(argv)}`"
+            f"{rows[0]['threads']} threads, CPU ({torch.backends.cpu.get_cpu_capability()}); {loads}\n"
+            f"`python benchmarks/model_speed.py {' '.join(shown)}`"
         )
         plot_sweep(rows, mems, Path(args.plot), title)
         print(f"plot: {args.plot}")
