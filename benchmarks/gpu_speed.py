@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 import crate_mae  # noqa: E402
 from crate_mae.engine.optim import build_optimizer  # noqa: E402
-from crate_mae.models.official import OfficialCrateMAE, to_official  # noqa: E402
+from crate_mae.models.official import official_copy  # noqa: E402
 
 # Dense (no sparsity) peak TFLOP/s by device name, first match wins: (bf16 tensor cores, fp32 without TF32), from
 # NVIDIA's datasheets.
@@ -93,22 +93,7 @@ def build(name: str, impl: str, micro: bool, device: torch.device, img_size: int
     ours = crate_mae.create_model(name, **{**kw, **({"img_size": img_size} if img_size else {})})
     if impl == "ours":
         return ours.to(device)
-    c = ours.config
-    official = OfficialCrateMAE(
-        c.img_size,
-        c.patch_size,
-        c.in_chans,
-        c.embed_dim,
-        c.depth,
-        c.num_heads,
-        c.decoder_depth,
-        c.decoder_num_heads,
-        c.ista_step_size,
-        c.ista_lambda,
-        c.norm_pix_loss,
-    )
-    official.load_state_dict(to_official(ours))
-    return official.to(device)
+    return official_copy(ours).to(device)
 
 
 def flops_per_image(model: torch.nn.Module, task: str, batch: int, img_size: int) -> float:

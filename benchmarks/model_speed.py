@@ -74,7 +74,7 @@ sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 import crate_mae  # noqa: E402
 from crate_mae.engine.optim import build_optimizer  # noqa: E402
-from crate_mae.models.official import OfficialCrateMAE, to_official  # noqa: E402
+from crate_mae.models.official import OfficialCrateMAE, official_copy  # noqa: E402
 from crate_mae.utils import default_device, parse_key_values  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's default, read before anything changes it
@@ -111,30 +111,11 @@ def create(model: str, px: int, overrides: dict, **kw) -> torch.nn.Module:
     return crate_mae.create_model(model, img_size=px, **{**overrides, **kw})
 
 
-def official_of(ours) -> OfficialCrateMAE:
-    c = ours.config
-    official = OfficialCrateMAE(
-        c.img_size,
-        c.patch_size,
-        c.in_chans,
-        c.embed_dim,
-        c.depth,
-        c.num_heads,
-        c.decoder_depth,
-        c.decoder_num_heads,
-        c.ista_step_size,
-        c.ista_lambda,
-        c.norm_pix_loss,
-    )
-    official.load_state_dict(to_official(ours))
-    return official
-
-
 def contenders(args, model: str, px: int, device) -> dict:
     """``{name: (module, bf16 autocast, compiled)}``; every CRATE-MAE contender starts from the same weights."""
     torch.manual_seed(0)
     ours = create(model, px, args.overrides).to(device)
-    out = {"official": (official_of(ours).to(device), False, False), "ours": (ours, False, False)}
+    out = {"official": (official_copy(ours).to(device), False, False), "ours": (ours, False, False)}
     if args.amp:
         out["ours bf16"] = (ours, True, False)
     if args.compile:
@@ -304,7 +285,7 @@ def measure_memory(args) -> dict:
     set_threads(args.threads[0])
     torch.manual_seed(0)
     ours = create(model, px, args.overrides)
-    net = official_of(ours) if impl == "official" else ours
+    net = official_copy(ours) if impl == "official" else ours
     del ours
     imgs, noise = inputs(net, px, batch, torch.device("cpu"))
     step = make_step(net, task, imgs, noise)
@@ -395,7 +376,7 @@ def train_flops(model, batch: int, img_size: int) -> int:
 
 
 def step_flops(model, task: str, batch: int, img_size: int) -> int:
-    """FLOPs of one step of ``task`` (train: forward + backward, the optimizer not counted), on the meta device."""
+    """FLOPs of one step of ``task`` (train: forward + backward, the optimizer not counted)."""
     if task == "train":
         return train_flops(model, batch, img_size)
     # On the CPU a forward without autograd reuses ISTA's kept M after the first call (ISTA.inference_step_matrix),
@@ -425,7 +406,7 @@ def visible_only_bounds(args, model: str, px: int, batch: int) -> dict:
     """Training FLOPs of the official, faithful and visible-only models, and the part of each that is not the
     encoder (from the difference between the full depth and depth 1), which bounds any encoder-side speed-up."""
     torch.manual_seed(0)
-    out = {"official": dict(total=train_flops(official_of(create(model, px, args.overrides)), batch, px))}
+    out = {"official": dict(total=train_flops(official_copy(create(model, px, args.overrides)), batch, px))}
     for frame, kw in (("ours", {}), ("visible-only", dict(mask_tokens_in_encoder=False))):
         full = create(model, px, args.overrides, **kw)
         depth = full.config.depth
@@ -671,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             model, px, batch = parse_case(case)
             torch.manual_seed(0)
             ours = create(model, px, args.overrides)
-            f_off, f_ours = train_flops(official_of(ours), batch, px), train_flops(ours, batch, px)
+            f_off, f_ours = train_flops(official_copy(ours), batch, px), train_flops(ours, batch, px)
             print(
                 f"{case}: training FLOPs (forward + backward) official {f_off / 1e9:.1f} G, ours "
                 f"{f_ours / 1e9:.1f} G; ours / official = {f_ours / f_off:.3f} ({1 - f_ours / f_off:.0%} fewer)"

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from tiny import TINY_ENCODER, tiny_kwargs
 
 import crate_mae
 import crate_mae.io.loading as loading
@@ -26,29 +27,10 @@ def test_load_encoder_from_crate_mae_and_vit(tmp_path, tiny_model_kwargs):
     with torch.no_grad():
         assert torch.equal(again(imgs), clf(imgs))
     # create_model(pretrained=...) puts a CRATE-MAE encoder under a fresh head
-    fresh = crate_mae.create_model(
-        "crate_tiny",
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-        num_classes=4,
-        pretrained=str(tmp_path / "m"),
-    )
+    fresh = crate_mae.create_model("crate_tiny", **TINY_ENCODER, num_classes=4, pretrained=str(tmp_path / "m"))
     with torch.no_grad():
         assert torch.equal(fresh.forward_features(imgs), model.forward_features(imgs))
-    vit = crate_mae.create_model(
-        "vit_mae_base",
-        img_size=32,
-        patch_size=8,
-        embed_dim=64,
-        depth=1,
-        num_heads=4,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-        decoder_depth=1,
-    )
+    vit = crate_mae.create_model("vit_mae_base", **tiny_kwargs("vit_mae_base"))
     vclf = crate_mae.load_encoder(vit, num_classes=3)
     with torch.no_grad():
         assert torch.allclose(vclf.forward_features(imgs), vit.forward_features(imgs), atol=1e-6)
@@ -57,17 +39,7 @@ def test_load_encoder_from_crate_mae_and_vit(tmp_path, tiny_model_kwargs):
 
 def test_vit_classifier_roundtrip(tmp_path):
     """A fine-tuned ViT-MAE encoder (timm VisionTransformer) is saved and read back in our format."""
-    vit = crate_mae.create_model(
-        "vit_mae_base",
-        img_size=32,
-        patch_size=8,
-        embed_dim=64,
-        depth=1,
-        num_heads=4,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-        decoder_depth=1,
-    )
+    vit = crate_mae.create_model("vit_mae_base", **tiny_kwargs("vit_mae_base"))
     clf = crate_mae.load_encoder(vit, num_classes=3, global_pool="avg")
     crate_mae.save_pretrained(clf, tmp_path / "vit")
     again = crate_mae.load_checkpoint(tmp_path / "vit")
@@ -88,11 +60,10 @@ def test_every_entry_point_goes_through_load_checkpoint(tmp_path, monkeypatch, t
         return one_path(source, **kw)
 
     monkeypatch.setattr(loading, "load_checkpoint", spy)
-    encoder_kw = {k: v for k, v in tiny_model_kwargs.items() if k != "decoder_depth"}
     entry_points = {
         "from_pretrained": lambda: crate_mae.from_pretrained(tmp_path / "m"),
         "create_model(pretrained=)": lambda: crate_mae.create_model(
-            "crate_tiny", **encoder_kw, num_classes=3, pretrained=tmp_path / "m"
+            "crate_tiny", **TINY_ENCODER, num_classes=3, pretrained=tmp_path / "m"
         ),
         "load_weights_into": lambda: load_weights_into(
             crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs), tmp_path / "m"
@@ -109,13 +80,12 @@ def test_every_entry_point_goes_through_load_checkpoint(tmp_path, monkeypatch, t
 def test_the_modes_each_entry_point_returns(tmp_path, tiny_model_kwargs):
     """load_checkpoint sets eval mode (once, on its way out); the aliases keep the modes they always returned."""
     mae = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
-    encoder_kw = {k: v for k, v in tiny_model_kwargs.items() if k != "decoder_depth"}
     crate_mae.save_pretrained(mae, tmp_path / "m")
-    crate_mae.save_pretrained(crate_mae.create_model("crate_tiny", **encoder_kw, num_classes=3), tmp_path / "clf")
+    crate_mae.save_pretrained(crate_mae.create_model("crate_tiny", **TINY_ENCODER, num_classes=3), tmp_path / "clf")
     assert mae.training
     assert not crate_mae.load_checkpoint(tmp_path / "m").training
     assert crate_mae.from_pretrained(tmp_path / "m").training  # as built: call .eval() for inference
-    assert crate_mae.create_model("crate_tiny", **encoder_kw, num_classes=3, pretrained=tmp_path / "m").training
+    assert crate_mae.create_model("crate_tiny", **TINY_ENCODER, num_classes=3, pretrained=tmp_path / "m").training
     assert crate_mae.load_encoder(tmp_path / "m", num_classes=3).training  # a new module
     assert not crate_mae.load_encoder(tmp_path / "clf", num_classes=3).training  # as load_checkpoint gave it
     target = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs).eval()

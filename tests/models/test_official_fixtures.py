@@ -11,7 +11,7 @@ from official_fixtures import TOL, official_fixture
 from safetensors.torch import load_file
 
 import crate_mae
-from crate_mae.models.official import OfficialCrateMAE, to_official
+from crate_mae.models.official import OfficialCrateMAE, official_copy, to_official
 
 
 def test_transcription_of_the_official_code_reproduces_the_fixture():
@@ -117,6 +117,17 @@ def test_to_official_inverts_the_conversion():
         for k in official
         if k not in ("pos_embed", "decoder_pos_embed", "decoder_embed.weight")
     )  # tables equal to 1 ulp; dead layer zeroed
+
+
+def test_official_copy_is_the_same_function_and_needs_square_images(tiny_model_kwargs):
+    model = crate_mae.create_model("crate_mae_tiny", **tiny_model_kwargs)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    loss, pred, mask, latent = official_copy(model)(imgs, 0.75, noise)
+    ours = model(imgs, noise=noise)
+    assert torch.equal(ours.mask, mask)
+    torch.testing.assert_close(ours.pred, pred, **TOL)
+    with pytest.raises(ValueError, match="square images"):
+        official_copy(crate_mae.create_model("crate_mae_tiny", **{**tiny_model_kwargs, "img_size": (32, 64)}))
 
 
 def test_fixture_roundtrip_through_our_format(tmp_path):

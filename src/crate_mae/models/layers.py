@@ -138,12 +138,13 @@ class ISTA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         D, eta = self.dictionary, self.step_size
         backward = torch.is_grad_enabled() and (D.requires_grad or x.requires_grad)
+        if backward:
+            self._inference_cache = None  # D is being trained: a kept M would only hold memory
         # The cache only on the CPU: on an accelerator the d^3 product takes microseconds, while torch.equal would
         # wait for the device at every layer. Not under torch.compile, which traces the computation instead.
         if not backward and x.device.type == "cpu" and not torch.compiler.is_compiling():
             y = torch.matmul(x, self.inference_step_matrix())
         elif one_product_is_cheaper(x.numel() // max(x.shape[-1], 1), D.shape[0], backward):
-            self._inference_cache = None  # D is being trained: a kept M would only hold memory
             y = torch.matmul(x, self.step_matrix())
         else:
             y = x + eta * (torch.matmul(x, D) - torch.matmul(torch.matmul(x, D.t()), D))

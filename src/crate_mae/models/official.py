@@ -10,7 +10,7 @@ masking by gathering the visible patches, appending mask tokens and un-shuffling
 reproduces the official fixtures and that :class:`~crate_mae.models.CrateMAE` computes the same function.
 
 This module also owns the mapping between the official key names and ours (:func:`from_official`,
-:func:`to_official`).
+:func:`to_official`) and builds the official computation from one of our models (:func:`official_copy`).
 """
 
 from __future__ import annotations
@@ -251,6 +251,30 @@ def to_official(model: CrateMAE) -> dict[str, torch.Tensor]:
         **{"decoder_embed.weight": torch.zeros(d, d), "decoder_embed.bias": torch.zeros(d)},
     )
     return out
+
+
+def official_copy(model: CrateMAE) -> OfficialCrateMAE:
+    """The official computation with ``model``'s configuration and weights: the baseline of the speed benchmarks and
+    the tests that compare the two."""
+    c = model.config
+    h, w = (c.img_size, c.img_size) if isinstance(c.img_size, int) else c.img_size
+    if h != w:
+        raise ValueError(f"the official computation takes square images, got img_size={c.img_size}")
+    official = OfficialCrateMAE(
+        h,
+        c.patch_size,
+        c.in_chans,
+        c.embed_dim,
+        c.depth,
+        c.num_heads,
+        c.decoder_depth,
+        c.decoder_num_heads,
+        c.ista_step_size,
+        c.ista_lambda,
+        c.norm_pix_loss,
+    )
+    official.load_state_dict(to_official(model))
+    return official
 
 
 def kwargs_from_official(state: Mapping[str, torch.Tensor]) -> dict:
